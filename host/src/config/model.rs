@@ -1,0 +1,282 @@
+//! The validated manifest: the only configuration types the rest of Weir sees.
+//!
+//! Every reference is resolved (`UpstreamId`, `ListenerId`), every regex compiled,
+//! every duration and size parsed. Built by `config::validate`; depends on nothing
+//! above `config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use regex::Regex;
+
+/// Index of a listener in [`Manifest::listeners`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId(pub usize);
+
+/// Index of an upstream group in [`Manifest::upstreams`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UpstreamId(pub usize);
+
+/// Index of a route in [`Manifest::routes`]; lower ids come earlier in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(pub usize);
+
+/// A whole validated manifest.
+#[derive(Debug)]
+pub struct Manifest {
+    /// The file it was read from (used in messages).
+    pub source: PathBuf,
+    /// Sockets to serve on, in file order.
+    pub listeners: Vec<Listener>,
+    /// Upstream groups, in file order.
+    pub upstreams: Vec<Upstream>,
+    /// Routes, in file order (file order is the last tie-break of precedence).
+    pub routes: Vec<Route>,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+}
+
+/// One socket Weir accepts connections on.
+#[derive(Debug)]
+pub struct Listener {
+    /// Unique name.
+    pub name: String,
+    /// Address to bind (port 0 picks a free port).
+    pub address: SocketAddr,
+    /// TLS termination; `None` serves cleartext HTTP/1.1 and h2c.
+    pub tls: Option<ListenerTls>,
+    /// Resource bounds for this listener's connections.
+    pub limits: ListenerLimits,
+}
+
+/// Certificates a TLS listener presents.
+#[derive(Debug)]
+pub struct ListenerTls {
+    /// Certificates in file order; one without `server_names` is the default.
+    pub certificates: Vec<Certificate>,
+}
+
+/// One certificate chain and key, optionally bound to SNI names.
+#[derive(Debug)]
+pub struct Certificate {
+    /// PEM file with the certificate chain.
+    pub cert: PathBuf,
+    /// PEM file with the private key.
+    pub key: PathBuf,
+    /// SNI names this certificate answers (lower case); empty = default certificate.
+    pub server_names: Vec<String>,
+}
+
+/// Per-listener bounds against oversized and slow clients.
+#[derive(Debug, Clone)]
+pub struct ListenerLimits {
+    /// Largest request head (request line + headers) accepted.
+    pub max_header_bytes: usize,
+    /// Largest request body accepted (413 beyond it).
+    pub max_body_bytes: u64,
+    /// Time a client has to send a complete request head (slowloris bound).
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are accepted and closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// A named group of upstream targets with a balancing policy.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Unique name.
+    pub name: String,
+    /// Targets to balance over.
+    pub targets: Vec<Target>,
+    /// How a target is picked.
+    pub lb: LbPolicy,
+    /// Connection and request timeouts.
+    pub timeouts: UpstreamTimeouts,
+    /// Extra attempts for idempotent requests whose connection failed.
+    pub retries: u32,
+}
+
+/// One upstream server.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `host:port`.
+    pub address: String,
+    /// Relative share of traffic (≥ 1).
+    pub weight: u32,
+}
+
+/// Load-balancing policy of an upstream group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Power of two random choices on in-flight requests per weight.
+    LeastRequest,
+}
+
+/// Timeouts towards an upstream group.
+#[derive(Debug, Clone)]
+pub struct UpstreamTimeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// From sending the request to receiving the response head.
+    pub request: Duration,
+    /// Pooled keep-alive connections idle longer than this are closed.
+    pub idle: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(2),
+            request: Duration::from_secs(30),
+            idle: Duration::from_secs(90),
+        }
+    }
+}
+
+/// A route: what it matches and what it does.
+#[derive(Debug)]
+pub struct Route {
+    /// Unique name.
+    pub name: String,
+    /// Listeners this route is served on; empty = every listener.
+    pub listeners: Vec<ListenerId>,
+    /// Conditions a request must meet.
+    pub matcher: RouteMatch,
+    /// What happens to a matched request.
+    pub action: RouteAction,
+    /// Rewrites applied before forwarding.
+    pub rewrite: Rewrite,
+    /// Overrides the upstream's request timeout.
+    pub timeout: Option<Duration>,
+}
+
+/// Conditions of a route; all must hold.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    /// Host patterns; empty = any host.
+    pub hosts: Vec<HostMatch>,
+    /// Path condition.
+    pub path: PathMatch,
+    /// Allowed methods; empty = any method.
+    pub methods: Vec<Method>,
+    /// Header conditions.
+    pub headers: Vec<HeaderMatch>,
+    /// Query-parameter conditions.
+    pub query: Vec<QueryMatch>,
+}
+
+/// A host pattern (lower case, no port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `api.example.com`.
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`; matches one or more labels.
+    Suffix(String),
+}
+
+/// A path pattern.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// The whole path equals this.
+    Exact(String),
+    /// The path starts with this at a segment boundary (`/v1` matches `/v1` and `/v1/x`, not `/v1x`).
+    Prefix(String),
+    /// The regex matches the whole path.
+    Regex(Regex),
+}
+
+impl Default for PathMatch {
+    fn default() -> Self {
+        Self::Prefix("/".to_owned())
+    }
+}
+
+/// A condition on one header.
+#[derive(Debug, Clone)]
+pub struct HeaderMatch {
+    /// Header name.
+    pub name: HeaderName,
+    /// Condition on its value.
+    pub value: ValueMatch,
+}
+
+/// A condition on one query parameter.
+#[derive(Debug, Clone)]
+pub struct QueryMatch {
+    /// Parameter name (after percent-decoding).
+    pub name: String,
+    /// Condition on its value (after percent-decoding).
+    pub value: ValueMatch,
+}
+
+/// A condition on a header or query value.
+#[derive(Debug, Clone)]
+pub enum ValueMatch {
+    /// Some value equals this.
+    Exact(String),
+    /// Some value starts with this.
+    Prefix(String),
+    /// The regex matches some whole value.
+    Regex(Regex),
+    /// It is present, with any value.
+    Present,
+    /// It is absent.
+    Absent,
+}
+
+/// What a matched route does.
+#[derive(Debug)]
+pub enum RouteAction {
+    /// Forward to an upstream group.
+    Forward(UpstreamId),
+    /// Answer with a fixed response.
+    Respond(FixedResponse),
+}
+
+/// A response a route answers with by itself.
+#[derive(Debug, Clone)]
+pub struct FixedResponse {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers, in file order.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Body.
+    pub body: bytes::Bytes,
+}
+
+/// Rewrites applied to a forwarded request.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    /// Path rewrite.
+    pub path: Option<PathRewrite>,
+    /// Replaces the `host` header (and `:authority`).
+    pub host: Option<String>,
+}
+
+/// How the path is rewritten.
+#[derive(Debug, Clone)]
+pub enum PathRewrite {
+    /// Remove this prefix when the path starts with it at a segment boundary.
+    StripPrefix(String),
+    /// Replace the route's matched prefix with this.
+    ReplacePrefix(String),
+    /// Replace the whole path (the query is kept).
+    ReplacePath(String),
+}

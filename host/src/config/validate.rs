@@ -1,0 +1,224 @@
+//! Checks what needs the whole manifest and builds the validated [`Manifest`].
+//!
+//! Names must be unique, references must resolve, each route must do exactly one
+//! thing, and files it names must exist. Every problem is recorded, not just the first.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::decode::{Diagnostics, Located};
+use super::model::{
+    Certificate, Listener, ListenerId, ListenerTls, Manifest, PathMatch, PathRewrite, Rewrite,
+    Route, RouteAction, Target, Upstream, UpstreamId,
+};
+use super::raw::{RawListener, RawManifest, RawRoute, RawUpstream};
+
+/// The only manifest version this build understands.
+pub const API_VERSION: &str = "weir/v1";
+
+/// Default time a graceful shutdown waits for in-flight requests.
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Validates `raw`; relative file paths are resolved against `base_dir`.
+pub fn validate(
+    raw: RawManifest,
+    source: &Path,
+    base_dir: &Path,
+    diags: &mut Diagnostics,
+) -> Option<Manifest> {
+    if raw.api_version.value != API_VERSION {
+        diags.error(
+            raw.api_version.location,
+            format!(
+                "unsupported apiVersion `{}`; this Weir reads `{API_VERSION}`",
+                raw.api_version.value
+            ),
+        );
+    }
+    if raw.listeners.value.is_empty() {
+        diags.error(raw.listeners.location, "at least one listener is required");
+    }
+    let listener_ids = index_names(raw.listeners.value.iter().map(|l| &l.name), "listener", diags);
+    let upstream_ids = index_names(raw.upstreams.iter().map(|u| &u.name), "upstream", diags);
+    index_names(raw.routes.iter().map(|r| &r.name), "route", diags);
+
+    let listeners: Vec<Listener> = raw
+        .listeners
+        .value
+        .into_iter()
+        .map(|l| listener(l, base_dir, diags))
+        .collect();
+    let upstreams: Vec<Upstream> = raw.upstreams.into_iter().map(|u| upstream(u, diags)).collect();
+    let routes: Vec<Option<Route>> = raw
+        .routes
+        .into_iter()
+        .map(|r| route(r, &listener_ids, &upstream_ids, diags))
+        .collect();
+    let routes: Option<Vec<Route>> = routes.into_iter().collect();
+
+    if !diags.is_empty() {
+        return None;
+    }
+    Some(Manifest {
+        source: source.to_path_buf(),
+        listeners,
+        upstreams,
+        routes: routes?,
+        shutdown_timeout: raw.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+    })
+}
+
+/// Maps each name to its index, recording duplicates.
+fn index_names<'a>(
+    names: impl Iterator<Item = &'a Located<String>>,
+    kind: &str,
+    diags: &mut Diagnostics,
+) -> HashMap<String, usize> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut first_seen: HashMap<&str, u64> = HashMap::new();
+    for (i, name) in names.enumerate() {
+        if name.value.is_empty() {
+            diags.error(name.location, format!("a {kind} name must not be empty"));
+        } else if let Some(line) = first_seen.get(name.value.as_str()) {
+            diags.error(
+                name.location,
+                format!("duplicate {kind} name `{}` (first defined on line {line})", name.value),
+            );
+        } else {
+            first_seen.insert(&name.value, name.location.line);
+            index.insert(name.value.clone(), i);
+        }
+    }
+    index
+}
+
+fn listener(raw: RawListener, base_dir: &Path, diags: &mut Diagnostics) -> Listener {
+    let tls = raw.tls.map(|tls| {
+        if tls.certificates.value.is_empty() {
+            diags.error(tls.certificates.location, "a TLS listener needs at least one certificate");
+        }
+        let certificates = tls
+            .certificates
+            .value
+            .into_iter()
+            .map(|c| Certificate {
+                cert: existing_file(&c.cert, base_dir, diags),
+                key: existing_file(&c.key, base_dir, diags),
+                server_names: c
+                    .server_names
+                    .into_iter()
+                    .map(|n| n.value.to_ascii_lowercase())
+                    .collect(),
+            })
+            .collect();
+        ListenerTls { certificates }
+    });
+    Listener {
+        name: raw.name.value,
+        address: raw.address,
+        tls,
+        limits: raw.limits,
+    }
+}
+
+/// Resolves `path` against `base_dir`, recording it when it is not a readable file.
+fn existing_file(path: &Located<String>, base_dir: &Path, diags: &mut Diagnostics) -> PathBuf {
+    let resolved = base_dir.join(&path.value);
+    if !resolved.is_file() {
+        diags.error(
+            path.location,
+            format!("file `{}` does not exist", resolved.display()),
+        );
+    }
+    resolved
+}
+
+fn upstream(raw: RawUpstream, diags: &mut Diagnostics) -> Upstream {
+    if raw.targets.value.is_empty() {
+        diags.error(raw.targets.location, "an upstream needs at least one target");
+    }
+    Upstream {
+        name: raw.name.value,
+        targets: raw
+            .targets
+            .value
+            .into_iter()
+            .map(|t| Target {
+                address: t.address.value,
+                weight: t.weight,
+            })
+            .collect(),
+        lb: raw.lb,
+        timeouts: raw.timeouts,
+        retries: raw.retries,
+    }
+}
+
+fn route(
+    raw: RawRoute,
+    listener_ids: &HashMap<String, usize>,
+    upstream_ids: &HashMap<String, usize>,
+    diags: &mut Diagnostics,
+) -> Option<Route> {
+    let mut listeners = Vec::with_capacity(raw.listeners.len());
+    for name in &raw.listeners {
+        match listener_ids.get(&name.value) {
+            Some(&i) => listeners.push(ListenerId(i)),
+            None => diags.error(
+                name.location,
+                format!("route `{}` names unknown listener `{}`", raw.name.value, name.value),
+            ),
+        }
+    }
+    let action = match (raw.upstream, raw.respond) {
+        (Some(upstream), None) => match upstream_ids.get(&upstream.value) {
+            Some(&i) => Some(RouteAction::Forward(UpstreamId(i))),
+            None => {
+                diags.error(
+                    upstream.location,
+                    format!(
+                        "route `{}` names unknown upstream `{}`",
+                        raw.name.value, upstream.value
+                    ),
+                );
+                None
+            }
+        },
+        (None, Some(response)) => Some(RouteAction::Respond(response)),
+        (Some(_), Some(_)) => {
+            diags.error(
+                raw.location,
+                format!("route `{}` has both `upstream` and `respond`; pick one", raw.name.value),
+            );
+            None
+        }
+        (None, None) => {
+            diags.error(
+                raw.location,
+                format!("route `{}` needs `upstream` or `respond`", raw.name.value),
+            );
+            None
+        }
+    };
+    if let Some(path) = &raw.rewrite.path
+        && matches!(path.value, PathRewrite::ReplacePrefix(_))
+        && !matches!(raw.matcher.path, PathMatch::Prefix(_))
+    {
+        diags.error(
+            path.location,
+            "`replace_prefix` needs the route to match a path `prefix`",
+        );
+    }
+    Some(Route {
+        name: raw.name.value,
+        listeners,
+        matcher: raw.matcher,
+        action: action?,
+        rewrite: Rewrite {
+            path: raw.rewrite.path.map(|p| p.value),
+            host: raw.rewrite.host,
+        },
+        timeout: raw.timeout.map(|d| d.0),
+    })
+}

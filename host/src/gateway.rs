@@ -1,0 +1,133 @@
+//! Starting and stopping a whole gateway: bind every listener, build the proxy
+//! snapshot, serve, and drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Manifest;
+use crate::config::model::ListenerId;
+use crate::proxy::{BuildError, Proxy};
+use crate::server::{self, tls::TlsError};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener's address could not be bound.
+    #[error("listener `{listener}` cannot bind {address}: {source}")]
+    Bind {
+        /// Listener name.
+        listener: String,
+        /// The address.
+        address: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A listener's TLS settings could not be loaded.
+    #[error("listener `{listener}`: {source}")]
+    Tls {
+        /// Listener name.
+        listener: String,
+        /// What failed.
+        source: TlsError,
+    },
+    /// The proxy snapshot could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// A serving gateway.
+pub struct Gateway {
+    addresses: Vec<(String, SocketAddr)>,
+    shutdown: watch::Sender<bool>,
+    tracker: TaskTracker,
+    shutdown_timeout: Duration,
+}
+
+impl Gateway {
+    /// Binds every listener of `manifest` and starts serving.
+    pub async fn start(manifest: Manifest) -> Result<Self, StartError> {
+        let mut listeners = Vec::with_capacity(manifest.listeners.len());
+        let mut addresses = Vec::with_capacity(manifest.listeners.len());
+        for (i, config) in manifest.listeners.iter().enumerate() {
+            let bind_error = |source| StartError::Bind {
+                listener: config.name.clone(),
+                address: config.address,
+                source,
+            };
+            let tls = match &config.tls {
+                Some(tls) => Some(TlsAcceptor::from(server::tls::server_config(tls).map_err(
+                    |source| StartError::Tls {
+                        listener: config.name.clone(),
+                        source,
+                    },
+                )?)),
+                None => None,
+            };
+            let socket = TcpListener::bind(config.address).await.map_err(bind_error)?;
+            let local = socket.local_addr().map_err(bind_error)?;
+            addresses.push((config.name.clone(), local));
+            listeners.push(server::Listener {
+                id: ListenerId(i),
+                name: config.name.clone(),
+                socket,
+                tls,
+                limits: Arc::new(config.limits.clone()),
+            });
+        }
+        let shutdown_timeout = manifest.shutdown_timeout;
+        let proxy = Arc::new(Proxy::new(manifest)?);
+        let (shutdown, _) = watch::channel(false);
+        let tracker = TaskTracker::new();
+        for listener in listeners {
+            tracing::info!(listener = %listener.name, address = %listener.socket.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), tls = listener.tls.is_some(), "listening");
+            tokio::spawn(server::accept_loop(
+                listener,
+                proxy.clone(),
+                tracker.clone(),
+                shutdown.subscribe(),
+            ));
+        }
+        Ok(Self {
+            addresses,
+            shutdown,
+            tracker,
+            shutdown_timeout,
+        })
+    }
+
+    /// The bound address of the listener named `name`.
+    pub fn address(&self, name: &str) -> Option<SocketAddr> {
+        self.addresses
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Every listener's name and bound address, in manifest order.
+    pub fn addresses(&self) -> &[(String, SocketAddr)] {
+        &self.addresses
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to the manifest's
+    /// `shutdown_timeout`, and returns whether every connection drained in time.
+    pub async fn shutdown(self) -> bool {
+        let _ = self.shutdown.send(true);
+        self.tracker.close();
+        let drained = tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                open_connections = self.tracker.len(),
+                "shutdown deadline passed; closing remaining connections"
+            );
+        }
+        drained
+    }
+}

@@ -1,0 +1,116 @@
+//! The `weir` command: `weir run --config weir.yaml` and `weir validate weir.yaml`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use weir::Gateway;
+
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about = "An API gateway whose policies are Wasm filters")]
+struct Cli {
+    /// Log filter, e.g. `info`, `warn,weir::access=off` (tracing-subscriber syntax).
+    #[arg(long, env = "WEIR_LOG", default_value = "info", global = true)]
+    log: String,
+    /// Log format.
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve traffic with a manifest.
+    Run {
+        /// The route manifest.
+        #[arg(long, short, env = "WEIR_CONFIG", default_value = "weir.yaml")]
+        config: PathBuf,
+        /// Worker threads (default: one per core).
+        #[arg(long, env = "WEIR_WORKERS")]
+        workers: Option<usize>,
+    },
+    /// Check a manifest without serving; lists every problem.
+    Validate {
+        /// The route manifest.
+        #[arg(env = "WEIR_CONFIG", default_value = "weir.yaml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_format);
+    match cli.command {
+        Command::Validate { config } => match weir::config::load(&config) {
+            Ok(manifest) => {
+                println!(
+                    "{}: ok ({} listeners, {} upstreams, {} routes)",
+                    config.display(),
+                    manifest.listeners.len(),
+                    manifest.upstreams.len(),
+                    manifest.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config, workers } => match run(config, workers) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("{error:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(config: PathBuf, workers: Option<usize>) -> anyhow::Result<()> {
+    let manifest = weir::config::load(&config)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        runtime.worker_threads(n.max(1));
+    }
+    let runtime = runtime.enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let gateway = Gateway::start(manifest).await?;
+        wait_for_signal().await?;
+        tracing::info!("shutting down: draining in-flight requests");
+        let drained = gateway.shutdown().await;
+        tracing::info!(drained, "stopped");
+        Ok(())
+    })
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
+    }
+    Ok(())
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

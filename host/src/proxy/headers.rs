@@ -1,0 +1,110 @@
+//! Header hygiene on the way through: hop-by-hop headers removed, standard
+//! forwarding headers added.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The `via` token Weir adds.
+const VIA: &str = "1.1 weir";
+
+/// Headers that describe one connection and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the `connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// What the proxy knows about the client side of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSide<'a> {
+    /// The peer address.
+    pub remote: SocketAddr,
+    /// `https` or `http`.
+    pub scheme: &'a str,
+    /// The host the client asked for, if any.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Adds `x-forwarded-for` (appended), `x-forwarded-proto`, `x-forwarded-host` and `via`.
+pub fn add_forwarding(headers: &mut HeaderMap, client: ClientSide<'_>) {
+    let ip = client.remote.ip().to_string();
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let forwarded_for = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(xff, v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if client.scheme == "https" { "https" } else { "http" }),
+    );
+    if let Some(host) = client.host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    append_via(headers);
+}
+
+/// Appends Weir's token to `via`.
+pub fn append_via(headers: &mut HeaderMap) {
+    headers.append(header::VIA, HeaderValue::from_static(VIA));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_headers_named_by_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn appends_to_an_existing_forwarded_for() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
+        let host = HeaderValue::from_static("api.example.com");
+        add_forwarding(
+            &mut h,
+            ClientSide {
+                remote: "127.0.0.2:5000".parse().expect("addr"),
+                scheme: "https",
+                host: Some(&host),
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "10.1.1.1, 127.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(h["via"], "1.1 weir");
+    }
+}

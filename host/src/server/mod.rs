@@ -1,0 +1,93 @@
+//! Listeners: accept connections (plain or TLS), enforce the connection limit
+//! and hand each connection to `connection::serve`.
+//!
+//! Knows sockets, TLS and hyper's server side; the request logic lives in `proxy`.
+
+mod connection;
+pub mod tls;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use crate::config::model::{ListenerId, ListenerLimits};
+use crate::proxy::{Connection, Proxy};
+
+/// A bound listener ready to serve.
+pub struct Listener {
+    /// Its id in the manifest.
+    pub id: ListenerId,
+    /// Its name.
+    pub name: String,
+    /// The bound socket.
+    pub socket: TcpListener,
+    /// TLS acceptor when the listener terminates TLS.
+    pub tls: Option<TlsAcceptor>,
+    /// Its limits.
+    pub limits: Arc<ListenerLimits>,
+}
+
+/// Accepts connections until `shutdown` fires; connections are spawned on `tracker`.
+pub async fn accept_loop(
+    listener: Listener,
+    proxy: Arc<Proxy>,
+    tracker: TaskTracker,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builder = Arc::new(connection::http_builder(&listener.limits));
+    let permits = Arc::new(Semaphore::new(listener.limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.socket.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, remote) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors and the like: back off briefly, keep serving.
+                tracing::warn!(listener = %listener.name, %error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(
+                listener = %listener.name,
+                %remote,
+                limit = listener.limits.max_connections,
+                "connection limit reached; closing new connection"
+            );
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            listener: listener.id,
+            remote,
+            tls: listener.tls.is_some(),
+            limits: listener.limits.clone(),
+        };
+        let (builder, proxy, shutdown) = (builder.clone(), proxy.clone(), shutdown.clone());
+        let tls = listener.tls.clone();
+        let handshake_timeout = listener.limits.header_read_timeout;
+        tracker.spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => connection::serve(stream, builder, proxy, conn, shutdown).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            connection::serve(stream, builder, proxy, conn, shutdown).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+

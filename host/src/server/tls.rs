@@ -1,0 +1,113 @@
+//! TLS termination: certificates loaded from PEM files, chosen by SNI, with ALPN
+//! offering h2 and HTTP/1.1.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::model::ListenerTls;
+
+/// Why a listener's TLS settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{}: {reason}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rustls refused the certificate or key.
+    #[error("certificate {}: {source}", path.display())]
+    Rustls {
+        /// The certificate file.
+        path: PathBuf,
+        /// The rustls error.
+        source: rustls::Error,
+    },
+}
+
+/// Builds the rustls server configuration of a listener.
+pub fn server_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut resolver = SniResolver::default();
+    for cert in &tls.certificates {
+        let key = Arc::new(load_certified_key(&cert.cert, &cert.key, &provider)?);
+        if cert.server_names.is_empty() {
+            resolver.default.get_or_insert_with(|| key.clone());
+        }
+        for name in &cert.server_names {
+            resolver.by_name.entry(name.clone()).or_insert_with(|| key.clone());
+        }
+    }
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls {
+            path: PathBuf::new(),
+            source,
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn load_certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let pem_error = |path: &Path, reason: String| TlsError::Pem {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| pem_error(cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(pem_error(cert, "no certificate found".into()));
+    }
+    let private_key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, e.to_string()))?;
+    CertifiedKey::from_der(chain, private_key, provider).map_err(|source| TlsError::Rustls {
+        path: cert.to_path_buf(),
+        source,
+    })
+}
+
+/// Picks a certificate by exact SNI name, then by `*.` wildcard, then the default.
+#[derive(Debug, Default)]
+struct SniResolver {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn lookup(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = server_name.map(str::to_ascii_lowercase) {
+            if let Some(key) = self.by_name.get(&name) {
+                return Some(key.clone());
+            }
+            if let Some((_, parent)) = name.split_once('.')
+                && let Some(key) = self.by_name.get(&format!("*.{parent}"))
+            {
+                return Some(key.clone());
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.lookup(hello.server_name())
+    }
+}
