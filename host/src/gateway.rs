@@ -69,7 +69,9 @@ impl Gateway {
                 )?)),
                 None => None,
             };
-            let socket = TcpListener::bind(config.address).await.map_err(bind_error)?;
+            let socket = TcpListener::bind(config.address)
+                .await
+                .map_err(bind_error)?;
             let local = socket.local_addr().map_err(bind_error)?;
             addresses.push((config.name.clone(), local));
             listeners.push(server::Listener {

@@ -4,14 +4,14 @@
 //! `config` ← `router` / `upstream` ← `proxy` ← `server` ← `gateway`.
 //! See `ARCHITECTURE.md` for the request path.
 
-pub mod config;
-pub mod router;
 pub mod body;
+pub mod config;
 pub mod error;
-pub mod proxy;
-pub mod upstream;
 pub mod gateway;
+pub mod proxy;
+pub mod router;
 pub mod server;
+pub mod upstream;
 
 pub use config::Manifest;
 pub use gateway::{Gateway, StartError};

@@ -8,13 +8,23 @@ use clap::{Parser, Subcommand};
 use weir::Gateway;
 
 #[derive(Debug, Parser)]
-#[command(name = "weir", version, about = "An API gateway whose policies are Wasm filters")]
+#[command(
+    name = "weir",
+    version,
+    about = "An API gateway whose policies are Wasm filters"
+)]
 struct Cli {
     /// Log filter, e.g. `info`, `warn,weir::access=off` (tracing-subscriber syntax).
     #[arg(long, env = "WEIR_LOG", default_value = "info", global = true)]
     log: String,
     /// Log format.
-    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "WEIR_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -83,7 +93,10 @@ fn run(config: PathBuf, workers: Option<usize>) -> anyhow::Result<()> {
     if let Some(n) = workers {
         runtime.worker_threads(n.max(1));
     }
-    let runtime = runtime.enable_all().build().context("cannot start the runtime")?;
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
     runtime.block_on(async {
         let gateway = Gateway::start(manifest).await?;
         wait_for_signal().await?;
@@ -108,7 +121,9 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

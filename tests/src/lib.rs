@@ -1,1 +1,292 @@
-//! tests
+//! Test support for Weir's end-to-end suite: the real gateway on port 0,
+//! real upstream servers on loopback, real TLS certificates.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// An upstream server that answers every request with a JSON description of it.
+///
+/// Request headers steer it: `x-echo-delay-ms: N` waits before answering,
+/// `x-echo-status: N` sets the status.
+pub struct EchoUpstream {
+    /// Its address.
+    pub addr: SocketAddr,
+    name: String,
+    hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl EchoUpstream {
+    /// Starts an echo upstream called `name` on a free loopback port.
+    pub async fn start(name: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (task_name, task_hits) = (name.to_owned(), hits.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (name, hits) = (task_name.clone(), task_hits.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let (name, hits) = (name.clone(), hits.clone());
+                        async move { Ok::<_, Infallible>(echo(req, &name, &hits).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            name: name.to_owned(),
+            hits,
+            task,
+        })
+    }
+
+    /// Requests served so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Its name, as echoed in the `upstream` field.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn echo(
+    req: Request<hyper::body::Incoming>,
+    name: &str,
+    hits: &AtomicUsize,
+) -> Response<Full<Bytes>> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let header = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    if let Some(ms) = header("x-echo-delay-ms").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let status = header("x-echo-status")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200u16);
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers
+            .entry(k.as_str().to_owned())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let payload = serde_json::json!({
+        "upstream": name,
+        "method": method,
+        "path": path,
+        "query": query,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    let mut response = Response::new(Full::new(Bytes::from(payload.to_string())));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    response.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response.headers_mut().insert(
+        "connection",
+        hyper::header::HeaderValue::from_static("keep-alive"),
+    );
+    response
+}
+
+/// A running gateway built from a YAML manifest.
+pub struct TestGateway {
+    gateway: Option<weir::Gateway>,
+    /// Directory the manifest's relative paths resolve against (certificates live here).
+    pub dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// Validates `yaml` and starts the gateway; relative paths resolve in a fresh temp dir.
+    pub async fn from_yaml(yaml: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        Self::from_yaml_in(yaml, dir).await
+    }
+
+    /// Like [`TestGateway::from_yaml`], resolving paths in `dir`.
+    pub async fn from_yaml_in(yaml: &str, dir: tempfile::TempDir) -> anyhow::Result<Self> {
+        let path = dir.path().join("weir.yaml");
+        std::fs::write(&path, yaml)?;
+        let manifest = weir::config::load(&path)?;
+        let gateway = weir::Gateway::start(manifest).await?;
+        Ok(Self {
+            gateway: Some(gateway),
+            dir,
+        })
+    }
+
+    /// Address of the listener named `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.gateway
+            .as_ref()
+            .and_then(|g| g.address(name))
+            .unwrap_or_else(|| panic!("no listener named {name}"))
+    }
+
+    /// `http://<addr of listener>` + `path`.
+    pub fn url(&self, listener: &str, path: &str) -> String {
+        format!("http://{}{path}", self.addr(listener))
+    }
+
+    /// Shuts down gracefully; returns whether everything drained in time.
+    pub async fn shutdown(&mut self) -> bool {
+        match self.gateway.take() {
+            Some(g) => g.shutdown().await,
+            None => true,
+        }
+    }
+}
+
+/// An address on which nothing listens (connections are refused).
+pub async fn dead_address() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    drop(listener);
+    Ok(addr)
+}
+
+/// An HTTP/1.1 client with keep-alive.
+pub fn http1_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http1_only()
+        .no_proxy()
+        .build()
+        .expect("client builds")
+}
+
+/// An HTTP/2 client speaking h2c with prior knowledge.
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .expect("client builds")
+}
+
+/// A TLS client trusting `ca_pem`, resolving `host` to `addr`.
+pub fn tls_client(ca_pem: &str, host: &str, addr: SocketAddr) -> anyhow::Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())?;
+    Ok(reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .resolve(host, addr)
+        .no_proxy()
+        .build()?)
+}
+
+/// A JSON body from a response, with context on failure.
+pub async fn json(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+    let status = response.status();
+    let text = response.text().await?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("status {status}: body is not JSON: {text}"))
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A certificate authority and leaf certificates made for one test.
+pub struct TestPki {
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A leaf certificate written to disk.
+pub struct Leaf {
+    /// Certificate PEM path.
+    pub cert: PathBuf,
+    /// Key PEM path.
+    pub key: PathBuf,
+    /// The certificate in DER, to compare with what a server presents.
+    pub der: Vec<u8>,
+}
+
+impl TestPki {
+    /// A fresh CA.
+    pub fn new() -> anyhow::Result<Self> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Weir test CA");
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            ca_pem: cert.pem(),
+            ca: rcgen::Issuer::new(params, key),
+        })
+    }
+
+    /// Issues a certificate for `names`, written as `<file_stem>.crt/.key` in `dir`.
+    pub fn leaf(&self, dir: &Path, file_stem: &str, names: &[&str]) -> anyhow::Result<Leaf> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let params = rcgen::CertificateParams::new(names)?;
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca)?;
+        let cert_path = dir.join(format!("{file_stem}.crt"));
+        let key_path = dir.join(format!("{file_stem}.key"));
+        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(&key_path, key.serialize_pem())?;
+        Ok(Leaf {
+            cert: cert_path,
+            key: key_path,
+            der: cert.der().to_vec(),
+        })
+    }
+}

@@ -214,7 +214,9 @@ impl Decode for ByteSize {
 /// Parses `<digits>[ ]<unit>` with a decimal (`KB`) or binary (`KiB`) unit.
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().ok()?;
     let factor: u64 = match unit.trim() {

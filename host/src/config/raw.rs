@@ -323,7 +323,9 @@ impl Decode for HostMatch {
             None => (false, host.as_str()),
         };
         let valid_label = |l: &str| {
-            !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         };
         if name.is_empty() || !name.split('.').all(valid_label) {
             diags.error(
@@ -350,7 +352,10 @@ impl Decode for PathMatch {
         let kinds = [("exact", exact?), ("prefix", prefix?), ("regex", regex?)];
         let mut given = kinds.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)));
         let Some((kind, value)) = given.next() else {
-            diags.error(node.location, "a path match needs one of `exact`, `prefix` or `regex`");
+            diags.error(
+                node.location,
+                "a path match needs one of `exact`, `prefix` or `regex`",
+            );
             return None;
         };
         if let Some((second, _)) = given.next() {
@@ -423,7 +428,11 @@ fn decode_value_match(
         found.push(("regex", compile_regex(&v, diags).map(ValueMatch::Regex)));
     }
     if let Some(p) = present? {
-        let m = if p { ValueMatch::Present } else { ValueMatch::Absent };
+        let m = if p {
+            ValueMatch::Present
+        } else {
+            ValueMatch::Absent
+        };
         found.push(("present", Some(m)));
     }
     match found.len() {
@@ -439,7 +448,10 @@ fn decode_value_match(
             let kinds: Vec<&str> = found.iter().map(|(k, _)| *k).collect();
             diags.error(
                 location,
-                format!("a value match takes one kind, found {}", kinds.join(" and ")),
+                format!(
+                    "a value match takes one kind, found {}",
+                    kinds.join(" and ")
+                ),
             );
             None
         }
@@ -456,7 +468,10 @@ impl Decode for HeaderMatch {
         let header = match HeaderName::from_bytes(name.value.as_bytes()) {
             Ok(h) => h,
             Err(_) => {
-                diags.error(name.location, format!("`{}` is not a header name", name.value));
+                diags.error(
+                    name.location,
+                    format!("`{}` is not a header name", name.value),
+                );
                 return None;
             }
         };
@@ -492,7 +507,10 @@ impl Decode for FixedResponse {
             Some(s) => match StatusCode::from_u16(s.value) {
                 Ok(code) if (200..=599).contains(&s.value) => code,
                 _ => {
-                    diags.error(s.location, format!("{} is not a status from 200 to 599", s.value));
+                    diags.error(
+                        s.location,
+                        format!("{} is not a status from 200 to 599", s.value),
+                    );
                     return None;
                 }
             },
@@ -530,7 +548,10 @@ fn decode_header_pairs(
             (Ok(n), Ok(val), _) => pairs.push((n, val)),
             (Err(_), _, _) => {
                 ok = false;
-                diags.error(k.location, format!("`{}` is not a header name", k.scalar_text()));
+                diags.error(
+                    k.location,
+                    format!("`{}` is not a header name", k.scalar_text()),
+                );
             }
             (_, Err(_), _) => {
                 ok = false;
@@ -578,10 +599,15 @@ impl Decode for RawRewrite {
         let path = match given.into_iter().next() {
             None => None,
             Some((_, v)) if !v.value.starts_with('/') => {
-                diags.error(v.location, format!("a rewritten path must start with `/`, found `{}`", v.value));
+                diags.error(
+                    v.location,
+                    format!("a rewritten path must start with `/`, found `{}`", v.value),
+                );
                 return None;
             }
-            Some(("strip_prefix", v)) => Some(located(v.location, PathRewrite::StripPrefix(v.value))),
+            Some(("strip_prefix", v)) => {
+                Some(located(v.location, PathRewrite::StripPrefix(v.value)))
+            }
             Some(("replace_prefix", v)) => {
                 Some(located(v.location, PathRewrite::ReplacePrefix(v.value)))
             }

@@ -39,7 +39,11 @@ pub fn validate(
     if raw.listeners.value.is_empty() {
         diags.error(raw.listeners.location, "at least one listener is required");
     }
-    let listener_ids = index_names(raw.listeners.value.iter().map(|l| &l.name), "listener", diags);
+    let listener_ids = index_names(
+        raw.listeners.value.iter().map(|l| &l.name),
+        "listener",
+        diags,
+    );
     let upstream_ids = index_names(raw.upstreams.iter().map(|u| &u.name), "upstream", diags);
     index_names(raw.routes.iter().map(|r| &r.name), "route", diags);
 
@@ -49,7 +53,11 @@ pub fn validate(
         .into_iter()
         .map(|l| listener(l, base_dir, diags))
         .collect();
-    let upstreams: Vec<Upstream> = raw.upstreams.into_iter().map(|u| upstream(u, diags)).collect();
+    let upstreams: Vec<Upstream> = raw
+        .upstreams
+        .into_iter()
+        .map(|u| upstream(u, diags))
+        .collect();
     let routes: Vec<Option<Route>> = raw
         .routes
         .into_iter()
@@ -65,7 +73,9 @@ pub fn validate(
         listeners,
         upstreams,
         routes: routes?,
-        shutdown_timeout: raw.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+        shutdown_timeout: raw
+            .shutdown_timeout
+            .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
     })
 }
 
@@ -83,7 +93,10 @@ fn index_names<'a>(
         } else if let Some(line) = first_seen.get(name.value.as_str()) {
             diags.error(
                 name.location,
-                format!("duplicate {kind} name `{}` (first defined on line {line})", name.value),
+                format!(
+                    "duplicate {kind} name `{}` (first defined on line {line})",
+                    name.value
+                ),
             );
         } else {
             first_seen.insert(&name.value, name.location.line);
@@ -96,7 +109,10 @@ fn index_names<'a>(
 fn listener(raw: RawListener, base_dir: &Path, diags: &mut Diagnostics) -> Listener {
     let tls = raw.tls.map(|tls| {
         if tls.certificates.value.is_empty() {
-            diags.error(tls.certificates.location, "a TLS listener needs at least one certificate");
+            diags.error(
+                tls.certificates.location,
+                "a TLS listener needs at least one certificate",
+            );
         }
         let certificates = tls
             .certificates
@@ -136,7 +152,10 @@ fn existing_file(path: &Located<String>, base_dir: &Path, diags: &mut Diagnostic
 
 fn upstream(raw: RawUpstream, diags: &mut Diagnostics) -> Upstream {
     if raw.targets.value.is_empty() {
-        diags.error(raw.targets.location, "an upstream needs at least one target");
+        diags.error(
+            raw.targets.location,
+            "an upstream needs at least one target",
+        );
     }
     Upstream {
         name: raw.name.value,
@@ -167,7 +186,10 @@ fn route(
             Some(&i) => listeners.push(ListenerId(i)),
             None => diags.error(
                 name.location,
-                format!("route `{}` names unknown listener `{}`", raw.name.value, name.value),
+                format!(
+                    "route `{}` names unknown listener `{}`",
+                    raw.name.value, name.value
+                ),
             ),
         }
     }
@@ -189,7 +211,10 @@ fn route(
         (Some(_), Some(_)) => {
             diags.error(
                 raw.location,
-                format!("route `{}` has both `upstream` and `respond`; pick one", raw.name.value),
+                format!(
+                    "route `{}` has both `upstream` and `respond`; pick one",
+                    raw.name.value
+                ),
             );
             None
         }

@@ -59,7 +59,11 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: ClientSide<'_>) {
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(if client.scheme == "https" { "https" } else { "http" }),
+        HeaderValue::from_static(if client.scheme == "https" {
+            "https"
+        } else {
+            "http"
+        }),
     );
     if let Some(host) = client.host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
@@ -79,7 +83,10 @@ mod tests {
     #[test]
     fn strips_headers_named_by_connection() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));

@@ -72,10 +72,12 @@ impl Proxy {
             .upstreams
             .iter()
             .map(|u| {
-                UpstreamGroup::new(u).map(Arc::new).map_err(|source| BuildError::InvalidTarget {
-                    upstream: u.name.clone(),
-                    source,
-                })
+                UpstreamGroup::new(u)
+                    .map(Arc::new)
+                    .map_err(|source| BuildError::InvalidTarget {
+                        upstream: u.name.clone(),
+                        source,
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let routers = (0..manifest.listeners.len())
@@ -85,7 +87,9 @@ impl Proxy {
                         .routes
                         .iter()
                         .enumerate()
-                        .filter(|(_, r)| r.listeners.is_empty() || r.listeners.contains(&ListenerId(l)))
+                        .filter(|(_, r)| {
+                            r.listeners.is_empty() || r.listeners.contains(&ListenerId(l))
+                        })
                         .map(|(i, r)| (RouteId(i), &r.matcher)),
                 )
             })
@@ -98,7 +102,11 @@ impl Proxy {
     }
 
     /// Serves one request end to end; never fails (errors become JSON responses).
-    pub async fn handle(&self, mut request: Request<Incoming>, conn: &Connection) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        conn: &Connection,
+    ) -> Response<Body> {
         let started = Instant::now();
         let request_id = ensure_request_id(request.headers_mut());
         let method = request.method().clone();
@@ -117,7 +125,9 @@ impl Proxy {
                 (route, error::respond(&error, request_id_text(&request_id)))
             }
         };
-        response.headers_mut().insert(REQUEST_ID, request_id.clone());
+        response
+            .headers_mut()
+            .insert(REQUEST_ID, request_id.clone());
         tracing::info!(
             target: "weir::access",
             request_id = %request_id_text(&request_id),
@@ -149,7 +159,8 @@ impl Proxy {
         let result = match &route.action {
             RouteAction::Respond(fixed) => Ok(fixed_response(fixed)),
             RouteAction::Forward(upstream) => {
-                self.forward(request, route, &self.upstreams[upstream.0], conn).await
+                self.forward(request, route, &self.upstreams[upstream.0], conn)
+                    .await
             }
         };
         result.map(|r| (route, r)).map_err(|e| (Some(route), e))
@@ -158,10 +169,12 @@ impl Proxy {
     /// The route for `request` on `listener`.
     fn route(&self, request: &Request<Incoming>, listener: ListenerId) -> Option<&Route> {
         let uri = request.uri();
-        let host = uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
+        let host = uri.authority().map(|a| a.as_str()).or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
         let view = RequestView {
             host,
             path: uri.path(),
@@ -186,11 +199,12 @@ impl Proxy {
             return Err(GatewayError::BodyTooLarge { limit });
         }
         let (mut parts, incoming) = request.into_parts();
-        let original_host = parts
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         strip_hop_by_hop(&mut parts.headers);
         headers::add_forwarding(
             &mut parts.headers,
@@ -228,7 +242,10 @@ impl Proxy {
 
 /// Keeps the client's `x-request-id` or generates one; returns its value.
 fn ensure_request_id(headers: &mut http::HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(&REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 200) {
+    if let Some(id) = headers
+        .get(&REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+    {
         return id.clone();
     }
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];

@@ -53,15 +53,24 @@ mod tests {
     #[test]
     fn strip_prefix_keeps_a_leading_slash() {
         let rule = PathRewrite::StripPrefix("/v1".into());
-        assert_eq!(rewrite_path("/v1/users/7", &rule, &prefix("/v1")), "/users/7");
+        assert_eq!(
+            rewrite_path("/v1/users/7", &rule, &prefix("/v1")),
+            "/users/7"
+        );
         assert_eq!(rewrite_path("/v1", &rule, &prefix("/v1")), "/");
-        assert_eq!(rewrite_path("/v10/users", &rule, &prefix("/")), "/v10/users");
+        assert_eq!(
+            rewrite_path("/v10/users", &rule, &prefix("/")),
+            "/v10/users"
+        );
     }
 
     #[test]
     fn replace_prefix_swaps_the_matched_prefix() {
         let rule = PathRewrite::ReplacePrefix("/api/v2".into());
-        assert_eq!(rewrite_path("/v2/users", &rule, &prefix("/v2")), "/api/v2/users");
+        assert_eq!(
+            rewrite_path("/v2/users", &rule, &prefix("/v2")),
+            "/api/v2/users"
+        );
         let rule = PathRewrite::ReplacePrefix("/".into());
         assert_eq!(rewrite_path("/old/x", &rule, &prefix("/old")), "/x");
     }
@@ -69,6 +78,9 @@ mod tests {
     #[test]
     fn replace_path_replaces_everything() {
         let rule = PathRewrite::ReplacePath("/healthz".into());
-        assert_eq!(rewrite_path("/status/deep", &rule, &prefix("/status")), "/healthz");
+        assert_eq!(
+            rewrite_path("/status/deep", &rule, &prefix("/status")),
+            "/healthz"
+        );
     }
 }

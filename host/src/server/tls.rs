@@ -45,7 +45,10 @@ pub fn server_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
             resolver.default.get_or_insert_with(|| key.clone());
         }
         for name in &cert.server_names {
-            resolver.by_name.entry(name.clone()).or_insert_with(|| key.clone());
+            resolver
+                .by_name
+                .entry(name.clone())
+                .or_insert_with(|| key.clone());
         }
     }
     let mut config = ServerConfig::builder_with_provider(provider)

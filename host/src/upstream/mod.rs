@@ -122,10 +122,12 @@ impl UpstreamGroup {
                 Err((error, None)) => return Err(error),
             }
         }
-        Err(last_error.unwrap_or_else(|| GatewayError::UpstreamUnavailable {
-            upstream: self.name.clone(),
-            source: "no attempt was made".into(),
-        }))
+        Err(
+            last_error.unwrap_or_else(|| GatewayError::UpstreamUnavailable {
+                upstream: self.name.clone(),
+                source: "no attempt was made".into(),
+            }),
+        )
     }
 
     /// One attempt on one target. On a connect failure the error carries the

@@ -1,0 +1,346 @@
+//! Golden tests of the `weir` command line against the manifests in `tests/manifests`.
+//!
+//! Every `valid/*.yaml` must pass `weir validate`. Every `invalid/*.yaml` must fail
+//! with exit code 2 and print exactly the lines of its sibling `<name>.expected`,
+//! where `{file}` stands for the path given on the command line and `{dir}` for
+//! that path's directory (files the manifest names are resolved against it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Fewer invalid manifests than this means the directory was not found or emptied.
+const MIN_INVALID_MANIFESTS: usize = 15;
+
+/// Fewer valid manifests than this means the directory was not found or emptied.
+const MIN_VALID_MANIFESTS: usize = 5;
+
+/// The invalid manifest with many different problems, used to check `weir run`.
+const MULTI_ERROR_MANIFEST: &str = "many_errors.yaml";
+
+/// How long `weir run` may take to give up on a broken manifest.
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The directory of this package; commands run from here so paths stay short.
+fn package_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `tests/manifests`, relative to [`package_dir`].
+fn manifests_dir() -> PathBuf {
+    PathBuf::from("../tests/manifests")
+}
+
+/// A `weir` command run from [`package_dir`], unaffected by the caller's `WEIR_*` variables.
+fn weir() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command
+        .current_dir(package_dir())
+        .env_remove("WEIR_CONFIG")
+        .env_remove("WEIR_WORKERS")
+        .env_remove("WEIR_LOG_FORMAT")
+        .env("WEIR_LOG", "warn")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs `weir validate <path>`.
+fn validate(path: &Path) -> Output {
+    weir()
+        .arg("validate")
+        .arg(path)
+        .output()
+        .expect("the weir binary should start")
+}
+
+/// The `*.yaml` files in `manifests/<kind>`, sorted, as paths relative to [`package_dir`].
+fn manifests(kind: &str) -> Vec<PathBuf> {
+    let dir = manifests_dir().join(kind);
+    let entries = std::fs::read_dir(package_dir().join(&dir))
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    let mut files: Vec<PathBuf> = entries
+        .map(|entry| {
+            entry
+                .expect("a directory entry should be readable")
+                .file_name()
+        })
+        .filter(|name| Path::new(name).extension().is_some_and(|ext| ext == "yaml"))
+        .map(|name| dir.join(name))
+        .collect();
+    files.sort();
+    files
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The expected stderr of `weir validate <manifest>`, placeholders filled in.
+fn expected_errors(manifest: &Path) -> String {
+    let golden = package_dir().join(manifest.with_extension("expected"));
+    let text = std::fs::read_to_string(&golden).unwrap_or_else(|e| {
+        panic!(
+            "{} has no golden file {}: {e}",
+            manifest.display(),
+            golden.display()
+        )
+    });
+    let dir = manifest.parent().unwrap_or(Path::new(""));
+    text.replace("{file}", &manifest.display().to_string())
+        .replace("{dir}", &dir.display().to_string())
+}
+
+/// A line diff of `expected` against `actual`: `-` only expected, `+` only actual.
+fn diff(expected: &str, actual: &str) -> String {
+    let old: Vec<&str> = expected.lines().collect();
+    let new: Vec<&str> = actual.lines().collect();
+    // lcs[i][j]: length of the longest common subsequence of old[i..] and new[j..].
+    let mut lcs = vec![vec![0usize; new.len() + 1]; old.len() + 1];
+    for i in (0..old.len()).rev() {
+        for j in (0..new.len()).rev() {
+            lcs[i][j] = if old[i] == new[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    let mut out = String::new();
+    while i < old.len() || j < new.len() {
+        if i < old.len() && j < new.len() && old[i] == new[j] {
+            out.push_str(&format!("  {}\n", old[i]));
+            i += 1;
+            j += 1;
+        } else if i < old.len() && (j == new.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out.push_str(&format!("- {}\n", old[i]));
+            i += 1;
+        } else {
+            out.push_str(&format!("+ {}\n", new[j]));
+            j += 1;
+        }
+    }
+    if expected.ends_with('\n') != actual.ends_with('\n') {
+        out.push_str("(the two differ in their final newline)\n");
+    }
+    out
+}
+
+#[test]
+fn every_valid_manifest_validates() {
+    let files = manifests("valid");
+    assert!(
+        files.len() >= MIN_VALID_MANIFESTS,
+        "expected at least {MIN_VALID_MANIFESTS} valid manifests in {}, found {}",
+        manifests_dir().join("valid").display(),
+        files.len()
+    );
+    let mut failures = Vec::new();
+    for file in &files {
+        let output = validate(file);
+        let out = stdout(&output);
+        let ok_prefix = format!("{}: ok (", file.display());
+        if output.status.code() != Some(0) || !out.starts_with(&ok_prefix) {
+            failures.push(format!(
+                "{}: exit {:?}\nstdout:\n{out}stderr:\n{}",
+                file.display(),
+                output.status.code(),
+                stderr(&output)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} valid manifests were rejected:\n\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_invalid_manifest_lists_all_errors() {
+    let files = manifests("invalid");
+    assert!(
+        files.len() >= MIN_INVALID_MANIFESTS,
+        "expected at least {MIN_INVALID_MANIFESTS} invalid manifests in {}, found {}",
+        manifests_dir().join("invalid").display(),
+        files.len()
+    );
+    let mut failures = Vec::new();
+    for file in &files {
+        let expected = expected_errors(file);
+        assert!(
+            !expected.trim().is_empty(),
+            "{} is empty",
+            file.with_extension("expected").display()
+        );
+        let output = validate(file);
+        let actual = stderr(&output);
+        let code = output.status.code();
+        if code != Some(2) || actual != expected {
+            failures.push(format!(
+                "{}: {}stderr diff (- expected, + actual):\n{}",
+                file.display(),
+                if code == Some(2) {
+                    String::new()
+                } else {
+                    format!("exit code {code:?}, expected 2; ")
+                },
+                diff(&expected, &actual)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} invalid manifests did not print their golden errors \
+         (rerun `weir validate` on them from {}):\n\n{}",
+        failures.len(),
+        files.len(),
+        package_dir().display(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_golden_file_has_a_manifest() {
+    let dir = manifests_dir().join("invalid");
+    let entries = std::fs::read_dir(package_dir().join(&dir))
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    let orphans: Vec<String> = entries
+        .map(|entry| entry.expect("a directory entry should be readable").path())
+        .filter(|p| p.extension().is_some_and(|ext| ext == "expected"))
+        .filter(|p| !p.with_extension("yaml").is_file())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "golden files without a manifest: {orphans:?}"
+    );
+}
+
+/// Waits for `weir run` to exit, killing it (and failing) if it starts serving instead.
+fn run_to_exit(mut command: Command) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the weir binary should start");
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    loop {
+        if child
+            .try_wait()
+            .expect("waiting on weir should work")
+            .is_some()
+        {
+            return child
+                .wait_with_output()
+                .expect("weir's output should be readable");
+        }
+        if Instant::now() > deadline {
+            child.kill().expect("a running weir should be killable");
+            let output = child
+                .wait_with_output()
+                .expect("weir's output should be readable");
+            panic!(
+                "`weir run` was still running after {RUN_TIMEOUT:?}; it accepted a broken manifest.\n\
+                 stderr:\n{}",
+                stderr(&output)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts that `weir run` failed and printed every line `weir validate` prints for `manifest`.
+fn assert_run_reports(output: &Output, manifest: &Path) {
+    let actual = stderr(output);
+    assert!(
+        !output.status.success() && output.status.code().is_some(),
+        "`weir run` with {} should exit non-zero, got {:?}; stderr:\n{actual}",
+        manifest.display(),
+        output.status
+    );
+    let expected = expected_errors(manifest);
+    let missing: Vec<&str> = expected
+        .lines()
+        .filter(|line| !actual.lines().any(|a| a == *line))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "`weir run` with {} did not print {} of the {} expected lines:\n{}\n\nstderr was:\n{actual}",
+        manifest.display(),
+        missing.len(),
+        expected.lines().count(),
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn run_rejects_a_broken_manifest_with_every_error() {
+    let manifest = manifests_dir().join("invalid").join(MULTI_ERROR_MANIFEST);
+    assert!(
+        expected_errors(&manifest).lines().count() >= 4,
+        "{} should have several errors",
+        manifest.display()
+    );
+    let mut command = weir();
+    command.arg("run").arg("--config").arg(&manifest);
+    let output = run_to_exit(command);
+    assert_run_reports(&output, &manifest);
+}
+
+#[test]
+fn run_and_validate_read_flags_from_env() {
+    let valid = manifests_dir().join("valid").join("minimal.yaml");
+    let output = weir()
+        .arg("validate")
+        .env("WEIR_CONFIG", &valid)
+        .output()
+        .expect("the weir binary should start");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "WEIR_CONFIG={} weir validate failed; stderr:\n{}",
+        valid.display(),
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).starts_with(&format!("{}: ok (", valid.display())),
+        "weir validate should name the file from WEIR_CONFIG; stdout:\n{}",
+        stdout(&output)
+    );
+
+    // `run` reads the same variable: a broken manifest named there is rejected.
+    let broken = manifests_dir().join("invalid").join(MULTI_ERROR_MANIFEST);
+    let mut command = weir();
+    command.arg("run").env("WEIR_CONFIG", &broken);
+    let output = run_to_exit(command);
+    assert_run_reports(&output, &broken);
+}
+
+#[test]
+fn validate_reports_a_missing_file() {
+    let missing = manifests_dir().join("no-such-manifest.yaml");
+    assert!(
+        !package_dir().join(&missing).exists(),
+        "{} should not exist",
+        missing.display()
+    );
+    let output = validate(&missing);
+    let err = stderr(&output);
+    assert!(
+        !output.status.success(),
+        "weir validate on a missing file should fail; stdout:\n{}",
+        stdout(&output)
+    );
+    assert!(
+        err.contains(&missing.display().to_string()) && err.contains("cannot read"),
+        "the error should name {} and say it cannot be read; stderr:\n{err}",
+        missing.display()
+    );
+}

@@ -1,0 +1,169 @@
+//! Listener limits: body and header size, slow and idle clients, connection count.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weir_tests::{EchoUpstream, TestGateway, http1_client, json};
+
+async fn limited_gateway(up: &EchoUpstream, limits: &str) -> anyhow::Result<TestGateway> {
+    TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0, limits: {limits} }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+routes: [{{ name: all, upstream: echo }}]
+"#,
+        up.addr
+    ))
+    .await
+}
+
+/// Reads until the peer closes, or `limit` passes; returns what was read and whether it closed.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let mut received = Vec::new();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (received, true),
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => return (received, false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn declared_body_over_the_limit_is_a_json_413() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = limited_gateway(&up, "{ max_body_bytes: 1KiB }").await?;
+    let response = http1_client()
+        .post(gw.url("main", "/"))
+        .body("x".repeat(2048))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 413);
+    let body = json(response).await?;
+    assert_eq!(body["error"]["code"], "body_too_large");
+    assert_eq!(up.hits(), 0, "refused before reaching the upstream");
+    let small = http1_client()
+        .post(gw.url("main", "/"))
+        .body("x".repeat(1024))
+        .send()
+        .await?;
+    assert_eq!(small.status(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn chunked_body_over_the_limit_is_a_json_413() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = limited_gateway(&up, "{ max_body_bytes: 1KiB }").await?;
+    let mut stream = TcpStream::connect(gw.addr("main")).await?;
+    let chunk = "a".repeat(800);
+    let request = format!(
+        "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n320\r\n{chunk}\r\n320\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let (received, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(closed);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("\"code\":\"body_too_large\""), "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused_with_431() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = limited_gateway(&up, "{ max_header_bytes: 8KiB }").await?;
+    let response = http1_client()
+        .get(gw.url("main", "/"))
+        .header("x-big", "b".repeat(16 * 1024))
+        .send()
+        .await;
+    match response {
+        Ok(r) => assert_eq!(r.status(), 431),
+        // The server may close before the client finishes writing.
+        Err(e) => assert!(e.is_request() || e.is_connect() || e.is_body(), "{e}"),
+    }
+    assert_eq!(up.hits(), 0);
+    let fine = http1_client()
+        .get(gw.url("main", "/"))
+        .header("x-small", "s")
+        .send()
+        .await?;
+    assert_eq!(fine.status(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn slow_header_senders_are_disconnected() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = limited_gateway(&up, "{ header_read_timeout: 300ms, idle_timeout: 30s }").await?;
+    let mut stream = TcpStream::connect(gw.addr("main")).await?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        .await?;
+    let started = Instant::now();
+    let (_, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        closed,
+        "a client that never finishes its headers is cut off"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(up.hits(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = limited_gateway(&up, "{ idle_timeout: 300ms }").await?;
+    let mut stream = TcpStream::connect(gw.addr("main")).await?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await?;
+    let (received, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(String::from_utf8_lossy(&received).starts_with("HTTP/1.1 200"));
+    assert!(closed, "the idle keep-alive connection was closed");
+    // A connection that never sends anything is closed too.
+    let mut silent = TcpStream::connect(gw.addr("main")).await?;
+    let (_, closed) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(closed);
+    Ok(())
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_once() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = limited_gateway(&up, "{ max_connections: 2 }").await?;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(gw.addr("main")).await?;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await?;
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await?;
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(s);
+    }
+    let mut third = TcpStream::connect(gw.addr("main")).await?;
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let (received, closed) = read_until_closed(&mut third, Duration::from_secs(5)).await;
+    assert!(
+        closed && received.is_empty(),
+        "the third connection is refused"
+    );
+    drop(held);
+    // Capacity comes back once the held connections close.
+    let ok = weir_tests::eventually(Duration::from_secs(5), async || {
+        http1_client()
+            .get(gw.url("main", "/"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ok);
+    Ok(())
+}
