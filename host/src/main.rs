@@ -64,11 +64,11 @@ fn main() -> ExitCode {
         Command::Validate { config } => match weir::config::load(&config) {
             Ok(manifest) => {
                 println!(
-                    "{}: ok ({} listeners, {} upstreams, {} routes)",
+                    "{}: ok ({}, {}, {})",
                     config.display(),
-                    manifest.listeners.len(),
-                    manifest.upstreams.len(),
-                    manifest.routes.len()
+                    count(manifest.listeners.len(), "listener"),
+                    count(manifest.upstreams.len(), "upstream"),
+                    count(manifest.routes.len(), "route")
                 );
                 ExitCode::SUCCESS
             }
@@ -84,6 +84,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `1 route`, `2 routes`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 

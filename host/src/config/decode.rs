@@ -76,9 +76,10 @@ impl<T: Decode> Decode for Vec<T> {
         let Value::Seq(items) = &node.value else {
             return mismatch(node, "a list", diags);
         };
-        // Decode every item so each reports its own errors.
-        let decoded: Vec<Option<T>> = items.iter().map(|i| T::decode(i, diags)).collect();
-        decoded.into_iter().collect()
+        // Decode every item so each reports its own errors; keep the ones that
+        // decoded so whole-manifest checks can still run on them (the recorded
+        // errors make the manifest fail anyway).
+        Some(items.iter().filter_map(|i| T::decode(i, diags)).collect())
     }
 }
 
@@ -86,6 +87,7 @@ impl Decode for String {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         match &node.value {
             Value::Str(s) => Some(s.clone()),
+            Value::Int(_) | Value::Float(_) => Some(node.scalar_text()),
             _ => mismatch(node, "a string", diags),
         }
     }
@@ -105,10 +107,7 @@ fn decode_int<T: TryFrom<i64>>(node: &Node, diags: &mut Diagnostics, what: &str)
     match node.value {
         Value::Int(i) => match T::try_from(i) {
             Ok(v) => Some(v),
-            Err(_) => {
-                diags.error(node.location, format!("{i} is out of range for {what}"));
-                None
-            }
+            Err(_) => mismatch(node, what, diags),
         },
         _ => mismatch(node, what, diags),
     }
@@ -245,7 +244,10 @@ pub fn mismatch<T>(node: &Node, expected: &str, diags: &mut Diagnostics) -> Opti
 fn describe(node: &Node) -> String {
     match &node.value {
         Value::Str(s) => format!("`{s}`"),
-        Value::Int(_) | Value::Float(_) | Value::Bool(_) => format!("`{}`", node.scalar_text()),
+        Value::Int(_) | Value::Float(_) => format!("`{}`", node.scalar_text()),
+        // YAML reads unquoted yes/no/on/off/y/n as booleans: say so.
+        Value::Bool(b) => format!("the boolean `{b}` (quote it if you meant text)"),
+        Value::Null => "nothing".to_owned(),
         other => other.kind().to_owned(),
     }
 }
@@ -283,8 +285,9 @@ impl<'a> Fields<'a> {
 
     /// The node under `key`, if present.
     pub fn node(&mut self, key: &'static str) -> Option<&'a Node> {
-        self.known.push(key);
-        self.taken.insert(key);
+        if self.taken.insert(key) {
+            self.known.push(key);
+        }
         self.entries
             .iter()
             .find(|(k, _, _)| *k == key)
@@ -310,11 +313,17 @@ impl<'a> Fields<'a> {
             None => {
                 diags.error(
                     self.location,
-                    format!("the {} is missing the required field `{key}`", self.what),
+                    format!("missing required field `{key}` in the {}", self.what),
                 );
                 None
             }
         }
+    }
+
+    /// Decodes an optional field, falling back to `default` when absent or invalid
+    /// (an invalid value is recorded, so the manifest is rejected all the same).
+    pub fn or<T: Decode>(&mut self, key: &'static str, default: T, diags: &mut Diagnostics) -> T {
+        self.optional(key, diags).flatten().unwrap_or(default)
     }
 
     /// Records every key that was never asked for.

@@ -26,12 +26,12 @@ use raw::RawManifest;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{}: cannot read the manifest: {source}", path.display())]
+    #[error("{}: cannot read the manifest: {reason}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (shown in the message, so not chained as a source).
+        reason: std::io::Error,
     },
     /// The manifest has one or more problems.
     #[error("{}", Problems(path, diagnostics))]
@@ -67,9 +67,9 @@ impl fmt::Display for Problems<'_> {
 
 /// Reads and validates the manifest at `path`.
 pub fn load(path: &Path) -> Result<Manifest, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        reason,
     })?;
     let base_dir = path.parent().unwrap_or(Path::new("."));
     parse(&text, path, base_dir)

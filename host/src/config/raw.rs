@@ -2,7 +2,9 @@
 //!
 //! Leaf values (durations, sizes, regexes, matches) are checked here; anything
 //! that needs the whole manifest (references, duplicate names) is left to
-//! `validate`.
+//! `validate`. An entity decodes whenever its name does: a bad field is
+//! recorded and replaced by its default, so the whole-manifest checks still run
+//! and every problem is reported in one go.
 
 use std::net::SocketAddr;
 
@@ -23,8 +25,8 @@ pub const MIN_HEADER_BYTES: u64 = 8 * 1024;
 /// The top level of a manifest.
 #[derive(Debug)]
 pub struct RawManifest {
-    pub api_version: Located<String>,
-    pub listeners: Located<Vec<RawListener>>,
+    pub api_version: Option<Located<String>>,
+    pub listeners: Option<Vec<RawListener>>,
     pub upstreams: Vec<RawUpstream>,
     pub routes: Vec<RawRoute>,
     pub shutdown_timeout: Option<HumanDuration>,
@@ -32,20 +34,35 @@ pub struct RawManifest {
 
 impl Decode for RawManifest {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
+        if let Value::Null = node.value {
+            diags.error(node.location, "the manifest is empty");
+            return None;
+        }
         let mut f = Fields::of(node, "manifest", diags)?;
-        let api_version = f.required("apiVersion", diags);
-        let listeners = f.required("listeners", diags);
-        let upstreams = f.optional("upstreams", diags);
-        let routes = f.optional("routes", diags);
-        let shutdown_timeout = f.optional("shutdown_timeout", diags);
+        require_entries(
+            f.node("listeners"),
+            "at least one listener is required",
+            diags,
+        );
+        let manifest = Self {
+            api_version: f.required("apiVersion", diags),
+            listeners: f.required("listeners", diags),
+            upstreams: f.or("upstreams", Vec::new(), diags),
+            routes: f.or("routes", Vec::new(), diags),
+            shutdown_timeout: f.optional("shutdown_timeout", diags).flatten(),
+        };
         f.finish(diags);
-        Some(Self {
-            api_version: api_version?,
-            listeners: listeners?,
-            upstreams: upstreams?.unwrap_or_default(),
-            routes: routes?.unwrap_or_default(),
-            shutdown_timeout: shutdown_timeout?,
-        })
+        Some(manifest)
+    }
+}
+
+/// Records `message` when `list` is present and an empty list. (Checked on the
+/// node: after decoding, entries that failed are gone and emptiness means nothing.)
+fn require_entries(list: Option<&Node>, message: &str, diags: &mut Diagnostics) {
+    if let Some(node) = list
+        && matches!(&node.value, Value::Seq(items) if items.is_empty())
+    {
+        diags.error(node.location, message);
     }
 }
 
@@ -53,7 +70,7 @@ impl Decode for RawManifest {
 #[derive(Debug)]
 pub struct RawListener {
     pub name: Located<String>,
-    pub address: SocketAddr,
+    pub address: Option<SocketAddr>,
     pub tls: Option<RawTls>,
     pub limits: ListenerLimits,
 }
@@ -63,14 +80,14 @@ impl Decode for RawListener {
         let mut f = Fields::of(node, "listener", diags)?;
         let name = f.required("name", diags);
         let address = f.required("address", diags);
-        let tls = f.optional("tls", diags);
-        let limits = f.optional("limits", diags);
+        let tls = f.optional("tls", diags).flatten();
+        let limits = f.or("limits", ListenerLimits::default(), diags);
         f.finish(diags);
         Some(Self {
             name: name?,
-            address: address?,
-            tls: tls?,
-            limits: limits?.unwrap_or_default(),
+            address,
+            tls,
+            limits,
         })
     }
 }
@@ -78,16 +95,21 @@ impl Decode for RawListener {
 /// TLS settings of a listener as written.
 #[derive(Debug)]
 pub struct RawTls {
-    pub certificates: Located<Vec<RawCertificate>>,
+    pub certificates: Vec<RawCertificate>,
 }
 
 impl Decode for RawTls {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
-        let mut f = Fields::of(node, "tls settings", diags)?;
+        let mut f = Fields::of(node, "TLS settings", diags)?;
+        require_entries(
+            f.node("certificates"),
+            "a TLS listener needs at least one certificate",
+            diags,
+        );
         let certificates = f.required("certificates", diags);
         f.finish(diags);
         Some(Self {
-            certificates: certificates?,
+            certificates: certificates.unwrap_or_default(),
         })
     }
 }
@@ -105,12 +127,12 @@ impl Decode for RawCertificate {
         let mut f = Fields::of(node, "certificate", diags)?;
         let cert = f.required("cert", diags);
         let key = f.required("key", diags);
-        let server_names = f.optional("server_names", diags);
+        let server_names = f.or("server_names", Vec::new(), diags);
         f.finish(diags);
         Some(Self {
             cert: cert?,
             key: key?,
-            server_names: server_names?.unwrap_or_default(),
+            server_names,
         })
     }
 }
@@ -119,31 +141,41 @@ impl Decode for ListenerLimits {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "listener limits", diags)?;
         let defaults = ListenerLimits::default();
-        let header_node = f.node("max_header_bytes");
-        let max_header = f.optional::<ByteSize>("max_header_bytes", diags);
-        let max_body = f.optional::<ByteSize>("max_body_bytes", diags);
-        let header_read = f.optional::<HumanDuration>("header_read_timeout", diags);
-        let idle = f.optional::<HumanDuration>("idle_timeout", diags);
-        let max_connections = f.optional::<usize>("max_connections", diags);
-        f.finish(diags);
-        let max_header_bytes = match (max_header?, header_node) {
-            (Some(ByteSize(n)), Some(node)) if n < MIN_HEADER_BYTES => {
-                diags.error(
-                    node.location,
-                    format!("max_header_bytes must be at least 8KiB, found {n} bytes"),
-                );
-                return None;
-            }
-            (Some(ByteSize(n)), _) => usize::try_from(n).ok()?,
-            (None, _) => defaults.max_header_bytes,
+        let max_header = f
+            .optional::<Located<ByteSize>>("max_header_bytes", diags)
+            .flatten();
+        let limits = Self {
+            max_header_bytes: match max_header {
+                Some(size) if size.value.0 < MIN_HEADER_BYTES => {
+                    diags.error(
+                        size.location,
+                        format!(
+                            "max_header_bytes must be at least 8KiB, found {} bytes",
+                            size.value.0
+                        ),
+                    );
+                    defaults.max_header_bytes
+                }
+                Some(size) => usize::try_from(size.value.0).unwrap_or(usize::MAX),
+                None => defaults.max_header_bytes,
+            },
+            max_body_bytes: f
+                .or("max_body_bytes", ByteSize(defaults.max_body_bytes), diags)
+                .0,
+            header_read_timeout: f
+                .or(
+                    "header_read_timeout",
+                    HumanDuration(defaults.header_read_timeout),
+                    diags,
+                )
+                .0,
+            idle_timeout: f
+                .or("idle_timeout", HumanDuration(defaults.idle_timeout), diags)
+                .0,
+            max_connections: f.or("max_connections", defaults.max_connections, diags),
         };
-        Some(Self {
-            max_header_bytes,
-            max_body_bytes: max_body?.map_or(defaults.max_body_bytes, |b| b.0),
-            header_read_timeout: header_read?.map_or(defaults.header_read_timeout, |d| d.0),
-            idle_timeout: idle?.map_or(defaults.idle_timeout, |d| d.0),
-            max_connections: max_connections?.unwrap_or(defaults.max_connections),
-        })
+        f.finish(diags);
+        Some(limits)
     }
 }
 
@@ -151,7 +183,7 @@ impl Decode for ListenerLimits {
 #[derive(Debug)]
 pub struct RawUpstream {
     pub name: Located<String>,
-    pub targets: Located<Vec<RawTarget>>,
+    pub targets: Option<Vec<RawTarget>>,
     pub lb: LbPolicy,
     pub timeouts: UpstreamTimeouts,
     pub retries: u32,
@@ -161,17 +193,25 @@ impl Decode for RawUpstream {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "upstream", diags)?;
         let name = f.required("name", diags);
-        let targets = f.required("targets", diags);
-        let lb = f.optional("lb", diags);
-        let timeouts = f.optional("timeouts", diags);
-        let retries = f.optional("retries", diags);
+        require_entries(
+            f.node("targets"),
+            "an upstream needs at least one target",
+            diags,
+        );
+        let upstream = RawUpstream {
+            name: Located {
+                value: String::new(),
+                location: node.location,
+            },
+            targets: f.required("targets", diags),
+            lb: f.or("lb", LbPolicy::RoundRobin, diags),
+            timeouts: f.or("timeouts", UpstreamTimeouts::default(), diags),
+            retries: f.or("retries", 0, diags),
+        };
         f.finish(diags);
         Some(Self {
             name: name?,
-            targets: targets?,
-            lb: lb?.unwrap_or(LbPolicy::RoundRobin),
-            timeouts: timeouts?.unwrap_or_default(),
-            retries: retries?.unwrap_or(0),
+            ..upstream
         })
     }
 }
@@ -179,7 +219,7 @@ impl Decode for RawUpstream {
 /// One upstream target: `host:port` or `{ address, weight }`.
 #[derive(Debug)]
 pub struct RawTarget {
-    pub address: Located<String>,
+    pub address: String,
     pub weight: u32,
 }
 
@@ -191,41 +231,65 @@ impl Decode for RawTarget {
         }
         let mut f = Fields::of(node, "target", diags)?;
         let address = f.required::<Located<String>>("address", diags);
-        let weight_node = f.node("weight");
-        let weight = f.optional::<u32>("weight", diags);
+        let weight = f.optional::<Located<u32>>("weight", diags).flatten();
         f.finish(diags);
-        let weight = weight?.unwrap_or(1);
-        if let (0, Some(n)) = (weight, weight_node) {
-            diags.error(n.location, "a target's weight must be at least 1");
-            return None;
+        if let Some(w) = &weight
+            && !(1..=MAX_WEIGHT).contains(&w.value)
+        {
+            diags.error(
+                w.location,
+                format!(
+                    "a target's weight must be from 1 to {MAX_WEIGHT}, found {}",
+                    w.value
+                ),
+            );
         }
         Some(Self {
             address: check_target_address(address?, diags)?,
-            weight,
+            weight: weight.map_or(1, |w| w.value.clamp(1, MAX_WEIGHT)),
         })
     }
 }
 
-/// Checks that a target is `host:port` with a valid port.
-fn check_target_address(
-    address: Located<String>,
-    diags: &mut Diagnostics,
-) -> Option<Located<String>> {
-    let valid = address
-        .value
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-    if valid {
-        Some(address)
-    } else {
-        diags.error(
-            address.location,
-            format!(
-                "target `{}` must be `host:port`, like `127.0.0.1:3001`",
-                address.value
-            ),
-        );
-        None
+/// The largest target weight (keeps the round-robin schedule small).
+const MAX_WEIGHT: u32 = 1000;
+
+/// Checks that a target is `host:port`: a DNS name, an IPv4 address or a
+/// bracketed IPv6 address, and a port from 1 to 65535.
+fn check_target_address(address: Located<String>, diags: &mut Diagnostics) -> Option<String> {
+    let text = &address.value;
+    let problem = match text.rsplit_once(':') {
+        None => Some("it has no `:port`".to_owned()),
+        Some((host, port)) => {
+            let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+                None => {
+                    !host.is_empty()
+                        && host
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+                }
+            };
+            if !host_ok {
+                Some(format!(
+                    "`{host}` is not a host name, IPv4 address or [IPv6] address"
+                ))
+            } else if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                Some(format!("the port `{port}` is not from 1 to 65535"))
+            } else {
+                None
+            }
+        }
+    };
+    match problem {
+        None => Some(address.value),
+        Some(why) => {
+            diags.error(
+                address.location,
+                format!("target `{text}` must be `host:port` (like `127.0.0.1:3001`): {why}"),
+            );
+            None
+        }
     }
 }
 
@@ -243,15 +307,13 @@ impl Decode for UpstreamTimeouts {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "upstream timeouts", diags)?;
         let defaults = UpstreamTimeouts::default();
-        let connect = f.optional::<HumanDuration>("connect", diags);
-        let request = f.optional::<HumanDuration>("request", diags);
-        let idle = f.optional::<HumanDuration>("idle", diags);
+        let timeouts = Self {
+            connect: f.or("connect", HumanDuration(defaults.connect), diags).0,
+            request: f.or("request", HumanDuration(defaults.request), diags).0,
+            idle: f.or("idle", HumanDuration(defaults.idle), diags).0,
+        };
         f.finish(diags);
-        Some(Self {
-            connect: connect?.map_or(defaults.connect, |d| d.0),
-            request: request?.map_or(defaults.request, |d| d.0),
-            idle: idle?.map_or(defaults.idle, |d| d.0),
-        })
+        Some(timeouts)
     }
 }
 
@@ -263,7 +325,8 @@ pub struct RawRoute {
     pub listeners: Vec<Located<String>>,
     pub matcher: RouteMatch,
     pub upstream: Option<Located<String>>,
-    pub respond: Option<FixedResponse>,
+    /// `Some(None)` when `respond` is present but invalid.
+    pub respond: Option<Option<FixedResponse>>,
     pub rewrite: RawRewrite,
     pub timeout: Option<HumanDuration>,
 }
@@ -272,22 +335,24 @@ impl Decode for RawRoute {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "route", diags)?;
         let name = f.required("name", diags);
-        let listeners = f.optional("listeners", diags);
-        let matcher = f.optional("match", diags);
-        let upstream = f.optional("upstream", diags);
-        let respond = f.optional("respond", diags);
-        let rewrite = f.optional("rewrite", diags);
-        let timeout = f.optional("timeout", diags);
+        let respond_given = f.node("respond").is_some();
+        let route = RawRoute {
+            location: node.location,
+            name: Located {
+                value: String::new(),
+                location: node.location,
+            },
+            listeners: f.or("listeners", Vec::new(), diags),
+            matcher: f.or("match", RouteMatch::default(), diags),
+            upstream: f.optional("upstream", diags).flatten(),
+            respond: respond_given.then(|| f.optional("respond", diags).flatten()),
+            rewrite: f.or("rewrite", RawRewrite::default(), diags),
+            timeout: f.optional("timeout", diags).flatten(),
+        };
         f.finish(diags);
         Some(Self {
-            location: node.location,
             name: name?,
-            listeners: listeners?.unwrap_or_default(),
-            matcher: matcher?.unwrap_or_default(),
-            upstream: upstream?,
-            respond: respond?,
-            rewrite: rewrite?.unwrap_or_default(),
-            timeout: timeout?,
+            ..route
         })
     }
 }
@@ -295,23 +360,19 @@ impl Decode for RawRoute {
 impl Decode for RouteMatch {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "route match", diags)?;
-        let hosts = f.optional("hosts", diags);
-        let path = f.optional("path", diags);
-        let methods = f.optional::<Vec<MethodName>>("methods", diags);
-        let headers = f.optional("headers", diags);
-        let query = f.optional("query", diags);
-        f.finish(diags);
-        Some(Self {
-            hosts: hosts?.unwrap_or_default(),
-            path: path?.unwrap_or_default(),
-            methods: methods?
-                .unwrap_or_default()
+        let matcher = Self {
+            hosts: f.or("hosts", Vec::new(), diags),
+            path: f.or("path", PathMatch::default(), diags),
+            methods: f
+                .or::<Vec<MethodName>>("methods", Vec::new(), diags)
                 .into_iter()
                 .map(|m| m.0)
                 .collect(),
-            headers: headers?.unwrap_or_default(),
-            query: query?.unwrap_or_default(),
-        })
+            headers: f.or("headers", Vec::new(), diags),
+            query: f.or("query", Vec::new(), diags),
+        };
+        f.finish(diags);
+        Some(matcher)
     }
 }
 
@@ -327,6 +388,13 @@ impl Decode for HostMatch {
                 && l.chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         };
+        if name.contains(':') {
+            diags.error(
+                node.location,
+                format!("host pattern `{host}` must not have a port; hosts match on the name only"),
+            );
+            return None;
+        }
         if name.is_empty() || !name.split('.').all(valid_label) {
             diags.error(
                 node.location,
@@ -342,35 +410,67 @@ impl Decode for HostMatch {
     }
 }
 
+/// Picks the single kind given among `kinds`, recording none-given and several-given.
+fn one_kind<T>(
+    kinds: Vec<(&'static str, Option<T>)>,
+    location: Location,
+    what: &str,
+    diags: &mut Diagnostics,
+) -> Option<(&'static str, T)> {
+    let names: Vec<&str> = kinds.iter().map(|(k, _)| *k).collect();
+    let mut given: Vec<(&'static str, T)> = kinds
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+    match given.len() {
+        0 => {
+            let options: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+            diags.error(
+                location,
+                format!("{what} needs one of {}", options.join(", ")),
+            );
+            None
+        }
+        1 => given.pop(),
+        _ => {
+            let found: Vec<String> = given.iter().map(|(k, _)| format!("`{k}`")).collect();
+            diags.error(
+                location,
+                format!("{what} takes one kind, found both {}", found.join(" and ")),
+            );
+            None
+        }
+    }
+}
+
 impl Decode for PathMatch {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "path match", diags)?;
-        let exact = f.optional::<Located<String>>("exact", diags);
-        let prefix = f.optional::<Located<String>>("prefix", diags);
-        let regex = f.optional::<Located<String>>("regex", diags);
+        let kinds = vec![
+            (
+                "exact",
+                f.optional::<Located<String>>("exact", diags).flatten(),
+            ),
+            (
+                "prefix",
+                f.optional::<Located<String>>("prefix", diags).flatten(),
+            ),
+            (
+                "regex",
+                f.optional::<Located<String>>("regex", diags).flatten(),
+            ),
+        ];
         f.finish(diags);
-        let kinds = [("exact", exact?), ("prefix", prefix?), ("regex", regex?)];
-        let mut given = kinds.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)));
-        let Some((kind, value)) = given.next() else {
-            diags.error(
-                node.location,
-                "a path match needs one of `exact`, `prefix` or `regex`",
-            );
-            return None;
-        };
-        if let Some((second, _)) = given.next() {
-            diags.error(
-                node.location,
-                format!("a path match takes one kind, found both `{kind}` and `{second}`"),
-            );
-            return None;
-        }
+        let (kind, value) = one_kind(kinds, node.location, "a path match", diags)?;
         match kind {
             "regex" => compile_regex(&value, diags).map(PathMatch::Regex),
             _ if !value.value.starts_with('/') => {
                 diags.error(
                     value.location,
-                    format!("a {kind} path must start with `/`, found `{}`", value.value),
+                    format!(
+                        "the `{kind}` path must start with `/`, found `{}`",
+                        value.value
+                    ),
                 );
                 None
             }
@@ -380,12 +480,21 @@ impl Decode for PathMatch {
     }
 }
 
-/// Compiles a regex, reporting a syntax error at its location.
+/// Compiles a regex, reporting a syntax error on one line at its location.
 fn compile_regex(pattern: &Located<String>, diags: &mut Diagnostics) -> Option<Regex> {
     match Regex::new(&pattern.value) {
         Ok(re) => Some(re),
         Err(e) => {
-            diags.error(pattern.location, format!("invalid regex: {e}"));
+            let text = e.to_string();
+            let reason = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map_or(text.as_str(), |l| l.trim().trim_start_matches("error: "));
+            diags.error(
+                pattern.location,
+                format!("invalid regex `{}`: {reason}", pattern.value),
+            );
             None
         }
     }
@@ -397,6 +506,10 @@ struct MethodName(Method);
 impl Decode for MethodName {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let name = String::decode(node, diags)?;
+        if name.is_empty() {
+            diags.error(node.location, "an HTTP method must not be empty");
+            return None;
+        }
         match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
             Ok(m) => Some(MethodName(m)),
             Err(_) => {
@@ -413,49 +526,36 @@ fn decode_value_match(
     location: Location,
     diags: &mut Diagnostics,
 ) -> Option<ValueMatch> {
-    let exact = f.optional::<String>("exact", diags);
-    let prefix = f.optional::<String>("prefix", diags);
-    let regex = f.optional::<Located<String>>("regex", diags);
-    let present = f.optional::<bool>("present", diags);
-    let mut found: Vec<(&str, Option<ValueMatch>)> = Vec::new();
-    if let Some(v) = exact? {
-        found.push(("exact", Some(ValueMatch::Exact(v))));
-    }
-    if let Some(v) = prefix? {
-        found.push(("prefix", Some(ValueMatch::Prefix(v))));
-    }
-    if let Some(v) = regex? {
-        found.push(("regex", compile_regex(&v, diags).map(ValueMatch::Regex)));
-    }
-    if let Some(p) = present? {
-        let m = if p {
-            ValueMatch::Present
-        } else {
-            ValueMatch::Absent
-        };
-        found.push(("present", Some(m)));
-    }
-    match found.len() {
-        0 => {
-            diags.error(
-                location,
-                "a value match needs one of `exact`, `prefix`, `regex` or `present`",
-            );
-            None
-        }
-        1 => found.pop().and_then(|(_, m)| m),
-        _ => {
-            let kinds: Vec<&str> = found.iter().map(|(k, _)| *k).collect();
-            diags.error(
-                location,
-                format!(
-                    "a value match takes one kind, found {}",
-                    kinds.join(" and ")
-                ),
-            );
-            None
-        }
-    }
+    let regex = f
+        .optional::<Located<String>>("regex", diags)
+        .flatten()
+        .map(|r| compile_regex(&r, diags).map(ValueMatch::Regex));
+    let kinds = vec![
+        (
+            "exact",
+            f.optional("exact", diags)
+                .flatten()
+                .map(|v| Some(ValueMatch::Exact(v))),
+        ),
+        (
+            "prefix",
+            f.optional("prefix", diags)
+                .flatten()
+                .map(|v| Some(ValueMatch::Prefix(v))),
+        ),
+        ("regex", regex),
+        (
+            "present",
+            f.optional::<bool>("present", diags).flatten().map(|p| {
+                Some(if p {
+                    ValueMatch::Present
+                } else {
+                    ValueMatch::Absent
+                })
+            }),
+        ),
+    ];
+    one_kind(kinds, location, "a value match", diags).and_then(|(_, m)| m)
 }
 
 impl Decode for HeaderMatch {
@@ -499,7 +599,7 @@ impl Decode for FixedResponse {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "fixed response", diags)?;
         let status = f.optional::<Located<u16>>("status", diags);
-        let headers_node = f.node("headers");
+        let headers = f.node("headers").map(|n| decode_header_pairs(n, diags));
         let body = f.optional::<String>("body", diags);
         f.finish(diags);
         let status = match status? {
@@ -515,13 +615,9 @@ impl Decode for FixedResponse {
                 }
             },
         };
-        let headers = match headers_node {
-            None => Vec::new(),
-            Some(n) => decode_header_pairs(n, diags)?,
-        };
         Some(Self {
             status,
-            headers,
+            headers: headers.unwrap_or(Some(Vec::new()))?,
             body: Bytes::from(body?.unwrap_or_default()),
         })
     }
@@ -572,51 +668,46 @@ pub struct RawRewrite {
 impl Decode for RawRewrite {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "rewrite", diags)?;
-        let strip = f.optional::<Located<String>>("strip_prefix", diags);
-        let replace_prefix = f.optional::<Located<String>>("replace_prefix", diags);
-        let replace_path = f.optional::<Located<String>>("replace_path", diags);
-        let host = f.optional::<String>("host", diags);
-        f.finish(diags);
-        let kinds = [
-            ("strip_prefix", strip?),
-            ("replace_prefix", replace_prefix?),
-            ("replace_path", replace_path?),
+        let kinds = vec![
+            (
+                "strip_prefix",
+                f.optional::<Located<String>>("strip_prefix", diags)
+                    .flatten(),
+            ),
+            (
+                "replace_prefix",
+                f.optional::<Located<String>>("replace_prefix", diags)
+                    .flatten(),
+            ),
+            (
+                "replace_path",
+                f.optional::<Located<String>>("replace_path", diags)
+                    .flatten(),
+            ),
         ];
-        let given: Vec<_> = kinds
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect();
-        if given.len() > 1 {
-            diags.error(
-                node.location,
-                format!(
-                    "a rewrite takes one path rewrite, found both `{}` and `{}`",
-                    given[0].0, given[1].0
-                ),
-            );
-            return None;
-        }
-        let path = match given.into_iter().next() {
-            None => None,
-            Some((_, v)) if !v.value.starts_with('/') => {
+        let host = f.optional::<String>("host", diags).flatten();
+        f.finish(diags);
+        let path = if kinds.iter().all(|(_, v)| v.is_none()) {
+            None
+        } else {
+            let (kind, v) = one_kind(kinds, node.location, "a path rewrite", diags)?;
+            if !v.value.starts_with('/') {
                 diags.error(
                     v.location,
-                    format!("a rewritten path must start with `/`, found `{}`", v.value),
+                    format!("`{kind}` must start with `/`, found `{}`", v.value),
                 );
                 return None;
             }
-            Some(("strip_prefix", v)) => {
-                Some(located(v.location, PathRewrite::StripPrefix(v.value)))
-            }
-            Some(("replace_prefix", v)) => {
-                Some(located(v.location, PathRewrite::ReplacePrefix(v.value)))
-            }
-            Some((_, v)) => Some(located(v.location, PathRewrite::ReplacePath(v.value))),
+            let rule = match kind {
+                "strip_prefix" => PathRewrite::StripPrefix(v.value),
+                "replace_prefix" => PathRewrite::ReplacePrefix(v.value),
+                _ => PathRewrite::ReplacePath(v.value),
+            };
+            Some(Located {
+                value: rule,
+                location: v.location,
+            })
         };
-        Some(Self { path, host: host? })
+        Some(Self { path, host })
     }
-}
-
-fn located<T>(location: Location, value: T) -> Located<T> {
-    Located { value, location }
 }

@@ -27,37 +27,27 @@ pub fn validate(
     base_dir: &Path,
     diags: &mut Diagnostics,
 ) -> Option<Manifest> {
-    if raw.api_version.value != API_VERSION {
+    if let Some(version) = &raw.api_version
+        && version.value != API_VERSION
+    {
         diags.error(
-            raw.api_version.location,
+            version.location,
             format!(
                 "unsupported apiVersion `{}`; this Weir reads `{API_VERSION}`",
-                raw.api_version.value
+                version.value
             ),
         );
     }
-    if raw.listeners.value.is_empty() {
-        diags.error(raw.listeners.location, "at least one listener is required");
-    }
-    let listener_ids = index_names(
-        raw.listeners.value.iter().map(|l| &l.name),
-        "listener",
-        diags,
-    );
+    let raw_listeners = raw.listeners.unwrap_or_default();
+    let listener_ids = index_names(raw_listeners.iter().map(|l| &l.name), "listener", diags);
     let upstream_ids = index_names(raw.upstreams.iter().map(|u| &u.name), "upstream", diags);
     index_names(raw.routes.iter().map(|r| &r.name), "route", diags);
 
-    let listeners: Vec<Listener> = raw
-        .listeners
-        .value
+    let listeners: Vec<Option<Listener>> = raw_listeners
         .into_iter()
         .map(|l| listener(l, base_dir, diags))
         .collect();
-    let upstreams: Vec<Upstream> = raw
-        .upstreams
-        .into_iter()
-        .map(|u| upstream(u, diags))
-        .collect();
+    let upstreams: Vec<Option<Upstream>> = raw.upstreams.into_iter().map(upstream).collect();
     let routes: Vec<Option<Route>> = raw
         .routes
         .into_iter()
@@ -70,8 +60,8 @@ pub fn validate(
     }
     Some(Manifest {
         source: source.to_path_buf(),
-        listeners,
-        upstreams,
+        listeners: listeners.into_iter().collect::<Option<_>>()?,
+        upstreams: upstreams.into_iter().collect::<Option<_>>()?,
         routes: routes?,
         shutdown_timeout: raw
             .shutdown_timeout
@@ -106,21 +96,14 @@ fn index_names<'a>(
     index
 }
 
-fn listener(raw: RawListener, base_dir: &Path, diags: &mut Diagnostics) -> Listener {
+fn listener(raw: RawListener, base_dir: &Path, diags: &mut Diagnostics) -> Option<Listener> {
     let tls = raw.tls.map(|tls| {
-        if tls.certificates.value.is_empty() {
-            diags.error(
-                tls.certificates.location,
-                "a TLS listener needs at least one certificate",
-            );
-        }
         let certificates = tls
             .certificates
-            .value
             .into_iter()
             .map(|c| Certificate {
-                cert: existing_file(&c.cert, base_dir, diags),
-                key: existing_file(&c.key, base_dir, diags),
+                cert: existing_file(&c.cert, "certificate", base_dir, diags),
+                key: existing_file(&c.key, "key", base_dir, diags),
                 server_names: c
                     .server_names
                     .into_iter()
@@ -130,48 +113,46 @@ fn listener(raw: RawListener, base_dir: &Path, diags: &mut Diagnostics) -> Liste
             .collect();
         ListenerTls { certificates }
     });
-    Listener {
+    Some(Listener {
         name: raw.name.value,
-        address: raw.address,
+        address: raw.address?,
         tls,
         limits: raw.limits,
-    }
+    })
 }
 
 /// Resolves `path` against `base_dir`, recording it when it is not a readable file.
-fn existing_file(path: &Located<String>, base_dir: &Path, diags: &mut Diagnostics) -> PathBuf {
+fn existing_file(
+    path: &Located<String>,
+    kind: &str,
+    base_dir: &Path,
+    diags: &mut Diagnostics,
+) -> PathBuf {
     let resolved = base_dir.join(&path.value);
     if !resolved.is_file() {
         diags.error(
             path.location,
-            format!("file `{}` does not exist", resolved.display()),
+            format!("{kind} file `{}` does not exist", resolved.display()),
         );
     }
     resolved
 }
 
-fn upstream(raw: RawUpstream, diags: &mut Diagnostics) -> Upstream {
-    if raw.targets.value.is_empty() {
-        diags.error(
-            raw.targets.location,
-            "an upstream needs at least one target",
-        );
-    }
-    Upstream {
+fn upstream(raw: RawUpstream) -> Option<Upstream> {
+    let targets = raw.targets?;
+    Some(Upstream {
         name: raw.name.value,
-        targets: raw
-            .targets
-            .value
+        targets: targets
             .into_iter()
             .map(|t| Target {
-                address: t.address.value,
+                address: t.address,
                 weight: t.weight,
             })
             .collect(),
         lb: raw.lb,
         timeouts: raw.timeouts,
         retries: raw.retries,
-    }
+    })
 }
 
 fn route(
@@ -207,7 +188,7 @@ fn route(
                 None
             }
         },
-        (None, Some(response)) => Some(RouteAction::Respond(response)),
+        (None, Some(response)) => response.map(RouteAction::Respond),
         (Some(_), Some(_)) => {
             diags.error(
                 raw.location,
@@ -232,7 +213,16 @@ fn route(
     {
         diags.error(
             path.location,
-            "`replace_prefix` needs the route to match a path `prefix`",
+            format!(
+                "route `{}` uses `replace_prefix` but matches its path with `{}`; \
+                 `replace_prefix` needs a path `prefix` match",
+                raw.name.value,
+                match raw.matcher.path {
+                    PathMatch::Exact(_) => "exact",
+                    PathMatch::Regex(_) => "regex",
+                    PathMatch::Prefix(_) => "prefix",
+                }
+            ),
         );
     }
     Some(Route {
