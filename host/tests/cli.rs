@@ -344,3 +344,86 @@ fn validate_reports_a_missing_file() {
         missing.display()
     );
 }
+
+#[test]
+fn run_serves_then_drains_and_exits_cleanly_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("weir-cli-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let manifest = dir.join("weir.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: weir/v1\n\
+         listeners: [{ name: main, address: 127.0.0.1:0 }]\n\
+         routes: [{ name: hello, respond: { body: hello } }]\n",
+    )
+    .expect("write manifest");
+    let mut child = weir()
+        .env("WEIR_LOG", "info")
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&manifest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir starts");
+    // The `listening` log line names the bound address. Lines are read on a
+    // thread so a missing line fails the test instead of hanging it.
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let next_line = |deadline: Instant| {
+        lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()
+    };
+    let address = std::iter::from_fn(|| next_line(deadline))
+        .find_map(|line| {
+            let json: serde_json::Value = serde_json::from_str(&line).ok()?;
+            (json["fields"]["message"] == "listening")
+                .then(|| json["fields"]["address"].as_str().map(str::to_owned))
+                .flatten()
+        })
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("no `listening` line with the address")
+        });
+
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .expect("send");
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).expect("read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("hello"), "{response}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "weir did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    let rest: Vec<String> =
+        std::iter::from_fn(|| next_line(Instant::now() + RUN_TIMEOUT)).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("\"drained\":true")),
+        "{rest:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
