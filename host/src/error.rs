@@ -9,6 +9,8 @@ use std::time::Duration;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{self, Body, BoxError};
+use crate::pipeline::PipelineError;
+use crate::wasm::FilterError;
 
 /// Whose fault an error is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +62,9 @@ pub enum GatewayError {
         /// The timeout that expired.
         timeout: Duration,
     },
+    /// A filter of the route's pipeline failed or misbehaved.
+    #[error(transparent)]
+    Plugin(#[from] crate::pipeline::PipelineError),
     /// The upstream connection failed after the request was sent.
     #[error("upstream `{upstream}` failed: {source}")]
     UpstreamFailed {
@@ -81,6 +86,16 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Plugin(e) => match e {
+                PipelineError::Filter(_) | PipelineError::Closed { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                PipelineError::PauseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                PipelineError::BufferLimit { request: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                PipelineError::BufferLimit { request: false, .. } => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
         }
     }
 
@@ -93,6 +108,14 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamFailed { .. } => "upstream_failed",
+            Self::Plugin(e) => match e {
+                PipelineError::Filter(FilterError::Failed { .. }) => "plugin_failed",
+                PipelineError::Filter(FilterError::Unavailable { .. }) => "plugin_unavailable",
+                PipelineError::Closed { .. } => "plugin_closed_stream",
+                PipelineError::PauseTimeout { .. } => "plugin_timeout",
+                PipelineError::BufferLimit { request: true, .. } => "body_too_large",
+                PipelineError::BufferLimit { request: false, .. } => "response_too_large",
+            },
         }
     }
 
@@ -105,6 +128,8 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. } => Fault::Upstream,
+            Self::Plugin(PipelineError::BufferLimit { request: true, .. }) => Fault::Downstream,
+            Self::Plugin(_) => Fault::Internal,
         }
     }
 }

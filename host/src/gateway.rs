@@ -12,7 +12,40 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Manifest;
 use crate::config::model::ListenerId;
+use crate::pipeline::{self, BuildError as PipelineBuildError, Pipelines};
 use crate::proxy::{BuildError, Proxy};
+use crate::wasm::{LoadError, Runtime};
+
+/// One problem per line.
+fn list(errors: &[PipelineBuildError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Options for starting a gateway.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Where wasmtime caches compiled plugin code (none = no disk cache).
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// VMs per filter instance for plugins that do not set `vms` (default: one per core).
+    pub vms: Option<usize>,
+}
+
+/// Loads every plugin and starts every filter of `manifest` (what `weir validate`
+/// runs to check plugins, and what `Gateway::start` serves with).
+pub fn build_pipelines(manifest: &Manifest, options: &Options) -> Result<Pipelines, StartError> {
+    if manifest.plugins.is_empty() {
+        return Ok(Pipelines { routes: Vec::new() });
+    }
+    let runtime = Runtime::new(options.cache_dir.clone())?;
+    let vms = options.vms.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    pipeline::build(manifest, &runtime, vms).map_err(StartError::Plugins)
+}
 use crate::server::{self, tls::TlsError};
 
 /// Why the gateway could not start.
@@ -39,6 +72,12 @@ pub enum StartError {
     /// The proxy snapshot could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The Wasm runtime could not start.
+    #[error(transparent)]
+    Runtime(#[from] LoadError),
+    /// Plugins or filters could not be set up (every problem is listed).
+    #[error("{}", list(.0))]
+    Plugins(Vec<PipelineBuildError>),
 }
 
 /// A serving gateway.
@@ -50,8 +89,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Binds every listener of `manifest` and starts serving.
+    /// Binds every listener of `manifest` and starts serving, with default options.
     pub async fn start(manifest: Manifest) -> Result<Self, StartError> {
+        Self::start_with(manifest, &Options::default()).await
+    }
+
+    /// Binds every listener of `manifest`, loads its plugins and starts serving.
+    pub async fn start_with(manifest: Manifest, options: &Options) -> Result<Self, StartError> {
+        let pipelines = build_pipelines(&manifest, options)?;
         let mut listeners = Vec::with_capacity(manifest.listeners.len());
         let mut addresses = Vec::with_capacity(manifest.listeners.len());
         for (i, config) in manifest.listeners.iter().enumerate() {
@@ -83,7 +128,7 @@ impl Gateway {
             });
         }
         let shutdown_timeout = manifest.shutdown_timeout;
-        let proxy = Arc::new(Proxy::new(manifest)?);
+        let proxy = Arc::new(Proxy::new(manifest, pipelines)?);
         let (shutdown, _) = watch::channel(false);
         let tracker = TaskTracker::new();
         for listener in listeners {

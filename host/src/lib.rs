@@ -8,10 +8,12 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod pipeline;
 pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod upstream;
+pub mod wasm;
 
 pub use config::Manifest;
 pub use gateway::{Gateway, StartError};

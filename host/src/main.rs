@@ -26,8 +26,26 @@ struct Cli {
         global = true
     )]
     log_format: LogFormat,
+    /// Directory for compiled plugin code, so restarts do not recompile
+    /// (default: `$HOME/.cache/weir`; `none` disables the cache).
+    #[arg(long, env = "WEIR_CACHE_DIR", global = true)]
+    cache_dir: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    fn options(&self, workers: Option<usize>) -> weir::gateway::Options {
+        let cache_dir = match self.cache_dir.as_deref() {
+            Some("none") => None,
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/weir")),
+        };
+        weir::gateway::Options {
+            cache_dir,
+            vms: workers,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -60,8 +78,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format);
-    match cli.command {
-        Command::Validate { config } => match weir::config::load(&config) {
+    match &cli.command {
+        Command::Validate { config } => match validate(config, &cli.options(None)) {
             Ok(manifest) => {
                 println!(
                     "{}: ok ({}, {}, {})",
@@ -77,13 +95,15 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config, workers } => match run(config, workers) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("{error:#}");
-                ExitCode::FAILURE
+        Command::Run { config, workers } => {
+            match run(config.clone(), *workers, cli.options(*workers)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("{error:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }
 
@@ -96,7 +116,22 @@ fn count(n: usize, noun: &str) -> String {
     }
 }
 
-fn run(config: PathBuf, workers: Option<usize>) -> anyhow::Result<()> {
+/// Validates the manifest, then loads and configures every plugin it names.
+fn validate(
+    config: &std::path::Path,
+    options: &weir::gateway::Options,
+) -> anyhow::Result<weir::Manifest> {
+    let manifest = weir::config::load(config)?;
+    weir::gateway::build_pipelines(&manifest, options)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    Ok(manifest)
+}
+
+fn run(
+    config: PathBuf,
+    workers: Option<usize>,
+    options: weir::gateway::Options,
+) -> anyhow::Result<()> {
     let manifest = weir::config::load(&config)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
@@ -107,7 +142,7 @@ fn run(config: PathBuf, workers: Option<usize>) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async {
-        let gateway = Gateway::start(manifest).await?;
+        let gateway = Gateway::start_with(manifest, &options).await?;
         wait_for_signal().await?;
         tracing::info!("shutting down: draining in-flight requests");
         let drained = gateway.shutdown().await;

@@ -290,3 +290,8 @@ impl TestPki {
         })
     }
 }
+
+/// The test filter built from `tests/filters` with the proxy-wasm SDK.
+pub fn test_filter_wasm() -> &'static str {
+    env!("WEIR_TEST_FILTER_WASM")
+}

@@ -1,7 +1,9 @@
 //! End-to-end tests: the real gateway on port 0 against real upstream servers.
 
 mod balancing;
+mod filters;
 mod forwarding;
+mod hostile;
 mod limits;
 mod resilience;
 mod routing;

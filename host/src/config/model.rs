@@ -19,6 +19,10 @@ pub struct ListenerId(pub usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UpstreamId(pub usize);
 
+/// Index of a plugin in [`Manifest::plugins`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PluginId(pub usize);
+
 /// Index of a route in [`Manifest::routes`]; lower ids come earlier in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteId(pub usize);
@@ -34,6 +38,10 @@ pub struct Manifest {
     pub upstreams: Vec<Upstream>,
     /// Routes, in file order (file order is the last tie-break of precedence).
     pub routes: Vec<Route>,
+    /// Named Wasm plugins.
+    pub plugins: Vec<Plugin>,
+    /// Filters that run before every route's own, in order.
+    pub global_filters: Vec<FilterRef>,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
 }
@@ -165,6 +173,45 @@ pub struct Route {
     pub rewrite: Rewrite,
     /// Overrides the upstream's request timeout.
     pub timeout: Option<Duration>,
+    /// The route's own filters, in order (after the global ones).
+    pub filters: Vec<FilterRef>,
+}
+
+/// A Wasm plugin: a module and the sandbox its VMs run in.
+#[derive(Debug, Clone)]
+pub struct Plugin {
+    /// Unique name.
+    pub name: String,
+    /// The `.wasm` (or `.wat`) file.
+    pub file: PathBuf,
+    /// Linear-memory cap per VM.
+    pub memory_bytes: u64,
+    /// CPU time one callback may take.
+    pub callback_deadline: Duration,
+    /// What a failure does to the request.
+    pub on_error: OnError,
+    /// VMs per filter instance (default: one per worker thread).
+    pub vms: Option<usize>,
+}
+
+/// What a plugin failure does to the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Answer 503 naming the plugin.
+    FailClosed,
+    /// Skip the filter.
+    FailOpen,
+}
+
+/// A use of a plugin with a configuration.
+#[derive(Debug, Clone)]
+pub struct FilterRef {
+    /// The plugin.
+    pub plugin: PluginId,
+    /// Its configuration, handed to `proxy_on_configure` as JSON.
+    pub config: serde_json::Value,
+    /// Where it is written (for messages).
+    pub line: u64,
 }
 
 /// Conditions of a route; all must hold.

@@ -30,6 +30,8 @@ pub struct RawManifest {
     pub upstreams: Vec<RawUpstream>,
     pub routes: Vec<RawRoute>,
     pub shutdown_timeout: Option<HumanDuration>,
+    pub plugins: Vec<RawPlugin>,
+    pub global_filters: Vec<RawFilter>,
 }
 
 impl Decode for RawManifest {
@@ -50,6 +52,8 @@ impl Decode for RawManifest {
             upstreams: f.or("upstreams", Vec::new(), diags),
             routes: f.or("routes", Vec::new(), diags),
             shutdown_timeout: f.optional("shutdown_timeout", diags).flatten(),
+            plugins: f.or("plugins", Vec::new(), diags),
+            global_filters: f.or("global_filters", Vec::new(), diags),
         };
         f.finish(diags);
         Some(manifest)
@@ -329,6 +333,7 @@ pub struct RawRoute {
     pub respond: Option<Option<FixedResponse>>,
     pub rewrite: RawRewrite,
     pub timeout: Option<HumanDuration>,
+    pub filters: Vec<RawFilter>,
 }
 
 impl Decode for RawRoute {
@@ -348,6 +353,7 @@ impl Decode for RawRoute {
             respond: respond_given.then(|| f.optional("respond", diags).flatten()),
             rewrite: f.or("rewrite", RawRewrite::default(), diags),
             timeout: f.optional("timeout", diags).flatten(),
+            filters: f.or("filters", Vec::new(), diags),
         };
         f.finish(diags);
         Some(Self {
@@ -709,5 +715,116 @@ impl Decode for RawRewrite {
             })
         };
         Some(Self { path, host })
+    }
+}
+
+/// Default linear-memory cap of a plugin's VMs.
+pub const DEFAULT_PLUGIN_MEMORY: u64 = 64 << 20;
+/// Default CPU deadline of one callback.
+pub const DEFAULT_CALLBACK_DEADLINE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A plugin as written.
+#[derive(Debug)]
+pub struct RawPlugin {
+    pub name: Located<String>,
+    pub file: Option<Located<String>>,
+    pub memory: u64,
+    pub callback_deadline: std::time::Duration,
+    pub on_error: super::model::OnError,
+    pub vms: Option<usize>,
+}
+
+impl Decode for RawPlugin {
+    fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
+        let mut f = Fields::of(node, "plugin", diags)?;
+        let name = f.required("name", diags);
+        let file = f.required("file", diags);
+        let limits = f.optional::<PluginLimitsRaw>("limits", diags).flatten();
+        let on_error = f.or("on_error", super::model::OnError::FailClosed, diags);
+        let vms = f.optional::<Located<usize>>("vms", diags).flatten();
+        f.finish(diags);
+        if let Some(v) = &vms
+            && v.value == 0
+        {
+            diags.error(v.location, "vms must be at least 1");
+        }
+        let limits = limits.unwrap_or(PluginLimitsRaw {
+            memory: DEFAULT_PLUGIN_MEMORY,
+            callback_deadline: DEFAULT_CALLBACK_DEADLINE,
+        });
+        Some(Self {
+            name: name?,
+            file,
+            memory: limits.memory,
+            callback_deadline: limits.callback_deadline,
+            on_error,
+            vms: vms.map(|v| v.value.max(1)),
+        })
+    }
+}
+
+/// A plugin's `limits` as written.
+struct PluginLimitsRaw {
+    memory: u64,
+    callback_deadline: std::time::Duration,
+}
+
+impl Decode for PluginLimitsRaw {
+    fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
+        let mut f = Fields::of(node, "plugin limits", diags)?;
+        let memory = f.optional::<Located<ByteSize>>("memory", diags).flatten();
+        let deadline = f
+            .optional::<Located<HumanDuration>>("callback_deadline", diags)
+            .flatten();
+        f.finish(diags);
+        if let Some(m) = &memory
+            && m.value.0 < (1 << 20)
+        {
+            diags.error(
+                m.location,
+                format!("memory must be at least 1MiB, found {} bytes", m.value.0),
+            );
+        }
+        if let Some(d) = &deadline
+            && d.value.0.is_zero()
+        {
+            diags.error(d.location, "callback_deadline must be more than 0ms");
+        }
+        Some(Self {
+            memory: memory.map_or(DEFAULT_PLUGIN_MEMORY, |m| m.value.0),
+            callback_deadline: deadline.map_or(DEFAULT_CALLBACK_DEADLINE, |d| d.value.0),
+        })
+    }
+}
+
+impl Decode for super::model::OnError {
+    fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
+        match &node.value {
+            Value::Str(s) if s == "fail_closed" => Some(Self::FailClosed),
+            Value::Str(s) if s == "fail_open" => Some(Self::FailOpen),
+            _ => mismatch(node, "`fail_closed` or `fail_open`", diags),
+        }
+    }
+}
+
+/// A filter (plugin use) as written.
+#[derive(Debug)]
+pub struct RawFilter {
+    pub plugin: Located<String>,
+    pub config: serde_json::Value,
+}
+
+impl Decode for RawFilter {
+    fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
+        let mut f = Fields::of(node, "filter", diags)?;
+        let plugin = f.required("plugin", diags);
+        let config = f
+            .node("config")
+            .map_or(serde_json::Value::Null, Node::to_json);
+        f.finish(diags);
+        Some(Self {
+            plugin: plugin?,
+            config,
+        })
     }
 }

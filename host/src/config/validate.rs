@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use super::decode::{Diagnostics, Located};
 use super::model::{
-    Certificate, Listener, ListenerId, ListenerTls, Manifest, PathMatch, PathRewrite, Rewrite,
-    Route, RouteAction, Target, Upstream, UpstreamId,
+    Certificate, FilterRef, Listener, ListenerId, ListenerTls, Manifest, PathMatch, PathRewrite,
+    Plugin, PluginId, Rewrite, Route, RouteAction, Target, Upstream, UpstreamId,
 };
-use super::raw::{RawListener, RawManifest, RawRoute, RawUpstream};
+use super::raw::{RawFilter, RawListener, RawManifest, RawPlugin, RawRoute, RawUpstream};
 
 /// The only manifest version this build understands.
 pub const API_VERSION: &str = "weir/v1";
@@ -42,6 +42,13 @@ pub fn validate(
     let listener_ids = index_names(raw_listeners.iter().map(|l| &l.name), "listener", diags);
     let upstream_ids = index_names(raw.upstreams.iter().map(|u| &u.name), "upstream", diags);
     index_names(raw.routes.iter().map(|r| &r.name), "route", diags);
+    let plugin_ids = index_names(raw.plugins.iter().map(|p| &p.name), "plugin", diags);
+    let global_filters = filters(raw.global_filters, &plugin_ids, diags);
+    let plugins: Vec<Option<Plugin>> = raw
+        .plugins
+        .into_iter()
+        .map(|p| plugin(p, base_dir, diags))
+        .collect();
 
     let listeners: Vec<Option<Listener>> = raw_listeners
         .into_iter()
@@ -51,7 +58,7 @@ pub fn validate(
     let routes: Vec<Option<Route>> = raw
         .routes
         .into_iter()
-        .map(|r| route(r, &listener_ids, &upstream_ids, diags))
+        .map(|r| route(r, &listener_ids, &upstream_ids, &plugin_ids, diags))
         .collect();
     let routes: Option<Vec<Route>> = routes.into_iter().collect();
 
@@ -63,6 +70,8 @@ pub fn validate(
         listeners: listeners.into_iter().collect::<Option<_>>()?,
         upstreams: upstreams.into_iter().collect::<Option<_>>()?,
         routes: routes?,
+        plugins: plugins.into_iter().collect::<Option<_>>()?,
+        global_filters,
         shutdown_timeout: raw
             .shutdown_timeout
             .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
@@ -155,12 +164,50 @@ fn upstream(raw: RawUpstream) -> Option<Upstream> {
     })
 }
 
+fn plugin(raw: RawPlugin, base_dir: &Path, diags: &mut Diagnostics) -> Option<Plugin> {
+    let file = raw.file?;
+    Some(Plugin {
+        name: raw.name.value,
+        file: existing_file(&file, "plugin", base_dir, diags),
+        memory_bytes: raw.memory,
+        callback_deadline: raw.callback_deadline,
+        on_error: raw.on_error,
+        vms: raw.vms,
+    })
+}
+
+/// Resolves filters' plugin names.
+fn filters(
+    raw: Vec<RawFilter>,
+    plugin_ids: &HashMap<String, usize>,
+    diags: &mut Diagnostics,
+) -> Vec<FilterRef> {
+    raw.into_iter()
+        .filter_map(|f| match plugin_ids.get(&f.plugin.value) {
+            Some(&i) => Some(FilterRef {
+                plugin: PluginId(i),
+                config: f.config,
+                line: f.plugin.location.line,
+            }),
+            None => {
+                diags.error(
+                    f.plugin.location,
+                    format!("filter names unknown plugin `{}`", f.plugin.value),
+                );
+                None
+            }
+        })
+        .collect()
+}
+
 fn route(
     raw: RawRoute,
     listener_ids: &HashMap<String, usize>,
     upstream_ids: &HashMap<String, usize>,
+    plugin_ids: &HashMap<String, usize>,
     diags: &mut Diagnostics,
 ) -> Option<Route> {
+    let route_filters = filters(raw.filters, plugin_ids, diags);
     let mut listeners = Vec::with_capacity(raw.listeners.len());
     for name in &raw.listeners {
         match listener_ids.get(&name.value) {
@@ -235,5 +282,6 @@ fn route(
             host: raw.rewrite.host,
         },
         timeout: raw.timeout.map(|d| d.0),
+        filters: route_filters,
     })
 }

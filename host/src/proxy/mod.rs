@@ -7,6 +7,7 @@
 //! The per-route filter pipeline slots in between routing and forwarding
 //! (request phases) and after the upstream answers (response phases).
 
+mod filtered;
 mod headers;
 mod rewrite;
 
@@ -26,6 +27,7 @@ use crate::config::model::{
     FixedResponse, ListenerId, ListenerLimits, Manifest, Route, RouteAction, RouteId,
 };
 use crate::error::{self, GatewayError};
+use crate::pipeline::{Pipeline, Pipelines};
 use crate::router::{RequestView, Router};
 use crate::upstream::{OutgoingBody, UpstreamGroup};
 
@@ -39,6 +41,8 @@ pub struct Connection {
     pub listener: ListenerId,
     /// The client's address.
     pub remote: SocketAddr,
+    /// The local address the client connected to.
+    pub local: Option<SocketAddr>,
     /// Whether TLS was terminated.
     pub tls: bool,
     /// The listener's limits.
@@ -50,6 +54,7 @@ pub struct Proxy {
     routers: Vec<Router>,
     routes: Vec<Route>,
     upstreams: Vec<Arc<UpstreamGroup>>,
+    pipelines: Vec<Pipeline>,
 }
 
 /// Why a [`Proxy`] could not be built.
@@ -67,7 +72,7 @@ pub enum BuildError {
 
 impl Proxy {
     /// Builds the snapshot for `manifest`.
-    pub fn new(manifest: Manifest) -> Result<Self, BuildError> {
+    pub fn new(manifest: Manifest, pipelines: Pipelines) -> Result<Self, BuildError> {
         let upstreams = manifest
             .upstreams
             .iter()
@@ -94,10 +99,13 @@ impl Proxy {
                 )
             })
             .collect();
+        let mut pipelines = pipelines.routes;
+        pipelines.resize_with(manifest.routes.len(), Pipeline::default);
         Ok(Self {
             routers,
             routes: manifest.routes,
             upstreams,
+            pipelines,
         })
     }
 
@@ -111,7 +119,7 @@ impl Proxy {
         let request_id = ensure_request_id(request.headers_mut());
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let (route, mut response) = match self.dispatch(request, conn).await {
+        let (route, mut response) = match self.dispatch(request, conn, &request_id).await {
             Ok((route, response)) => (Some(route), response),
             Err((route, error)) => {
                 tracing::warn!(
@@ -146,8 +154,9 @@ impl Proxy {
         &'a self,
         request: Request<Incoming>,
         conn: &Connection,
+        request_id: &HeaderValue,
     ) -> Result<(&'a Route, Response<Body>), (Option<&'a Route>, GatewayError)> {
-        let route = self.route(&request, conn.listener).ok_or_else(|| {
+        let (route, pipeline) = self.route(&request, conn.listener).ok_or_else(|| {
             (
                 None,
                 GatewayError::NoRoute {
@@ -156,6 +165,11 @@ impl Proxy {
                 },
             )
         })?;
+        if !pipeline.is_empty() {
+            let id = request_id_text(request_id);
+            let result = filtered::serve(self, request, route, pipeline, conn, id).await;
+            return result.map(|r| (route, r)).map_err(|e| (Some(route), e));
+        }
         let result = match &route.action {
             RouteAction::Respond(fixed) => Ok(fixed_response(fixed)),
             RouteAction::Forward(upstream) => {
@@ -167,7 +181,11 @@ impl Proxy {
     }
 
     /// The route for `request` on `listener`.
-    fn route(&self, request: &Request<Incoming>, listener: ListenerId) -> Option<&Route> {
+    fn route(
+        &self,
+        request: &Request<Incoming>,
+        listener: ListenerId,
+    ) -> Option<(&Route, &Pipeline)> {
         let uri = request.uri();
         let host = uri.authority().map(|a| a.as_str()).or_else(|| {
             request
@@ -183,7 +201,7 @@ impl Proxy {
             headers: request.headers(),
         };
         let id = self.routers.get(listener.0)?.find(&view)?;
-        self.routes.get(id.0)
+        Some((self.routes.get(id.0)?, self.pipelines.get(id.0)?))
     }
 
     /// Forwards to `group` and returns its response with hygiene applied.
@@ -199,45 +217,65 @@ impl Proxy {
             return Err(GatewayError::BodyTooLarge { limit });
         }
         let (mut parts, incoming) = request.into_parts();
-        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        strip_hop_by_hop(&mut parts.headers);
-        headers::add_forwarding(
-            &mut parts.headers,
-            ClientSide {
-                remote: conn.remote,
-                scheme: if conn.tls { "https" } else { "http" },
-                host: original_host.as_ref(),
-            },
-        );
-        let host = match &route.rewrite.host {
-            Some(h) => HeaderValue::from_str(h).ok(),
-            None => original_host,
-        };
-        if let Some(host) = host {
-            parts.headers.insert(header::HOST, host);
-        }
-        parts.uri = forwarded_uri(&parts.uri, route)?;
-        parts.version = Version::HTTP_11;
-
-        let body = body::limited(incoming, limit);
-        let outgoing = if group.retries() > 0 && is_idempotent(&parts.method) {
-            OutgoingBody::Replayable(read_bounded(body, limit).await?)
-        } else {
-            OutgoingBody::Streaming(body)
-        };
-        let response = group
-            .send(Request::from_parts(parts, outgoing), route.timeout)
-            .await?;
-        let (mut parts, incoming) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        headers::append_via(&mut parts.headers);
-        Ok(Response::from_parts(parts, body::boxed(incoming)))
+        prepare_upstream(&mut parts, route, conn)?;
+        send_upstream(parts, body::limited(incoming, limit), route, group, limit).await
     }
+}
+
+/// Header hygiene, forwarding headers and rewrites for the upstream request.
+fn prepare_upstream(
+    parts: &mut http::request::Parts,
+    route: &Route,
+    conn: &Connection,
+) -> Result<(), GatewayError> {
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    strip_hop_by_hop(&mut parts.headers);
+    headers::add_forwarding(
+        &mut parts.headers,
+        ClientSide {
+            remote: conn.remote,
+            scheme: if conn.tls { "https" } else { "http" },
+            host: original_host.as_ref(),
+        },
+    );
+    let host = match &route.rewrite.host {
+        Some(h) => HeaderValue::from_str(h).ok(),
+        None => original_host,
+    };
+    if let Some(host) = host {
+        parts.headers.insert(header::HOST, host);
+    }
+    parts.uri = forwarded_uri(&parts.uri, route)?;
+    parts.version = Version::HTTP_11;
+    Ok(())
+}
+
+/// Sends to `group` (buffering the body for replay when retries apply) and
+/// returns the response with hop-by-hop headers removed and `via` added.
+async fn send_upstream(
+    parts: http::request::Parts,
+    body: Body,
+    route: &Route,
+    group: &Arc<UpstreamGroup>,
+    limit: u64,
+) -> Result<Response<Body>, GatewayError> {
+    let outgoing = if group.retries() > 0 && is_idempotent(&parts.method) {
+        OutgoingBody::Replayable(read_bounded(body, limit).await?)
+    } else {
+        OutgoingBody::Streaming(body)
+    };
+    let response = group
+        .send(Request::from_parts(parts, outgoing), route.timeout)
+        .await?;
+    let (mut parts, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    headers::append_via(&mut parts.headers);
+    Ok(Response::from_parts(parts, body::boxed(incoming)))
 }
 
 /// Keeps the client's `x-request-id` or generates one; returns its value.

@@ -39,6 +39,7 @@ pub async fn accept_loop(
 ) {
     let builder = Arc::new(connection::http_builder(&listener.limits));
     let permits = Arc::new(Semaphore::new(listener.limits.max_connections));
+    let local = listener.socket.local_addr().ok();
     loop {
         let accepted = tokio::select! {
             accepted = listener.socket.accept() => accepted,
@@ -67,6 +68,7 @@ pub async fn accept_loop(
         let conn = Connection {
             listener: listener.id,
             remote,
+            local,
             tls: listener.tls.is_some(),
             limits: listener.limits.clone(),
         };

@@ -84,6 +84,11 @@ impl UpstreamGroup {
         &self.name
     }
 
+    /// The group's request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     /// Extra attempts this group makes for idempotent requests.
     pub fn retries(&self) -> u32 {
         self.retries

@@ -1,0 +1,122 @@
+//! Builds every route's pipeline from the manifest: loads each plugin once,
+//! starts one filter instance per filter entry (global filters are shared by
+//! every route), and reports every plugin that cannot load or start.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::Pipeline;
+use crate::config::Manifest;
+use crate::config::model::{FilterRef, OnError};
+use crate::wasm::{FailMode, FilterInstance, LoadError, Plugin, PluginLimits, Runtime, StartError};
+
+/// One plugin or filter that could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The plugin's module cannot be used.
+    #[error("plugin `{plugin}`: {source}")]
+    Load {
+        /// Plugin name.
+        plugin: String,
+        /// Why.
+        source: LoadError,
+    },
+    /// A filter's VM refused to start (`on_vm_start` / `on_configure` / a trap).
+    #[error("plugin `{plugin}` (filter on line {line}): {source}")]
+    Start {
+        /// Plugin name.
+        plugin: String,
+        /// Where the filter is written.
+        line: u64,
+        /// Why.
+        source: StartError,
+    },
+}
+
+/// The pipelines of a manifest, one per route (by route index).
+pub struct Pipelines {
+    /// Per route, in manifest order.
+    pub routes: Vec<Pipeline>,
+}
+
+/// Loads plugins and starts filter instances; `vms_default` is the pool size
+/// for plugins that do not set `vms`.
+pub fn build(
+    manifest: &Manifest,
+    runtime: &Arc<Runtime>,
+    vms_default: usize,
+) -> Result<Pipelines, Vec<BuildError>> {
+    let mut errors = Vec::new();
+    let plugins: Vec<Option<Arc<Plugin>>> = manifest
+        .plugins
+        .iter()
+        .map(|p| {
+            let limits = PluginLimits {
+                memory_bytes: usize::try_from(p.memory_bytes).unwrap_or(usize::MAX),
+                callback_deadline: p.callback_deadline,
+            };
+            let loaded = std::fs::read(&p.file)
+                .map_err(|reason| LoadError::Read {
+                    path: p.file.clone(),
+                    reason,
+                })
+                .and_then(|bytes| runtime.load(&p.name, &bytes, limits));
+            loaded
+                .map_err(|source| {
+                    errors.push(BuildError::Load {
+                        plugin: p.name.clone(),
+                        source,
+                    })
+                })
+                .ok()
+        })
+        .collect();
+    let mut instance = |filter: &FilterRef| -> Option<Arc<FilterInstance>> {
+        let config = &manifest.plugins[filter.plugin.0];
+        let plugin = plugins[filter.plugin.0].clone()?;
+        let json = match &filter.config {
+            serde_json::Value::Null => Bytes::new(),
+            value => Bytes::from(value.to_string()),
+        };
+        let mode = match config.on_error {
+            OnError::FailClosed => FailMode::Closed,
+            OnError::FailOpen => FailMode::Open,
+        };
+        let vms = config.vms.unwrap_or(vms_default);
+        FilterInstance::new(plugin, json, mode, vms)
+            .map_err(|source| {
+                errors.push(BuildError::Start {
+                    plugin: config.name.clone(),
+                    line: filter.line,
+                    source,
+                })
+            })
+            .ok()
+    };
+    let global: Vec<Option<Arc<FilterInstance>>> =
+        manifest.global_filters.iter().map(&mut instance).collect();
+    let routes: Vec<Vec<Option<Arc<FilterInstance>>>> = manifest
+        .routes
+        .iter()
+        .map(|route| route.filters.iter().map(&mut instance).collect())
+        .collect();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let global: Vec<Arc<FilterInstance>> = global.into_iter().flatten().collect();
+    Ok(Pipelines {
+        routes: routes
+            .into_iter()
+            .map(|own| {
+                Pipeline::new(
+                    global
+                        .iter()
+                        .cloned()
+                        .chain(own.into_iter().flatten())
+                        .collect(),
+                )
+            })
+            .collect(),
+    })
+}

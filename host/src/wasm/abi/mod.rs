@@ -1,0 +1,603 @@
+//! The host side of the Proxy-Wasm ABI (0.2.1 and 0.2.0): every `env` function
+//! a filter may import, grouped as the ABI groups them, plus a minimal WASI.
+//!
+//! Host functions see a stream only through `StreamData`; they know no hyper
+//! types. A bad pointer, a call in the wrong phase or an unknown id returns the
+//! ABI's status code; only the guest's own allocator can trap.
+
+mod memory;
+pub(crate) mod pairs;
+mod properties;
+mod wasi;
+
+use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use wasmtime::{IntoFunc, Linker};
+
+use memory::Ctx;
+
+use super::headers::MapType;
+use super::stream::{LocalReply, Phase, StreamData};
+use super::vm::{ROOT_CONTEXT_ID, VmState};
+
+/// Proxy-Wasm status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Status {
+    /// 0.
+    Ok = 0,
+    /// 1.
+    NotFound = 1,
+    /// 2.
+    BadArgument = 2,
+    /// 4.
+    ParseFailure = 4,
+    /// 6: the guest passed a range outside its memory.
+    InvalidMemoryAccess = 6,
+    /// 7.
+    Empty = 7,
+    /// 10.
+    InternalFailure = 10,
+    /// 12.
+    Unimplemented = 12,
+}
+
+/// `Ok(())` → 0, `Err(status)` → its code.
+fn code(result: Result<(), Status>) -> i32 {
+    match result {
+        Ok(()) => Status::Ok as i32,
+        Err(status) => status as i32,
+    }
+}
+
+/// Registers host functions and remembers their names.
+struct Registry<'a> {
+    linker: &'a mut Linker<VmState>,
+    names: HashSet<(&'static str, &'static str)>,
+}
+
+impl Registry<'_> {
+    fn add<Params, Args>(
+        &mut self,
+        module: &'static str,
+        name: &'static str,
+        func: impl IntoFunc<VmState, Params, Args>,
+    ) -> wasmtime::Result<()> {
+        self.linker.func_wrap(module, name, func)?;
+        self.names.insert((module, name));
+        Ok(())
+    }
+
+    fn env<Params, Args>(
+        &mut self,
+        name: &'static str,
+        func: impl IntoFunc<VmState, Params, Args>,
+    ) -> wasmtime::Result<()> {
+        self.add("env", name, func)
+    }
+}
+
+/// Defines every host function; returns the `(module, name)` pairs defined.
+pub fn add_to_linker(
+    linker: &mut Linker<VmState>,
+) -> wasmtime::Result<HashSet<(&'static str, &'static str)>> {
+    let mut r = Registry {
+        linker,
+        names: HashSet::new(),
+    };
+    add_context_functions(&mut r)?;
+    add_buffer_functions(&mut r)?;
+    add_map_functions(&mut r)?;
+    add_stream_functions(&mut r)?;
+    add_service_placeholders(&mut r)?;
+    wasi::add(&mut r)?;
+    Ok(r.names)
+}
+
+/// The stream of the effective context, if it is an HTTP context lent to this VM.
+fn stream<'c>(caller: &'c mut Ctx<'_>) -> Option<&'c mut StreamData> {
+    let id = caller.data().effective;
+    caller.data_mut().streams.get_mut(&id)
+}
+
+fn add_context_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
+    r.env(
+        "proxy_log",
+        |mut c: Ctx<'_>, level: i32, ptr: i32, len: i32| {
+            let message = match memory::read(&mut c, ptr, len) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(status) => return Ok(status as i32),
+            };
+            let plugin = c.data().plugin.name.as_str();
+            match level {
+                0 => tracing::trace!(target: "weir::plugin", plugin, "{message}"),
+                1 => tracing::debug!(target: "weir::plugin", plugin, "{message}"),
+                2 => tracing::info!(target: "weir::plugin", plugin, "{message}"),
+                3 => tracing::warn!(target: "weir::plugin", plugin, "{message}"),
+                4 | 5 => tracing::error!(target: "weir::plugin", plugin, "{message}"),
+                _ => return Ok(Status::BadArgument as i32),
+            }
+            Ok(Status::Ok as i32)
+        },
+    )?;
+    r.env("proxy_get_log_level", |mut c: Ctx<'_>, ret: i32| {
+        use tracing::level_filters::LevelFilter;
+        let level = match LevelFilter::current() {
+            LevelFilter::TRACE => 0,
+            LevelFilter::DEBUG => 1,
+            LevelFilter::INFO => 2,
+            LevelFilter::WARN => 3,
+            LevelFilter::ERROR => 4,
+            _ => 5,
+        };
+        Ok(code(memory::write_u32(&mut c, ret, level)))
+    })?;
+    r.env(
+        "proxy_get_current_time_nanoseconds",
+        |mut c: Ctx<'_>, ret: i32| Ok(code(memory::write_u64(&mut c, ret, unix_nanos()))),
+    )?;
+    r.env(
+        "proxy_set_tick_period_milliseconds",
+        |mut c: Ctx<'_>, ms: i32| {
+            let period = (ms > 0).then(|| std::time::Duration::from_millis(ms as u32 as u64));
+            c.data_mut().tick_period = period;
+            Ok(Status::Ok as i32)
+        },
+    )?;
+    r.env("proxy_set_effective_context", |mut c: Ctx<'_>, id: i32| {
+        let id = id as u32;
+        if id == ROOT_CONTEXT_ID || c.data().streams.contains_key(&id) {
+            c.data_mut().effective = id;
+            Ok(Status::Ok as i32)
+        } else {
+            Ok(Status::BadArgument as i32)
+        }
+    })?;
+    r.env("proxy_done", |_: Ctx<'_>| Ok(Status::Ok as i32))?;
+    r.env(
+        "proxy_get_property",
+        |mut c: Ctx<'_>, ptr: i32, len: i32, ret_ptr: i32, ret_len: i32| {
+            let path = match memory::read(&mut c, ptr, len) {
+                Ok(p) => p,
+                Err(status) => return Ok(status as i32),
+            };
+            let value = {
+                let state = c.data();
+                properties::get(state, state.streams.get(&state.effective), &path)
+            };
+            match value {
+                Some(bytes) => Ok(code(memory::give(&mut c, &bytes, ret_ptr, ret_len)?)),
+                None => Ok(Status::NotFound as i32),
+            }
+        },
+    )?;
+    r.env(
+        "proxy_set_property",
+        |mut c: Ctx<'_>, ptr: i32, len: i32, vptr: i32, vlen: i32| {
+            let (path, value) = match (
+                memory::read(&mut c, ptr, len),
+                memory::read(&mut c, vptr, vlen),
+            ) {
+                (Ok(p), Ok(v)) => (p, v),
+                (Err(s), _) | (_, Err(s)) => return Ok(s as i32),
+            };
+            let Some(stream) = stream(&mut c) else {
+                return Ok(Status::NotFound as i32);
+            };
+            stream.properties.retain(|(p, _)| *p != path);
+            stream.properties.push((path, value));
+            Ok(Status::Ok as i32)
+        },
+    )?;
+    Ok(())
+}
+
+/// The buffer of ABI type `kind` for reading, when it exists now.
+fn buffer(state: &VmState, kind: i32) -> Option<Bytes> {
+    let stream = state.streams.get(&state.effective);
+    match kind {
+        0 => stream
+            .filter(|s| s.phase == Phase::RequestBody)
+            .map(|s| Bytes::copy_from_slice(&s.body)),
+        1 => stream
+            .filter(|s| s.phase == Phase::ResponseBody)
+            .map(|s| Bytes::copy_from_slice(&s.body)),
+        // The VM configuration is empty; it exists only during start-up.
+        6 => state.configuration.as_ref().map(|_| Bytes::new()),
+        7 => state.configuration.clone(),
+        _ => None,
+    }
+}
+
+fn add_buffer_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
+    r.env(
+        "proxy_get_buffer_bytes",
+        |mut c: Ctx<'_>, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_len: i32| {
+            let Some(bytes) = buffer(c.data(), kind) else {
+                return Ok(Status::NotFound as i32);
+            };
+            let start = (start as u32 as usize).min(bytes.len());
+            let end = start.saturating_add(max as u32 as usize).min(bytes.len());
+            Ok(code(memory::give(
+                &mut c,
+                &bytes[start..end],
+                ret_ptr,
+                ret_len,
+            )?))
+        },
+    )?;
+    r.env(
+        "proxy_get_buffer_status",
+        |mut c: Ctx<'_>, kind: i32, len_ptr: i32, flags_ptr: i32| {
+            let Some(bytes) = buffer(c.data(), kind) else {
+                return Ok(Status::NotFound as i32);
+            };
+            let result = memory::write_u32(&mut c, len_ptr, bytes.len() as u32)
+                .and_then(|()| memory::write_u32(&mut c, flags_ptr, 0));
+            Ok(code(result))
+        },
+    )?;
+    r.env(
+        "proxy_set_buffer_bytes",
+        |mut c: Ctx<'_>, kind: i32, start: i32, size: i32, ptr: i32, len: i32| {
+            let data = match memory::read(&mut c, ptr, len) {
+                Ok(d) => d,
+                Err(status) => return Ok(status as i32),
+            };
+            let phase = match kind {
+                0 => Phase::RequestBody,
+                1 => Phase::ResponseBody,
+                _ => return Ok(Status::BadArgument as i32),
+            };
+            let Some(stream) = stream(&mut c).filter(|s| s.phase == phase) else {
+                return Ok(Status::NotFound as i32);
+            };
+            let body = &mut stream.body;
+            let start = start as u32 as usize;
+            if start > body.len() {
+                return Ok(Status::BadArgument as i32);
+            }
+            let end = start.saturating_add(size as u32 as usize).min(body.len());
+            let tail = body.split_off(end);
+            body.truncate(start);
+            body.extend_from_slice(&data);
+            body.extend_from_slice(&tail);
+            Ok(Status::Ok as i32)
+        },
+    )?;
+    Ok(())
+}
+
+/// Reads a header name from the guest as text.
+fn read_key(c: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<String, Status> {
+    memory::read_string(c, ptr, len)
+}
+
+fn add_map_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
+    r.env(
+        "proxy_get_header_map_pairs",
+        |mut c: Ctx<'_>, map: i32, ret_ptr: i32, ret_len: i32| {
+            let pairs = MapType::from_abi(map)
+                .and_then(|m| stream(&mut c).and_then(|s| s.pairs(m)))
+                .unwrap_or_default();
+            let bytes = if pairs.is_empty() {
+                Vec::new()
+            } else {
+                pairs::encode(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+            };
+            Ok(code(memory::give(&mut c, &bytes, ret_ptr, ret_len)?))
+        },
+    )?;
+    r.env(
+        "proxy_set_header_map_pairs",
+        |mut c: Ctx<'_>, map: i32, ptr: i32, len: i32| {
+            let bytes = match memory::read(&mut c, ptr, len) {
+                Ok(b) => b,
+                Err(status) => return Ok(status as i32),
+            };
+            let Some(pairs) = pairs::decode(&bytes) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            let (Some(map), Some(stream)) = (MapType::from_abi(map), stream(&mut c)) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            Ok(code(stream.set_pairs(map, &pairs)))
+        },
+    )?;
+    r.env(
+        "proxy_get_header_map_value",
+        |mut c: Ctx<'_>, map: i32, kptr: i32, klen: i32, ret_ptr: i32, ret_len: i32| {
+            let key = match read_key(&mut c, kptr, klen) {
+                Ok(k) => k,
+                Err(status) => return Ok(status as i32),
+            };
+            let value = MapType::from_abi(map).and_then(|m| stream(&mut c)?.value(m, &key));
+            match value {
+                Some(v) => Ok(code(memory::give(&mut c, &v, ret_ptr, ret_len)?)),
+                None => Ok(Status::NotFound as i32),
+            }
+        },
+    )?;
+    r.env(
+        "proxy_get_header_map_size",
+        |mut c: Ctx<'_>, map: i32, ret: i32| {
+            let size = MapType::from_abi(map)
+                .and_then(|m| stream(&mut c).and_then(|s| s.pairs(m)))
+                .map_or(0, |p| {
+                    p.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                });
+            Ok(code(memory::write_u32(&mut c, ret, size as u32)))
+        },
+    )?;
+    for (name, op) in [
+        ("proxy_add_header_map_value", Edit::Add),
+        ("proxy_replace_header_map_value", Edit::Replace),
+    ] {
+        r.env(
+            name,
+            move |mut c: Ctx<'_>, map: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| {
+                let key = match read_key(&mut c, kptr, klen) {
+                    Ok(k) => k,
+                    Err(status) => return Ok(status as i32),
+                };
+                let value = match memory::read(&mut c, vptr, vlen) {
+                    Ok(v) => v,
+                    Err(status) => return Ok(status as i32),
+                };
+                let (Some(map), Some(stream)) = (MapType::from_abi(map), stream(&mut c)) else {
+                    return Ok(Status::BadArgument as i32);
+                };
+                Ok(code(match op {
+                    Edit::Add => stream.add(map, &key, &value),
+                    Edit::Replace => stream.replace(map, &key, &value),
+                }))
+            },
+        )?;
+    }
+    r.env(
+        "proxy_remove_header_map_value",
+        |mut c: Ctx<'_>, map: i32, kptr: i32, klen: i32| {
+            let key = match read_key(&mut c, kptr, klen) {
+                Ok(k) => k,
+                Err(status) => return Ok(status as i32),
+            };
+            let (Some(map), Some(stream)) = (MapType::from_abi(map), stream(&mut c)) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            Ok(code(stream.remove(map, &key)))
+        },
+    )?;
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Edit {
+    Add,
+    Replace,
+}
+
+fn add_stream_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
+    r.env(
+        "proxy_send_local_response",
+        |mut c: Ctx<'_>,
+         status: i32,
+         dptr: i32,
+         dlen: i32,
+         bptr: i32,
+         blen: i32,
+         hptr: i32,
+         hlen: i32,
+         grpc_status: i32| {
+            let read = |c: &mut Ctx<'_>, p, l| memory::read(c, p, l);
+            let (details, body, headers) = match (
+                read(&mut c, dptr, dlen),
+                read(&mut c, bptr, blen),
+                read(&mut c, hptr, hlen),
+            ) {
+                (Ok(d), Ok(b), Ok(h)) => (d, b, h),
+                (Err(s), _, _) | (_, Err(s), _) | (_, _, Err(s)) => return Ok(s as i32),
+            };
+            let Some(mut headers) = pairs::decode(&headers) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            if !(200..=599).contains(&status) {
+                return Ok(Status::BadArgument as i32);
+            }
+            if (0..=16).contains(&grpc_status) {
+                headers.push((
+                    b"grpc-status".to_vec(),
+                    grpc_status.to_string().into_bytes(),
+                ));
+            }
+            let Some(stream) = stream(&mut c).filter(|s| !s.response_sent) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            stream.local_reply = Some(LocalReply {
+                status: status as u16,
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+                    .collect(),
+                body: Bytes::from(body),
+                details: String::from_utf8_lossy(&details).into_owned(),
+            });
+            stream.resume.wake();
+            Ok(Status::Ok as i32)
+        },
+    )?;
+    r.env("proxy_continue_stream", |mut c: Ctx<'_>, kind: i32| {
+        Ok(code(resume(&mut c, kind)))
+    })?;
+    r.env("proxy_continue_request", |mut c: Ctx<'_>| {
+        Ok(code(resume(&mut c, 0)))
+    })?;
+    r.env("proxy_continue_response", |mut c: Ctx<'_>| {
+        Ok(code(resume(&mut c, 1)))
+    })?;
+    r.env("proxy_close_stream", |mut c: Ctx<'_>, kind: i32| {
+        if !(0..=1).contains(&kind) {
+            return Ok(Status::BadArgument as i32);
+        }
+        let Some(stream) = stream(&mut c) else {
+            return Ok(Status::BadArgument as i32);
+        };
+        stream.closed = true;
+        stream.resume.wake();
+        Ok(Status::Ok as i32)
+    })?;
+    r.env(
+        "proxy_clear_route_cache",
+        |_: Ctx<'_>| Ok(Status::Ok as i32),
+    )?;
+    r.env(
+        "proxy_get_status",
+        |mut c: Ctx<'_>, code_ptr: i32, msg_ptr: i32, msg_len: i32| {
+            let result = memory::write_u32(&mut c, code_ptr, 0)
+                .and_then(|()| memory::write_u32(&mut c, msg_ptr, 0))
+                .and_then(|()| memory::write_u32(&mut c, msg_len, 0));
+            Ok(code(result))
+        },
+    )?;
+    Ok(())
+}
+
+/// `proxy_continue_stream`: wake the effective stream's paused direction.
+fn resume(c: &mut Ctx<'_>, kind: i32) -> Result<(), Status> {
+    if !(0..=1).contains(&kind) {
+        return Err(if (2..=3).contains(&kind) {
+            Status::Unimplemented
+        } else {
+            Status::BadArgument
+        });
+    }
+    let stream = stream(c).ok_or(Status::BadArgument)?;
+    stream.resume.wake();
+    Ok(())
+}
+
+/// Services a filter may import that this host does not offer yet: they exist
+/// (so modules link) and answer with the ABI's "no such thing" codes.
+fn add_service_placeholders(r: &mut Registry<'_>) -> wasmtime::Result<()> {
+    let unimplemented = Status::Unimplemented as i32;
+    r.env(
+        "proxy_http_call",
+        move |_: Ctx<'_>,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32| { Ok(Status::BadArgument as i32) },
+    )?;
+    r.env(
+        "proxy_dispatch_http_call",
+        move |_: Ctx<'_>,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32| { Ok(Status::BadArgument as i32) },
+    )?;
+    r.env(
+        "proxy_grpc_call",
+        move |_: Ctx<'_>,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32| Ok(Status::ParseFailure as i32),
+    )?;
+    r.env(
+        "proxy_grpc_stream",
+        move |_: Ctx<'_>,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32,
+              _: i32| { Ok(Status::ParseFailure as i32) },
+    )?;
+    r.env(
+        "proxy_grpc_send",
+        move |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| Ok(Status::NotFound as i32),
+    )?;
+    r.env("proxy_grpc_cancel", move |_: Ctx<'_>, _: i32| {
+        Ok(Status::NotFound as i32)
+    })?;
+    r.env("proxy_grpc_close", move |_: Ctx<'_>, _: i32| {
+        Ok(Status::NotFound as i32)
+    })?;
+    r.env(
+        "proxy_get_shared_data",
+        move |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| Ok(Status::NotFound as i32),
+    )?;
+    r.env(
+        "proxy_set_shared_data",
+        move |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| Ok(unimplemented),
+    )?;
+    r.env(
+        "proxy_register_shared_queue",
+        move |_: Ctx<'_>, _: i32, _: i32, _: i32| Ok(unimplemented),
+    )?;
+    r.env(
+        "proxy_resolve_shared_queue",
+        move |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| Ok(Status::NotFound as i32),
+    )?;
+    r.env(
+        "proxy_enqueue_shared_queue",
+        move |_: Ctx<'_>, _: i32, _: i32, _: i32| Ok(Status::NotFound as i32),
+    )?;
+    r.env(
+        "proxy_dequeue_shared_queue",
+        move |_: Ctx<'_>, _: i32, _: i32, _: i32| Ok(Status::NotFound as i32),
+    )?;
+    r.env(
+        "proxy_define_metric",
+        move |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| Ok(unimplemented),
+    )?;
+    r.env(
+        "proxy_increment_metric",
+        move |_: Ctx<'_>, _: i32, _: i64| Ok(Status::NotFound as i32),
+    )?;
+    r.env("proxy_record_metric", move |_: Ctx<'_>, _: i32, _: i64| {
+        Ok(Status::NotFound as i32)
+    })?;
+    r.env("proxy_get_metric", move |_: Ctx<'_>, _: i32, _: i32| {
+        Ok(Status::NotFound as i32)
+    })?;
+    r.env(
+        "proxy_call_foreign_function",
+        move |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| {
+            Ok(Status::NotFound as i32)
+        },
+    )?;
+    Ok(())
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,198 @@
+//! The Wasm engine and compiled plugins.
+//!
+//! One [`Runtime`] per process: one wasmtime `Engine` (epoch interruption on,
+//! compiled code cached on disk by wasmtime keyed on the module's content), one
+//! `Linker` with every host function, and an epoch ticker thread. A [`Plugin`]
+//! is a module compiled once and pre-linked (`InstancePre`), so a VM is a cheap
+//! instantiation.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module};
+
+use super::vm::VmState;
+
+/// How often the epoch advances; CPU deadlines are whole multiples of it.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// The ABI versions Weir serves, by their marker export.
+const ABI_MARKERS: [&str; 2] = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0"];
+
+/// Sandbox limits of one plugin's VMs.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginLimits {
+    /// Linear memory cap per VM.
+    pub memory_bytes: usize,
+    /// CPU time one callback may use.
+    pub callback_deadline: Duration,
+}
+
+impl PluginLimits {
+    /// The deadline in epoch ticks (at least one).
+    pub fn deadline_ticks(&self) -> u64 {
+        let ticks = self.callback_deadline.as_micros() / EPOCH_TICK.as_micros().max(1);
+        u64::try_from(ticks).unwrap_or(u64::MAX).max(1) + 1
+    }
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {}: {reason}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        reason: std::io::Error,
+    },
+    /// Not a valid Wasm module.
+    #[error("not a valid Wasm module: {0}")]
+    Compile(String),
+    /// No Proxy-Wasm ABI version marker (or an unsupported one).
+    #[error("exports no supported Proxy-Wasm ABI version (one of {})", ABI_MARKERS.join(", "))]
+    NoAbiVersion,
+    /// It imports something Weir does not provide.
+    #[error("imports `{module}.{name}`, which Weir does not provide")]
+    UnknownImport {
+        /// Import module.
+        module: String,
+        /// Import name.
+        name: String,
+    },
+    /// Linking failed for another reason (e.g. an import with the wrong signature).
+    #[error("cannot be linked: {0}")]
+    Link(String),
+    /// The engine could not be configured.
+    #[error("cannot configure the Wasm engine: {0}")]
+    Engine(String),
+}
+
+/// The process-wide Wasm runtime.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<VmState>,
+    provided: std::collections::HashSet<(&'static str, &'static str)>,
+    modules: Mutex<HashMap<[u8; 32], Module>>,
+}
+
+impl Runtime {
+    /// Builds the engine, the linker and the epoch ticker. `cache_dir`
+    /// enables wasmtime's on-disk cache of compiled code.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, LoadError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.max_wasm_stack(512 * 1024);
+        if let Some(dir) = cache_dir {
+            let mut cache_config = wasmtime::CacheConfig::new();
+            cache_config.with_directory(dir);
+            let cache =
+                wasmtime::Cache::new(cache_config).map_err(|e| LoadError::Engine(e.to_string()))?;
+            config.cache(Some(cache));
+        }
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        let provided =
+            super::abi::add_to_linker(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let runtime = Arc::new(Self {
+            engine,
+            linker,
+            provided,
+            modules: Mutex::new(HashMap::new()),
+        });
+        spawn_epoch_ticker(Arc::downgrade(&runtime));
+        Ok(runtime)
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles (or reuses) `bytes` and checks it is a Proxy-Wasm module Weir can link.
+    pub fn load(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: &[u8],
+        limits: PluginLimits,
+    ) -> Result<Arc<Plugin>, LoadError> {
+        let hash: [u8; 32] = Sha256::digest(bytes).into();
+        let cached = self.modules.lock().ok().and_then(|m| m.get(&hash).cloned());
+        let module = match cached {
+            Some(module) => module,
+            None => {
+                let module = Module::new(&self.engine, bytes)
+                    .map_err(|e| LoadError::Compile(super::vm::describe_error(&e)))?;
+                if let Ok(mut modules) = self.modules.lock() {
+                    modules.insert(hash, module.clone());
+                }
+                module
+            }
+        };
+        if !module
+            .exports()
+            .any(|e| ABI_MARKERS.contains(&e.name()) && e.ty().func().is_some())
+        {
+            return Err(LoadError::NoAbiVersion);
+        }
+        for import in module.imports() {
+            if !self.provided.contains(&(import.module(), import.name())) {
+                return Err(LoadError::UnknownImport {
+                    module: import.module().to_owned(),
+                    name: import.name().to_owned(),
+                });
+            }
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        Ok(Arc::new(Plugin {
+            name: name.to_owned(),
+            limits,
+            pre,
+            runtime: self.clone(),
+        }))
+    }
+}
+
+/// Advances the epoch every [`EPOCH_TICK`] while the runtime lives.
+fn spawn_epoch_ticker(runtime: Weak<Runtime>) {
+    let spawned = std::thread::Builder::new()
+        .name("weir-epoch".into())
+        .spawn(move || {
+            while let Some(runtime) = runtime.upgrade() {
+                runtime.engine.increment_epoch();
+                drop(runtime);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the epoch ticker; CPU deadlines will not fire");
+    }
+}
+
+/// A compiled, pre-linked plugin.
+pub struct Plugin {
+    /// Its name in the manifest.
+    pub name: String,
+    /// Sandbox limits of its VMs.
+    pub limits: PluginLimits,
+    pre: InstancePre<VmState>,
+    runtime: Arc<Runtime>,
+}
+
+impl Plugin {
+    /// The engine it was compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.runtime.engine
+    }
+
+    pub(crate) fn instance_pre(&self) -> &InstancePre<VmState> {
+        &self.pre
+    }
+}

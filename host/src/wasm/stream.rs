@@ -1,0 +1,159 @@
+//! The data of one HTTP stream as filters see it: heads, bodies, trailers, the
+//! local reply a filter asked for, and what the stream is doing now.
+//!
+//! A `StreamData` lives in the request task between callbacks and is lent to a
+//! VM for each callback (and while that VM's filter holds the stream paused).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use tokio::sync::Notify;
+
+/// Facts about a request that do not change while it runs (properties read them).
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    /// The route's name.
+    pub route_name: String,
+    /// The upstream group's name, when the route forwards.
+    pub upstream_name: Option<String>,
+    /// The request id.
+    pub request_id: String,
+    /// Client address.
+    pub source: SocketAddr,
+    /// Local address the client connected to.
+    pub destination: Option<SocketAddr>,
+    /// Whether the client used TLS.
+    pub tls: bool,
+    /// HTTP version as `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'static str,
+    /// When the request started (ns since the Unix epoch).
+    pub start_unix_nanos: u64,
+}
+
+/// A request head with the pseudo-headers Proxy-Wasm exposes.
+#[derive(Debug, Clone, Default)]
+pub struct RequestHead {
+    /// `:method`.
+    pub method: String,
+    /// `:path` (path and query).
+    pub path: String,
+    /// `:authority`.
+    pub authority: String,
+    /// `:scheme`.
+    pub scheme: String,
+    /// Regular headers.
+    pub headers: HeaderMap,
+}
+
+/// A response head with its `:status`.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseHead {
+    /// `:status`.
+    pub status: u16,
+    /// Regular headers.
+    pub headers: HeaderMap,
+}
+
+/// A response a filter asked to send instead of going on.
+#[derive(Debug, Clone)]
+pub struct LocalReply {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Body.
+    pub body: Bytes,
+    /// The filter's reason text (for logs).
+    pub details: String,
+}
+
+/// Which callback a stream is in; decides which maps and buffers host calls may touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `on_request_headers`.
+    RequestHeaders,
+    /// `on_request_body`.
+    RequestBody,
+    /// `on_request_trailers`.
+    RequestTrailers,
+    /// `on_response_headers`.
+    ResponseHeaders,
+    /// `on_response_body`.
+    ResponseBody,
+    /// `on_response_trailers`.
+    ResponseTrailers,
+    /// `on_log` and after.
+    Log,
+}
+
+/// Wakes a paused stream when a filter calls `proxy_continue_stream`.
+#[derive(Debug, Default)]
+pub struct Resume {
+    notify: Notify,
+}
+
+impl Resume {
+    /// Signals the waiting stream (a signal sent before the wait is kept).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Waits for [`Resume::wake`].
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// Everything filters can read and change about one stream.
+#[derive(Debug)]
+pub struct StreamData {
+    /// Immutable facts.
+    pub info: Arc<StreamInfo>,
+    /// The request head (changes are forwarded).
+    pub request: RequestHead,
+    /// The response head, once the upstream answered.
+    pub response: Option<ResponseHead>,
+    /// Request trailers, when the request has them.
+    pub request_trailers: Option<HeaderMap>,
+    /// Response trailers, when the response has them.
+    pub response_trailers: Option<HeaderMap>,
+    /// The body buffer of the current body callback.
+    pub body: BytesMut,
+    /// Set by `proxy_send_local_response`.
+    pub local_reply: Option<LocalReply>,
+    /// The callback in progress.
+    pub phase: Phase,
+    /// Whether the request head has gone upstream (no more edits).
+    pub request_sent: bool,
+    /// Whether the response head has gone to the client (no more edits).
+    pub response_sent: bool,
+    /// Wakes the stream after a pause.
+    pub resume: Arc<Resume>,
+    /// Set when a filter asked for the stream to be reset.
+    pub closed: bool,
+    /// Values written with `proxy_set_property`, by path.
+    pub properties: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl StreamData {
+    /// A new stream for `request`.
+    pub fn new(info: Arc<StreamInfo>, request: RequestHead) -> Self {
+        Self {
+            info,
+            request,
+            response: None,
+            request_trailers: None,
+            response_trailers: None,
+            body: BytesMut::new(),
+            local_reply: None,
+            phase: Phase::RequestHeaders,
+            request_sent: false,
+            response_sent: false,
+            resume: Arc::new(Resume::default()),
+            closed: false,
+            properties: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! One VM: a wasmtime store and instance of a plugin, holding its root context
+//! and the HTTP contexts of the streams bound to it, exactly as Envoy does.
+//!
+//! Every guest call runs under an epoch deadline and the store's memory cap;
+//! a trap comes back as an error and the caller discards the VM.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use wasmtime::{
+    Instance, Store, StoreLimits, StoreLimitsBuilder, TypedFunc, WasmParams, WasmResults,
+};
+
+use super::plugin::Plugin;
+use super::stream::StreamData;
+
+/// The root context id of every VM (each VM holds one plugin's root context).
+pub const ROOT_CONTEXT_ID: u32 = 1;
+
+/// What the host keeps per VM, reachable from host functions.
+pub struct VmState {
+    pub(crate) limits: StoreLimits,
+    pub(crate) allocator: Option<TypedFunc<i32, i32>>,
+    pub(crate) plugin: Arc<Plugin>,
+    /// The plugin configuration, readable only during start-up callbacks.
+    pub(crate) configuration: Option<Bytes>,
+    /// Streams lent to this VM: the one in a callback and those paused here.
+    pub(crate) streams: HashMap<u32, StreamData>,
+    /// The context host calls act on (the callback's, or one set by `proxy_set_effective_context`).
+    pub(crate) effective: u32,
+    /// Requested `proxy_on_tick` period; `None` = no ticks.
+    pub(crate) tick_period: Option<Duration>,
+}
+
+/// A callback of an HTTP context.
+#[derive(Debug, Clone, Copy)]
+pub enum Callback {
+    /// `proxy_on_request_headers(ctx, headers, end_of_stream)`.
+    RequestHeaders {
+        /// Number of headers.
+        headers: usize,
+        /// No body follows.
+        end_of_stream: bool,
+    },
+    /// `proxy_on_request_body(ctx, buffered, end_of_stream)`.
+    RequestBody {
+        /// Bytes buffered so far.
+        buffered: usize,
+        /// Last chunk.
+        end_of_stream: bool,
+    },
+    /// `proxy_on_request_trailers(ctx, trailers)`.
+    RequestTrailers {
+        /// Number of trailers.
+        trailers: usize,
+    },
+    /// `proxy_on_response_headers(ctx, headers, end_of_stream)`.
+    ResponseHeaders {
+        /// Number of headers.
+        headers: usize,
+        /// No body follows.
+        end_of_stream: bool,
+    },
+    /// `proxy_on_response_body(ctx, buffered, end_of_stream)`.
+    ResponseBody {
+        /// Bytes buffered so far.
+        buffered: usize,
+        /// Last chunk.
+        end_of_stream: bool,
+    },
+    /// `proxy_on_response_trailers(ctx, trailers)`.
+    ResponseTrailers {
+        /// Number of trailers.
+        trailers: usize,
+    },
+    /// `proxy_on_log(ctx)`.
+    Log,
+    /// `proxy_on_done(ctx)`.
+    Done,
+    /// `proxy_on_delete(ctx)`.
+    Delete,
+}
+
+type F1 = TypedFunc<i32, ()>;
+type F1R = TypedFunc<i32, i32>;
+type F2 = TypedFunc<(i32, i32), ()>;
+type F2R = TypedFunc<(i32, i32), i32>;
+type F3R = TypedFunc<(i32, i32, i32), i32>;
+
+/// The guest's callbacks; a missing one acts as the SDK default (continue / no-op).
+struct Callbacks {
+    on_context_create: Option<F2>,
+    on_vm_start: Option<F2R>,
+    on_configure: Option<F2R>,
+    on_request_headers: Option<F3R>,
+    on_request_body: Option<F3R>,
+    on_request_trailers: Option<F2R>,
+    on_response_headers: Option<F3R>,
+    on_response_body: Option<F3R>,
+    on_response_trailers: Option<F2R>,
+    on_log: Option<F1>,
+    on_done: Option<F1R>,
+    on_delete: Option<F1>,
+    on_tick: Option<F1>,
+}
+
+/// Why a VM could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Instantiation or a start-up function trapped.
+    #[error("{0}")]
+    Trap(String),
+    /// An export has the wrong signature.
+    #[error("export `{0}` has the wrong signature")]
+    Signature(&'static str),
+    /// `proxy_on_vm_start` returned false.
+    #[error("proxy_on_vm_start returned false")]
+    VmStartRejected,
+    /// `proxy_on_configure` returned false.
+    #[error("proxy_on_configure rejected the configuration")]
+    ConfigureRejected,
+}
+
+/// A live VM.
+pub struct Vm {
+    store: Store<VmState>,
+    callbacks: Callbacks,
+    next_context_id: u32,
+    deadline_ticks: u64,
+}
+
+impl Vm {
+    /// Instantiates `plugin`, runs its start-up, `on_vm_start` and `on_configure` with `configuration`.
+    pub fn start(plugin: &Arc<Plugin>, configuration: Bytes) -> Result<Self, StartError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(plugin.limits.memory_bytes)
+            .instances(1)
+            .memories(1)
+            .tables(4)
+            .table_elements(100_000)
+            .build();
+        let state = VmState {
+            limits,
+            allocator: None,
+            plugin: plugin.clone(),
+            configuration: Some(configuration.clone()),
+            streams: HashMap::new(),
+            effective: ROOT_CONTEXT_ID,
+            tick_period: None,
+        };
+        let mut store = Store::new(plugin.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        let deadline_ticks = plugin.limits.deadline_ticks();
+        // Start-up may compile tables and the like: give it ten callback budgets.
+        store.set_epoch_deadline(deadline_ticks.saturating_mul(10));
+        let trap = |e: wasmtime::Error| StartError::Trap(describe_error(&e));
+        let instance = plugin
+            .instance_pre()
+            .instantiate(&mut store)
+            .map_err(trap)?;
+        let allocator = typed::<i32, i32>(&instance, &mut store, "proxy_on_memory_allocate")?
+            .or(typed::<i32, i32>(&instance, &mut store, "malloc")?);
+        store.data_mut().allocator = allocator;
+        run_startup(&instance, &mut store).map_err(trap)?;
+        let callbacks = Callbacks {
+            on_context_create: typed(&instance, &mut store, "proxy_on_context_create")?,
+            on_vm_start: typed(&instance, &mut store, "proxy_on_vm_start")?,
+            on_configure: typed(&instance, &mut store, "proxy_on_configure")?,
+            on_request_headers: typed(&instance, &mut store, "proxy_on_request_headers")?,
+            on_request_body: typed(&instance, &mut store, "proxy_on_request_body")?,
+            on_request_trailers: typed(&instance, &mut store, "proxy_on_request_trailers")?,
+            on_response_headers: typed(&instance, &mut store, "proxy_on_response_headers")?,
+            on_response_body: typed(&instance, &mut store, "proxy_on_response_body")?,
+            on_response_trailers: typed(&instance, &mut store, "proxy_on_response_trailers")?,
+            on_log: typed(&instance, &mut store, "proxy_on_log")?,
+            on_done: typed(&instance, &mut store, "proxy_on_done")?,
+            on_delete: typed(&instance, &mut store, "proxy_on_delete")?,
+            on_tick: typed(&instance, &mut store, "proxy_on_tick")?,
+        };
+        let mut vm = Vm {
+            store,
+            callbacks,
+            next_context_id: ROOT_CONTEXT_ID + 1,
+            deadline_ticks,
+        };
+        let root = ROOT_CONTEXT_ID as i32;
+        if let Some(f) = vm.callbacks.on_context_create.clone() {
+            vm.call(f, (root, 0), ROOT_CONTEXT_ID).map_err(trap)?;
+        }
+        if let Some(f) = vm.callbacks.on_vm_start.clone()
+            && vm.call(f, (root, 0), ROOT_CONTEXT_ID).map_err(trap)? == 0
+        {
+            return Err(StartError::VmStartRejected);
+        }
+        let config_len = configuration.len() as i32;
+        if let Some(f) = vm.callbacks.on_configure.clone()
+            && vm
+                .call(f, (root, config_len), ROOT_CONTEXT_ID)
+                .map_err(trap)?
+                == 0
+        {
+            return Err(StartError::ConfigureRejected);
+        }
+        vm.store.data_mut().configuration = None;
+        Ok(vm)
+    }
+
+    /// Calls a guest function under the deadline with `context` as the effective context.
+    fn call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        f: TypedFunc<P, R>,
+        params: P,
+        context: u32,
+    ) -> wasmtime::Result<R> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store.data_mut().effective = context;
+        let result = f.call(&mut self.store, params);
+        self.store.data_mut().effective = ROOT_CONTEXT_ID;
+        result
+    }
+
+    /// Creates an HTTP context for a new stream; returns its id.
+    pub fn create_context(&mut self, data: StreamData) -> (StreamData, wasmtime::Result<u32>) {
+        let id = self.next_context_id;
+        self.next_context_id = self
+            .next_context_id
+            .wrapping_add(1)
+            .max(ROOT_CONTEXT_ID + 1);
+        let Some(f) = self.callbacks.on_context_create.clone() else {
+            return (data, Ok(id));
+        };
+        self.store.data_mut().streams.insert(id, data);
+        let result = self.call(f, (id as i32, ROOT_CONTEXT_ID as i32), id);
+        let data = self.take_stream(id);
+        (data, result.map(|()| id))
+    }
+
+    /// Runs `callback` for context `id` with `data` lent to the VM; returns the
+    /// data and the callback's raw return value (0 for callbacks without one).
+    pub fn callback(
+        &mut self,
+        id: u32,
+        data: StreamData,
+        callback: Callback,
+    ) -> (StreamData, wasmtime::Result<i32>) {
+        self.store.data_mut().streams.insert(id, data);
+        let ctx = id as i32;
+        let flag = |b: bool| i32::from(b);
+        let size = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        let c = &self.callbacks;
+        let three = |f: &Option<F3R>, n: usize, eos: bool| {
+            f.clone().map(|f| (f, (ctx, size(n), flag(eos))))
+        };
+        let two = |f: &Option<F2R>, n: usize| f.clone().map(|f| (f, (ctx, size(n))));
+        let result = match callback {
+            Callback::RequestHeaders {
+                headers,
+                end_of_stream,
+            } => three(&c.on_request_headers, headers, end_of_stream)
+                .map(|(f, p)| self.call(f, p, id)),
+            Callback::RequestBody {
+                buffered,
+                end_of_stream,
+            } => {
+                three(&c.on_request_body, buffered, end_of_stream).map(|(f, p)| self.call(f, p, id))
+            }
+            Callback::ResponseHeaders {
+                headers,
+                end_of_stream,
+            } => three(&c.on_response_headers, headers, end_of_stream)
+                .map(|(f, p)| self.call(f, p, id)),
+            Callback::ResponseBody {
+                buffered,
+                end_of_stream,
+            } => three(&c.on_response_body, buffered, end_of_stream)
+                .map(|(f, p)| self.call(f, p, id)),
+            Callback::RequestTrailers { trailers } => {
+                two(&c.on_request_trailers, trailers).map(|(f, p)| self.call(f, p, id))
+            }
+            Callback::ResponseTrailers { trailers } => {
+                two(&c.on_response_trailers, trailers).map(|(f, p)| self.call(f, p, id))
+            }
+            Callback::Log => c.on_log.clone().map(|f| self.call(f, ctx, id).map(|()| 0)),
+            Callback::Done => c.on_done.clone().map(|f| self.call(f, ctx, id)),
+            Callback::Delete => c
+                .on_delete
+                .clone()
+                .map(|f| self.call(f, ctx, id).map(|()| 0)),
+        }
+        .unwrap_or(Ok(0));
+        let data = self.take_stream(id);
+        (data, result)
+    }
+
+    /// `proxy_on_tick` on the root context.
+    pub fn tick(&mut self) -> wasmtime::Result<()> {
+        match self.callbacks.on_tick.clone() {
+            Some(f) => self.call(f, ROOT_CONTEXT_ID as i32, ROOT_CONTEXT_ID),
+            None => Ok(()),
+        }
+    }
+
+    /// The tick period the plugin asked for.
+    pub fn tick_period(&self) -> Option<Duration> {
+        self.store.data().tick_period
+    }
+
+    /// Leaves a paused stream's data with the VM, where later callbacks can reach it.
+    pub fn park(&mut self, id: u32, data: StreamData) {
+        self.store.data_mut().streams.insert(id, data);
+    }
+
+    /// Takes a stream's data back (after a callback or a pause).
+    pub fn unpark(&mut self, id: u32) -> Option<StreamData> {
+        self.store.data_mut().streams.remove(&id)
+    }
+
+    /// Every stream still lent to this VM (used when the VM is discarded).
+    pub fn drain_streams(&mut self) -> Vec<(u32, StreamData)> {
+        self.store.data_mut().streams.drain().collect()
+    }
+
+    fn take_stream(&mut self, id: u32) -> StreamData {
+        match self.store.data_mut().streams.remove(&id) {
+            Some(data) => data,
+            // The map only loses an entry through `unpark`, which callers never
+            // do during a callback; keep the invariant visible if it ever breaks.
+            None => unreachable_stream(id),
+        }
+    }
+}
+
+#[cold]
+fn unreachable_stream(id: u32) -> ! {
+    panic!("stream {id} vanished from its VM during a callback")
+}
+
+/// Runs the module's start-up exports the way Envoy does.
+fn run_startup(instance: &Instance, store: &mut Store<VmState>) -> wasmtime::Result<()> {
+    if let Ok(init) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {
+        init.call(&mut *store, ())?;
+        if let Ok(main) = instance.get_typed_func::<(i32, i32), i32>(&mut *store, "main") {
+            main.call(&mut *store, (0, 0))?;
+        } else if let Ok(main) = instance.get_typed_func::<(), i32>(&mut *store, "__main_void") {
+            main.call(&mut *store, ())?;
+        }
+    } else if let Ok(start) = instance.get_typed_func::<(), ()>(&mut *store, "_start") {
+        start.call(&mut *store, ())?;
+    }
+    Ok(())
+}
+
+/// An optional export of a given signature; a present export of another signature is an error.
+fn typed<P: WasmParams, R: WasmResults>(
+    instance: &Instance,
+    store: &mut Store<VmState>,
+    name: &'static str,
+) -> Result<Option<TypedFunc<P, R>>, StartError> {
+    if instance.get_func(&mut *store, name).is_none() {
+        return Ok(None);
+    }
+    instance
+        .get_typed_func::<P, R>(&mut *store, name)
+        .map(Some)
+        .map_err(|_| StartError::Signature(name))
+}
+
+/// A one-line description of a guest failure (trap kind, deadline, or message).
+pub fn describe_error(error: &wasmtime::Error) -> String {
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => "exceeded its CPU deadline".to_owned(),
+        Some(trap) => format!("trapped: {trap}"),
+        None => format!("{error:#}")
+            .lines()
+            .next()
+            .unwrap_or("failed")
+            .to_owned(),
+    }
+}

@@ -1,0 +1,230 @@
+//! A test filter on the public `proxy-wasm` SDK. Its JSON configuration selects
+//! the behaviours to exercise, so one module covers header edits, local
+//! responses, configuration, body rewrites, pause/resume and properties.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use serde::Deserialize;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// What the filter does, from its plugin configuration.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    /// Request headers to add (appended).
+    add_request_headers: Vec<(String, String)>,
+    /// Request headers to set (replacing).
+    replace_request_headers: Vec<(String, String)>,
+    /// Request headers to remove.
+    remove_request_headers: Vec<String>,
+    /// Copy the first value of request header `.0` into request header `.1`.
+    copy_request_header: Option<(String, String)>,
+    /// Response headers to add.
+    add_response_headers: Vec<(String, String)>,
+    /// Answer locally when this request header is present.
+    deny_when_header: Option<String>,
+    /// Put the raw plugin configuration into this request header.
+    config_to_request_header: Option<String>,
+    /// Replace every `.0` with `.1` in the whole request body.
+    rewrite_request_body: Option<(String, String)>,
+    /// Replace every `.0` with `.1` in the whole response body.
+    rewrite_response_body: Option<(String, String)>,
+    /// Pause request headers; the next tick resumes the request.
+    pause_until_tick: bool,
+    /// Copy these properties (path segments joined by '.') into `x-prop-<path>` request headers.
+    properties_to_request_headers: Vec<String>,
+    /// Set `:path` to this.
+    set_path: Option<String>,
+    /// Record every callback in the `x-callbacks` response header.
+    trace_callbacks: bool,
+}
+
+thread_local! {
+    /// HTTP contexts paused until the next tick.
+    static PAUSED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+#[derive(Default)]
+struct Root {
+    raw_config: String,
+    config: Config,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        proxy_wasm::hostcalls::log(LogLevel::Info, "test filter VM started").is_ok()
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        self.raw_config = String::from_utf8_lossy(&bytes).into_owned();
+        match serde_json::from_slice::<Config>(&bytes) {
+            Ok(config) => {
+                if config.pause_until_tick {
+                    self.set_tick_period(Duration::from_millis(10));
+                }
+                self.config = config;
+                true
+            }
+            Err(e) => {
+                proxy_wasm::hostcalls::log(LogLevel::Error, &format!("bad config: {e}")).ok();
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let paused: Vec<u32> = PAUSED.with(|p| p.borrow_mut().drain(..).collect());
+        for context_id in paused {
+            if proxy_wasm::hostcalls::set_effective_context(context_id).is_ok() {
+                let _ = proxy_wasm::hostcalls::set_map_value(
+                    proxy_wasm::types::MapType::HttpRequestHeaders,
+                    "x-resumed-by",
+                    Some("tick"),
+                );
+                let _ = proxy_wasm::hostcalls::resume_http_request();
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http {
+            context_id,
+            config: self.config.clone(),
+            raw_config: self.raw_config.clone(),
+            callbacks: Vec::new(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    context_id: u32,
+    config: Config,
+    raw_config: String,
+    callbacks: Vec<&'static str>,
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.callbacks.push("request_headers");
+        let config = &self.config;
+        if let Some(name) = &config.deny_when_header
+            && self.get_http_request_header(name).is_some()
+        {
+            self.send_http_response(
+                403,
+                vec![("content-type", "text/plain"), ("x-denied-by", "test-filter")],
+                Some(b"denied by filter"),
+            );
+            return Action::Pause;
+        }
+        for (name, value) in &config.add_request_headers {
+            self.add_http_request_header(name, value);
+        }
+        for (name, value) in &config.replace_request_headers {
+            self.set_http_request_header(name, Some(value));
+        }
+        for name in &config.remove_request_headers {
+            self.set_http_request_header(name, None);
+        }
+        if let Some((from, to)) = &config.copy_request_header {
+            let value = self.get_http_request_header(from).unwrap_or_else(|| "<absent>".into());
+            self.set_http_request_header(to, Some(&value));
+        }
+        if let Some(name) = &config.config_to_request_header {
+            self.set_http_request_header(name, Some(&self.raw_config));
+        }
+        for path in &config.properties_to_request_headers {
+            let segments: Vec<&str> = path.split('.').collect();
+            let value = match self.get_property(segments) {
+                Some(bytes) => property_text(path, &bytes),
+                None => "<none>".to_owned(),
+            };
+            self.set_http_request_header(&format!("x-prop-{path}"), Some(&value));
+        }
+        if let Some(path) = &config.set_path {
+            self.set_http_request_header(":path", Some(path));
+        }
+        if config.pause_until_tick {
+            PAUSED.with(|p| p.borrow_mut().push(self.context_id));
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.callbacks.push("request_body");
+        let Some((from, to)) = self.config.rewrite_request_body.clone() else {
+            return Action::Continue;
+        };
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let rewritten = String::from_utf8_lossy(&body).replace(&from, &to);
+        self.set_http_request_body(0, body_size, rewritten.as_bytes());
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.callbacks.push("response_headers");
+        for (name, value) in &self.config.add_response_headers {
+            self.add_http_response_header(name, value);
+        }
+        if self.config.rewrite_response_body.is_some() {
+            self.set_http_response_header("content-length", None);
+        }
+        if self.config.trace_callbacks {
+            let seen = self.callbacks.join(",");
+            self.set_http_response_header("x-callbacks", Some(&seen));
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.callbacks.push("response_body");
+        let Some((from, to)) = self.config.rewrite_response_body.clone() else {
+            return Action::Continue;
+        };
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_response_body(0, body_size).unwrap_or_default();
+        let rewritten = String::from_utf8_lossy(&body).replace(&from, &to);
+        self.set_http_response_body(0, body_size, rewritten.as_bytes());
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.callbacks.push("log");
+        proxy_wasm::hostcalls::log(
+            LogLevel::Info,
+            &format!("context {} callbacks: {}", self.context_id, self.callbacks.join(",")),
+        )
+        .ok();
+    }
+}
+
+/// Renders a property value as text: strings as they are, 8-byte integers as numbers.
+fn property_text(path: &str, bytes: &[u8]) -> String {
+    let numeric = path.ends_with(".port") || path == "plugin_root_id_number";
+    match (numeric, <[u8; 8]>::try_from(bytes)) {
+        (true, Ok(le)) => u64::from_le_bytes(le).to_string(),
+        _ => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}

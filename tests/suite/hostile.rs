@@ -1,0 +1,245 @@
+//! Hostile filters (WAT): each misbehaviour fails only its own request, the
+//! broken VM is replaced, and the next request is served normally.
+//!
+//! The filters misbehave only on requests with more than 20 headers, so one
+//! test can send a hostile request and then a normal one.
+
+use std::path::Path;
+
+use weir_tests::{EchoUpstream, TestGateway, http1_client, json};
+
+/// A filter whose phases run `misbehave` once armed by a request with many headers.
+fn hostile_wat(phase: &str, misbehave: &str) -> String {
+    let at = |p: &str| if p == phase { misbehave } else { "" };
+    format!(
+        r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  (global $armed (mut i32) (i32.const 0))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32) (param $n i32) (param i32) (result i32)
+    (if (i32.gt_u (local.get $n) (i32.const 20))
+      (then (global.set $armed (i32.const 1)) {}))
+    (i32.const 0))
+  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+    (if (global.get $armed) (then {})) (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (if (global.get $armed) (then {})) (i32.const 0))
+  (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32)
+    (if (global.get $armed) (then {})) (i32.const 0))
+  (func (export "proxy_on_log") (param i32)
+    (if (global.get $armed) (then {}))))
+"#,
+        at("request_headers"),
+        at("request_body"),
+        at("response_headers"),
+        at("response_body"),
+        at("log"),
+    )
+}
+
+const TRAP: &str = "unreachable";
+const SPIN: &str = "(loop $spin (br $spin))";
+/// Grows memory 1 MiB at a time until the cap refuses, then traps.
+const MEMORY_BOMB: &str =
+    "(loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable";
+/// Passes pointers far outside memory; the host must answer INVALID_MEMORY_ACCESS (6).
+const BAD_POINTERS: &str = "(if (i32.ne (call $log (i32.const 2) (i32.const -16) (i32.const 1000)) (i32.const 6)) (then unreachable))";
+
+async fn hostile_gateway(
+    up: &EchoUpstream,
+    wat: &str,
+    on_error: &str,
+) -> anyhow::Result<TestGateway> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("hostile.wat"), wat)?;
+    TestGateway::from_yaml_in(
+        &format!(
+            r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+plugins:
+  - name: hostile
+    file: hostile.wat
+    vms: 1
+    on_error: {on_error}
+    limits: {{ memory: 4MiB, callback_deadline: 50ms }}
+routes: [{{ name: r, upstream: echo, filters: [{{ plugin: hostile }}] }}]
+"#,
+            up.addr
+        ),
+        dir,
+    )
+    .await
+}
+
+/// A request that arms the hostile filter (more than 20 headers).
+async fn hostile_request(gw: &TestGateway) -> anyhow::Result<reqwest::Response> {
+    let mut request = http1_client().post(gw.url("main", "/")).body("payload");
+    for i in 0..24 {
+        request = request.header(format!("x-h{i}"), "1");
+    }
+    Ok(request.send().await?)
+}
+
+async fn normal_request(gw: &TestGateway) -> anyhow::Result<reqwest::StatusCode> {
+    Ok(http1_client()
+        .post(gw.url("main", "/"))
+        .body("payload")
+        .send()
+        .await?
+        .status())
+}
+
+/// Asserts the hostile request failed closed with a JSON 503 naming the plugin.
+async fn assert_fails_closed(response: reqwest::Response, reason: &str) -> anyhow::Result<()> {
+    assert_eq!(response.status(), 503);
+    let body = json(response).await?;
+    assert_eq!(body["error"]["code"], "plugin_failed");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("plugin `hostile` failed"), "{message}");
+    assert!(
+        message.contains(reason),
+        "{message} should mention {reason}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_infinite_loop_hits_the_cpu_deadline() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = hostile_gateway(&up, &hostile_wat("request_headers", SPIN), "fail_closed").await?;
+    assert_fails_closed(hostile_request(&gw).await?, "CPU deadline").await?;
+    assert_eq!(up.hits(), 0);
+    assert_eq!(
+        normal_request(&gw).await?,
+        200,
+        "a fresh VM serves the next request"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_memory_bomb_stops_at_the_cap() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = hostile_gateway(
+        &up,
+        &hostile_wat("request_headers", MEMORY_BOMB),
+        "fail_closed",
+    )
+    .await?;
+    assert_fails_closed(hostile_request(&gw).await?, "trapped").await?;
+    assert_eq!(normal_request(&gw).await?, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_trap_in_any_phase_fails_only_its_own_request() -> anyhow::Result<()> {
+    for phase in [
+        "request_headers",
+        "request_body",
+        "response_headers",
+        "response_body",
+    ] {
+        let up = EchoUpstream::start("echo").await?;
+        let gw = hostile_gateway(&up, &hostile_wat(phase, TRAP), "fail_closed").await?;
+        let response = hostile_request(&gw).await?;
+        assert_eq!(response.status(), 503, "trap in {phase}");
+        assert_fails_closed(response, "trapped").await?;
+        assert_eq!(normal_request(&gw).await?, 200, "after a trap in {phase}");
+        assert_eq!(normal_request(&gw).await?, 200, "after a trap in {phase}");
+    }
+    // A trap in on_log comes after the response: the request itself succeeded.
+    let up = EchoUpstream::start("echo").await?;
+    let gw = hostile_gateway(&up, &hostile_wat("log", TRAP), "fail_closed").await?;
+    assert_eq!(hostile_request(&gw).await?.status(), 200);
+    assert_eq!(normal_request(&gw).await?, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_pointers_get_a_status_code_not_a_crash() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = hostile_gateway(
+        &up,
+        &hostile_wat("request_headers", BAD_POINTERS),
+        "fail_closed",
+    )
+    .await?;
+    // The filter traps unless the host answered INVALID_MEMORY_ACCESS, so 200 proves the code.
+    assert_eq!(hostile_request(&gw).await?.status(), 200);
+    assert_eq!(normal_request(&gw).await?, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn fail_open_skips_the_broken_filter() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = hostile_gateway(&up, &hostile_wat("request_headers", TRAP), "fail_open").await?;
+    assert_eq!(hostile_request(&gw).await?.status(), 200);
+    assert_eq!(up.hits(), 1, "the request went on without the filter");
+    assert_eq!(normal_request(&gw).await?, 200);
+    Ok(())
+}
+
+/// Starts a gateway with `file` as a plugin and returns the start-up error.
+async fn load_error(file_name: &str, contents: &[u8]) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join(file_name), contents)?;
+    let yaml = format!(
+        "apiVersion: weir/v1\nlisteners: [{{ name: main, address: 127.0.0.1:0 }}]\n\
+         plugins: [{{ name: broken, file: {file_name} }}]\n\
+         routes: [{{ name: r, respond: {{ body: x }}, filters: [{{ plugin: broken }}] }}]\n"
+    );
+    match TestGateway::from_yaml_in(&yaml, dir).await {
+        Ok(_) => anyhow::bail!("{file_name} was accepted"),
+        Err(e) => Ok(e.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn modules_that_are_not_proxy_wasm_filters_are_rejected_at_load() -> anyhow::Result<()> {
+    let garbage = load_error("garbage.wasm", b"\0asm\x01\0\0\0garbage").await?;
+    assert!(
+        garbage.contains("plugin `broken`: not a valid Wasm module"),
+        "{garbage}"
+    );
+
+    let no_abi = load_error("no_abi.wat", b"(module (memory (export \"memory\") 1))").await?;
+    assert!(
+        no_abi.contains("exports no supported Proxy-Wasm ABI version"),
+        "{no_abi}"
+    );
+
+    let unknown_import = load_error(
+        "import.wat",
+        br#"(module (import "env" "proxy_teleport" (func)) (func (export "proxy_abi_version_0_2_1")))"#,
+    )
+    .await?;
+    assert!(
+        unknown_import.contains("imports `env.proxy_teleport`"),
+        "{unknown_import}"
+    );
+
+    let vm_start_false = load_error(
+        "refuses.wat",
+        br#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
+            (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .await?;
+    assert!(
+        vm_start_false.contains("proxy_on_vm_start returned false"),
+        "{vm_start_false}"
+    );
+    assert!(Path::new("/").exists());
+    Ok(())
+}
