@@ -40,7 +40,7 @@ pub fn build_pipelines(manifest: &Manifest, options: &Options) -> Result<Pipelin
     if manifest.plugins.is_empty() {
         return Ok(Pipelines { routes: Vec::new() });
     }
-    let runtime = Runtime::new(options.cache_dir.clone())?;
+    let runtime = Runtime::shared(options.cache_dir.clone())?;
     let vms = options.vms.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });

@@ -108,6 +108,20 @@ impl Runtime {
         Ok(runtime)
     }
 
+    /// The process-wide runtime, created on first use (with the first caller's
+    /// `cache_dir`): one engine per process, so a module compiled once serves
+    /// every gateway and reload in the process.
+    pub fn shared(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, LoadError> {
+        static SHARED: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
+        let mut shared = SHARED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(runtime) = shared.as_ref() {
+            return Ok(runtime.clone());
+        }
+        let runtime = Self::new(cache_dir)?;
+        *shared = Some(runtime.clone());
+        Ok(runtime)
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
