@@ -16,11 +16,14 @@ use crate::pipeline::{self, BuildError as PipelineBuildError, Pipelines};
 use crate::proxy::{BuildError, Proxy};
 use crate::wasm::{LoadError, Runtime};
 
-/// One problem per line.
-fn list(errors: &[PipelineBuildError]) -> String {
+/// One problem per line, each with its place in the manifest.
+fn list(manifest: &std::path::Path, errors: &[PipelineBuildError]) -> String {
     errors
         .iter()
-        .map(ToString::to_string)
+        .map(|e| {
+            let at = e.location();
+            format!("{}:{}:{}: {e}", manifest.display(), at.line, at.column)
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -44,7 +47,10 @@ pub fn build_pipelines(manifest: &Manifest, options: &Options) -> Result<Pipelin
     let vms = options.vms.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    pipeline::build(manifest, &runtime, vms).map_err(StartError::Plugins)
+    pipeline::build(manifest, &runtime, vms).map_err(|errors| StartError::Plugins {
+        manifest: manifest.source.clone(),
+        errors,
+    })
 }
 use crate::server::{self, tls::TlsError};
 
@@ -75,9 +81,15 @@ pub enum StartError {
     /// The Wasm runtime could not start.
     #[error(transparent)]
     Runtime(#[from] LoadError),
-    /// Plugins or filters could not be set up (every problem is listed).
-    #[error("{}", list(.0))]
-    Plugins(Vec<PipelineBuildError>),
+    /// Plugins or filters could not be set up (every problem is listed as
+    /// `file:line:column: reason`).
+    #[error("{}", list(manifest, errors))]
+    Plugins {
+        /// The manifest file.
+        manifest: std::path::PathBuf,
+        /// Every problem.
+        errors: Vec<PipelineBuildError>,
+    },
 }
 
 /// A serving gateway.

@@ -122,8 +122,7 @@ fn validate(
     options: &weir::gateway::Options,
 ) -> anyhow::Result<weir::Manifest> {
     let manifest = weir::config::load(config)?;
-    weir::gateway::build_pipelines(&manifest, options)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    weir::gateway::build_pipelines(&manifest, options)?;
     Ok(manifest)
 }
 

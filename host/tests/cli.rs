@@ -40,6 +40,7 @@ fn weir() -> Command {
         .env_remove("WEIR_WORKERS")
         .env_remove("WEIR_LOG_FORMAT")
         .env("WEIR_LOG", "warn")
+        .env("WEIR_CACHE_DIR", "none")
         .stdin(Stdio::null());
     command
 }

@@ -193,7 +193,12 @@ async fn bad_pointers_get_a_status_code_not_a_crash() -> anyhow::Result<()> {
 #[tokio::test]
 async fn calls_in_the_wrong_phase_get_status_codes() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = hostile_gateway(&up, &hostile_wat("request_headers", WRONG_PHASE), "fail_closed").await?;
+    let gw = hostile_gateway(
+        &up,
+        &hostile_wat("request_headers", WRONG_PHASE),
+        "fail_closed",
+    )
+    .await?;
     assert_eq!(hostile_request(&gw).await?.status(), 200);
     Ok(())
 }

@@ -192,6 +192,8 @@ pub struct Plugin {
     pub on_error: OnError,
     /// VMs per filter instance (default: one per worker thread).
     pub vms: Option<usize>,
+    /// Where it is written (for messages).
+    pub location: crate::config::Location,
 }
 
 /// What a plugin failure does to the request.
@@ -211,7 +213,7 @@ pub struct FilterRef {
     /// Its configuration, handed to `proxy_on_configure` as JSON.
     pub config: serde_json::Value,
     /// Where it is written (for messages).
-    pub line: u64,
+    pub location: crate::config::Location,
 }
 
 /// Conditions of a route; all must hold.

@@ -173,6 +173,7 @@ fn plugin(raw: RawPlugin, base_dir: &Path, diags: &mut Diagnostics) -> Option<Pl
         callback_deadline: raw.callback_deadline,
         on_error: raw.on_error,
         vms: raw.vms,
+        location: raw.name.location,
     })
 }
 
@@ -187,7 +188,7 @@ fn filters(
             Some(&i) => Some(FilterRef {
                 plugin: PluginId(i),
                 config: f.config,
-                line: f.plugin.location.line,
+                location: f.plugin.location,
             }),
             None => {
                 diags.error(

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Pipeline;
-use crate::config::Manifest;
 use crate::config::model::{FilterRef, OnError};
+use crate::config::{Location, Manifest};
 use crate::wasm::{FailMode, FilterInstance, LoadError, Plugin, PluginLimits, Runtime, StartError};
 
 /// One plugin or filter that could not be set up.
@@ -19,19 +19,30 @@ pub enum BuildError {
     Load {
         /// Plugin name.
         plugin: String,
+        /// Where the plugin is written.
+        location: Location,
         /// Why.
         source: LoadError,
     },
     /// A filter's VM refused to start (`on_vm_start` / `on_configure` / a trap).
-    #[error("plugin `{plugin}` (filter on line {line}): {source}")]
+    #[error("plugin `{plugin}`: {source}")]
     Start {
         /// Plugin name.
         plugin: String,
         /// Where the filter is written.
-        line: u64,
+        location: Location,
         /// Why.
         source: StartError,
     },
+}
+
+impl BuildError {
+    /// Where in the manifest the problem is.
+    pub fn location(&self) -> Location {
+        match self {
+            Self::Load { location, .. } | Self::Start { location, .. } => *location,
+        }
+    }
 }
 
 /// The pipelines of a manifest, one per route (by route index).
@@ -66,6 +77,7 @@ pub fn build(
                 .map_err(|source| {
                     errors.push(BuildError::Load {
                         plugin: p.name.clone(),
+                        location: p.location,
                         source,
                     })
                 })
@@ -88,7 +100,7 @@ pub fn build(
             .map_err(|source| {
                 errors.push(BuildError::Start {
                     plugin: config.name.clone(),
-                    line: filter.line,
+                    location: filter.location,
                     source,
                 })
             })

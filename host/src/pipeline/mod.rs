@@ -108,7 +108,7 @@ impl Pipeline {
 
     /// Binds a request to one VM of each filter.
     pub fn start(&self, info: Arc<StreamInfo>, request: RequestHead) -> Result<Run, PipelineError> {
-        let mut data = StreamData::new(info, request);
+        let mut data = Box::new(StreamData::new(info, request));
         let mut streams = Vec::with_capacity(self.filters.len());
         for filter in &self.filters {
             let (back, bound) = filter.bind(data);
@@ -143,14 +143,14 @@ struct BodyState {
 /// One request's pass through a pipeline.
 pub struct Run {
     streams: Vec<Option<FilterStream>>,
-    data: Option<StreamData>,
+    data: Option<Box<StreamData>>,
     request_body: BodyState,
     response_body: BodyState,
     finished: bool,
 }
 
 impl Run {
-    fn new(streams: Vec<Option<FilterStream>>, data: StreamData) -> Self {
+    fn new(streams: Vec<Option<FilterStream>>, data: Box<StreamData>) -> Self {
         Self {
             streams,
             data: Some(data),
@@ -162,12 +162,12 @@ impl Run {
 
     /// The stream data (heads as filters left them).
     pub fn data(&self) -> Option<&StreamData> {
-        self.data.as_ref()
+        self.data.as_deref()
     }
 
     /// Mutable stream data (the proxy records what it sent).
     pub fn data_mut(&mut self) -> Option<&mut StreamData> {
-        self.data.as_mut()
+        self.data.as_deref_mut()
     }
 
     /// Sets the response head before the response phases run.

@@ -55,7 +55,7 @@ struct Slot {
     /// Bumped each time the VM is discarded; a stream remembers the generation it was bound to.
     generation: u64,
     /// Streams whose VM was discarded while it held them, by (generation, context).
-    orphans: Vec<((u64, u32), StreamData)>,
+    orphans: Vec<((u64, u32), Box<StreamData>)>,
     backoff: Duration,
     retry_at: Option<Instant>,
     last_error: String,
@@ -137,8 +137,8 @@ impl FilterInstance {
     /// Binds a new stream to a VM and creates its HTTP context.
     pub fn bind(
         self: &Arc<Self>,
-        data: StreamData,
-    ) -> (StreamData, Result<FilterStream, FilterError>) {
+        data: Box<StreamData>,
+    ) -> (Box<StreamData>, Result<FilterStream, FilterError>) {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = String::new();
         let mut data = data;
@@ -298,9 +298,9 @@ impl FilterStream {
     /// Runs a callback with `data` lent to the VM; returns the data and the raw action.
     pub fn call(
         &self,
-        data: StreamData,
+        data: Box<StreamData>,
         callback: Callback,
-    ) -> (StreamData, Result<i32, FilterError>) {
+    ) -> (Box<StreamData>, Result<i32, FilterError>) {
         let Some(mut slot) = self.instance.lock(self.slot) else {
             return (data, Err(self.instance.failed("no such VM slot".into())));
         };
@@ -331,7 +331,7 @@ impl FilterStream {
     }
 
     /// Leaves `data` with the VM while the filter holds the stream paused.
-    pub fn park(&self, data: StreamData) -> Result<(), (StreamData, FilterError)> {
+    pub fn park(&self, data: Box<StreamData>) -> Result<(), (Box<StreamData>, FilterError)> {
         let Some(mut slot) = self.instance.lock(self.slot) else {
             return Err((data, self.instance.failed("no such VM slot".into())));
         };
@@ -347,7 +347,7 @@ impl FilterStream {
 
     /// Takes the data back after a pause. `Err` carries the data when the VM
     /// was discarded meanwhile (the filter's context is gone).
-    pub fn unpark(&self) -> Result<StreamData, Option<(StreamData, FilterError)>> {
+    pub fn unpark(&self) -> Result<Box<StreamData>, Option<(Box<StreamData>, FilterError)>> {
         let Some(mut slot) = self.instance.lock(self.slot) else {
             return Err(None);
         };

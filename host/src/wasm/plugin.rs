@@ -113,7 +113,9 @@ impl Runtime {
     /// every gateway and reload in the process.
     pub fn shared(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, LoadError> {
         static SHARED: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
-        let mut shared = SHARED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut shared = SHARED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(runtime) = shared.as_ref() {
             return Ok(runtime.clone());
         }

@@ -27,7 +27,7 @@ pub struct VmState {
     /// The plugin configuration, readable only during start-up callbacks.
     pub(crate) configuration: Option<Bytes>,
     /// Streams lent to this VM: the one in a callback and those paused here.
-    pub(crate) streams: HashMap<u32, StreamData>,
+    pub(crate) streams: HashMap<u32, Box<StreamData>>,
     /// The context host calls act on (the callback's, or one set by `proxy_set_effective_context`).
     pub(crate) effective: u32,
     /// Requested `proxy_on_tick` period; `None` = no ticks.
@@ -223,7 +223,10 @@ impl Vm {
     }
 
     /// Creates an HTTP context for a new stream; returns its id.
-    pub fn create_context(&mut self, data: StreamData) -> (StreamData, wasmtime::Result<u32>) {
+    pub fn create_context(
+        &mut self,
+        data: Box<StreamData>,
+    ) -> (Box<StreamData>, wasmtime::Result<u32>) {
         let id = self.next_context_id;
         self.next_context_id = self
             .next_context_id
@@ -243,9 +246,9 @@ impl Vm {
     pub fn callback(
         &mut self,
         id: u32,
-        data: StreamData,
+        data: Box<StreamData>,
         callback: Callback,
-    ) -> (StreamData, wasmtime::Result<i32>) {
+    ) -> (Box<StreamData>, wasmtime::Result<i32>) {
         self.store.data_mut().streams.insert(id, data);
         let ctx = id as i32;
         let flag = |b: bool| i32::from(b);
@@ -309,21 +312,21 @@ impl Vm {
     }
 
     /// Leaves a paused stream's data with the VM, where later callbacks can reach it.
-    pub fn park(&mut self, id: u32, data: StreamData) {
+    pub fn park(&mut self, id: u32, data: Box<StreamData>) {
         self.store.data_mut().streams.insert(id, data);
     }
 
     /// Takes a stream's data back (after a callback or a pause).
-    pub fn unpark(&mut self, id: u32) -> Option<StreamData> {
+    pub fn unpark(&mut self, id: u32) -> Option<Box<StreamData>> {
         self.store.data_mut().streams.remove(&id)
     }
 
     /// Every stream still lent to this VM (used when the VM is discarded).
-    pub fn drain_streams(&mut self) -> Vec<(u32, StreamData)> {
+    pub fn drain_streams(&mut self) -> Vec<(u32, Box<StreamData>)> {
         self.store.data_mut().streams.drain().collect()
     }
 
-    fn take_stream(&mut self, id: u32) -> StreamData {
+    fn take_stream(&mut self, id: u32) -> Box<StreamData> {
         match self.store.data_mut().streams.remove(&id) {
             Some(data) => data,
             // The map only loses an entry through `unpark`, which callers never

@@ -128,7 +128,10 @@ impl HttpContext for Http {
         {
             self.send_http_response(
                 403,
-                vec![("content-type", "text/plain"), ("x-denied-by", "test-filter")],
+                vec![
+                    ("content-type", "text/plain"),
+                    ("x-denied-by", "test-filter"),
+                ],
                 Some(b"denied by filter"),
             );
             return Action::Pause;
@@ -143,7 +146,9 @@ impl HttpContext for Http {
             self.set_http_request_header(name, None);
         }
         if let Some((from, to)) = &config.copy_request_header {
-            let value = self.get_http_request_header(from).unwrap_or_else(|| "<absent>".into());
+            let value = self
+                .get_http_request_header(from)
+                .unwrap_or_else(|| "<absent>".into());
             self.set_http_request_header(to, Some(&value));
         }
         if let Some(name) = &config.config_to_request_header {
@@ -204,7 +209,9 @@ impl HttpContext for Http {
         if !end_of_stream {
             return Action::Pause;
         }
-        let body = self.get_http_response_body(0, body_size).unwrap_or_default();
+        let body = self
+            .get_http_response_body(0, body_size)
+            .unwrap_or_default();
         let rewritten = String::from_utf8_lossy(&body).replace(&from, &to);
         self.set_http_response_body(0, body_size, rewritten.as_bytes());
         Action::Continue
@@ -214,7 +221,11 @@ impl HttpContext for Http {
         self.callbacks.push("log");
         proxy_wasm::hostcalls::log(
             LogLevel::Info,
-            &format!("context {} callbacks: {}", self.context_id, self.callbacks.join(",")),
+            &format!(
+                "context {} callbacks: {}",
+                self.context_id,
+                self.callbacks.join(",")
+            ),
         )
         .ok();
     }

@@ -99,7 +99,7 @@ pub fn add_to_linker(
 /// The stream of the effective context, if it is an HTTP context lent to this VM.
 fn stream<'c>(caller: &'c mut Ctx<'_>) -> Option<&'c mut StreamData> {
     let id = caller.data().effective;
-    caller.data_mut().streams.get_mut(&id)
+    caller.data_mut().streams.get_mut(&id).map(|b| &mut **b)
 }
 
 fn add_context_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
@@ -165,7 +165,11 @@ fn add_context_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
             };
             let value = {
                 let state = c.data();
-                properties::get(state, state.streams.get(&state.effective), &path)
+                properties::get(
+                    state,
+                    state.streams.get(&state.effective).map(|b| &**b),
+                    &path,
+                )
             };
             match value {
                 Some(bytes) => Ok(code(memory::give(&mut c, &bytes, ret_ptr, ret_len)?)),
