@@ -1,0 +1,84 @@
+//! What one light Proxy-Wasm filter costs a request: binding the stream to a
+//! VM, request and response header callbacks (the filter reads one header and
+//! writes two), and on_log/on_done/on_delete — against the same request with
+//! an empty pipeline. Run with `cargo bench -p weir-tests --bench filter`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue};
+use weir::pipeline::{Direction, Pipeline, Step};
+use weir::wasm::{FailMode, FilterInstance, PluginLimits, RequestHead, ResponseHead, Runtime, StreamInfo};
+
+fn request_head() -> RequestHead {
+    let mut headers = HeaderMap::new();
+    headers.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+    headers.insert("accept", HeaderValue::from_static("*/*"));
+    headers.insert("x-request-id", HeaderValue::from_static("bench"));
+    RequestHead {
+        method: "GET".into(),
+        path: "/v1/users/7".into(),
+        authority: "api.example.com".into(),
+        scheme: "http".into(),
+        headers,
+    }
+}
+
+fn info() -> Arc<StreamInfo> {
+    Arc::new(StreamInfo {
+        route_name: "bench".into(),
+        upstream_name: Some("users".into()),
+        request_id: "bench".into(),
+        source: "127.0.0.1:40000".parse().expect("address"),
+        destination: None,
+        tls: false,
+        protocol: "HTTP/1.1",
+        start_unix_nanos: 0,
+    })
+}
+
+/// One request's filter work, headers only (the common case for a policy filter).
+fn one_request(pipeline: &Pipeline, info: &Arc<StreamInfo>) {
+    let mut run = pipeline.start(info.clone(), request_head()).expect("bind");
+    let step = run.headers(Direction::Request, true, 0).expect("request headers");
+    assert!(matches!(step, Step::Continue));
+    run.set_response(ResponseHead {
+        status: 200,
+        headers: HeaderMap::new(),
+    });
+    let step = run.headers(Direction::Response, true, 0).expect("response headers");
+    assert!(matches!(step, Step::Continue));
+    black_box(run.data().map(|d| d.request.headers.len()));
+    // Dropping the run calls on_log, on_done and on_delete.
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = Runtime::new(None).expect("runtime");
+    let wasm = std::fs::read(weir_tests::test_filter_wasm()).expect("test filter built");
+    let limits = PluginLimits {
+        memory_bytes: 64 << 20,
+        callback_deadline: Duration::from_millis(100),
+    };
+    let plugin = runtime.load("light", &wasm, limits).expect("load");
+    let config = Bytes::from_static(
+        br#"{"copy_request_header":["user-agent","x-ua"],"add_request_headers":[["x-filtered","1"]]}"#,
+    );
+    let filter = FilterInstance::new(plugin, config, FailMode::Closed, 1).expect("start");
+    let info = info();
+
+    let empty = Pipeline::default();
+    let one = Pipeline::new(vec![filter.clone()]);
+    let three = Pipeline::new(vec![filter.clone(), filter.clone(), filter]);
+
+    let mut group = c.benchmark_group("pipeline");
+    group.bench_function("empty", |b| b.iter(|| one_request(&empty, &info)));
+    group.bench_function("one_light_filter", |b| b.iter(|| one_request(&one, &info)));
+    group.bench_function("three_light_filters", |b| b.iter(|| one_request(&three, &info)));
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
