@@ -11,7 +11,9 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use weir::pipeline::{Direction, Pipeline, Step};
-use weir::wasm::{FailMode, FilterInstance, PluginLimits, RequestHead, ResponseHead, Runtime, StreamInfo};
+use weir::wasm::{
+    FailMode, FilterInstance, PluginLimits, RequestHead, ResponseHead, Runtime, StreamInfo,
+};
 
 fn request_head() -> RequestHead {
     let mut headers = HeaderMap::new();
@@ -43,13 +45,17 @@ fn info() -> Arc<StreamInfo> {
 /// One request's filter work, headers only (the common case for a policy filter).
 fn one_request(pipeline: &Pipeline, info: &Arc<StreamInfo>) {
     let mut run = pipeline.start(info.clone(), request_head()).expect("bind");
-    let step = run.headers(Direction::Request, true, 0).expect("request headers");
+    let step = run
+        .headers(Direction::Request, true, 0)
+        .expect("request headers");
     assert!(matches!(step, Step::Continue));
     run.set_response(ResponseHead {
         status: 200,
         headers: HeaderMap::new(),
     });
-    let step = run.headers(Direction::Response, true, 0).expect("response headers");
+    let step = run
+        .headers(Direction::Response, true, 0)
+        .expect("response headers");
     assert!(matches!(step, Step::Continue));
     black_box(run.data().map(|d| d.request.headers.len()));
     // Dropping the run calls on_log, on_done and on_delete.
@@ -76,7 +82,9 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipeline");
     group.bench_function("empty", |b| b.iter(|| one_request(&empty, &info)));
     group.bench_function("one_light_filter", |b| b.iter(|| one_request(&one, &info)));
-    group.bench_function("three_light_filters", |b| b.iter(|| one_request(&three, &info)));
+    group.bench_function("three_light_filters", |b| {
+        b.iter(|| one_request(&three, &info))
+    });
     group.finish();
 }
 
