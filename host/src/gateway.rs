@@ -13,7 +13,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::Manifest;
 use crate::config::model::ListenerId;
 use crate::pipeline::{self, BuildError as PipelineBuildError, Pipelines};
-use crate::proxy::{BuildError, Proxy};
+use crate::proxy::Proxy;
+use crate::services::Services;
+use crate::upstream::{self, InvalidTarget, UpstreamCaller};
 use crate::wasm::{LoadError, Runtime};
 
 /// One problem per line, each with its place in the manifest.
@@ -37,9 +39,13 @@ pub struct Options {
     pub vms: Option<usize>,
 }
 
-/// Loads every plugin and starts every filter of `manifest` (what `weir validate`
-/// runs to check plugins, and what `Gateway::start` serves with).
-pub fn build_pipelines(manifest: &Manifest, options: &Options) -> Result<Pipelines, StartError> {
+/// Loads every plugin and starts every filter of `manifest` with `services`
+/// (what `weir validate` runs to check plugins, and what `Gateway::start` serves with).
+pub fn build_pipelines(
+    manifest: &Manifest,
+    options: &Options,
+    services: &Arc<Services>,
+) -> Result<Pipelines, StartError> {
     if manifest.plugins.is_empty() {
         return Ok(Pipelines { routes: Vec::new() });
     }
@@ -47,7 +53,7 @@ pub fn build_pipelines(manifest: &Manifest, options: &Options) -> Result<Pipelin
     let vms = options.vms.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    pipeline::build(manifest, &runtime, vms).map_err(|errors| StartError::Plugins {
+    pipeline::build(manifest, &runtime, vms, services).map_err(|errors| StartError::Plugins {
         manifest: manifest.source.clone(),
         errors,
     })
@@ -75,9 +81,9 @@ pub enum StartError {
         /// What failed.
         source: TlsError,
     },
-    /// The proxy snapshot could not be built.
+    /// An upstream group could not be built.
     #[error(transparent)]
-    Build(#[from] BuildError),
+    Upstream(#[from] InvalidTarget),
     /// The Wasm runtime could not start.
     #[error(transparent)]
     Runtime(#[from] LoadError),
@@ -108,7 +114,9 @@ impl Gateway {
 
     /// Binds every listener of `manifest`, loads its plugins and starts serving.
     pub async fn start_with(manifest: Manifest, options: &Options) -> Result<Self, StartError> {
-        let pipelines = build_pipelines(&manifest, options)?;
+        let groups = upstream::build_groups(&manifest.upstreams)?;
+        let services = Services::new(Arc::new(UpstreamCaller::new(&groups)));
+        let pipelines = build_pipelines(&manifest, options, &services)?;
         let mut listeners = Vec::with_capacity(manifest.listeners.len());
         let mut addresses = Vec::with_capacity(manifest.listeners.len());
         for (i, config) in manifest.listeners.iter().enumerate() {
@@ -140,7 +148,7 @@ impl Gateway {
             });
         }
         let shutdown_timeout = manifest.shutdown_timeout;
-        let proxy = Arc::new(Proxy::new(manifest, pipelines)?);
+        let proxy = Arc::new(Proxy::new(manifest, groups, pipelines));
         let (shutdown, _) = watch::channel(false);
         let tracker = TaskTracker::new();
         for listener in listeners {

@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod services;
 pub mod upstream;
 pub mod wasm;
 

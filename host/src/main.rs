@@ -122,7 +122,7 @@ fn validate(
     options: &weir::gateway::Options,
 ) -> anyhow::Result<weir::Manifest> {
     let manifest = weir::config::load(config)?;
-    weir::gateway::build_pipelines(&manifest, options)?;
+    weir::gateway::build_pipelines(&manifest, options, &weir::services::Services::standalone())?;
     Ok(manifest)
 }
 

@@ -295,3 +295,56 @@ impl TestPki {
 pub fn test_filter_wasm() -> &'static str {
     env!("WEIR_TEST_FILTER_WASM")
 }
+
+/// An upstream that answers every request with the same status and body,
+/// optionally after a delay.
+pub struct FixedUpstream {
+    /// Its address.
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl FixedUpstream {
+    /// Starts it on a free loopback port.
+    pub async fn start(status: u16, body: &'static str, delay: Duration) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let hits = Arc::new(AtomicUsize::new(0));
+        let task_hits = hits.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let hits = task_hits.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let hits = hits.clone();
+                        async move {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(delay).await;
+                            let mut response =
+                                Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                            *response.status_mut() = hyper::StatusCode::from_u16(status)
+                                .unwrap_or(hyper::StatusCode::OK);
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, hits, task })
+    }
+
+    /// Requests served so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FixedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -7,5 +7,6 @@ mod hostile;
 mod limits;
 mod resilience;
 mod routing;
+mod services;
 mod shutdown;
 mod tls;

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::Pipeline;
 use crate::config::model::{FilterRef, OnError};
 use crate::config::{Location, Manifest};
+use crate::services::Services;
 use crate::wasm::{FailMode, FilterInstance, LoadError, Plugin, PluginLimits, Runtime, StartError};
 
 /// One plugin or filter that could not be set up.
@@ -57,6 +58,7 @@ pub fn build(
     manifest: &Manifest,
     runtime: &Arc<Runtime>,
     vms_default: usize,
+    services: &Arc<Services>,
 ) -> Result<Pipelines, Vec<BuildError>> {
     let mut errors = Vec::new();
     let plugins: Vec<Option<Arc<Plugin>>> = manifest
@@ -96,7 +98,7 @@ pub fn build(
             OnError::FailOpen => FailMode::Open,
         };
         let vms = config.vms.unwrap_or(vms_default);
-        FilterInstance::new(plugin, json, mode, vms)
+        FilterInstance::new(plugin, json, mode, vms, services.clone())
             .map_err(|source| {
                 errors.push(BuildError::Start {
                     plugin: config.name.clone(),

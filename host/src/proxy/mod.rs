@@ -57,34 +57,14 @@ pub struct Proxy {
     pipelines: Vec<Pipeline>,
 }
 
-/// Why a [`Proxy`] could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// An upstream target is not a valid authority.
-    #[error("upstream `{upstream}` has an invalid target: {source}")]
-    InvalidTarget {
-        /// Upstream name.
-        upstream: String,
-        /// Parse error.
-        source: http::uri::InvalidUri,
-    },
-}
-
 impl Proxy {
-    /// Builds the snapshot for `manifest`.
-    pub fn new(manifest: Manifest, pipelines: Pipelines) -> Result<Self, BuildError> {
-        let upstreams = manifest
-            .upstreams
-            .iter()
-            .map(|u| {
-                UpstreamGroup::new(u)
-                    .map(Arc::new)
-                    .map_err(|source| BuildError::InvalidTarget {
-                        upstream: u.name.clone(),
-                        source,
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+    /// Builds the snapshot for `manifest` from its upstream groups (in manifest
+    /// order) and its pipelines.
+    pub fn new(
+        manifest: Manifest,
+        upstreams: Vec<Arc<UpstreamGroup>>,
+        pipelines: Pipelines,
+    ) -> Self {
         let routers = (0..manifest.listeners.len())
             .map(|l| {
                 Router::new(
@@ -101,12 +81,12 @@ impl Proxy {
             .collect();
         let mut pipelines = pipelines.routes;
         pipelines.resize_with(manifest.routes.len(), Pipeline::default);
-        Ok(Self {
+        Self {
             routers,
             routes: manifest.routes,
             upstreams,
             pipelines,
-        })
+        }
     }
 
     /// Serves one request end to end; never fails (errors become JSON responses).

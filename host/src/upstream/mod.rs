@@ -4,6 +4,7 @@
 //! Knows the validated config and HTTP types; knows nothing of routes or servers.
 
 mod balancer;
+mod caller;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,10 +19,36 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use balancer::Balancer;
+pub use caller::UpstreamCaller;
 
 use crate::body::{self, Body};
 use crate::config::model::Upstream;
 use crate::error::GatewayError;
+
+/// Why an upstream group could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream `{upstream}` has an invalid target: {source}")]
+pub struct InvalidTarget {
+    /// Upstream name.
+    pub upstream: String,
+    /// Parse error.
+    pub source: http::uri::InvalidUri,
+}
+
+/// Builds every upstream group of the manifest, in manifest order.
+pub fn build_groups(upstreams: &[Upstream]) -> Result<Vec<Arc<UpstreamGroup>>, InvalidTarget> {
+    upstreams
+        .iter()
+        .map(|u| {
+            UpstreamGroup::new(u)
+                .map(Arc::new)
+                .map_err(|source| InvalidTarget {
+                    upstream: u.name.clone(),
+                    source,
+                })
+        })
+        .collect()
+}
 
 /// One target of a group with its live load.
 #[derive(Debug)]

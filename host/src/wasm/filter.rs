@@ -13,7 +13,8 @@ use bytes::Bytes;
 
 use super::plugin::Plugin;
 use super::stream::StreamData;
-use super::vm::{Callback, StartError, Vm, describe_error};
+use super::vm::{Callback, Delivery, Home, StartError, Vm, describe_error};
+use crate::services::Services;
 
 /// The first retry delay after a VM failed to start; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -67,6 +68,7 @@ struct Slot {
 pub struct FilterInstance {
     plugin: Arc<Plugin>,
     configuration: Bytes,
+    services: Arc<Services>,
     fail_mode: FailMode,
     slots: Vec<Mutex<Slot>>,
     next: AtomicUsize,
@@ -80,28 +82,46 @@ impl FilterInstance {
         configuration: Bytes,
         fail_mode: FailMode,
         vms: usize,
+        services: Arc<Services>,
     ) -> Result<Arc<Self>, StartError> {
-        let mut slots = Vec::with_capacity(vms.max(1));
-        for _ in 0..vms.max(1) {
-            let vm = Vm::start(&plugin, configuration.clone())?;
-            slots.push(Mutex::new(Slot {
-                tick_period: vm.tick_period(),
-                vm: Some(vm),
-                generation: 0,
-                orphans: Vec::new(),
-                backoff: FIRST_BACKOFF,
-                retry_at: None,
-                last_error: String::new(),
-                ticker: None,
-            }));
-        }
-        let instance = Arc::new(Self {
-            plugin,
-            configuration,
-            fail_mode,
-            slots,
-            next: AtomicUsize::new(0),
+        let mut failure = None;
+        let instance = Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
+            let mut slots = Vec::with_capacity(vms.max(1));
+            for slot in 0..vms.max(1) {
+                let home = Home {
+                    instance: weak.clone(),
+                    slot,
+                    generation: 0,
+                };
+                match Vm::start(&plugin, configuration.clone(), services.clone(), home) {
+                    Ok(vm) => slots.push(Mutex::new(Slot {
+                        tick_period: None,
+                        vm: Some(vm),
+                        generation: 0,
+                        orphans: Vec::new(),
+                        backoff: FIRST_BACKOFF,
+                        retry_at: None,
+                        last_error: String::new(),
+                        ticker: None,
+                    })),
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            Self {
+                plugin,
+                configuration,
+                services,
+                fail_mode,
+                slots,
+                next: AtomicUsize::new(0),
+            }
         });
+        if let Some(error) = failure {
+            return Err(error);
+        }
         for index in 0..instance.slots.len() {
             if let Some(mut slot) = instance.lock(index) {
                 instance.sync_ticker(index, &mut slot);
@@ -118,6 +138,34 @@ impl FilterInstance {
     /// What a failure of this filter does to the request.
     pub fn fail_mode(&self) -> FailMode {
         self.fail_mode
+    }
+
+    fn home(self: &Arc<Self>, slot: usize, generation: u64) -> Home {
+        Home {
+            instance: Arc::downgrade(self),
+            slot,
+            generation,
+        }
+    }
+
+    /// Runs a root callback for something that arrived for slot `index`'s VM.
+    pub(crate) fn deliver(self: &Arc<Self>, index: usize, generation: u64, event: Delivery) {
+        let Some(mut slot) = self.lock(index) else {
+            return;
+        };
+        if slot.generation != generation {
+            return;
+        }
+        let Some(vm) = slot.vm.as_mut() else {
+            return;
+        };
+        match vm.deliver(event) {
+            Ok(()) => self.sync_ticker(index, &mut slot),
+            Err(error) => {
+                let reason = describe_error(&error);
+                self.discard(index, &mut slot, &reason);
+            }
+        }
     }
 
     fn lock(&self, index: usize) -> Option<MutexGuard<'_, Slot>> {
@@ -181,14 +229,20 @@ impl FilterInstance {
     }
 
     /// Makes sure the slot has a VM, starting a fresh one unless backing off.
-    fn ensure_vm(&self, index: usize, slot: &mut Slot) -> Result<(), String> {
+    fn ensure_vm(self: &Arc<Self>, index: usize, slot: &mut Slot) -> Result<(), String> {
         if slot.vm.is_some() {
             return Ok(());
         }
         if slot.retry_at.is_some_and(|at| Instant::now() < at) {
             return Err(slot.last_error.clone());
         }
-        match Vm::start(&self.plugin, self.configuration.clone()) {
+        let home = self.home(index, slot.generation);
+        match Vm::start(
+            &self.plugin,
+            self.configuration.clone(),
+            self.services.clone(),
+            home,
+        ) {
             Ok(vm) => {
                 tracing::info!(plugin = %self.plugin.name, slot = index, "started a fresh VM");
                 slot.tick_period = vm.tick_period();

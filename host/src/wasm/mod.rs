@@ -18,4 +18,4 @@ pub use filter::{FailMode, FilterError, FilterInstance, FilterStream};
 pub use headers::MapType;
 pub use plugin::{LoadError, Plugin, PluginLimits, Runtime};
 pub use stream::{LocalReply, Phase, RequestHead, ResponseHead, Resume, StreamData, StreamInfo};
-pub use vm::{Callback, StartError};
+pub use vm::{Callback, Delivery, StartError};

@@ -13,8 +13,12 @@ use wasmtime::{
     Instance, Store, StoreLimits, StoreLimitsBuilder, TypedFunc, WasmParams, WasmResults,
 };
 
+use std::sync::Weak;
+
+use super::filter::FilterInstance;
 use super::plugin::Plugin;
 use super::stream::StreamData;
+use crate::services::{CallResponse, Services};
 
 /// The root context id of every VM (each VM holds one plugin's root context).
 pub const ROOT_CONTEXT_ID: u32 = 1;
@@ -32,6 +36,57 @@ pub struct VmState {
     pub(crate) effective: u32,
     /// Requested `proxy_on_tick` period; `None` = no ticks.
     pub(crate) tick_period: Option<Duration>,
+    /// Callouts, shared data, queues and metrics.
+    pub(crate) services: Arc<Services>,
+    /// Where asynchronous answers (callouts, queue items) are delivered.
+    pub(crate) home: Option<Home>,
+    /// The last callout token handed out (tokens are `4n`, as Envoy numbers HTTP calls).
+    pub(crate) last_token: u32,
+    /// The callout response, readable during `proxy_on_http_call_response`.
+    pub(crate) call_response: Option<CallResponse>,
+    /// What `proxy_get_status` reports.
+    pub(crate) status: (u32, String),
+}
+
+/// The VM slot a VM lives in, so answers that arrive later find their way back.
+#[derive(Clone)]
+pub struct Home {
+    /// The filter instance.
+    pub instance: Weak<FilterInstance>,
+    /// The slot in its pool.
+    pub slot: usize,
+    /// The slot's generation when the VM started.
+    pub generation: u64,
+}
+
+impl Home {
+    /// Delivers `event` to this VM from a background task.
+    pub fn deliver_later(&self, event: Delivery) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let home = self.clone();
+        runtime.spawn(async move {
+            if let Some(instance) = home.instance.upgrade() {
+                instance.deliver(home.slot, home.generation, event);
+            }
+        });
+        true
+    }
+}
+
+/// Something that arrives for a VM outside any stream callback.
+#[derive(Debug)]
+pub enum Delivery {
+    /// A callout finished (or failed with a reason).
+    HttpCall {
+        /// The token handed out.
+        token: u32,
+        /// The response or why it failed.
+        result: Result<CallResponse, String>,
+    },
+    /// A shared queue this VM registered has items.
+    QueueReady(u32),
 }
 
 /// A callback of an HTTP context.
@@ -88,6 +143,7 @@ type F1R = TypedFunc<i32, i32>;
 type F2 = TypedFunc<(i32, i32), ()>;
 type F2R = TypedFunc<(i32, i32), i32>;
 type F3R = TypedFunc<(i32, i32, i32), i32>;
+type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 /// The guest's callbacks; a missing one acts as the SDK default (continue / no-op).
 struct Callbacks {
@@ -104,6 +160,8 @@ struct Callbacks {
     on_done: Option<F1R>,
     on_delete: Option<F1>,
     on_tick: Option<F1>,
+    on_http_call_response: Option<F5>,
+    on_queue_ready: Option<F2>,
 }
 
 /// Why a VM could not start.
@@ -133,7 +191,12 @@ pub struct Vm {
 
 impl Vm {
     /// Instantiates `plugin`, runs its start-up, `on_vm_start` and `on_configure` with `configuration`.
-    pub fn start(plugin: &Arc<Plugin>, configuration: Bytes) -> Result<Self, StartError> {
+    pub fn start(
+        plugin: &Arc<Plugin>,
+        configuration: Bytes,
+        services: Arc<Services>,
+        home: Home,
+    ) -> Result<Self, StartError> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(plugin.limits.memory_bytes)
             .instances(1)
@@ -149,6 +212,11 @@ impl Vm {
             streams: HashMap::new(),
             effective: ROOT_CONTEXT_ID,
             tick_period: None,
+            services,
+            home: Some(home),
+            last_token: 0,
+            call_response: None,
+            status: (0, String::new()),
         };
         let mut store = Store::new(plugin.engine(), state);
         store.limiter(|s| &mut s.limits);
@@ -179,6 +247,8 @@ impl Vm {
             on_done: typed(&instance, &mut store, "proxy_on_done")?,
             on_delete: typed(&instance, &mut store, "proxy_on_delete")?,
             on_tick: typed(&instance, &mut store, "proxy_on_tick")?,
+            on_http_call_response: typed(&instance, &mut store, "proxy_on_http_call_response")?,
+            on_queue_ready: typed(&instance, &mut store, "proxy_on_queue_ready")?,
         };
         let mut vm = Vm {
             store,
@@ -303,6 +373,42 @@ impl Vm {
         match self.callbacks.on_tick.clone() {
             Some(f) => self.call(f, ROOT_CONTEXT_ID as i32, ROOT_CONTEXT_ID),
             None => Ok(()),
+        }
+    }
+
+    /// Runs the root callback for `event`.
+    pub fn deliver(&mut self, event: Delivery) -> wasmtime::Result<()> {
+        let root = ROOT_CONTEXT_ID as i32;
+        match event {
+            Delivery::HttpCall { token, result } => {
+                let Some(f) = self.callbacks.on_http_call_response.clone() else {
+                    return Ok(());
+                };
+                let (response, status) = match result {
+                    Ok(response) => (response, (0, String::new())),
+                    Err(reason) => (CallResponse::default(), (11, reason)),
+                };
+                let n = |v: &Vec<(Vec<u8>, Vec<u8>)>| i32::try_from(v.len()).unwrap_or(i32::MAX);
+                let params = (
+                    root,
+                    token as i32,
+                    n(&response.headers),
+                    i32::try_from(response.body.len()).unwrap_or(i32::MAX),
+                    n(&response.trailers),
+                );
+                let state = self.store.data_mut();
+                state.call_response = Some(response);
+                state.status = status;
+                let result = self.call(f, params, ROOT_CONTEXT_ID);
+                let state = self.store.data_mut();
+                state.call_response = None;
+                state.status = (0, String::new());
+                result
+            }
+            Delivery::QueueReady(id) => match self.callbacks.on_queue_ready.clone() {
+                Some(f) => self.call(f, (root, id as i32), ROOT_CONTEXT_ID),
+                None => Ok(()),
+            },
         }
     }
 

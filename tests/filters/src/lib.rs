@@ -44,6 +44,19 @@ struct Config {
     set_path: Option<String>,
     /// Record every callback in the `x-callbacks` response header.
     trace_callbacks: bool,
+    /// Ask these upstreams (GET `/check`) before continuing; all must answer 200.
+    /// One call continues with its body in `x-auth`; several answer locally
+    /// with their bodies joined by `+`.
+    callouts: Vec<String>,
+    /// Timeout of each callout in milliseconds.
+    callout_timeout_ms: u64,
+    /// Increment the shared-data counter `counter` (with CAS) and report it in `x-count`.
+    count_requests: bool,
+    /// Increment the counter metric `requests` and report it in `x-metric`.
+    count_metric: bool,
+    /// Enqueue the request path on shared queue `events`; the root stores the
+    /// last dequeued item in shared data `last_event`, reported in `x-last-event`.
+    queue_events: bool,
 }
 
 thread_local! {
@@ -55,6 +68,7 @@ thread_local! {
 struct Root {
     raw_config: String,
     config: Config,
+    queue: Option<u32>,
 }
 
 impl Context for Root {}
@@ -71,6 +85,9 @@ impl RootContext for Root {
             Ok(config) => {
                 if config.pause_until_tick {
                     self.set_tick_period(Duration::from_millis(10));
+                }
+                if config.queue_events {
+                    self.queue = Some(self.register_shared_queue("events"));
                 }
                 self.config = config;
                 true
@@ -96,12 +113,20 @@ impl RootContext for Root {
         }
     }
 
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(item)) = self.dequeue_shared_queue(queue_id) {
+            let _ = self.set_shared_data("last_event", Some(&item), None);
+        }
+    }
+
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
             context_id,
             config: self.config.clone(),
             raw_config: self.raw_config.clone(),
             callbacks: Vec::new(),
+            pending_calls: 0,
+            call_bodies: Vec::new(),
         }))
     }
 
@@ -115,9 +140,60 @@ struct Http {
     config: Config,
     raw_config: String,
     callbacks: Vec<&'static str>,
+    pending_calls: usize,
+    call_bodies: Vec<(u32, String)>,
 }
 
-impl Context for Http {}
+impl Context for Http {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _: usize,
+    ) {
+        self.pending_calls = self.pending_calls.saturating_sub(1);
+        if num_headers == 0 {
+            // `proxy_get_status` (the SDK calls it for gRPC) says why the call failed.
+            let (_, reason) = proxy_wasm::hostcalls::get_grpc_status().unwrap_or((0, None));
+            let reason = reason.unwrap_or_default();
+            self.send_http_response(
+                502,
+                vec![("x-callout-failed", "1")],
+                Some(format!("callout failed: {reason}").as_bytes()),
+            );
+            return;
+        }
+        let status = self
+            .get_http_call_response_header(":status")
+            .unwrap_or_default();
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        let body = String::from_utf8_lossy(&body).into_owned();
+        if status != "200" {
+            self.send_http_response(403, vec![("x-denied-by", "callout")], Some(body.as_bytes()));
+            return;
+        }
+        self.call_bodies.push((token, body));
+        if self.pending_calls > 0 {
+            return;
+        }
+        if self.call_bodies.len() == 1 {
+            let body = self.call_bodies[0].1.clone();
+            self.set_http_request_header("x-auth", Some(&body));
+            self.resume_http_request();
+        } else {
+            self.call_bodies.sort();
+            let joined: Vec<&str> = self.call_bodies.iter().map(|(_, b)| b.as_str()).collect();
+            self.send_http_response(
+                200,
+                vec![("x-fan-out", "1")],
+                Some(joined.join("+").as_bytes()),
+            );
+        }
+    }
+}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -164,6 +240,56 @@ impl HttpContext for Http {
         }
         if let Some(path) = &config.set_path {
             self.set_http_request_header(":path", Some(path));
+        }
+        if config.count_requests {
+            let count = self.increment_shared_counter();
+            self.set_http_request_header("x-count", Some(&count.to_string()));
+        }
+        if config.count_metric {
+            let value = proxy_wasm::hostcalls::define_metric(
+                proxy_wasm::types::MetricType::Counter,
+                "requests",
+            )
+            .and_then(|id| {
+                proxy_wasm::hostcalls::increment_metric(id, 1)?;
+                proxy_wasm::hostcalls::get_metric(id)
+            })
+            .map_or_else(|s| format!("error {s:?}"), |v| v.to_string());
+            self.set_http_request_header("x-metric", Some(&value));
+        }
+        if config.queue_events {
+            let last = self.get_shared_data("last_event").0;
+            let last = last.map_or_else(
+                || "<none>".to_owned(),
+                |b| String::from_utf8_lossy(&b).into_owned(),
+            );
+            self.set_http_request_header("x-last-event", Some(&last));
+            let path = self.get_http_request_header(":path").unwrap_or_default();
+            if let Ok(Some(queue)) = proxy_wasm::hostcalls::resolve_shared_queue("", "events") {
+                let _ = self.enqueue_shared_queue(queue, Some(path.as_bytes()));
+            }
+        }
+        if !config.callouts.is_empty() {
+            let timeout = Duration::from_millis(config.callout_timeout_ms.max(1));
+            for upstream in config.callouts.clone() {
+                let headers = vec![
+                    (":method", "GET"),
+                    (":path", "/check"),
+                    (":authority", "auth"),
+                ];
+                match self.dispatch_http_call(&upstream, headers, None, vec![], timeout) {
+                    Ok(_) => self.pending_calls += 1,
+                    Err(status) => {
+                        self.send_http_response(
+                            500,
+                            vec![],
+                            Some(format!("dispatch to {upstream} refused: {status:?}").as_bytes()),
+                        );
+                        return Action::Pause;
+                    }
+                }
+            }
+            return Action::Pause;
         }
         if config.pause_until_tick {
             PAUSED.with(|p| p.borrow_mut().push(self.context_id));
@@ -228,6 +354,25 @@ impl HttpContext for Http {
             ),
         )
         .ok();
+    }
+}
+
+impl Http {
+    /// Adds one to shared data `counter` with compare-and-swap; returns the new value.
+    fn increment_shared_counter(&self) -> u64 {
+        loop {
+            let (value, cas) = self.get_shared_data("counter");
+            let current = value
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let next = current + 1;
+            match self.set_shared_data("counter", Some(next.to_string().as_bytes()), cas) {
+                Ok(()) => return next,
+                Err(proxy_wasm::types::Status::CasMismatch) => continue,
+                Err(_) => return 0,
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 mod memory;
 pub(crate) mod pairs;
 mod properties;
+mod services;
 mod wasi;
 
 use std::collections::HashSet;
@@ -38,6 +39,8 @@ pub enum Status {
     InvalidMemoryAccess = 6,
     /// 7.
     Empty = 7,
+    /// 8.
+    CasMismatch = 8,
     /// 10.
     InternalFailure = 10,
     /// 12.
@@ -91,7 +94,8 @@ pub fn add_to_linker(
     add_buffer_functions(&mut r)?;
     add_map_functions(&mut r)?;
     add_stream_functions(&mut r)?;
-    add_service_placeholders(&mut r)?;
+    services::add(&mut r)?;
+    add_unserved(&mut r)?;
     wasi::add(&mut r)?;
     Ok(r.names)
 }
@@ -208,6 +212,7 @@ fn buffer(state: &VmState, kind: i32) -> Option<Bytes> {
         1 => stream
             .filter(|s| s.phase == Phase::ResponseBody)
             .map(|s| Bytes::copy_from_slice(&s.body)),
+        4 => state.call_response.as_ref().map(|r| r.body.clone()),
         // The VM configuration is empty; it exists only during start-up.
         6 => state.configuration.as_ref().map(|_| Bytes::new()),
         7 => state.configuration.clone(),
@@ -274,6 +279,17 @@ fn add_buffer_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// For the callout-response maps (6 headers, 7 trailers): `Some(pairs)` while a
+/// response is being delivered, `Some(None)` otherwise; `None` for other maps.
+fn call_response_map(state: &VmState, map: i32) -> Option<Option<&Vec<pairs::Pair>>> {
+    let response = state.call_response.as_ref();
+    match map {
+        6 => Some(response.map(|r| &r.headers)),
+        7 => Some(response.map(|r| &r.trailers)),
+        _ => None,
+    }
+}
+
 /// Reads a header name from the guest as text.
 fn read_key(c: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<String, Status> {
     memory::read_string(c, ptr, len)
@@ -283,9 +299,12 @@ fn add_map_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_get_header_map_pairs",
         |mut c: Ctx<'_>, map: i32, ret_ptr: i32, ret_len: i32| {
-            let pairs = MapType::from_abi(map)
-                .and_then(|m| stream(&mut c).and_then(|s| s.pairs(m)))
-                .unwrap_or_default();
+            let pairs = match call_response_map(c.data(), map) {
+                Some(found) => found.cloned().unwrap_or_default(),
+                None => MapType::from_abi(map)
+                    .and_then(|m| stream(&mut c).and_then(|s| s.pairs(m)))
+                    .unwrap_or_default(),
+            };
             let bytes = if pairs.is_empty() {
                 Vec::new()
             } else {
@@ -317,7 +336,16 @@ fn add_map_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                 Ok(k) => k,
                 Err(status) => return Ok(status as i32),
             };
-            let value = MapType::from_abi(map).and_then(|m| stream(&mut c)?.value(m, &key));
+            let value = match call_response_map(c.data(), map) {
+                Some(found) => found.and_then(|pairs| {
+                    let key = key.to_ascii_lowercase();
+                    pairs
+                        .iter()
+                        .find(|(k, _)| *k == key.as_bytes())
+                        .map(|(_, v)| v.clone())
+                }),
+                None => MapType::from_abi(map).and_then(|m| stream(&mut c)?.value(m, &key)),
+            };
             match value {
                 Some(v) => Ok(code(memory::give(&mut c, &v, ret_ptr, ret_len)?)),
                 None => Ok(Status::NotFound as i32),
@@ -455,15 +483,6 @@ fn add_stream_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
         "proxy_clear_route_cache",
         |_: Ctx<'_>| Ok(Status::Ok as i32),
     )?;
-    r.env(
-        "proxy_get_status",
-        |mut c: Ctx<'_>, code_ptr: i32, msg_ptr: i32, msg_len: i32| {
-            let result = memory::write_u32(&mut c, code_ptr, 0)
-                .and_then(|()| memory::write_u32(&mut c, msg_ptr, 0))
-                .and_then(|()| memory::write_u32(&mut c, msg_len, 0));
-            Ok(code(result))
-        },
-    )?;
     Ok(())
 }
 
@@ -481,38 +500,9 @@ fn resume(c: &mut Ctx<'_>, kind: i32) -> Result<(), Status> {
     Ok(())
 }
 
-/// Services a filter may import that this host does not offer yet: they exist
-/// (so modules link) and answer with the ABI's "no such thing" codes.
-fn add_service_placeholders(r: &mut Registry<'_>) -> wasmtime::Result<()> {
-    let unimplemented = Status::Unimplemented as i32;
-    r.env(
-        "proxy_http_call",
-        move |_: Ctx<'_>,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32| { Ok(Status::BadArgument as i32) },
-    )?;
-    r.env(
-        "proxy_dispatch_http_call",
-        move |_: Ctx<'_>,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32| { Ok(Status::BadArgument as i32) },
-    )?;
+/// gRPC, which this host does not serve: the functions exist (so modules link)
+/// and answer as for an unknown upstream or stream.
+fn add_unserved(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_grpc_call",
         move |_: Ctx<'_>,
@@ -552,50 +542,6 @@ fn add_service_placeholders(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env("proxy_grpc_close", move |_: Ctx<'_>, _: i32| {
         Ok(Status::NotFound as i32)
     })?;
-    r.env(
-        "proxy_get_shared_data",
-        move |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| Ok(Status::NotFound as i32),
-    )?;
-    r.env(
-        "proxy_set_shared_data",
-        move |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| Ok(unimplemented),
-    )?;
-    r.env(
-        "proxy_register_shared_queue",
-        move |_: Ctx<'_>, _: i32, _: i32, _: i32| Ok(unimplemented),
-    )?;
-    r.env(
-        "proxy_resolve_shared_queue",
-        move |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| Ok(Status::NotFound as i32),
-    )?;
-    r.env(
-        "proxy_enqueue_shared_queue",
-        move |_: Ctx<'_>, _: i32, _: i32, _: i32| Ok(Status::NotFound as i32),
-    )?;
-    r.env(
-        "proxy_dequeue_shared_queue",
-        move |_: Ctx<'_>, _: i32, _: i32, _: i32| Ok(Status::NotFound as i32),
-    )?;
-    r.env(
-        "proxy_define_metric",
-        move |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| Ok(unimplemented),
-    )?;
-    r.env(
-        "proxy_increment_metric",
-        move |_: Ctx<'_>, _: i32, _: i64| Ok(Status::NotFound as i32),
-    )?;
-    r.env("proxy_record_metric", move |_: Ctx<'_>, _: i32, _: i64| {
-        Ok(Status::NotFound as i32)
-    })?;
-    r.env("proxy_get_metric", move |_: Ctx<'_>, _: i32, _: i32| {
-        Ok(Status::NotFound as i32)
-    })?;
-    r.env(
-        "proxy_call_foreign_function",
-        move |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| {
-            Ok(Status::NotFound as i32)
-        },
-    )?;
     Ok(())
 }
 

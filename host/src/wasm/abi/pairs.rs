@@ -1,6 +1,9 @@
 //! The Proxy-Wasm map encoding: `u32 N | N × (u32 key_len, u32 value_len) |
 //! key 0x00 value 0x00 …`, all integers little-endian.
 
+/// One name/value pair.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// Most pairs a map from the guest may hold.
 const MAX_PAIRS: usize = 1024;
 

@@ -1,0 +1,244 @@
+//! Plugin metrics (`proxy_define_metric` …): counters, gauges and histograms
+//! kept per plugin, rendered in the Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+/// A metric's kind, numbered as the ABI numbers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// 0.
+    Counter,
+    /// 1.
+    Gauge,
+    /// 2.
+    Histogram,
+}
+
+impl Kind {
+    /// The kind for an ABI number.
+    pub fn from_abi(n: i32) -> Option<Self> {
+        match n {
+            0 => Some(Self::Counter),
+            1 => Some(Self::Gauge),
+            2 => Some(Self::Histogram),
+            _ => None,
+        }
+    }
+}
+
+/// Histogram bucket bounds (upper, inclusive).
+const BUCKETS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 10_000];
+
+#[derive(Debug, Clone)]
+struct Metric {
+    plugin: String,
+    name: String,
+    kind: Kind,
+    value: i64,
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: i64,
+}
+
+/// Why a metric operation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MetricError {
+    /// No metric has that id.
+    #[error("no such metric")]
+    NotFound,
+    /// The operation does not suit the metric's kind (or a counter would go down).
+    #[error("bad argument")]
+    BadArgument,
+}
+
+/// The registry of every plugin's metrics.
+#[derive(Default)]
+pub struct Metrics {
+    metrics: Mutex<Vec<Metric>>,
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Metric>> {
+        self.metrics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Defines (or finds) `name` of `kind` for `plugin`; returns its id.
+    pub fn define(&self, plugin: &str, kind: Kind, name: &str) -> Result<u32, MetricError> {
+        let mut metrics = self.lock();
+        if let Some(i) = metrics
+            .iter()
+            .position(|m| m.plugin == plugin && m.name == name)
+        {
+            return if metrics[i].kind == kind {
+                Ok(i as u32)
+            } else {
+                Err(MetricError::BadArgument)
+            };
+        }
+        metrics.push(Metric {
+            plugin: plugin.to_owned(),
+            name: name.to_owned(),
+            kind,
+            value: 0,
+            buckets: [0; BUCKETS.len()],
+            count: 0,
+            sum: 0,
+        });
+        Ok((metrics.len() - 1) as u32)
+    }
+
+    /// Adds `delta` (counters only go up).
+    pub fn increment(&self, id: u32, delta: i64) -> Result<(), MetricError> {
+        let mut metrics = self.lock();
+        let m = metrics.get_mut(id as usize).ok_or(MetricError::NotFound)?;
+        match m.kind {
+            Kind::Counter if delta < 0 => Err(MetricError::BadArgument),
+            Kind::Counter | Kind::Gauge => {
+                m.value = m.value.saturating_add(delta);
+                Ok(())
+            }
+            Kind::Histogram => Err(MetricError::BadArgument),
+        }
+    }
+
+    /// Sets a gauge, adds to a counter, or samples a histogram.
+    pub fn record(&self, id: u32, value: i64) -> Result<(), MetricError> {
+        let mut metrics = self.lock();
+        let m = metrics.get_mut(id as usize).ok_or(MetricError::NotFound)?;
+        match m.kind {
+            Kind::Gauge => m.value = value,
+            Kind::Counter if value < 0 => return Err(MetricError::BadArgument),
+            Kind::Counter => m.value = m.value.saturating_add(value),
+            Kind::Histogram => {
+                let v = u64::try_from(value).unwrap_or(0);
+                for (bucket, bound) in m.buckets.iter_mut().zip(BUCKETS) {
+                    if v <= bound {
+                        *bucket += 1;
+                    }
+                }
+                m.count += 1;
+                m.sum = m.sum.saturating_add(value);
+            }
+        }
+        Ok(())
+    }
+
+    /// The current value (a histogram's sample count).
+    pub fn get(&self, id: u32) -> Result<u64, MetricError> {
+        let metrics = self.lock();
+        let m = metrics.get(id as usize).ok_or(MetricError::NotFound)?;
+        Ok(match m.kind {
+            Kind::Histogram => m.count,
+            _ => u64::try_from(m.value).unwrap_or(0),
+        })
+    }
+
+    /// Every metric in the Prometheus text format, labelled with its plugin.
+    pub fn render_prometheus(&self) -> String {
+        let metrics = self.lock();
+        let mut by_name: BTreeMap<String, Vec<&Metric>> = BTreeMap::new();
+        for m in metrics.iter() {
+            by_name.entry(prometheus_name(&m.name)).or_default().push(m);
+        }
+        let mut out = String::new();
+        for (name, group) in by_name {
+            let kind = match group[0].kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            };
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for m in group {
+                let plugin = m.plugin.replace('\\', "\\\\").replace('"', "\\\"");
+                if m.kind == Kind::Histogram {
+                    for (bucket, bound) in m.buckets.iter().zip(BUCKETS) {
+                        let _ = writeln!(
+                            out,
+                            "{name}_bucket{{plugin=\"{plugin}\",le=\"{bound}\"}} {bucket}"
+                        );
+                    }
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{plugin=\"{plugin}\",le=\"+Inf\"}} {}",
+                        m.count
+                    );
+                    let _ = writeln!(out, "{name}_sum{{plugin=\"{plugin}\"}} {}", m.sum);
+                    let _ = writeln!(out, "{name}_count{{plugin=\"{plugin}\"}} {}", m.count);
+                } else {
+                    let _ = writeln!(out, "{name}{{plugin=\"{plugin}\"}} {}", m.value);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `weir_plugin_` + the name with characters Prometheus does not allow replaced by `_`.
+fn prometheus_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("weir_plugin_{cleaned}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_gauges_and_histograms_render_for_prometheus() {
+        let m = Metrics::default();
+        let c = m
+            .define("auth", Kind::Counter, "requests.denied")
+            .expect("define");
+        assert_eq!(m.define("auth", Kind::Counter, "requests.denied"), Ok(c));
+        assert_eq!(
+            m.define("auth", Kind::Gauge, "requests.denied"),
+            Err(MetricError::BadArgument)
+        );
+        m.increment(c, 2).expect("increment");
+        assert_eq!(m.increment(c, -1), Err(MetricError::BadArgument));
+        let g = m.define("auth", Kind::Gauge, "inflight").expect("define");
+        m.record(g, 7).expect("record");
+        let h = m
+            .define("auth", Kind::Histogram, "latency_ms")
+            .expect("define");
+        m.record(h, 3).expect("sample");
+        m.record(h, 40).expect("sample");
+        assert_eq!(m.get(c), Ok(2));
+        assert_eq!(m.get(h), Ok(2));
+        assert_eq!(m.get(99), Err(MetricError::NotFound));
+        let text = m.render_prometheus();
+        assert!(
+            text.contains("# TYPE weir_plugin_requests_denied counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_plugin_requests_denied{plugin=\"auth\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_plugin_inflight{plugin=\"auth\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_plugin_latency_ms_bucket{plugin=\"auth\",le=\"5\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_plugin_latency_ms_count{plugin=\"auth\"} 2"),
+            "{text}"
+        );
+    }
+}

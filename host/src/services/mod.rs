@@ -1,0 +1,46 @@
+//! Services the host offers filters beyond the stream itself: HTTP callouts
+//! to upstream groups, the shared-data cache, shared queues and metrics.
+//!
+//! Knows neither wasmtime nor hyper: callouts go through the [`HttpCaller`]
+//! trait, which the proxy implements over its upstream groups.
+
+pub mod http_call;
+pub mod metrics;
+pub mod queues;
+pub mod shared_data;
+
+use std::sync::Arc;
+
+pub use http_call::{CallRequest, CallResponse, HttpCaller, NoUpstreams};
+pub use metrics::Metrics;
+pub use queues::Queues;
+pub use shared_data::SharedData;
+
+/// Everything filters can reach besides their stream; one per gateway.
+pub struct Services {
+    /// HTTP callouts to upstream groups.
+    pub http: Arc<dyn HttpCaller>,
+    /// The shared-data cache.
+    pub shared_data: SharedData,
+    /// Shared queues.
+    pub queues: Queues,
+    /// Plugin metrics.
+    pub metrics: Metrics,
+}
+
+impl Services {
+    /// Services with `http` for callouts and default bounds for the rest.
+    pub fn new(http: Arc<dyn HttpCaller>) -> Arc<Self> {
+        Arc::new(Self {
+            http,
+            shared_data: SharedData::new(shared_data::DEFAULT_MAX_BYTES),
+            queues: Queues::default(),
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// Services with no upstreams (for checking plugins without serving).
+    pub fn standalone() -> Arc<Self> {
+        Self::new(Arc::new(NoUpstreams))
+    }
+}

@@ -1,0 +1,105 @@
+//! Filter callouts (`proxy_http_call`) sent through the manifest's upstream
+//! groups, with their balancing and timeouts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use http_body_util::BodyExt;
+
+use super::{OutgoingBody, UpstreamGroup};
+use crate::services::http_call::{
+    CallRejected, CallRequest, CallResponse, HttpCaller, PendingCall,
+};
+
+/// The largest callout response body read (bigger answers fail the call).
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// Sends callouts to upstream groups by name.
+pub struct UpstreamCaller {
+    groups: HashMap<String, Arc<UpstreamGroup>>,
+}
+
+impl UpstreamCaller {
+    /// A caller over `groups`.
+    pub fn new(groups: &[Arc<UpstreamGroup>]) -> Self {
+        Self {
+            groups: groups
+                .iter()
+                .map(|g| (g.name().to_owned(), g.clone()))
+                .collect(),
+        }
+    }
+}
+
+impl HttpCaller for UpstreamCaller {
+    fn call(&self, call: CallRequest) -> Result<PendingCall, CallRejected> {
+        let group = self
+            .groups
+            .get(&call.upstream)
+            .cloned()
+            .ok_or_else(|| CallRejected::UnknownUpstream(call.upstream.clone()))?;
+        let request = build_request(&call)?;
+        Ok(Box::pin(async move {
+            let response = group
+                .send(request, call.timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (parts, body) = response.into_parts();
+            let limited = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES);
+            let collected = limited.collect().await.map_err(|e| e.to_string())?;
+            let trailers = collected
+                .trailers()
+                .map(|t| pairs(t.iter()))
+                .unwrap_or_default();
+            let mut headers = vec![(
+                b":status".to_vec(),
+                parts.status.as_str().as_bytes().to_vec(),
+            )];
+            headers.extend(pairs(parts.headers.iter()));
+            Ok(CallResponse {
+                headers,
+                body: collected.to_bytes(),
+                trailers,
+            })
+        }))
+    }
+}
+
+fn pairs<'a>(
+    iter: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    iter.map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// The upstream request for a callout: `:method`, `:path` and `:authority` are required.
+fn build_request(call: &CallRequest) -> Result<Request<OutgoingBody>, CallRejected> {
+    let pseudo = |name: &str| {
+        call.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+            .ok_or_else(|| CallRejected::BadRequest(format!("missing `{name}`")))
+    };
+    let bad = |what: &str| CallRejected::BadRequest(format!("invalid `{what}`"));
+    let method = Method::from_bytes(pseudo(":method")?).map_err(|_| bad(":method"))?;
+    let uri = Uri::try_from(pseudo(":path")?).map_err(|_| bad(":path"))?;
+    let authority =
+        HeaderValue::from_bytes(pseudo(":authority")?).map_err(|_| bad(":authority"))?;
+    let mut request = Request::new(OutgoingBody::Replayable(Bytes::clone(&call.body)));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    headers.insert(http::header::HOST, authority);
+    for (name, value) in &call.headers {
+        if name.starts_with(':') {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad(name))?;
+        let value = HeaderValue::from_bytes(value).map_err(|_| bad(name.as_str()))?;
+        headers.append(name, value);
+    }
+    Ok(request)
+}

@@ -1,0 +1,335 @@
+//! Host functions that reach beyond the stream: HTTP callouts, shared data,
+//! shared queues, metrics and Weir's foreign functions.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::memory::{self, Ctx};
+use super::{Registry, Status, code, pairs};
+use crate::services::http_call::{CallRejected, CallRequest};
+use crate::services::metrics::{Kind, MetricError};
+use crate::services::shared_data::SetError;
+use crate::wasm::vm::Delivery;
+
+pub fn add(r: &mut Registry<'_>) -> wasmtime::Result<()> {
+    add_http_call(r)?;
+    add_shared_data(r)?;
+    add_queues(r)?;
+    add_metrics(r)?;
+    add_foreign_functions(r)?;
+    Ok(())
+}
+
+/// Reads `len` bytes at `ptr` or returns the status from the enclosing host function.
+macro_rules! read_or_return {
+    ($c:expr, $ptr:expr, $len:expr) => {
+        match memory::read($c, $ptr, $len) {
+            Ok(bytes) => bytes,
+            Err(status) => return Ok(status as i32),
+        }
+    };
+}
+
+fn add_http_call(r: &mut Registry<'_>) -> wasmtime::Result<()> {
+    for name in ["proxy_http_call", "proxy_dispatch_http_call"] {
+        r.env(
+            name,
+            |mut c: Ctx<'_>,
+             up_ptr: i32,
+             up_len: i32,
+             h_ptr: i32,
+             h_len: i32,
+             b_ptr: i32,
+             b_len: i32,
+             _t_ptr: i32,
+             _t_len: i32,
+             timeout_ms: i32,
+             token_ptr: i32| {
+                let upstream = read_or_return!(&mut c, up_ptr, up_len);
+                let headers = read_or_return!(&mut c, h_ptr, h_len);
+                let body = read_or_return!(&mut c, b_ptr, b_len);
+                let Some(headers) = pairs::decode(&headers) else {
+                    return Ok(Status::BadArgument as i32);
+                };
+                let request = CallRequest {
+                    upstream: String::from_utf8_lossy(&upstream).into_owned(),
+                    headers: headers
+                        .into_iter()
+                        .map(|(k, v)| (String::from_utf8_lossy(&k).to_ascii_lowercase(), v))
+                        .collect(),
+                    body: Bytes::from(body),
+                    timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms as u64)),
+                };
+                let Some(home) = c.data().home.clone() else {
+                    return Ok(Status::InternalFailure as i32);
+                };
+                let pending = match c.data().services.http.call(request) {
+                    Ok(pending) => pending,
+                    Err(CallRejected::UnknownUpstream(_) | CallRejected::BadRequest(_)) => {
+                        return Ok(Status::BadArgument as i32);
+                    }
+                };
+                let token = c.data().last_token.wrapping_add(4);
+                if let Err(status) = memory::write_u32(&mut c, token_ptr, token) {
+                    return Ok(status as i32);
+                }
+                c.data_mut().last_token = token;
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return Ok(Status::InternalFailure as i32);
+                };
+                runtime.spawn(async move {
+                    let result = pending.await;
+                    if let Some(instance) = home.instance.upgrade() {
+                        instance.deliver(
+                            home.slot,
+                            home.generation,
+                            Delivery::HttpCall { token, result },
+                        );
+                    }
+                });
+                Ok(Status::Ok as i32)
+            },
+        )?;
+    }
+    r.env(
+        "proxy_get_status",
+        |mut c: Ctx<'_>, code_ptr: i32, msg_ptr: i32, msg_len: i32| {
+            let (status, message) = c.data().status.clone();
+            if let Err(s) = memory::write_u32(&mut c, code_ptr, status) {
+                return Ok(s as i32);
+            }
+            Ok(code(memory::give(
+                &mut c,
+                message.as_bytes(),
+                msg_ptr,
+                msg_len,
+            )?))
+        },
+    )?;
+    Ok(())
+}
+
+fn add_shared_data(r: &mut Registry<'_>) -> wasmtime::Result<()> {
+    r.env(
+        "proxy_get_shared_data",
+        |mut c: Ctx<'_>, k_ptr: i32, k_len: i32, ret_ptr: i32, ret_len: i32, cas_ptr: i32| {
+            let key = read_or_return!(&mut c, k_ptr, k_len);
+            let key = String::from_utf8_lossy(&key);
+            let found = {
+                let state = c.data();
+                state.services.shared_data.get(&state.plugin.name, &key)
+            };
+            let Some((value, cas)) = found else {
+                return Ok(Status::NotFound as i32);
+            };
+            if let Err(s) = memory::write_u32(&mut c, cas_ptr, cas) {
+                return Ok(s as i32);
+            }
+            Ok(code(memory::give(&mut c, &value, ret_ptr, ret_len)?))
+        },
+    )?;
+    r.env(
+        "proxy_set_shared_data",
+        |mut c: Ctx<'_>, k_ptr: i32, k_len: i32, v_ptr: i32, v_len: i32, cas: i32| {
+            let key = read_or_return!(&mut c, k_ptr, k_len);
+            let value = read_or_return!(&mut c, v_ptr, v_len);
+            let state = c.data();
+            let key = String::from_utf8_lossy(&key);
+            let result = state.services.shared_data.set(
+                &state.plugin.name,
+                &key,
+                Bytes::from(value),
+                cas as u32,
+                None,
+            );
+            Ok(match result {
+                Ok(()) => Status::Ok as i32,
+                Err(SetError::CasMismatch) => Status::CasMismatch as i32,
+                Err(SetError::NotFound) => Status::NotFound as i32,
+            })
+        },
+    )?;
+    Ok(())
+}
+
+fn add_queues(r: &mut Registry<'_>) -> wasmtime::Result<()> {
+    r.env(
+        "proxy_register_shared_queue",
+        |mut c: Ctx<'_>, n_ptr: i32, n_len: i32, ret: i32| {
+            let name = read_or_return!(&mut c, n_ptr, n_len);
+            let Some(home) = c.data().home.clone() else {
+                return Ok(Status::InternalFailure as i32);
+            };
+            let hook = std::sync::Arc::new(move |id: u32| {
+                home.deliver_later(Delivery::QueueReady(id));
+            });
+            let id = {
+                let state = c.data();
+                let name = String::from_utf8_lossy(&name);
+                state
+                    .services
+                    .queues
+                    .register(&state.plugin.name, &name, hook)
+            };
+            Ok(code(memory::write_u32(&mut c, ret, id)))
+        },
+    )?;
+    r.env(
+        "proxy_resolve_shared_queue",
+        |mut c: Ctx<'_>, vm_ptr: i32, vm_len: i32, n_ptr: i32, n_len: i32, ret: i32| {
+            let vm_id = read_or_return!(&mut c, vm_ptr, vm_len);
+            let name = read_or_return!(&mut c, n_ptr, n_len);
+            let id = {
+                let state = c.data();
+                let vm_id = match String::from_utf8_lossy(&vm_id) {
+                    v if v.is_empty() => state.plugin.name.clone(),
+                    v => v.into_owned(),
+                };
+                state
+                    .services
+                    .queues
+                    .resolve(&vm_id, &String::from_utf8_lossy(&name))
+            };
+            match id {
+                Some(id) => Ok(code(memory::write_u32(&mut c, ret, id))),
+                None => Ok(Status::NotFound as i32),
+            }
+        },
+    )?;
+    r.env(
+        "proxy_enqueue_shared_queue",
+        |mut c: Ctx<'_>, id: i32, ptr: i32, len: i32| {
+            let item = read_or_return!(&mut c, ptr, len);
+            Ok(
+                match c
+                    .data()
+                    .services
+                    .queues
+                    .enqueue(id as u32, Bytes::from(item))
+                {
+                    Ok(()) => Status::Ok as i32,
+                    Err(_) => Status::NotFound as i32,
+                },
+            )
+        },
+    )?;
+    r.env(
+        "proxy_dequeue_shared_queue",
+        |mut c: Ctx<'_>, id: i32, ret_ptr: i32, ret_len: i32| {
+            let item = c.data().services.queues.dequeue(id as u32);
+            match item {
+                Ok(Some(bytes)) => Ok(code(memory::give(&mut c, &bytes, ret_ptr, ret_len)?)),
+                Ok(None) => Ok(Status::Empty as i32),
+                Err(_) => Ok(Status::NotFound as i32),
+            }
+        },
+    )?;
+    Ok(())
+}
+
+fn metric_code(result: Result<(), MetricError>) -> i32 {
+    match result {
+        Ok(()) => Status::Ok as i32,
+        Err(MetricError::NotFound) => Status::NotFound as i32,
+        Err(MetricError::BadArgument) => Status::BadArgument as i32,
+    }
+}
+
+fn add_metrics(r: &mut Registry<'_>) -> wasmtime::Result<()> {
+    r.env(
+        "proxy_define_metric",
+        |mut c: Ctx<'_>, kind: i32, n_ptr: i32, n_len: i32, ret: i32| {
+            let name = read_or_return!(&mut c, n_ptr, n_len);
+            let Some(kind) = Kind::from_abi(kind) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            let defined = {
+                let state = c.data();
+                state.services.metrics.define(
+                    &state.plugin.name,
+                    kind,
+                    &String::from_utf8_lossy(&name),
+                )
+            };
+            match defined {
+                Ok(id) => Ok(code(memory::write_u32(&mut c, ret, id))),
+                Err(e) => Ok(metric_code(Err(e))),
+            }
+        },
+    )?;
+    r.env(
+        "proxy_increment_metric",
+        |c: Ctx<'_>, id: i32, delta: i64| {
+            Ok(metric_code(
+                c.data().services.metrics.increment(id as u32, delta),
+            ))
+        },
+    )?;
+    r.env("proxy_record_metric", |c: Ctx<'_>, id: i32, value: i64| {
+        Ok(metric_code(
+            c.data().services.metrics.record(id as u32, value),
+        ))
+    })?;
+    r.env("proxy_get_metric", |mut c: Ctx<'_>, id: i32, ret: i32| {
+        let value = c.data().services.metrics.get(id as u32);
+        match value {
+            Ok(v) => Ok(code(memory::write_u64(&mut c, ret, v))),
+            Err(e) => Ok(metric_code(Err(e))),
+        }
+    })?;
+    Ok(())
+}
+
+/// Arguments of `weir.shared_data_set_ttl` / `weir.shared_data_delete` (JSON).
+#[derive(serde::Deserialize)]
+struct KeyArgs {
+    key: String,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+}
+
+fn add_foreign_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
+    r.env(
+        "proxy_call_foreign_function",
+        |mut c: Ctx<'_>,
+         n_ptr: i32,
+         n_len: i32,
+         a_ptr: i32,
+         a_len: i32,
+         ret_ptr: i32,
+         ret_len: i32| {
+            let name = read_or_return!(&mut c, n_ptr, n_len);
+            let args = read_or_return!(&mut c, a_ptr, a_len);
+            let result = {
+                let state = c.data();
+                let data = &state.services.shared_data;
+                let vm_id = state.plugin.name.as_str();
+                let parsed = serde_json::from_slice::<KeyArgs>(&args);
+                match (name.as_slice(), parsed) {
+                    (
+                        b"weir.shared_data_set_ttl",
+                        Ok(KeyArgs {
+                            key,
+                            ttl_ms: Some(ms),
+                        }),
+                    ) => data
+                        .set_ttl(vm_id, &key, Duration::from_millis(ms))
+                        .map_err(|_| Status::NotFound),
+                    (b"weir.shared_data_delete", Ok(KeyArgs { key, .. })) => {
+                        data.delete(vm_id, &key).map_err(|_| Status::NotFound)
+                    }
+                    (b"weir.shared_data_set_ttl" | b"weir.shared_data_delete", _) => {
+                        Err(Status::BadArgument)
+                    }
+                    _ => Err(Status::NotFound),
+                }
+            };
+            match result {
+                Ok(()) => Ok(code(memory::give(&mut c, &[], ret_ptr, ret_len)?)),
+                Err(status) => Ok(status as i32),
+            }
+        },
+    )?;
+    Ok(())
+}
