@@ -72,7 +72,8 @@ fn bench(c: &mut Criterion) {
     let config = Bytes::from_static(
         br#"{"copy_request_header":["user-agent","x-ua"],"add_request_headers":[["x-filtered","1"]]}"#,
     );
-    let filter = FilterInstance::new(plugin, config, FailMode::Closed, 1).expect("start");
+    let services = weir::services::Services::standalone();
+    let filter = FilterInstance::new(plugin, config, FailMode::Closed, 1, services).expect("start");
     let info = info();
 
     let empty = Pipeline::default();
