@@ -14,7 +14,7 @@ use crate::config::Manifest;
 use crate::config::model::ListenerId;
 use crate::pipeline::{self, BuildError as PipelineBuildError, Pipelines};
 use crate::proxy::Proxy;
-use crate::services::Services;
+use crate::services::{RedisService, RedisServices, Services};
 use crate::upstream::{self, InvalidTarget, UpstreamCaller};
 use crate::wasm::{LoadError, Runtime};
 
@@ -115,7 +115,14 @@ impl Gateway {
     /// Binds every listener of `manifest`, loads its plugins and starts serving.
     pub async fn start_with(manifest: Manifest, options: &Options) -> Result<Self, StartError> {
         let groups = upstream::build_groups(&manifest.upstreams)?;
-        let services = Services::new(Arc::new(UpstreamCaller::new(&groups)));
+        let redis = RedisServices::new(manifest.redis.iter().map(|r| {
+            let service = RedisService {
+                url: r.url.clone(),
+                timeout: r.timeout,
+            };
+            (r.name.clone(), service)
+        }));
+        let services = Services::new(Arc::new(UpstreamCaller::new(&groups)), redis);
         let pipelines = build_pipelines(&manifest, options, &services)?;
         let mut listeners = Vec::with_capacity(manifest.listeners.len());
         let mut addresses = Vec::with_capacity(manifest.listeners.len());

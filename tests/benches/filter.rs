@@ -37,6 +37,7 @@ fn info() -> Arc<StreamInfo> {
         source: "127.0.0.1:40000".parse().expect("address"),
         destination: None,
         tls: false,
+        sni: None,
         protocol: "HTTP/1.1",
         start_unix_nanos: 0,
     })

@@ -348,3 +348,77 @@ impl Drop for FixedUpstream {
         self.task.abort();
     }
 }
+
+/// A real `redis-server` on a free loopback port, stopped on drop.
+pub struct RedisServer {
+    /// Its address.
+    pub addr: SocketAddr,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` (installed by `.ci/run`) and waits until it answers PING.
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (on a fresh machine `.ci/run` installs it)")?;
+        let mut server = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: Some(child),
+        };
+        let up = eventually(Duration::from_secs(10), async || {
+            server.command(&["PING"]).await.is_ok_and(|r| r == "+PONG")
+        })
+        .await;
+        if !up {
+            server.stop();
+            anyhow::bail!("redis-server did not answer PING on port {port}");
+        }
+        Ok(server)
+    }
+
+    /// Sends one command and returns the first line of the reply (bulk strings: their value).
+    pub async fn command(&self, args: &[&str]) -> anyhow::Result<String> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let stream = tokio::net::TcpStream::connect(self.addr).await?;
+        let (read, mut write) = stream.into_split();
+        let mut query = format!("*{}\r\n", args.len());
+        for arg in args {
+            query.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        write.write_all(query.as_bytes()).await?;
+        let mut lines = BufReader::new(read).lines();
+        let first = lines.next_line().await?.context("no reply")?;
+        if first.starts_with('$') && first != "$-1" {
+            return lines.next_line().await?.context("no bulk value");
+        }
+        Ok(first)
+    }
+
+    /// Stops the server (requests to it fail from now on).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -5,6 +5,7 @@ mod filters;
 mod forwarding;
 mod hostile;
 mod limits;
+mod redis;
 mod resilience;
 mod routing;
 mod services;

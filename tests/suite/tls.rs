@@ -27,9 +27,14 @@ listeners:
         - {{ cert: api.crt, key: api.key, server_names: [api.example.test] }}
         - {{ cert: default.crt, key: default.key }}
 upstreams: [{{ name: echo, targets: ["{}"] }}]
-routes: [{{ name: all, upstream: echo }}]
+plugins: [{{ name: props, file: "{}" }}]
+routes:
+  - name: all
+    upstream: echo
+    filters: [{{ plugin: props, config: {{ properties_to_request_headers: [connection.requested_server_name] }} }}]
 "#,
-        up.addr
+        up.addr,
+        weir_tests::test_filter_wasm()
     );
     let gw = TestGateway::from_yaml_in(&yaml, dir).await?;
     Ok((gw, pki, api.der, fallback.der))
@@ -89,5 +94,9 @@ async fn negotiates_h2_by_alpn_and_forwards_as_https() -> anyhow::Result<()> {
     let echoed = json(response).await?;
     assert_eq!(echoed["path"], "/secure");
     assert_eq!(echoed["headers"]["x-forwarded-proto"][0], "https");
+    assert_eq!(
+        echoed["headers"]["x-prop-connection.requested_server_name"][0], "api.example.test",
+        "filters see the TLS server name"
+    );
     Ok(())
 }

@@ -42,6 +42,8 @@ pub struct Manifest {
     pub plugins: Vec<Plugin>,
     /// Filters that run before every route's own, in order.
     pub global_filters: Vec<FilterRef>,
+    /// Named Redis services filters may call.
+    pub redis: Vec<Redis>,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
 }
@@ -328,4 +330,15 @@ pub enum PathRewrite {
     ReplacePrefix(String),
     /// Replace the whole path (the query is kept).
     ReplacePath(String),
+}
+
+/// A named Redis service filters may call (`proxy_redis_init` / `proxy_redis_call`).
+#[derive(Debug, Clone)]
+pub struct Redis {
+    /// Unique name (the "cluster" filters pass).
+    pub name: String,
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Connect and per-command timeout.
+    pub timeout: Duration,
 }

@@ -32,6 +32,7 @@ pub struct RawManifest {
     pub shutdown_timeout: Option<HumanDuration>,
     pub plugins: Vec<RawPlugin>,
     pub global_filters: Vec<RawFilter>,
+    pub redis: Vec<RawRedis>,
 }
 
 impl Decode for RawManifest {
@@ -54,6 +55,7 @@ impl Decode for RawManifest {
             shutdown_timeout: f.optional("shutdown_timeout", diags).flatten(),
             plugins: f.or("plugins", Vec::new(), diags),
             global_filters: f.or("global_filters", Vec::new(), diags),
+            redis: f.or("redis", Vec::new(), diags),
         };
         f.finish(diags);
         Some(manifest)
@@ -825,6 +827,48 @@ impl Decode for RawFilter {
         Some(Self {
             plugin: plugin?,
             config,
+        })
+    }
+}
+
+/// Default timeout of a Redis service.
+pub const DEFAULT_REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A Redis service as written.
+#[derive(Debug)]
+pub struct RawRedis {
+    pub name: Located<String>,
+    pub url: Option<String>,
+    pub timeout: std::time::Duration,
+}
+
+impl Decode for RawRedis {
+    fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
+        let mut f = Fields::of(node, "Redis service", diags)?;
+        let name = f.required("name", diags);
+        let url = f.required::<Located<String>>("url", diags);
+        let timeout = f
+            .or("timeout", HumanDuration(DEFAULT_REDIS_TIMEOUT), diags)
+            .0;
+        f.finish(diags);
+        let url = url.and_then(|u| {
+            if u.value.starts_with("redis://") {
+                Some(u.value)
+            } else {
+                diags.error(
+                    u.location,
+                    format!(
+                        "a Redis url must start with `redis://`, found `{}`",
+                        u.value
+                    ),
+                );
+                None
+            }
+        });
+        Some(Self {
+            name: name?,
+            url,
+            timeout,
         })
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::decode::{Diagnostics, Located};
 use super::model::{
     Certificate, FilterRef, Listener, ListenerId, ListenerTls, Manifest, PathMatch, PathRewrite,
-    Plugin, PluginId, Rewrite, Route, RouteAction, Target, Upstream, UpstreamId,
+    Plugin, PluginId, Redis, Rewrite, Route, RouteAction, Target, Upstream, UpstreamId,
 };
 use super::raw::{RawFilter, RawListener, RawManifest, RawPlugin, RawRoute, RawUpstream};
 
@@ -43,6 +43,18 @@ pub fn validate(
     let upstream_ids = index_names(raw.upstreams.iter().map(|u| &u.name), "upstream", diags);
     index_names(raw.routes.iter().map(|r| &r.name), "route", diags);
     let plugin_ids = index_names(raw.plugins.iter().map(|p| &p.name), "plugin", diags);
+    index_names(raw.redis.iter().map(|r| &r.name), "Redis service", diags);
+    let redis: Vec<Option<Redis>> = raw
+        .redis
+        .into_iter()
+        .map(|r| {
+            Some(Redis {
+                name: r.name.value,
+                url: r.url?,
+                timeout: r.timeout,
+            })
+        })
+        .collect();
     let global_filters = filters(raw.global_filters, &plugin_ids, diags);
     let plugins: Vec<Option<Plugin>> = raw
         .plugins
@@ -72,6 +84,7 @@ pub fn validate(
         routes: routes?,
         plugins: plugins.into_iter().collect::<Option<_>>()?,
         global_filters,
+        redis: redis.into_iter().collect::<Option<_>>()?,
         shutdown_timeout: raw
             .shutdown_timeout
             .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),

@@ -57,6 +57,7 @@ pub(super) async fn serve(
         source: conn.remote,
         destination: conn.local,
         tls: conn.tls,
+        sni: conn.sni.clone(),
         protocol: protocol(parts.version),
         start_unix_nanos: crate::wasm::unix_nanos(),
     });

@@ -45,6 +45,8 @@ pub struct Connection {
     pub local: Option<SocketAddr>,
     /// Whether TLS was terminated.
     pub tls: bool,
+    /// The server name the client asked for in its TLS handshake (SNI).
+    pub sni: Option<String>,
     /// The listener's limits.
     pub limits: Arc<ListenerLimits>,
 }

@@ -65,11 +65,12 @@ pub async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = Connection {
+        let mut conn = Connection {
             listener: listener.id,
             remote,
             local,
             tls: listener.tls.is_some(),
+            sni: None,
             limits: listener.limits.clone(),
         };
         let (builder, proxy, shutdown) = (builder.clone(), proxy.clone(), shutdown.clone());
@@ -82,6 +83,7 @@ pub async fn accept_loop(
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
+                            conn.sni = stream.get_ref().1.server_name().map(str::to_owned);
                             connection::serve(stream, builder, proxy, conn, shutdown).await;
                         }
                         Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),

@@ -7,6 +7,7 @@
 pub mod http_call;
 pub mod metrics;
 pub mod queues;
+pub mod redis;
 pub mod shared_data;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 pub use http_call::{CallRequest, CallResponse, HttpCaller, NoUpstreams};
 pub use metrics::Metrics;
 pub use queues::Queues;
+pub use redis::{RedisService, RedisServices};
 pub use shared_data::SharedData;
 
 /// Everything filters can reach besides their stream; one per gateway.
@@ -26,21 +28,24 @@ pub struct Services {
     pub queues: Queues,
     /// Plugin metrics.
     pub metrics: Metrics,
+    /// Named Redis services.
+    pub redis: RedisServices,
 }
 
 impl Services {
-    /// Services with `http` for callouts and default bounds for the rest.
-    pub fn new(http: Arc<dyn HttpCaller>) -> Arc<Self> {
+    /// Services with `http` for callouts, `redis` services, and default bounds for the rest.
+    pub fn new(http: Arc<dyn HttpCaller>, redis: RedisServices) -> Arc<Self> {
         Arc::new(Self {
             http,
             shared_data: SharedData::new(shared_data::DEFAULT_MAX_BYTES),
             queues: Queues::default(),
             metrics: Metrics::default(),
+            redis,
         })
     }
 
-    /// Services with no upstreams (for checking plugins without serving).
+    /// Services with no upstreams and no Redis (for checking plugins without serving).
     pub fn standalone() -> Arc<Self> {
-        Self::new(Arc::new(NoUpstreams))
+        Self::new(Arc::new(NoUpstreams), RedisServices::default())
     }
 }

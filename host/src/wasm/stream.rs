@@ -26,6 +26,8 @@ pub struct StreamInfo {
     pub destination: Option<SocketAddr>,
     /// Whether the client used TLS.
     pub tls: bool,
+    /// The TLS server name (SNI) the client asked for.
+    pub sni: Option<String>,
     /// HTTP version as `HTTP/1.1` or `HTTP/2`.
     pub protocol: &'static str,
     /// When the request started (ns since the Unix epoch).

@@ -44,6 +44,8 @@ pub struct VmState {
     pub(crate) last_token: u32,
     /// The callout response, readable during `proxy_on_http_call_response`.
     pub(crate) call_response: Option<CallResponse>,
+    /// The Redis reply, readable (buffer 9) during `proxy_on_redis_call_response`.
+    pub(crate) redis_response: Option<Bytes>,
     /// What `proxy_get_status` reports.
     pub(crate) status: (u32, String),
 }
@@ -87,6 +89,13 @@ pub enum Delivery {
     },
     /// A shared queue this VM registered has items.
     QueueReady(u32),
+    /// A Redis call finished: the raw RESP reply, or why the server could not be reached.
+    RedisCall {
+        /// The token handed out.
+        token: u32,
+        /// The reply or the network error.
+        result: Result<Vec<u8>, String>,
+    },
 }
 
 /// A callback of an HTTP context.
@@ -143,6 +152,7 @@ type F1R = TypedFunc<i32, i32>;
 type F2 = TypedFunc<(i32, i32), ()>;
 type F2R = TypedFunc<(i32, i32), i32>;
 type F3R = TypedFunc<(i32, i32, i32), i32>;
+type F4 = TypedFunc<(i32, i32, i32, i32), ()>;
 type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 /// The guest's callbacks; a missing one acts as the SDK default (continue / no-op).
@@ -162,6 +172,7 @@ struct Callbacks {
     on_tick: Option<F1>,
     on_http_call_response: Option<F5>,
     on_queue_ready: Option<F2>,
+    on_redis_call_response: Option<F4>,
 }
 
 /// Why a VM could not start.
@@ -216,6 +227,7 @@ impl Vm {
             home: Some(home),
             last_token: 0,
             call_response: None,
+            redis_response: None,
             status: (0, String::new()),
         };
         let mut store = Store::new(plugin.engine(), state);
@@ -249,6 +261,7 @@ impl Vm {
             on_tick: typed(&instance, &mut store, "proxy_on_tick")?,
             on_http_call_response: typed(&instance, &mut store, "proxy_on_http_call_response")?,
             on_queue_ready: typed(&instance, &mut store, "proxy_on_queue_ready")?,
+            on_redis_call_response: typed(&instance, &mut store, "proxy_on_redis_call_response")?,
         };
         let mut vm = Vm {
             store,
@@ -409,6 +422,24 @@ impl Vm {
                 Some(f) => self.call(f, (root, id as i32), ROOT_CONTEXT_ID),
                 None => Ok(()),
             },
+            Delivery::RedisCall { token, result } => {
+                let Some(f) = self.callbacks.on_redis_call_response.clone() else {
+                    return Ok(());
+                };
+                // Higress: status 0 = OK, 1 = network error (the reply is empty then).
+                let (status, reply) = match result {
+                    Ok(reply) => (0, Bytes::from(reply)),
+                    Err(reason) => {
+                        tracing::debug!(plugin = %self.store.data().plugin.name, %reason, "Redis call failed");
+                        (1, Bytes::new())
+                    }
+                };
+                let len = i32::try_from(reply.len()).unwrap_or(i32::MAX);
+                self.store.data_mut().redis_response = Some(reply);
+                let result = self.call(f, (root, token as i32, status, len), ROOT_CONTEXT_ID);
+                self.store.data_mut().redis_response = None;
+                result
+            }
         }
     }
 

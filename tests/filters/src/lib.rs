@@ -57,6 +57,11 @@ struct Config {
     /// Enqueue the request path on shared queue `events`; the root stores the
     /// last dequeued item in shared data `last_event`, reported in `x-last-event`.
     queue_events: bool,
+    /// `INCR` this key, then `EXPIRE` it (60 s) on Redis service `redis_service`,
+    /// reporting the replies in `x-redis-count` and `x-redis-expire`.
+    redis_incr: Option<String>,
+    /// The Redis service (as named in the manifest).
+    redis_service: String,
 }
 
 thread_local! {
@@ -88,6 +93,9 @@ impl RootContext for Root {
                 }
                 if config.queue_events {
                     self.queue = Some(self.register_shared_queue("events"));
+                }
+                if config.redis_incr.is_some() && !redis::init(&config.redis_service) {
+                    return false;
                 }
                 self.config = config;
                 true
@@ -269,6 +277,19 @@ impl HttpContext for Http {
                 let _ = self.enqueue_shared_queue(queue, Some(path.as_bytes()));
             }
         }
+        if let Some(key) = &config.redis_incr {
+            let service = config.redis_service.clone();
+            return match redis::call(&service, &["INCR", key]) {
+                Some(token) => {
+                    redis::expect(token, self.context_id, redis::Stage::Incr, &service, key);
+                    Action::Pause
+                }
+                None => {
+                    self.send_http_response(500, vec![], Some(b"redis call refused"));
+                    Action::Pause
+                }
+            };
+        }
         if !config.callouts.is_empty() {
             let timeout = Duration::from_millis(config.callout_timeout_ms.max(1));
             for upstream in config.callouts.clone() {
@@ -382,5 +403,156 @@ fn property_text(path: &str, bytes: &[u8]) -> String {
     match (numeric, <[u8; 8]>::try_from(bytes)) {
         (true, Ok(le)) => u64::from_le_bytes(le).to_string(),
         _ => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+/// The Higress Redis extension, which the Rust SDK does not wrap: raw imports
+/// and the `proxy_on_redis_call_response` export.
+#[allow(unsafe_code)]
+mod redis {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use proxy_wasm::types::MapType;
+
+    unsafe extern "C" {
+        fn proxy_redis_init(
+            name: *const u8,
+            name_len: usize,
+            user: *const u8,
+            user_len: usize,
+            password: *const u8,
+            password_len: usize,
+            timeout_ms: u32,
+        ) -> u32;
+        fn proxy_redis_call(
+            name: *const u8,
+            name_len: usize,
+            query: *const u8,
+            query_len: usize,
+            token: *mut u32,
+        ) -> u32;
+        #[link_name = "proxy_get_buffer_bytes"]
+        fn get_buffer_bytes(
+            kind: u32,
+            start: usize,
+            max: usize,
+            ptr: *mut *mut u8,
+            len: *mut usize,
+        ) -> u32;
+    }
+
+    /// Which reply a token waits for.
+    #[derive(Clone, Copy)]
+    pub enum Stage {
+        Incr,
+        Expire,
+    }
+
+    thread_local! {
+        static WAITING: RefCell<HashMap<u32, (u32, Stage, String, String)>> = RefCell::new(HashMap::new());
+    }
+
+    pub fn init(service: &str) -> bool {
+        // SAFETY: pointers and lengths describe live slices.
+        unsafe {
+            proxy_redis_init(
+                service.as_ptr(),
+                service.len(),
+                [].as_ptr(),
+                0,
+                [].as_ptr(),
+                0,
+                1000,
+            ) == 0
+        }
+    }
+
+    /// Sends `args` as a RESP array; the token, or `None` when refused.
+    pub fn call(service: &str, args: &[&str]) -> Option<u32> {
+        let mut query = format!("*{}\r\n", args.len());
+        for arg in args {
+            query.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        let mut token = 0u32;
+        // SAFETY: pointers and lengths describe live slices; `token` outlives the call.
+        let status = unsafe {
+            proxy_redis_call(
+                service.as_ptr(),
+                service.len(),
+                query.as_ptr(),
+                query.len(),
+                &mut token,
+            )
+        };
+        (status == 0).then_some(token)
+    }
+
+    pub fn expect(token: u32, context: u32, stage: Stage, service: &str, key: &str) {
+        WAITING.with(|w| {
+            w.borrow_mut()
+                .insert(token, (context, stage, service.to_owned(), key.to_owned()))
+        });
+    }
+
+    /// The reply in buffer 9.
+    fn reply(len: usize) -> String {
+        let mut ptr: *mut u8 = std::ptr::null_mut();
+        let mut size = 0usize;
+        // SAFETY: the host allocates `size` bytes with our allocator and hands them over.
+        unsafe {
+            if get_buffer_bytes(9, 0, len, &mut ptr, &mut size) != 0 || ptr.is_null() {
+                return String::new();
+            }
+            String::from_utf8_lossy(&Vec::from_raw_parts(ptr, size, size)).into_owned()
+        }
+    }
+
+    #[unsafe(no_mangle)]
+    pub extern "C" fn proxy_on_redis_call_response(
+        _root: u32,
+        token: u32,
+        status: u32,
+        len: usize,
+    ) {
+        let Some((context, stage, service, key)) = WAITING.with(|w| w.borrow_mut().remove(&token))
+        else {
+            return;
+        };
+        if proxy_wasm::hostcalls::set_effective_context(context).is_err() {
+            return;
+        }
+        if status != 0 {
+            let _ = proxy_wasm::hostcalls::send_http_response(
+                503,
+                vec![("x-redis", "down")],
+                Some(b"redis unavailable"),
+            );
+            return;
+        }
+        let value = reply(len).trim().trim_start_matches(':').to_owned();
+        match stage {
+            Stage::Incr => {
+                let _ = proxy_wasm::hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    "x-redis-count",
+                    Some(&value),
+                );
+                match call(&service, &["EXPIRE", &key, "60"]) {
+                    Some(next) => expect(next, context, Stage::Expire, &service, &key),
+                    None => {
+                        let _ = proxy_wasm::hostcalls::resume_http_request();
+                    }
+                }
+            }
+            Stage::Expire => {
+                let _ = proxy_wasm::hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    "x-redis-expire",
+                    Some(&value),
+                );
+                let _ = proxy_wasm::hostcalls::resume_http_request();
+            }
+        }
     }
 }

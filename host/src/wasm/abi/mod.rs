@@ -213,6 +213,7 @@ fn buffer(state: &VmState, kind: i32) -> Option<Bytes> {
             .filter(|s| s.phase == Phase::ResponseBody)
             .map(|s| Bytes::copy_from_slice(&s.body)),
         4 => state.call_response.as_ref().map(|r| r.body.clone()),
+        9 => state.redis_response.clone(),
         // The VM configuration is empty; it exists only during start-up.
         6 => state.configuration.as_ref().map(|_| Bytes::new()),
         7 => state.configuration.clone(),

@@ -50,6 +50,7 @@ pub fn get(state: &VmState, stream: Option<&StreamData>, path: &[u8]) -> Option<
         ["destination", "port"] => int(u64::from(info.destination?.port())),
         ["connection", "mtls"] => Some(vec![0]),
         ["connection", "tls"] => Some(vec![u8::from(info.tls)]),
+        ["connection", "requested_server_name"] => string(info.sni.as_deref()?),
         ["route_name"] | ["xds", "route_name"] => string(&info.route_name),
         ["cluster_name"] | ["xds", "cluster_name"] => string(info.upstream_name.as_deref()?),
         ["x_request_id"] => string(&info.request_id),

@@ -18,6 +18,7 @@ pub fn add(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     add_queues(r)?;
     add_metrics(r)?;
     add_foreign_functions(r)?;
+    add_redis(r)?;
     Ok(())
 }
 
@@ -329,6 +330,73 @@ fn add_foreign_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                 Ok(()) => Ok(code(memory::give(&mut c, &[], ret_ptr, ret_len)?)),
                 Err(status) => Ok(status as i32),
             }
+        },
+    )?;
+    Ok(())
+}
+
+/// The Higress Redis extension.
+fn add_redis(r: &mut Registry<'_>) -> wasmtime::Result<()> {
+    r.env(
+        "proxy_redis_init",
+        |mut c: Ctx<'_>,
+         n_ptr: i32,
+         n_len: i32,
+         _u_ptr: i32,
+         _u_len: i32,
+         _p_ptr: i32,
+         _p_len: i32,
+         _timeout: i32| {
+            let name = read_or_return!(&mut c, n_ptr, n_len);
+            // Credentials and timeouts come from the manifest's service; a
+            // `?db=…` style suffix on the name is ignored.
+            let name = String::from_utf8_lossy(&name);
+            let base = name.split('?').next().unwrap_or_default();
+            Ok(if c.data().services.redis.has(base) {
+                Status::Ok as i32
+            } else {
+                Status::BadArgument as i32
+            })
+        },
+    )?;
+    r.env(
+        "proxy_redis_call",
+        |mut c: Ctx<'_>, n_ptr: i32, n_len: i32, q_ptr: i32, q_len: i32, token_ptr: i32| {
+            let name = read_or_return!(&mut c, n_ptr, n_len);
+            let query = read_or_return!(&mut c, q_ptr, q_len);
+            let name = String::from_utf8_lossy(&name);
+            let base = name.split('?').next().unwrap_or_default();
+            let Some(home) = c.data().home.clone() else {
+                return Ok(Status::InternalFailure as i32);
+            };
+            let pending = match c.data().services.redis.call(base, &query) {
+                Ok(pending) => pending,
+                Err(_) => return Ok(Status::BadArgument as i32),
+            };
+            // Envoy numbers callouts 4n + kind; Higress uses kind 3 for Redis.
+            let token = c.data().last_token.wrapping_add(4);
+            let redis_token = token | 3;
+            if let Err(status) = memory::write_u32(&mut c, token_ptr, redis_token) {
+                return Ok(status as i32);
+            }
+            c.data_mut().last_token = token;
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return Ok(Status::InternalFailure as i32);
+            };
+            runtime.spawn(async move {
+                let result = pending.await;
+                if let Some(instance) = home.instance.upgrade() {
+                    instance.deliver(
+                        home.slot,
+                        home.generation,
+                        Delivery::RedisCall {
+                            token: redis_token,
+                            result,
+                        },
+                    );
+                }
+            });
+            Ok(Status::Ok as i32)
         },
     )?;
     Ok(())
