@@ -62,34 +62,13 @@ fn add_http_call(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                     body: Bytes::from(body),
                     timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms as u64)),
                 };
-                let Some(home) = c.data().home.clone() else {
-                    return Ok(Status::InternalFailure as i32);
-                };
                 let pending = match c.data().services.http.call(request) {
                     Ok(pending) => pending,
                     Err(CallRejected::UnknownUpstream(_) | CallRejected::BadRequest(_)) => {
                         return Ok(Status::BadArgument as i32);
                     }
                 };
-                let token = c.data().last_token.wrapping_add(4);
-                if let Err(status) = memory::write_u32(&mut c, token_ptr, token) {
-                    return Ok(status as i32);
-                }
-                c.data_mut().last_token = token;
-                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                    return Ok(Status::InternalFailure as i32);
-                };
-                runtime.spawn(async move {
-                    let result = pending.await;
-                    if let Some(instance) = home.instance.upgrade() {
-                        instance.deliver(
-                            home.slot,
-                            home.generation,
-                            Delivery::HttpCall { token, result },
-                        );
-                    }
-                });
-                Ok(Status::Ok as i32)
+                Ok(start_callout(&mut c, CalloutKind::Http, token_ptr, pending))
             },
         )?;
     }
@@ -109,6 +88,68 @@ fn add_http_call(r: &mut Registry<'_>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// What kind of callout a token belongs to (Envoy numbers tokens `4n + kind`).
+#[derive(Clone, Copy)]
+enum CalloutKind {
+    /// `proxy_http_call`: kind 0.
+    Http = 0,
+    /// `proxy_redis_call`: kind 3, as Higress numbers it.
+    Redis = 3,
+}
+
+/// Hands out a token for `pending`, writes it to `token_ptr`, and delivers the
+/// outcome to this VM's root context when it completes. Returns the status.
+fn start_callout<T: Send + 'static>(
+    c: &mut Ctx<'_>,
+    kind: CalloutKind,
+    token_ptr: i32,
+    pending: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+) -> i32
+where
+    Result<T, String>: IntoDelivery,
+{
+    let (Some(home), Ok(runtime)) = (c.data().home.clone(), tokio::runtime::Handle::try_current())
+    else {
+        return Status::InternalFailure as i32;
+    };
+    let next = c.data().last_token.wrapping_add(4);
+    let token = next | kind as u32;
+    if let Err(status) = memory::write_u32(c, token_ptr, token) {
+        return status as i32;
+    }
+    c.data_mut().last_token = next;
+    runtime.spawn(async move {
+        let result = pending.await;
+        if let Some(instance) = home.instance.upgrade() {
+            instance.deliver(home.slot, home.generation, result.into_delivery(token));
+        }
+    });
+    Status::Ok as i32
+}
+
+/// Turns a callout's outcome into what the VM receives.
+trait IntoDelivery {
+    fn into_delivery(self, token: u32) -> Delivery;
+}
+
+impl IntoDelivery for Result<crate::services::CallResponse, String> {
+    fn into_delivery(self, token: u32) -> Delivery {
+        Delivery::HttpCall {
+            token,
+            result: self,
+        }
+    }
+}
+
+impl IntoDelivery for Result<Vec<u8>, String> {
+    fn into_delivery(self, token: u32) -> Delivery {
+        Delivery::RedisCall {
+            token,
+            result: self,
+        }
+    }
 }
 
 fn add_shared_data(r: &mut Registry<'_>) -> wasmtime::Result<()> {
@@ -366,37 +407,16 @@ fn add_redis(r: &mut Registry<'_>) -> wasmtime::Result<()> {
             let query = read_or_return!(&mut c, q_ptr, q_len);
             let name = String::from_utf8_lossy(&name);
             let base = name.split('?').next().unwrap_or_default();
-            let Some(home) = c.data().home.clone() else {
-                return Ok(Status::InternalFailure as i32);
-            };
             let pending = match c.data().services.redis.call(base, &query) {
                 Ok(pending) => pending,
                 Err(_) => return Ok(Status::BadArgument as i32),
             };
-            // Envoy numbers callouts 4n + kind; Higress uses kind 3 for Redis.
-            let token = c.data().last_token.wrapping_add(4);
-            let redis_token = token | 3;
-            if let Err(status) = memory::write_u32(&mut c, token_ptr, redis_token) {
-                return Ok(status as i32);
-            }
-            c.data_mut().last_token = token;
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return Ok(Status::InternalFailure as i32);
-            };
-            runtime.spawn(async move {
-                let result = pending.await;
-                if let Some(instance) = home.instance.upgrade() {
-                    instance.deliver(
-                        home.slot,
-                        home.generation,
-                        Delivery::RedisCall {
-                            token: redis_token,
-                            result,
-                        },
-                    );
-                }
-            });
-            Ok(Status::Ok as i32)
+            Ok(start_callout(
+                &mut c,
+                CalloutKind::Redis,
+                token_ptr,
+                pending,
+            ))
         },
     )?;
     Ok(())
