@@ -1,25 +1,43 @@
-//! Compiles the test filter in `filters/` for `wasm32-wasip1` with the public
-//! proxy-wasm SDK, exactly as a filter author would, and tells the tests where
-//! the `.wasm` is (`WEIR_TEST_FILTER_WASM`).
+//! Compiles the test filter in `filters/` and the built-in plugins in
+//! `../plugins/` for `wasm32-wasip1` with the public proxy-wasm SDK, exactly as
+//! a filter author would, and tells the tests where the `.wasm` files are
+//! (`WEIR_TEST_FILTER_WASM`, `WEIR_PLUGINS_DIR`).
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let filters = manifest_dir.join("filters");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
-    let target_dir = out_dir.join("filters-target");
-    println!("cargo:rerun-if-changed={}", filters.join("src").display());
+
+    let filters = build_wasm_workspace(
+        &manifest_dir.join("filters"),
+        &out_dir.join("filters-target"),
+    );
+    println!(
+        "cargo:rustc-env=WEIR_TEST_FILTER_WASM={}",
+        filters.join("weir_test_filter.wasm").display()
+    );
+    let plugins = build_wasm_workspace(
+        &manifest_dir.join("../plugins"),
+        &out_dir.join("plugins-target"),
+    );
+    println!("cargo:rustc-env=WEIR_PLUGINS_DIR={}", plugins.display());
+}
+
+/// Builds the Cargo workspace at `dir` for wasm32-wasip1; returns where the `.wasm` files are.
+fn build_wasm_workspace(dir: &std::path::Path, target_dir: &std::path::Path) -> PathBuf {
     println!(
         "cargo:rerun-if-changed={}",
-        filters.join("Cargo.toml").display()
+        dir.join("Cargo.toml").display()
     );
-
+    for entry in walk(dir) {
+        println!("cargo:rerun-if-changed={}", entry.display());
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
-        .current_dir(&filters)
+        .current_dir(dir)
         .args([
             "build",
             "--release",
@@ -27,7 +45,7 @@ fn main() {
             "wasm32-wasip1",
             "--target-dir",
         ])
-        .arg(&target_dir);
+        .arg(target_dir);
     // The outer build's flags are for the host target, not for wasm.
     for var in [
         "RUSTFLAGS",
@@ -40,8 +58,26 @@ fn main() {
     let status = command.status().expect("cargo runs");
     assert!(
         status.success(),
-        "building the test filter for wasm32-wasip1 failed (is the target installed? `rustup target add wasm32-wasip1`)"
+        "building {} for wasm32-wasip1 failed (is the target installed? `rustup target add wasm32-wasip1`)",
+        dir.display()
     );
-    let wasm = target_dir.join("wasm32-wasip1/release/weir_test_filter.wasm");
-    println!("cargo:rustc-env=WEIR_TEST_FILTER_WASM={}", wasm.display());
+    target_dir.join("wasm32-wasip1/release")
+}
+
+/// Every `src` directory under `dir` (one level of member crates, or `dir` itself).
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if dir.join("src").is_dir() {
+        found.push(dir.join("src"));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.join("src").is_dir() {
+                found.push(path.join("src"));
+                found.push(path.join("Cargo.toml"));
+            }
+        }
+    }
+    found
 }

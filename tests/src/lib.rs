@@ -296,6 +296,15 @@ pub fn test_filter_wasm() -> &'static str {
     env!("WEIR_TEST_FILTER_WASM")
 }
 
+/// A built-in plugin from `plugins/` (e.g. `jwt-auth`), built for wasm32-wasip1.
+pub fn plugin_wasm(name: &str) -> String {
+    format!(
+        "{}/weir_{}.wasm",
+        env!("WEIR_PLUGINS_DIR"),
+        name.replace('-', "_")
+    )
+}
+
 /// An upstream that answers every request with the same status and body,
 /// optionally after a delay.
 pub struct FixedUpstream {

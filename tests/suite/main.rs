@@ -5,6 +5,7 @@ mod filters;
 mod forwarding;
 mod hostile;
 mod limits;
+mod plugins;
 mod redis;
 mod resilience;
 mod routing;

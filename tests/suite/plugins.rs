@@ -1,0 +1,144 @@
+//! The built-in plugins (`plugins/`), driven through the gateway.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use weir_tests::{EchoUpstream, TestGateway, http1_client, json, plugin_wasm};
+
+async fn gateway(app: &EchoUpstream, plugin: &str, config: &str) -> anyhow::Result<TestGateway> {
+    TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: app, targets: ["{}"] }}]
+plugins: [{{ name: {plugin}, file: "{}", vms: 1 }}]
+routes: [{{ name: r, upstream: app, filters: [{{ plugin: {plugin}, config: {config} }}] }}]
+"#,
+        app.addr,
+        plugin_wasm(plugin)
+    ))
+    .await
+}
+
+fn token(secret: &str, claims: serde_json::Value) -> anyhow::Result<String> {
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[tokio::test]
+async fn jwt_auth_accepts_valid_tokens_only() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let gw = gateway(
+        &app,
+        "jwt-auth",
+        "{ secret: s3cret, issuer: https://idp.test }",
+    )
+    .await?;
+    let client = http1_client();
+    let valid = token(
+        "s3cret",
+        serde_json::json!({ "sub": "ada", "iss": "https://idp.test", "exp": now() + 60 }),
+    )?;
+    let echoed = json(
+        client
+            .get(gw.url("main", "/"))
+            .bearer_auth(&valid)
+            .send()
+            .await?,
+    )
+    .await?;
+    assert_eq!(echoed["headers"]["x-jwt-sub"][0], "ada");
+
+    let expired = token(
+        "s3cret",
+        serde_json::json!({ "sub": "ada", "iss": "https://idp.test", "exp": now() - 3600 }),
+    )?;
+    let forged = token(
+        "guess",
+        serde_json::json!({ "sub": "eve", "iss": "https://idp.test", "exp": now() + 60 }),
+    )?;
+    let wrong_issuer = token(
+        "s3cret",
+        serde_json::json!({ "sub": "ada", "iss": "https://evil.test", "exp": now() + 60 }),
+    )?;
+    for bad in [expired, forged, wrong_issuer] {
+        let response = client
+            .get(gw.url("main", "/"))
+            .bearer_auth(&bad)
+            .send()
+            .await?;
+        assert_eq!(response.status(), 401);
+        assert_eq!(json(response).await?["error"]["code"], "unauthorized");
+    }
+    let missing = client.get(gw.url("main", "/")).send().await?;
+    assert_eq!(missing.status(), 401);
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+    assert_eq!(app.hits(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_past_the_burst() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let gw = gateway(
+        &app,
+        "rate-limit",
+        "{ rate: 0.01, burst: 3, key_header: x-api-key }",
+    )
+    .await?;
+    let client = http1_client();
+    for _ in 0..3 {
+        let r = client
+            .get(gw.url("main", "/"))
+            .header("x-api-key", "k1")
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+    }
+    let limited = client
+        .get(gw.url("main", "/"))
+        .header("x-api-key", "k1")
+        .send()
+        .await?;
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(json(limited).await?["error"]["code"], "rate_limited");
+    let other_key = client
+        .get(gw.url("main", "/"))
+        .header("x-api-key", "k2")
+        .send()
+        .await?;
+    assert_eq!(other_key.status(), 200, "each key has its own bucket");
+    Ok(())
+}
+
+#[tokio::test]
+async fn header_rewrite_edits_both_directions() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let gw = gateway(
+        &app,
+        "header-rewrite",
+        "{ request: { set: [[x-env, prod]], add: [[x-tag, a]], remove: [cookie] }, response: { set: [[x-served-by, weir]], remove: [content-type] } }",
+    )
+    .await?;
+    let response = http1_client()
+        .get(gw.url("main", "/"))
+        .header("cookie", "secret=1")
+        .header("x-env", "dev")
+        .send()
+        .await?;
+    assert_eq!(response.headers()["x-served-by"], "weir");
+    assert!(!response.headers().contains_key("content-type"));
+    let echoed: serde_json::Value = serde_json::from_str(&response.text().await?)?;
+    assert_eq!(echoed["headers"]["x-env"], serde_json::json!(["prod"]));
+    assert_eq!(echoed["headers"]["x-tag"][0], "a");
+    assert!(echoed["headers"].get("cookie").is_none());
+    Ok(())
+}
