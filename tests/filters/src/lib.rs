@@ -94,6 +94,7 @@ impl RootContext for Root {
                 if config.queue_events {
                     self.queue = Some(self.register_shared_queue("events"));
                 }
+                #[cfg(feature = "higress")]
                 if config.redis_incr.is_some() && !redis::init(&config.redis_service) {
                     return false;
                 }
@@ -277,6 +278,7 @@ impl HttpContext for Http {
                 let _ = self.enqueue_shared_queue(queue, Some(path.as_bytes()));
             }
         }
+        #[cfg(feature = "higress")]
         if let Some(key) = &config.redis_incr {
             let service = config.redis_service.clone();
             return match redis::call(&service, &["INCR", key]) {
@@ -408,6 +410,7 @@ fn property_text(path: &str, bytes: &[u8]) -> String {
 
 /// The Higress Redis extension, which the Rust SDK does not wrap: raw imports
 /// and the `proxy_on_redis_call_response` export.
+#[cfg(feature = "higress")]
 #[allow(unsafe_code)]
 mod redis {
     use std::cell::RefCell;
