@@ -132,10 +132,16 @@ fn run(
     options: weir::gateway::Options,
 ) -> anyhow::Result<()> {
     let manifest = weir::config::load(&config)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        runtime.worker_threads(n.max(1));
-    }
+    // One worker: a current-thread runtime (no work-stealing scheduler to pay for).
+    let mut runtime = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n.max(1));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = runtime
         .enable_all()
         .build()

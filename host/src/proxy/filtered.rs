@@ -164,8 +164,9 @@ fn protocol(version: http::Version) -> &'static str {
     }
 }
 
-/// The request head as filters see it.
-fn request_head(parts: &http::request::Parts, conn: &Connection) -> RequestHead {
+/// The request head as filters see it (the headers move into it; what the
+/// filters make of them is copied back by `apply_request_head`).
+fn request_head(parts: &mut http::request::Parts, conn: &Connection) -> RequestHead {
     let authority = parts
         .uri
         .authority()
@@ -186,7 +187,7 @@ fn request_head(parts: &http::request::Parts, conn: &Connection) -> RequestHead 
             .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
         authority,
         scheme: if conn.tls { "https" } else { "http" }.to_owned(),
-        headers: parts.headers.clone(),
+        headers: std::mem::take(&mut parts.headers),
     }
 }
 

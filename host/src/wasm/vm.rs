@@ -27,6 +27,8 @@ pub const ROOT_CONTEXT_ID: u32 = 1;
 pub struct VmState {
     pub(crate) limits: StoreLimits,
     pub(crate) allocator: Option<TypedFunc<i32, i32>>,
+    /// The guest's exported memory (looked up once, not per host call).
+    pub(crate) memory: Option<wasmtime::Memory>,
     pub(crate) plugin: Arc<Plugin>,
     /// The plugin configuration, readable only during start-up callbacks.
     pub(crate) configuration: Option<Bytes>,
@@ -218,6 +220,7 @@ impl Vm {
         let state = VmState {
             limits,
             allocator: None,
+            memory: None,
             plugin: plugin.clone(),
             configuration: Some(configuration.clone()),
             streams: HashMap::new(),
@@ -244,6 +247,7 @@ impl Vm {
         let allocator = typed::<i32, i32>(&instance, &mut store, "proxy_on_memory_allocate")?
             .or(typed::<i32, i32>(&instance, &mut store, "malloc")?);
         store.data_mut().allocator = allocator;
+        store.data_mut().memory = instance.get_memory(&mut store, "memory");
         run_startup(&instance, &mut store).map_err(trap)?;
         let callbacks = Callbacks {
             on_context_create: typed(&instance, &mut store, "proxy_on_context_create")?,

@@ -1,7 +1,7 @@
 //! Reading and writing guest memory, and handing bytes to the guest through its
 //! own allocator.
 
-use wasmtime::{Caller, Extern};
+use wasmtime::Caller;
 
 use super::Status;
 use crate::wasm::vm::VmState;
@@ -11,10 +11,7 @@ pub type Ctx<'a> = Caller<'a, VmState>;
 
 /// The guest's exported linear memory.
 fn memory(caller: &mut Ctx<'_>) -> Option<wasmtime::Memory> {
-    match caller.get_export("memory") {
-        Some(Extern::Memory(m)) => Some(m),
-        _ => None,
-    }
+    caller.data().memory
 }
 
 /// Copies `len` bytes at `ptr` out of the guest.
