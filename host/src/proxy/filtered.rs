@@ -62,7 +62,7 @@ pub(super) async fn serve(
         start_unix_nanos: crate::wasm::unix_nanos(),
     });
     let run: SharedRun = Arc::new(Mutex::new(
-        pipeline.start(info, request_head(&parts, conn))?,
+        pipeline.start(info, request_head(&mut parts, conn))?,
     ));
 
     let end_of_stream = incoming.is_end_stream();
