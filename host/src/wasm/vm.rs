@@ -197,7 +197,9 @@ pub enum StartError {
 /// A live VM.
 pub struct Vm {
     store: Store<VmState>,
-    callbacks: Callbacks,
+    /// Shared so a callback can be borrowed while the store is (cloning a
+    /// `TypedFunc` per call costs a type-registry round trip).
+    callbacks: Arc<Callbacks>,
     next_context_id: u32,
     deadline_ticks: u64,
 }
@@ -269,21 +271,22 @@ impl Vm {
         };
         let mut vm = Vm {
             store,
-            callbacks,
+            callbacks: Arc::new(callbacks),
             next_context_id: ROOT_CONTEXT_ID + 1,
             deadline_ticks,
         };
         let root = ROOT_CONTEXT_ID as i32;
-        if let Some(f) = vm.callbacks.on_context_create.clone() {
+        let c = vm.callbacks.clone();
+        if let Some(f) = &c.on_context_create {
             vm.call(f, (root, 0), ROOT_CONTEXT_ID).map_err(trap)?;
         }
-        if let Some(f) = vm.callbacks.on_vm_start.clone()
+        if let Some(f) = &c.on_vm_start
             && vm.call(f, (root, 0), ROOT_CONTEXT_ID).map_err(trap)? == 0
         {
             return Err(StartError::VmStartRejected);
         }
         let config_len = configuration.len() as i32;
-        if let Some(f) = vm.callbacks.on_configure.clone()
+        if let Some(f) = &c.on_configure
             && vm
                 .call(f, (root, config_len), ROOT_CONTEXT_ID)
                 .map_err(trap)?
@@ -298,7 +301,7 @@ impl Vm {
     /// Calls a guest function under the deadline with `context` as the effective context.
     fn call<P: WasmParams, R: WasmResults>(
         &mut self,
-        f: TypedFunc<P, R>,
+        f: &TypedFunc<P, R>,
         params: P,
         context: u32,
     ) -> wasmtime::Result<R> {
@@ -319,7 +322,8 @@ impl Vm {
             .next_context_id
             .wrapping_add(1)
             .max(ROOT_CONTEXT_ID + 1);
-        let Some(f) = self.callbacks.on_context_create.clone() else {
+        let c = self.callbacks.clone();
+        let Some(f) = &c.on_context_create else {
             return (data, Ok(id));
         };
         self.store.data_mut().streams.insert(id, data);
@@ -340,44 +344,49 @@ impl Vm {
         let ctx = id as i32;
         let flag = |b: bool| i32::from(b);
         let size = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
-        let c = &self.callbacks;
-        let three = |f: &Option<F3R>, n: usize, eos: bool| {
-            f.clone().map(|f| (f, (ctx, size(n), flag(eos))))
-        };
-        let two = |f: &Option<F2R>, n: usize| f.clone().map(|f| (f, (ctx, size(n))));
+        let c = self.callbacks.clone();
         let result = match callback {
             Callback::RequestHeaders {
                 headers,
                 end_of_stream,
-            } => three(&c.on_request_headers, headers, end_of_stream)
-                .map(|(f, p)| self.call(f, p, id)),
+            } => c
+                .on_request_headers
+                .as_ref()
+                .map(|f| self.call(f, (ctx, size(headers), flag(end_of_stream)), id)),
             Callback::RequestBody {
                 buffered,
                 end_of_stream,
-            } => {
-                three(&c.on_request_body, buffered, end_of_stream).map(|(f, p)| self.call(f, p, id))
-            }
+            } => c
+                .on_request_body
+                .as_ref()
+                .map(|f| self.call(f, (ctx, size(buffered), flag(end_of_stream)), id)),
+            Callback::RequestTrailers { trailers } => c
+                .on_request_trailers
+                .as_ref()
+                .map(|f| self.call(f, (ctx, size(trailers)), id)),
             Callback::ResponseHeaders {
                 headers,
                 end_of_stream,
-            } => three(&c.on_response_headers, headers, end_of_stream)
-                .map(|(f, p)| self.call(f, p, id)),
+            } => c
+                .on_response_headers
+                .as_ref()
+                .map(|f| self.call(f, (ctx, size(headers), flag(end_of_stream)), id)),
             Callback::ResponseBody {
                 buffered,
                 end_of_stream,
-            } => three(&c.on_response_body, buffered, end_of_stream)
-                .map(|(f, p)| self.call(f, p, id)),
-            Callback::RequestTrailers { trailers } => {
-                two(&c.on_request_trailers, trailers).map(|(f, p)| self.call(f, p, id))
-            }
-            Callback::ResponseTrailers { trailers } => {
-                two(&c.on_response_trailers, trailers).map(|(f, p)| self.call(f, p, id))
-            }
-            Callback::Log => c.on_log.clone().map(|f| self.call(f, ctx, id).map(|()| 0)),
-            Callback::Done => c.on_done.clone().map(|f| self.call(f, ctx, id)),
+            } => c
+                .on_response_body
+                .as_ref()
+                .map(|f| self.call(f, (ctx, size(buffered), flag(end_of_stream)), id)),
+            Callback::ResponseTrailers { trailers } => c
+                .on_response_trailers
+                .as_ref()
+                .map(|f| self.call(f, (ctx, size(trailers)), id)),
+            Callback::Log => c.on_log.as_ref().map(|f| self.call(f, ctx, id).map(|()| 0)),
+            Callback::Done => c.on_done.as_ref().map(|f| self.call(f, ctx, id)),
             Callback::Delete => c
                 .on_delete
-                .clone()
+                .as_ref()
                 .map(|f| self.call(f, ctx, id).map(|()| 0)),
         }
         .unwrap_or(Ok(0));
@@ -387,7 +396,7 @@ impl Vm {
 
     /// `proxy_on_tick` on the root context.
     pub fn tick(&mut self) -> wasmtime::Result<()> {
-        match self.callbacks.on_tick.clone() {
+        match self.callbacks.clone().on_tick.as_ref() {
             Some(f) => self.call(f, ROOT_CONTEXT_ID as i32, ROOT_CONTEXT_ID),
             None => Ok(()),
         }
@@ -398,7 +407,8 @@ impl Vm {
         let root = ROOT_CONTEXT_ID as i32;
         match event {
             Delivery::HttpCall { token, result } => {
-                let Some(f) = self.callbacks.on_http_call_response.clone() else {
+                let c = self.callbacks.clone();
+                let Some(f) = &c.on_http_call_response else {
                     return Ok(());
                 };
                 let (response, status) = match result {
@@ -422,12 +432,13 @@ impl Vm {
                 state.status = (0, String::new());
                 result
             }
-            Delivery::QueueReady(id) => match self.callbacks.on_queue_ready.clone() {
+            Delivery::QueueReady(id) => match self.callbacks.clone().on_queue_ready.as_ref() {
                 Some(f) => self.call(f, (root, id as i32), ROOT_CONTEXT_ID),
                 None => Ok(()),
             },
             Delivery::RedisCall { token, result } => {
-                let Some(f) = self.callbacks.on_redis_call_response.clone() else {
+                let c = self.callbacks.clone();
+                let Some(f) = &c.on_redis_call_response else {
                     return Ok(());
                 };
                 // Higress: status 0 = OK, 1 = network error (the reply is empty then).
