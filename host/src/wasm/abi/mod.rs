@@ -110,6 +110,13 @@ fn add_context_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_log",
         |mut c: Ctx<'_>, level: i32, ptr: i32, len: i32| {
+            if !(0..=5).contains(&level) {
+                return Ok(Status::BadArgument as i32);
+            }
+            // Reading guest memory costs; skip it when nobody listens at this level.
+            if !plugin_log_enabled(level) {
+                return Ok(Status::Ok as i32);
+            }
             let message = match memory::read(&mut c, ptr, len) {
                 Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
                 Err(status) => return Ok(status as i32),
@@ -200,6 +207,18 @@ fn add_context_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// Whether a plugin log line at ABI `level` would be recorded.
+fn plugin_log_enabled(level: i32) -> bool {
+    use tracing::Level;
+    match level {
+        0 => tracing::enabled!(target: "weir::plugin", Level::TRACE),
+        1 => tracing::enabled!(target: "weir::plugin", Level::DEBUG),
+        2 => tracing::enabled!(target: "weir::plugin", Level::INFO),
+        3 => tracing::enabled!(target: "weir::plugin", Level::WARN),
+        _ => tracing::enabled!(target: "weir::plugin", Level::ERROR),
+    }
 }
 
 /// The buffer of ABI type `kind` for reading, when it exists now.
