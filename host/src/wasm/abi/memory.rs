@@ -14,6 +14,16 @@ fn memory(caller: &mut Ctx<'_>) -> Option<wasmtime::Memory> {
     caller.data().memory
 }
 
+/// Checks that `len` bytes at `ptr` lie inside guest memory, without copying them.
+pub fn check(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<(), Status> {
+    let memory = memory(caller).ok_or(Status::InvalidMemoryAccess)?;
+    let end = (ptr as u32 as usize).checked_add(len as u32 as usize);
+    match end {
+        Some(end) if end <= memory.data_size(&*caller) => Ok(()),
+        _ => Err(Status::InvalidMemoryAccess),
+    }
+}
+
 /// Copies `len` bytes at `ptr` out of the guest.
 pub fn read(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
     let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
