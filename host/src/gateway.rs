@@ -122,7 +122,12 @@ impl Gateway {
             };
             (r.name.clone(), service)
         }));
-        let services = Services::new(Arc::new(UpstreamCaller::new(&groups)), redis);
+        let tiers = manifest
+            .plugins
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.shared_data_tier.clone()?)));
+        let services =
+            Services::new(Arc::new(UpstreamCaller::new(&groups)), redis).with_tiers(tiers);
         let pipelines = build_pipelines(&manifest, options, &services)?;
         let mut listeners = Vec::with_capacity(manifest.listeners.len());
         let mut addresses = Vec::with_capacity(manifest.listeners.len());

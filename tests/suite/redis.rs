@@ -64,3 +64,62 @@ async fn redis_stopped_mid_test_gives_the_filter_an_error_within_the_timeout() -
     assert_eq!(app.hits(), 1);
     Ok(())
 }
+
+/// A gateway (one "node") whose plugin tiers its shared data onto `redis`.
+async fn tiered_node(
+    app: &EchoUpstream,
+    redis: &RedisServer,
+    config: &str,
+) -> anyhow::Result<TestGateway> {
+    TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: app, targets: ["{}"] }}]
+redis: [{{ name: cache, url: "redis://{}", timeout: 500ms }}]
+plugins: [{{ name: sdk, file: "{}", vms: 1, shared_data_tier: cache }}]
+routes: [{{ name: r, upstream: app, filters: [{{ plugin: sdk, config: {config} }}] }}]
+"#,
+        app.addr,
+        redis.addr,
+        test_filter_wasm()
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn shared_data_tiered_onto_redis_reaches_another_node() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let app = EchoUpstream::start("app").await?;
+    let writer = tiered_node(&app, &redis, "{ shared_set: [greeting, hello] }").await?;
+    let reader = tiered_node(&app, &redis, "{ shared_get: greeting }").await?;
+    let first = json(http1_client().get(reader.url("main", "/")).send().await?).await?;
+    assert_eq!(first["headers"]["x-shared"][0], "<none>");
+
+    assert_eq!(
+        http1_client()
+            .get(writer.url("main", "/"))
+            .send()
+            .await?
+            .status(),
+        200
+    );
+    let stored = weir_tests::eventually(Duration::from_secs(5), async || {
+        redis
+            .command(&["GET", "weir:shared:sdk:greeting"])
+            .await
+            .is_ok_and(|v| v == "hello")
+    })
+    .await;
+    assert!(stored, "the write went through to Redis");
+    let seen = weir_tests::eventually(Duration::from_secs(5), async || {
+        let Ok(response) = http1_client().get(reader.url("main", "/")).send().await else {
+            return false;
+        };
+        json(response)
+            .await
+            .is_ok_and(|e| e["headers"]["x-shared"][0] == "hello")
+    })
+    .await;
+    assert!(seen, "the other node read the entry through the tier");
+    Ok(())
+}

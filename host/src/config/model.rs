@@ -194,6 +194,8 @@ pub struct Plugin {
     pub on_error: OnError,
     /// VMs per filter instance (default: one per worker thread).
     pub vms: Option<usize>,
+    /// The Redis service its shared data is tiered onto, if any.
+    pub shared_data_tier: Option<String>,
     /// Where it is written (for messages).
     pub location: crate::config::Location,
 }

@@ -734,6 +734,7 @@ pub struct RawPlugin {
     pub callback_deadline: std::time::Duration,
     pub on_error: super::model::OnError,
     pub vms: Option<usize>,
+    pub shared_data_tier: Option<Located<String>>,
 }
 
 impl Decode for RawPlugin {
@@ -744,6 +745,7 @@ impl Decode for RawPlugin {
         let limits = f.optional::<PluginLimitsRaw>("limits", diags).flatten();
         let on_error = f.or("on_error", super::model::OnError::FailClosed, diags);
         let vms = f.optional::<Located<usize>>("vms", diags).flatten();
+        let shared_data_tier = f.optional("shared_data_tier", diags).flatten();
         f.finish(diags);
         if let Some(v) = &vms
             && v.value == 0
@@ -761,6 +763,7 @@ impl Decode for RawPlugin {
             callback_deadline: limits.callback_deadline,
             on_error,
             vms: vms.map(|v| v.value.max(1)),
+            shared_data_tier,
         })
     }
 }

@@ -43,7 +43,7 @@ pub fn validate(
     let upstream_ids = index_names(raw.upstreams.iter().map(|u| &u.name), "upstream", diags);
     index_names(raw.routes.iter().map(|r| &r.name), "route", diags);
     let plugin_ids = index_names(raw.plugins.iter().map(|p| &p.name), "plugin", diags);
-    index_names(raw.redis.iter().map(|r| &r.name), "Redis service", diags);
+    let redis_ids = index_names(raw.redis.iter().map(|r| &r.name), "Redis service", diags);
     let redis: Vec<Option<Redis>> = raw
         .redis
         .into_iter()
@@ -59,7 +59,7 @@ pub fn validate(
     let plugins: Vec<Option<Plugin>> = raw
         .plugins
         .into_iter()
-        .map(|p| plugin(p, base_dir, diags))
+        .map(|p| plugin(p, &redis_ids, base_dir, diags))
         .collect();
 
     let listeners: Vec<Option<Listener>> = raw_listeners
@@ -177,7 +177,23 @@ fn upstream(raw: RawUpstream) -> Option<Upstream> {
     })
 }
 
-fn plugin(raw: RawPlugin, base_dir: &Path, diags: &mut Diagnostics) -> Option<Plugin> {
+fn plugin(
+    raw: RawPlugin,
+    redis_ids: &HashMap<String, usize>,
+    base_dir: &Path,
+    diags: &mut Diagnostics,
+) -> Option<Plugin> {
+    if let Some(tier) = &raw.shared_data_tier
+        && !redis_ids.contains_key(&tier.value)
+    {
+        diags.error(
+            tier.location,
+            format!(
+                "plugin `{}` tiers its shared data onto unknown Redis service `{}`",
+                raw.name.value, tier.value
+            ),
+        );
+    }
     let file = raw.file?;
     Some(Plugin {
         name: raw.name.value,
@@ -186,6 +202,7 @@ fn plugin(raw: RawPlugin, base_dir: &Path, diags: &mut Diagnostics) -> Option<Pl
         callback_deadline: raw.callback_deadline,
         on_error: raw.on_error,
         vms: raw.vms,
+        shared_data_tier: raw.shared_data_tier.map(|t| t.value),
         location: raw.name.location,
     })
 }

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod queues;
 pub mod redis;
 pub mod shared_data;
+pub mod tier;
 
 use std::sync::Arc;
 
@@ -30,6 +31,8 @@ pub struct Services {
     pub metrics: Metrics,
     /// Named Redis services.
     pub redis: RedisServices,
+    /// Plugins whose shared data is tiered onto a Redis service, by plugin name.
+    pub tiers: std::collections::HashMap<String, String>,
 }
 
 impl Services {
@@ -41,7 +44,19 @@ impl Services {
             queues: Queues::default(),
             metrics: Metrics::default(),
             redis,
+            tiers: std::collections::HashMap::new(),
         })
+    }
+
+    /// Tiers plugin `plugin`'s shared data onto Redis service `service`.
+    pub fn with_tiers(
+        mut self: Arc<Self>,
+        tiers: impl IntoIterator<Item = (String, String)>,
+    ) -> Arc<Self> {
+        if let Some(services) = Arc::get_mut(&mut self) {
+            services.tiers.extend(tiers);
+        }
+        self
     }
 
     /// Services with no upstreams and no Redis (for checking plugins without serving).

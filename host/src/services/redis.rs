@@ -71,12 +71,21 @@ impl RedisServices {
 
     /// Starts `query` (raw RESP) on service `name`.
     pub fn call(&self, name: &str, query: &[u8]) -> Result<PendingRedisCall, RedisCallError> {
+        let args = parse_command(query).ok_or(RedisCallError::BadQuery)?;
+        self.command(name, args)
+    }
+
+    /// Starts the command `args` on service `name`; resolves to the raw RESP reply.
+    pub fn command(
+        &self,
+        name: &str,
+        args: Vec<Vec<u8>>,
+    ) -> Result<PendingRedisCall, RedisCallError> {
         let client = self
             .clients
             .get(name)
             .cloned()
             .ok_or_else(|| RedisCallError::UnknownService(name.to_owned()))?;
-        let args = parse_command(query).ok_or(RedisCallError::BadQuery)?;
         Ok(Box::pin(async move {
             let timeout = client.service.timeout;
             let work = async {

@@ -124,6 +124,17 @@ impl SharedData {
         outcome
     }
 
+    /// Stores `value` unless `key` already has one (used to fill from a tier).
+    pub fn insert_if_absent(&self, vm_id: &str, key: &str, value: Bytes) {
+        self.cache
+            .entry((vm_id.to_owned(), key.to_owned()))
+            .or_insert_with(|| Entry {
+                value,
+                cas: 1,
+                expires: None,
+            });
+    }
+
     /// Gives an existing entry a new TTL.
     pub fn set_ttl(&self, vm_id: &str, key: &str, ttl: Duration) -> Result<(), SetError> {
         let (value, _) = self.get(vm_id, key).ok_or(SetError::NotFound)?;

@@ -62,6 +62,10 @@ struct Config {
     redis_incr: Option<String>,
     /// The Redis service (as named in the manifest).
     redis_service: String,
+    /// Write shared data `.0` = `.1` on every request.
+    shared_set: Option<(String, String)>,
+    /// Report shared data under this key in `x-shared` (`<none>` when missing).
+    shared_get: Option<String>,
 }
 
 thread_local! {
@@ -253,6 +257,17 @@ impl HttpContext for Http {
         if config.count_requests {
             let count = self.increment_shared_counter();
             self.set_http_request_header("x-count", Some(&count.to_string()));
+        }
+        if let Some((key, value)) = &config.shared_set {
+            let _ = self.set_shared_data(key, Some(value.as_bytes()), None);
+        }
+        if let Some(key) = &config.shared_get {
+            let value = self.get_shared_data(key).0;
+            let value = value.map_or_else(
+                || "<none>".to_owned(),
+                |v| String::from_utf8_lossy(&v).into_owned(),
+            );
+            self.set_http_request_header("x-shared", Some(&value));
         }
         if config.count_metric {
             let value = proxy_wasm::hostcalls::define_metric(

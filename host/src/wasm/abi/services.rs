@@ -10,6 +10,7 @@ use super::{Registry, Status, code, pairs};
 use crate::services::http_call::{CallRejected, CallRequest};
 use crate::services::metrics::{Kind, MetricError};
 use crate::services::shared_data::SetError;
+use crate::services::tier;
 use crate::wasm::vm::Delivery;
 
 pub fn add(r: &mut Registry<'_>) -> wasmtime::Result<()> {
@@ -163,6 +164,8 @@ fn add_shared_data(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                 state.services.shared_data.get(&state.plugin.name, &key)
             };
             let Some((value, cas)) = found else {
+                let state = c.data();
+                tier::fetch(&state.services, &state.plugin.name, &key);
                 return Ok(Status::NotFound as i32);
             };
             if let Err(s) = memory::write_u32(&mut c, cas_ptr, cas) {
@@ -181,10 +184,13 @@ fn add_shared_data(r: &mut Registry<'_>) -> wasmtime::Result<()> {
             let result = state.services.shared_data.set(
                 &state.plugin.name,
                 &key,
-                Bytes::from(value),
+                Bytes::from(value.clone()),
                 cas as u32,
                 None,
             );
+            if result.is_ok() {
+                tier::write_through(&state.services, &state.plugin.name, &key, &value, None);
+            }
             Ok(match result {
                 Ok(()) => Status::Ok as i32,
                 Err(SetError::CasMismatch) => Status::CasMismatch as i32,
@@ -355,10 +361,13 @@ fn add_foreign_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                             key,
                             ttl_ms: Some(ms),
                         }),
-                    ) => data
-                        .set_ttl(vm_id, &key, Duration::from_millis(ms))
-                        .map_err(|_| Status::NotFound),
+                    ) => {
+                        let ttl = Duration::from_millis(ms);
+                        tier::expire(&state.services, vm_id, &key, ttl);
+                        data.set_ttl(vm_id, &key, ttl).map_err(|_| Status::NotFound)
+                    }
                     (b"weir.shared_data_delete", Ok(KeyArgs { key, .. })) => {
+                        tier::delete(&state.services, vm_id, &key);
                         data.delete(vm_id, &key).map_err(|_| Status::NotFound)
                     }
                     (b"weir.shared_data_set_ttl" | b"weir.shared_data_delete", _) => {

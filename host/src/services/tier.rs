@@ -1,0 +1,116 @@
+//! Shared data tiered onto Redis, so entries written on one gateway node reach
+//! the others. Writes go through to Redis in the background. A local miss
+//! answers "not found" at once and fetches the key from Redis in the
+//! background, so the next read on that node sees the cluster's value. CAS stays
+//! node-local: counters that must be exact across nodes belong in Redis itself
+//! (`proxy_redis_call` with INCR).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::Services;
+
+/// The Redis key of a shared-data entry.
+fn redis_key(plugin: &str, key: &str) -> Vec<u8> {
+    format!("weir:shared:{plugin}:{key}").into_bytes()
+}
+
+/// Runs `args` on the plugin's tier in the background (errors are logged).
+fn background(services: &Arc<Services>, plugin: &str, args: Vec<Vec<u8>>) {
+    let Some(service) = services.tiers.get(plugin) else {
+        return;
+    };
+    let (Ok(pending), Ok(runtime)) = (
+        services.redis.command(service, args),
+        tokio::runtime::Handle::try_current(),
+    ) else {
+        return;
+    };
+    runtime.spawn(async move {
+        if let Err(error) = pending.await {
+            tracing::debug!(%error, "shared-data tier write failed");
+        }
+    });
+}
+
+/// Writes an entry through to the tier.
+pub fn write_through(
+    services: &Arc<Services>,
+    plugin: &str,
+    key: &str,
+    value: &[u8],
+    ttl: Option<Duration>,
+) {
+    let mut args = vec![b"SET".to_vec(), redis_key(plugin, key), value.to_vec()];
+    if let Some(ttl) = ttl {
+        args.extend([b"PX".to_vec(), ttl.as_millis().to_string().into_bytes()]);
+    }
+    background(services, plugin, args);
+}
+
+/// Removes an entry from the tier.
+pub fn delete(services: &Arc<Services>, plugin: &str, key: &str) {
+    background(
+        services,
+        plugin,
+        vec![b"DEL".to_vec(), redis_key(plugin, key)],
+    );
+}
+
+/// Sets an entry's TTL in the tier.
+pub fn expire(services: &Arc<Services>, plugin: &str, key: &str, ttl: Duration) {
+    let millis = ttl.as_millis().to_string().into_bytes();
+    background(
+        services,
+        plugin,
+        vec![b"PEXPIRE".to_vec(), redis_key(plugin, key), millis],
+    );
+}
+
+/// Fetches a missing entry from the tier into the local store, in the background.
+pub fn fetch(services: &Arc<Services>, plugin: &str, key: &str) {
+    let Some(service) = services.tiers.get(plugin) else {
+        return;
+    };
+    let args = vec![b"GET".to_vec(), redis_key(plugin, key)];
+    let (Ok(pending), Ok(runtime)) = (
+        services.redis.command(service, args),
+        tokio::runtime::Handle::try_current(),
+    ) else {
+        return;
+    };
+    let (services, plugin, key) = (services.clone(), plugin.to_owned(), key.to_owned());
+    runtime.spawn(async move {
+        if let Ok(reply) = pending.await
+            && let Some(value) = bulk_string(&reply)
+        {
+            services.shared_data.insert_if_absent(&plugin, &key, value);
+        }
+    });
+}
+
+/// The value of a RESP bulk-string reply (`$len\r\nbytes\r\n`); `None` for nil or anything else.
+fn bulk_string(reply: &[u8]) -> Option<Bytes> {
+    let rest = reply.strip_prefix(b"$")?;
+    let end = rest.windows(2).position(|w| w == b"\r\n")?;
+    let len: usize = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+    let body = rest.get(end + 2..end + 2 + len)?;
+    Some(Bytes::copy_from_slice(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bulk_strings_only() {
+        assert_eq!(
+            bulk_string(b"$5\r\nhello\r\n"),
+            Some(Bytes::from_static(b"hello"))
+        );
+        assert_eq!(bulk_string(b"$-1\r\n"), None);
+        assert_eq!(bulk_string(b":1\r\n"), None);
+    }
+}
