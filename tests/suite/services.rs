@@ -198,3 +198,36 @@ async fn queued_items_reach_the_root_context() -> anyhow::Result<()> {
     assert!(delivered, "on_queue_ready stored the dequeued path");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_callout_answered_after_the_request_went_on_is_delivered_safely() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let auth = FixedUpstream::start(200, "late answer", Duration::from_millis(200)).await?;
+    let gw = gateway(
+        &app,
+        &[("auth", auth.addr.to_string())],
+        json!({ "callouts": ["auth"], "callout_timeout_ms": 2000, "callouts_in_background": true, "shared_get": "background_answer" }),
+        1,
+    )
+    .await?;
+    let first = json(http1_client().get(gw.url("main", "/")).send().await?).await?;
+    assert_eq!(
+        first["headers"]["x-shared"][0], "<none>",
+        "the request did not wait"
+    );
+    let delivered = eventually(Duration::from_secs(5), async || {
+        let Ok(response) = http1_client().get(gw.url("main", "/")).send().await else {
+            return false;
+        };
+        response.status() == 200
+            && json(response)
+                .await
+                .is_ok_and(|e| e["headers"]["x-shared"][0] == "late answer")
+    })
+    .await;
+    assert!(
+        delivered,
+        "the answer reached the filter, whose VM kept serving"
+    );
+    Ok(())
+}

@@ -34,6 +34,9 @@ pub struct VmState {
     pub(crate) configuration: Option<Bytes>,
     /// Streams lent to this VM: the one in a callback and those paused here.
     pub(crate) streams: HashMap<u32, Box<StreamData>>,
+    /// Every HTTP context created and not yet deleted (lent to the VM or not):
+    /// `proxy_set_effective_context` accepts these, as Envoy does.
+    pub(crate) live_contexts: std::collections::HashSet<u32>,
     /// The context host calls act on (the callback's, or one set by `proxy_set_effective_context`).
     pub(crate) effective: u32,
     /// Requested `proxy_on_tick` period; `None` = no ticks.
@@ -226,6 +229,7 @@ impl Vm {
             plugin: plugin.clone(),
             configuration: Some(configuration.clone()),
             streams: HashMap::new(),
+            live_contexts: std::collections::HashSet::new(),
             effective: ROOT_CONTEXT_ID,
             tick_period: None,
             services,
@@ -322,6 +326,7 @@ impl Vm {
             .next_context_id
             .wrapping_add(1)
             .max(ROOT_CONTEXT_ID + 1);
+        self.store.data_mut().live_contexts.insert(id);
         let c = self.callbacks.clone();
         let Some(f) = &c.on_context_create else {
             return (data, Ok(id));
@@ -390,6 +395,9 @@ impl Vm {
                 .map(|f| self.call(f, ctx, id).map(|()| 0)),
         }
         .unwrap_or(Ok(0));
+        if matches!(callback, Callback::Delete) {
+            self.store.data_mut().live_contexts.remove(&id);
+        }
         let data = self.take_stream(id);
         (data, result)
     }

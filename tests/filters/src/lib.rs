@@ -50,6 +50,8 @@ struct Config {
     callouts: Vec<String>,
     /// Timeout of each callout in milliseconds.
     callout_timeout_ms: u64,
+    /// Do not wait for the callouts: continue at once (their answers arrive later).
+    callouts_in_background: bool,
     /// Increment the shared-data counter `counter` (with CAS) and report it in `x-count`.
     count_requests: bool,
     /// Increment the counter metric `requests` and report it in `x-metric`.
@@ -166,6 +168,10 @@ impl Context for Http {
         _: usize,
     ) {
         self.pending_calls = self.pending_calls.saturating_sub(1);
+        if num_headers == 0 && self.config.callouts_in_background {
+            let _ = self.set_shared_data("background_answer", Some(b"<failed>"), None);
+            return;
+        }
         if num_headers == 0 {
             // `proxy_get_status` (the SDK calls it for gRPC) says why the call failed.
             let (_, reason) = proxy_wasm::hostcalls::get_grpc_status().unwrap_or((0, None));
@@ -186,6 +192,13 @@ impl Context for Http {
         let body = String::from_utf8_lossy(&body).into_owned();
         if status != "200" {
             self.send_http_response(403, vec![("x-denied-by", "callout")], Some(body.as_bytes()));
+            return;
+        }
+        if self.config.callouts_in_background {
+            // The request went on long ago: only record that the answer came,
+            // and check that continuing a stream that is not paused is harmless.
+            let _ = self.set_shared_data("background_answer", Some(body.as_bytes()), None);
+            self.resume_http_request();
             return;
         }
         self.call_bodies.push((token, body));
@@ -331,7 +344,9 @@ impl HttpContext for Http {
         }
         if config.pause_until_tick {
             PAUSED.with(|p| p.borrow_mut().push(self.context_id));
-            return Action::Pause;
+            if !config.callouts_in_background {
+                return Action::Pause;
+            }
         }
         Action::Continue
     }

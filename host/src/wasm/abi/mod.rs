@@ -159,7 +159,7 @@ fn add_context_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     )?;
     r.env("proxy_set_effective_context", |mut c: Ctx<'_>, id: i32| {
         let id = id as u32;
-        if id == ROOT_CONTEXT_ID || c.data().streams.contains_key(&id) {
+        if id == ROOT_CONTEXT_ID || c.data().live_contexts.contains(&id) {
             c.data_mut().effective = id;
             Ok(Status::Ok as i32)
         } else {
@@ -515,9 +515,16 @@ fn resume(c: &mut Ctx<'_>, kind: i32) -> Result<(), Status> {
             Status::BadArgument
         });
     }
-    let stream = stream(c).ok_or(Status::BadArgument)?;
-    stream.resume.wake();
-    Ok(())
+    let live = c.data().live_contexts.contains(&c.data().effective);
+    match stream(c) {
+        Some(stream) => {
+            stream.resume.wake();
+            Ok(())
+        }
+        // A live stream that is not paused here: continuing it changes nothing (as in Envoy).
+        None if live => Ok(()),
+        None => Err(Status::BadArgument),
+    }
 }
 
 /// gRPC, which this host does not serve: the functions exist (so modules link)
