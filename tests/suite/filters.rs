@@ -263,3 +263,58 @@ async fn a_configuration_the_filter_rejects_is_refused_at_load() -> anyhow::Resu
     assert!(error.contains("on_configure rejected"), "{error}");
     Ok(())
 }
+
+#[tokio::test]
+async fn buffering_filters_are_bounded_by_the_body_limit() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let big: &'static str = Box::leak("a".repeat(200_000).into_boxed_str());
+    let big_upstream =
+        weir_tests::FixedUpstream::start(200, big, std::time::Duration::ZERO).await?;
+    let gw = TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0, limits: {{ max_body_bytes: 2KiB }} }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}, {{ name: big, targets: ["{}"] }}]
+plugins: [{{ name: sdk, file: "{}", vms: 1 }}]
+routes:
+  - name: request
+    match: {{ path: {{ prefix: /request }} }}
+    upstream: echo
+    filters: [{{ plugin: sdk, config: {{ rewrite_request_body: [a, b] }} }}]
+  - name: response
+    match: {{ path: {{ prefix: /response }} }}
+    upstream: big
+    filters: [{{ plugin: sdk, config: {{ rewrite_response_body: [a, b] }} }}]
+"#,
+        up.addr,
+        big_upstream.addr,
+        test_filter_wasm()
+    ))
+    .await?;
+    // A chunked request body (no content-length) grows past the limit while the filter buffers it.
+    let mut stream = tokio::net::TcpStream::connect(gw.addr("main")).await?;
+    let chunk = "a".repeat(500);
+    let mut request = String::from(
+        "POST /request HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+    );
+    for _ in 0..6 {
+        request.push_str(&format!("1f4\r\n{chunk}\r\n"));
+    }
+    request.push_str("0\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await?;
+    let mut reply = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut reply),
+    )
+    .await??;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("\"code\":\"body_too_large\""), "{reply}");
+    // A large response arrives in several chunks and outgrows the limit while buffered.
+    let response = http1_client()
+        .get(gw.url("main", "/response"))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 500);
+    assert_eq!(json(response).await?["error"]["code"], "response_too_large");
+    Ok(())
+}
