@@ -4,17 +4,24 @@ use std::time::{Duration, Instant};
 
 use weir_tests::{EchoUpstream, RedisServer, TestGateway, http1_client, json, test_filter_wasm};
 
-async fn gateway(app: &EchoUpstream, redis: &RedisServer) -> anyhow::Result<TestGateway> {
+/// The filter configuration that INCRs and EXPIREs a key on Redis service `cache`.
+const INCR_CONFIG: &str = "{ redis_incr: hits, redis_service: cache }";
+
+/// A gateway (one "node") with Redis service `cache` and the test filter as
+/// plugin `sdk` (`plugin_extra` adds fields to the plugin) configured with `config`.
+async fn gateway(
+    app: &EchoUpstream,
+    redis: &RedisServer,
+    plugin_extra: &str,
+    config: &str,
+) -> anyhow::Result<TestGateway> {
     TestGateway::from_yaml(&format!(
         r#"apiVersion: weir/v1
 listeners: [{{ name: main, address: 127.0.0.1:0 }}]
 upstreams: [{{ name: app, targets: ["{}"] }}]
 redis: [{{ name: cache, url: "redis://{}", timeout: 500ms }}]
-plugins: [{{ name: sdk, file: "{}", vms: 1 }}]
-routes:
-  - name: r
-    upstream: app
-    filters: [{{ plugin: sdk, config: {{ redis_incr: hits, redis_service: cache }} }}]
+plugins: [{{ name: sdk, file: "{}", vms: 1 {plugin_extra} }}]
+routes: [{{ name: r, upstream: app, filters: [{{ plugin: sdk, config: {config} }}] }}]
 "#,
         app.addr,
         redis.addr,
@@ -27,7 +34,7 @@ routes:
 async fn incr_and_expire_round_trip_from_a_filter() -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let app = EchoUpstream::start("app").await?;
-    let gw = gateway(&app, &redis).await?;
+    let gw = gateway(&app, &redis, "", INCR_CONFIG).await?;
     for expected in ["1", "2"] {
         let echoed = json(http1_client().get(gw.url("main", "/")).send().await?).await?;
         assert_eq!(echoed["headers"]["x-redis-count"][0], expected);
@@ -48,7 +55,7 @@ async fn redis_stopped_mid_test_gives_the_filter_an_error_within_the_timeout() -
 {
     let mut redis = RedisServer::start().await?;
     let app = EchoUpstream::start("app").await?;
-    let gw = gateway(&app, &redis).await?;
+    let gw = gateway(&app, &redis, "", INCR_CONFIG).await?;
     let ok = http1_client().get(gw.url("main", "/")).send().await?;
     assert_eq!(ok.status(), 200);
     redis.stop();
@@ -65,33 +72,13 @@ async fn redis_stopped_mid_test_gives_the_filter_an_error_within_the_timeout() -
     Ok(())
 }
 
-/// A gateway (one "node") whose plugin tiers its shared data onto `redis`.
-async fn tiered_node(
-    app: &EchoUpstream,
-    redis: &RedisServer,
-    config: &str,
-) -> anyhow::Result<TestGateway> {
-    TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: app, targets: ["{}"] }}]
-redis: [{{ name: cache, url: "redis://{}", timeout: 500ms }}]
-plugins: [{{ name: sdk, file: "{}", vms: 1, shared_data_tier: cache }}]
-routes: [{{ name: r, upstream: app, filters: [{{ plugin: sdk, config: {config} }}] }}]
-"#,
-        app.addr,
-        redis.addr,
-        test_filter_wasm()
-    ))
-    .await
-}
-
 #[tokio::test]
 async fn shared_data_tiered_onto_redis_reaches_another_node() -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let app = EchoUpstream::start("app").await?;
-    let writer = tiered_node(&app, &redis, "{ shared_set: [greeting, hello] }").await?;
-    let reader = tiered_node(&app, &redis, "{ shared_get: greeting }").await?;
+    let tier = ", shared_data_tier: cache";
+    let writer = gateway(&app, &redis, tier, "{ shared_set: [greeting, hello] }").await?;
+    let reader = gateway(&app, &redis, tier, "{ shared_get: greeting }").await?;
     let first = json(http1_client().get(reader.url("main", "/")).send().await?).await?;
     assert_eq!(first["headers"]["x-shared"][0], "<none>");
 
