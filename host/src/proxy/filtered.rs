@@ -96,15 +96,12 @@ pub(super) async fn serve(
         data.request_sent = true;
     }
 
-    let response = match upstream {
-        Some(group) => {
+    let response = match &route.action {
+        RouteAction::Forward(id) => {
             prepare_upstream(&mut parts, route, conn)?;
-            send_upstream(parts, outgoing, route, group, limit).await?
+            send_upstream(parts, outgoing, route, &proxy.upstreams[id.0], limit).await?
         }
-        None => match &route.action {
-            RouteAction::Respond(fixed) => fixed_response(fixed),
-            RouteAction::Forward(_) => return Err(missing_upstream()),
-        },
+        RouteAction::Respond(fixed) => fixed_response(fixed),
     };
 
     let (mut parts, incoming) = response.into_parts();
@@ -148,12 +145,6 @@ pub(super) async fn serve(
         }
     };
     Ok(Response::from_parts(parts, body))
-}
-
-fn missing_upstream() -> GatewayError {
-    GatewayError::BadRequest {
-        reason: "the route has no upstream".into(),
-    }
 }
 
 fn protocol(version: http::Version) -> &'static str {
