@@ -1,7 +1,9 @@
 //! What one light Proxy-Wasm filter costs a request: binding the stream to a
 //! VM, request and response header callbacks (the filter reads one header and
 //! writes two), and on_log/on_done/on_delete — against the same request with
-//! an empty pipeline. Run with `cargo bench -p weir-tests --bench filter`.
+//! an empty pipeline; and what starting a VM costs (instantiation, start-up,
+//! `on_vm_start`, `on_configure`) with the module already compiled.
+//! Run with `cargo bench -p weir-tests --bench filter`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -80,6 +82,19 @@ fn bench(c: &mut Criterion) {
     let empty = Pipeline::default();
     let one = Pipeline::new(vec![filter.clone()]);
     let three = Pipeline::new(vec![filter.clone(), filter.clone(), filter]);
+
+    let mut group = c.benchmark_group("vm");
+    group.bench_function("start_one_vm_with_configure", |b| {
+        b.iter(|| {
+            let services = weir::services::Services::standalone();
+            let plugin = runtime
+                .load("light", &wasm, limits)
+                .expect("load (cached module)");
+            let config = Bytes::from_static(br#"{"add_request_headers":[["x-filtered","1"]]}"#);
+            FilterInstance::new(plugin, config, FailMode::Closed, 1, services).expect("start")
+        })
+    });
+    group.finish();
 
     let mut group = c.benchmark_group("pipeline");
     group.bench_function("empty", |b| b.iter(|| one_request(&empty, &info)));

@@ -13,6 +13,7 @@ mod plugin;
 mod stream;
 mod vm;
 
+pub use abi::pairs::{decode as decode_pairs, encode as encode_pairs};
 pub use abi::unix_nanos;
 pub use filter::{FailMode, FilterError, FilterInstance, FilterStream};
 pub use headers::MapType;
