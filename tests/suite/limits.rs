@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weir_tests::{EchoUpstream, TestGateway, http1_client, json};
+use weir_tests::{EchoUpstream, TestGateway, http1_client, json, read_until_closed};
 
 async fn limited_gateway(up: &EchoUpstream, limits: &str) -> anyhow::Result<TestGateway> {
     TestGateway::from_yaml(&format!(
@@ -16,21 +16,6 @@ routes: [{{ name: all, upstream: echo }}]
         up.addr
     ))
     .await
-}
-
-/// Reads until the peer closes, or `limit` passes; returns what was read and whether it closed.
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
-    let mut received = Vec::new();
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (received, true),
-            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
-            Err(_) => return (received, false),
-        }
-    }
 }
 
 #[tokio::test]

@@ -11,21 +11,28 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::Services;
+use super::redis::PendingRedisCall;
 
 /// The Redis key of a shared-data entry.
 fn redis_key(plugin: &str, key: &str) -> Vec<u8> {
     format!("weir:shared:{plugin}:{key}").into_bytes()
 }
 
+/// Starts `args` on the plugin's tier; `None` when the plugin has no tier or
+/// no runtime is there to wait for the answer.
+fn start(
+    services: &Arc<Services>,
+    plugin: &str,
+    args: Vec<Vec<u8>>,
+) -> Option<(PendingRedisCall, tokio::runtime::Handle)> {
+    let service = services.tiers.get(plugin)?;
+    let pending = services.redis.command(service, args).ok()?;
+    Some((pending, tokio::runtime::Handle::try_current().ok()?))
+}
+
 /// Runs `args` on the plugin's tier in the background (errors are logged).
 fn background(services: &Arc<Services>, plugin: &str, args: Vec<Vec<u8>>) {
-    let Some(service) = services.tiers.get(plugin) else {
-        return;
-    };
-    let (Ok(pending), Ok(runtime)) = (
-        services.redis.command(service, args),
-        tokio::runtime::Handle::try_current(),
-    ) else {
+    let Some((pending, runtime)) = start(services, plugin, args) else {
         return;
     };
     runtime.spawn(async move {
@@ -71,14 +78,8 @@ pub fn expire(services: &Arc<Services>, plugin: &str, key: &str, ttl: Duration) 
 
 /// Fetches a missing entry from the tier into the local store, in the background.
 pub fn fetch(services: &Arc<Services>, plugin: &str, key: &str) {
-    let Some(service) = services.tiers.get(plugin) else {
-        return;
-    };
     let args = vec![b"GET".to_vec(), redis_key(plugin, key)];
-    let (Ok(pending), Ok(runtime)) = (
-        services.redis.command(service, args),
-        tokio::runtime::Handle::try_current(),
-    ) else {
+    let Some((pending, runtime)) = start(services, plugin, args) else {
         return;
     };
     let (services, plugin, key) = (services.clone(), plugin.to_owned(), key.to_owned());
