@@ -6,6 +6,7 @@ mod forwarding;
 mod hostile;
 mod limits;
 mod plugins;
+mod pooling;
 mod redis;
 mod resilience;
 mod routing;

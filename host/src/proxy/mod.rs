@@ -97,10 +97,12 @@ impl Proxy {
         mut request: Request<Incoming>,
         conn: &Connection,
     ) -> Response<Body> {
-        let started = Instant::now();
         let request_id = ensure_request_id(request.headers_mut());
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
+        // What the access log needs of the request, kept only when it is on.
+        let logged = tracing::enabled!(target: "weir::access", tracing::Level::INFO).then(|| {
+            let (method, uri) = (request.method(), request.uri());
+            (Instant::now(), method.clone(), uri.path().to_owned())
+        });
         let (route, mut response) = match self.dispatch(request, conn, &request_id).await {
             Ok((route, response)) => (Some(route), response),
             Err((route, error)) => {
@@ -118,16 +120,18 @@ impl Proxy {
         response
             .headers_mut()
             .insert(REQUEST_ID, request_id.clone());
-        tracing::info!(
-            target: "weir::access",
-            request_id = %request_id_text(&request_id),
-            client = %conn.remote,
-            %method,
-            %path,
-            route = route.map_or("-", |r| r.name.as_str()),
-            status = response.status().as_u16(),
-            micros = started.elapsed().as_micros() as u64,
-        );
+        if let Some((started, method, path)) = logged {
+            tracing::info!(
+                target: "weir::access",
+                request_id = %request_id_text(&request_id),
+                client = %conn.remote,
+                %method,
+                %path,
+                route = route.map_or("-", |r| r.name.as_str()),
+                status = response.status().as_u16(),
+                micros = started.elapsed().as_micros() as u64,
+            );
+        }
         response
     }
 
@@ -254,10 +258,10 @@ async fn send_upstream(
     let response = group
         .send(Request::from_parts(parts, outgoing), route.timeout)
         .await?;
-    let (mut parts, incoming) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     headers::append_via(&mut parts.headers);
-    Ok(Response::from_parts(parts, body::boxed(incoming)))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Keeps the client's `x-request-id` or generates one; returns its value.
@@ -300,10 +304,14 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// The origin-form URI sent upstream, with the route's path rewrite applied.
 fn forwarded_uri(uri: &http::Uri, route: &Route) -> Result<http::Uri, GatewayError> {
-    let path = match &route.rewrite.path {
-        Some(rule) => rewrite::rewrite_path(uri.path(), rule, &route.matcher.path),
-        None => uri.path().to_owned(),
+    let Some(rule) = &route.rewrite.path else {
+        let path_and_query = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        return Ok(http::Uri::from(path_and_query));
     };
+    let path = rewrite::rewrite_path(uri.path(), rule, &route.matcher.path);
     let path_and_query = match uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path,

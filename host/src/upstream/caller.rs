@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::BodyExt;
 
 use super::{OutgoingBody, UpstreamGroup};
+use crate::body::Body;
 use crate::services::http_call::{
     CallRejected, CallRequest, CallResponse, HttpCaller, PendingCall,
 };
@@ -47,12 +48,8 @@ impl HttpCaller for UpstreamCaller {
                 .await
                 .map_err(|e| e.to_string())?;
             let (parts, body) = response.into_parts();
-            let limited = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES);
-            let collected = limited.collect().await.map_err(|e| e.to_string())?;
-            let trailers = collected
-                .trailers()
-                .map(|t| pairs(t.iter()))
-                .unwrap_or_default();
+            let (body, trailers) = read_response_body(body).await?;
+            let trailers = trailers.map(|t| pairs(t.iter())).unwrap_or_default();
             let mut headers = vec![(
                 b":status".to_vec(),
                 parts.status.as_str().as_bytes().to_vec(),
@@ -60,11 +57,29 @@ impl HttpCaller for UpstreamCaller {
             headers.extend(pairs(parts.headers.iter()));
             Ok(CallResponse {
                 headers,
-                body: collected.to_bytes(),
+                body,
                 trailers,
             })
         }))
     }
+}
+
+/// Reads a callout's whole response body and trailers, failing past [`MAX_RESPONSE_BYTES`].
+async fn read_response_body(mut body: Body) -> Result<(Bytes, Option<HeaderMap>), String> {
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        match frame.map_err(|e| e.to_string())?.into_data() {
+            Ok(chunk) if data.len() + chunk.len() > MAX_RESPONSE_BYTES => {
+                return Err(format!(
+                    "the response body exceeds {MAX_RESPONSE_BYTES} bytes"
+                ));
+            }
+            Ok(chunk) => data.extend_from_slice(&chunk),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok((data.freeze(), trailers))
 }
 
 fn pairs<'a>(

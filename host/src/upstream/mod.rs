@@ -5,21 +5,19 @@
 
 mod balancer;
 mod caller;
+mod pool;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::uri::Authority;
+use http::{Request, Response};
 
 pub use balancer::Balancer;
 pub use caller::UpstreamCaller;
+pub use pool::{ConnectionPool, SendError};
 
 use crate::body::{self, Body};
 use crate::config::model::Upstream;
@@ -50,10 +48,9 @@ pub fn build_groups(upstreams: &[Upstream]) -> Result<Vec<Arc<UpstreamGroup>>, I
         .collect()
 }
 
-/// One target of a group with its live load.
-#[derive(Debug)]
+/// One target of a group: its connections and its live load.
 struct TargetState {
-    authority: Authority,
+    pool: Arc<ConnectionPool>,
     in_flight: AtomicUsize,
 }
 
@@ -70,7 +67,6 @@ pub struct UpstreamGroup {
     name: String,
     targets: Vec<TargetState>,
     balancer: Balancer,
-    client: Client<HttpConnector, Body>,
     request_timeout: Duration,
     retries: u32,
 }
@@ -82,25 +78,21 @@ impl UpstreamGroup {
             .targets
             .iter()
             .map(|t| {
+                let authority: Authority = t.address.parse()?;
                 Ok(TargetState {
-                    authority: t.address.parse()?,
+                    pool: Arc::new(ConnectionPool::new(
+                        authority,
+                        config.timeouts.connect,
+                        config.timeouts.idle,
+                    )),
                     in_flight: AtomicUsize::new(0),
                 })
             })
             .collect::<Result<Vec<_>, http::uri::InvalidUri>>()?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.timeouts.connect));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.timeouts.idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Ok(Self {
             name: config.name.clone(),
             targets,
             balancer: Balancer::new(config.lb, config.targets.iter().map(|t| t.weight).collect()),
-            client,
             request_timeout: config.timeouts.request,
             retries: config.retries,
         })
@@ -129,7 +121,7 @@ impl UpstreamGroup {
         self: &Arc<Self>,
         request: Request<OutgoingBody>,
         timeout: Option<Duration>,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<Body>, GatewayError> {
         let timeout = timeout.unwrap_or(self.request_timeout);
         let (parts, body) = request.into_parts();
         let (attempts, replay) = match body {
@@ -166,17 +158,16 @@ impl UpstreamGroup {
     /// target index, meaning a retry is safe.
     async fn attempt(
         &self,
-        mut request: Request<Body>,
+        request: Request<Body>,
         avoid: Option<usize>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, (GatewayError, Option<usize>)> {
+    ) -> Result<Response<Body>, (GatewayError, Option<usize>)> {
         let index = self
             .balancer
             .pick(|i| self.targets[i].in_flight.load(Ordering::Relaxed), avoid);
         let target = &self.targets[index];
-        *request.uri_mut() = absolute_uri(request.uri(), &target.authority);
         let _guard = InFlight::enter(&target.in_flight);
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+        match tokio::time::timeout(timeout, target.pool.send(request)).await {
             Ok(Ok(response)) => Ok(response),
             Err(_) => Err((
                 GatewayError::UpstreamTimeout {
@@ -185,7 +176,7 @@ impl UpstreamGroup {
                 },
                 None,
             )),
-            Ok(Err(error)) if error.is_connect() => Err((
+            Ok(Err(error @ SendError::Connect { .. })) => Err((
                 GatewayError::UpstreamUnavailable {
                     upstream: self.name.clone(),
                     source: Box::new(error),
@@ -197,7 +188,7 @@ impl UpstreamGroup {
     }
 
     /// Maps a failure after sending: an over-long request body is the client's fault.
-    fn classify_failure(&self, error: hyper_util::client::legacy::Error) -> GatewayError {
+    fn classify_failure(&self, error: SendError) -> GatewayError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         while let Some(e) = source {
             if let Some(limit) = e.downcast_ref::<crate::body::BodyLimitExceeded>() {
@@ -226,16 +217,4 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// `http://<authority><path and query of uri>`.
-fn absolute_uri(uri: &Uri, authority: &Authority) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = uri.path_and_query().cloned();
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }

@@ -1,0 +1,265 @@
+//! Keep-alive HTTP/1.1 connections to one target.
+//!
+//! Each connection is a hyper `SendRequest` whose connection task runs on the
+//! worker that opened it. A request takes the most recently used idle
+//! connection (or opens one) and gives it back when its response body ends, so
+//! a request costs no extra task or channel beyond hyper's own. A connection
+//! whose response body is dropped early is closed rather than reused, and idle
+//! connections are closed after the group's idle timeout.
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use std::{io, pin::Pin};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response, header};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+
+/// Idle connections kept per target; more are closed when their response ends.
+const MAX_IDLE: usize = 512;
+
+/// Why a request could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be opened; the request was not sent, so it may go elsewhere.
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        /// The target.
+        target: Authority,
+        /// What failed.
+        source: io::Error,
+    },
+    /// The exchange failed after the request was handed to a connection.
+    #[error(transparent)]
+    Exchange(#[from] hyper::Error),
+}
+
+/// An idle connection and since when it has been idle.
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+/// The keep-alive connections to one target.
+pub struct ConnectionPool {
+    target: Authority,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+    reaper_started: std::sync::atomic::AtomicBool,
+}
+
+impl ConnectionPool {
+    /// A pool for `target` (`host:port`).
+    pub fn new(target: Authority, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        Self {
+            target,
+            connect_timeout,
+            idle_timeout,
+            idle: Mutex::new(Vec::new()),
+            reaper_started: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The target's `host:port`.
+    pub fn target(&self) -> &Authority {
+        &self.target
+    }
+
+    /// Sends `request` (origin-form URI) and returns the response; its body gives
+    /// the connection back to the pool when it ends.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<Body>,
+    ) -> Result<Response<Body>, SendError> {
+        if !request.headers().contains_key(header::HOST)
+            && let Ok(host) = http::HeaderValue::from_str(self.target.as_str())
+        {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        // A pooled connection the upstream closed while it sat idle hands the
+        // request back unsent; it then goes on the next connection.
+        while let Some(mut sender) = self.take_idle() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.pooled_response(response, sender)),
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendError::Exchange(error.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let response = sender.send_request(request).await?;
+        Ok(self.pooled_response(response, sender))
+    }
+
+    /// Opens a connection and spawns its task on the current worker.
+    async fn connect(self: &Arc<Self>) -> Result<SendRequest<Body>, SendError> {
+        let connect_error = |source| SendError::Connect {
+            target: self.target.clone(),
+            source,
+        };
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(self.target.as_str()),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(connect_error(error)),
+            Err(_) => {
+                return Err(connect_error(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no connection within {}ms",
+                        self.connect_timeout.as_millis()
+                    ),
+                )));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        let target = self.target.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%target, %error, "upstream connection ended with an error");
+            }
+        });
+        self.start_reaper();
+        Ok(sender)
+    }
+
+    fn pooled_response(
+        self: &Arc<Self>,
+        response: Response<Incoming>,
+        sender: SendRequest<Body>,
+    ) -> Response<Body> {
+        let (parts, incoming) = response.into_parts();
+        let mut body = PooledBody {
+            inner: incoming,
+            home: Some((sender, Arc::downgrade(self))),
+        };
+        if body.inner.is_end_stream() {
+            body.give_back();
+        }
+        Response::from_parts(parts, crate::body::boxed(body))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
+        // The list stays consistent even if a holder panicked.
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection that is still open and fresh.
+    fn take_idle(&self) -> Option<SendRequest<Body>> {
+        let mut idle = self.lock();
+        while let Some(entry) = idle.pop() {
+            if !entry.sender.is_closed() && entry.since.elapsed() < self.idle_timeout {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle past the timeout (the oldest sit at the front).
+    fn reap(&self) {
+        let mut idle = self.lock();
+        let expired = idle
+            .iter()
+            .take_while(|e| e.sender.is_closed() || e.since.elapsed() >= self.idle_timeout)
+            .count();
+        idle.drain(..expired);
+        idle.retain(|e| !e.sender.is_closed());
+    }
+
+    /// Starts the task that closes idle connections; it ends with the pool.
+    fn start_reaper(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.reaper_started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        let period = (self.idle_timeout / 2).max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                match pool.upgrade() {
+                    Some(pool) => pool.reap(),
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+/// A response body that returns its connection to the pool once it has been read to the end.
+struct PooledBody {
+    inner: Incoming,
+    home: Option<(SendRequest<Body>, Weak<ConnectionPool>)>,
+}
+
+impl PooledBody {
+    fn give_back(&mut self) {
+        if let Some((sender, pool)) = self.home.take()
+            && let Some(pool) = pool.upgrade()
+        {
+            pool.put_idle(sender);
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        match &poll {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
+            // A broken body leaves the connection unusable: it closes when dropped.
+            Poll::Ready(Some(Err(_))) => self.home = None,
+            _ => {}
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
