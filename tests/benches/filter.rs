@@ -1,6 +1,6 @@
 //! What one light Proxy-Wasm filter costs a request: binding the stream to a
-//! VM, request and response header callbacks (the filter reads one header and
-//! writes two), and on_log/on_done/on_delete — against the same request with
+//! VM, request and response header callbacks (the filter reads two headers and
+//! adds one), and on_log/on_done/on_delete — against the same request with
 //! an empty pipeline; and what starting a VM costs (instantiation, start-up,
 //! `on_vm_start`, `on_configure`) with the module already compiled.
 //! Run with `cargo bench -p weir-tests --bench filter`.
@@ -73,7 +73,7 @@ fn bench(c: &mut Criterion) {
     };
     let plugin = runtime.load("light", &wasm, limits).expect("load");
     let config = Bytes::from_static(
-        br#"{"copy_request_header":["user-agent","x-ua"],"add_request_headers":[["x-filtered","1"]]}"#,
+        br#"{"deny_when_header":"x-deny","copy_request_header":["user-agent","x-ua"]}"#,
     );
     let services = weir::services::Services::standalone();
     let filter = FilterInstance::new(plugin, config, FailMode::Closed, 1, services).expect("start");

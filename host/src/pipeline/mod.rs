@@ -238,7 +238,7 @@ impl Run {
             let Some(data) = self.data.as_mut() else {
                 break;
             };
-            data.resume = Arc::new(Resume::default());
+            Resume::renew(&mut data.resume);
             let (phase, count) = match direction {
                 Direction::Request => (Phase::RequestHeaders, data.request.headers.len() + 4),
                 Direction::Response => (

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame};
@@ -128,7 +128,7 @@ pub(super) async fn serve(
                 apply_response_head(&run, &mut parts);
                 set_content_length(&mut parts.headers, bytes.len());
                 body::boxed(Finishing {
-                    inner: body::full(bytes),
+                    inner: http_body_util::Full::new(bytes),
                     _run: run.clone(),
                 })
             }
@@ -195,10 +195,20 @@ fn apply_request_head(
     let bad = |what: &str| GatewayError::BadRequest {
         reason: format!("a filter set an invalid {what}"),
     };
-    parts.method = http::Method::from_bytes(head.method.as_bytes()).map_err(|_| bad(":method"))?;
-    parts.uri = http::Uri::try_from(head.path.as_str()).map_err(|_| bad(":path"))?;
+    // Most filters leave the pseudo-headers alone: parse only what changed.
+    if head.method != parts.method.as_str() {
+        parts.method =
+            http::Method::from_bytes(head.method.as_bytes()).map_err(|_| bad(":method"))?;
+    }
+    if parts.uri.path_and_query().map(|pq| pq.as_str()) != Some(head.path.as_str()) {
+        parts.uri = http::Uri::try_from(head.path.as_str()).map_err(|_| bad(":path"))?;
+    }
     parts.headers = head.headers.clone();
-    if !head.authority.is_empty() {
+    let host_unchanged = parts
+        .headers
+        .get(header::HOST)
+        .is_some_and(|h| h.as_bytes() == head.authority.as_bytes());
+    if !head.authority.is_empty() && !host_unchanged {
         let host = HeaderValue::from_str(&head.authority).map_err(|_| bad(":authority"))?;
         parts.headers.insert(header::HOST, host);
     }
@@ -259,7 +269,6 @@ where
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let mut released = BytesMut::new();
     loop {
         let (chunk, end) = match body.frame().await {
             None => (Bytes::new(), true),
@@ -278,19 +287,14 @@ where
         let step = pipeline::lock(run).body(direction, chunk, end, limit)?;
         match step {
             BodyStep::Reply(reply) => return Ok(Lead::Reply(reply)),
-            BodyStep::Buffering => {}
-            BodyStep::Emit(bytes) => {
-                released.extend_from_slice(&bytes);
-                if end {
-                    return Ok(Lead::Complete(released.freeze()));
-                }
-                if !released.is_empty() {
-                    return Ok(Lead::Streaming {
-                        prefix: released.freeze(),
-                        rest: body::boxed(body),
-                    });
-                }
+            BodyStep::Emit(bytes) if end => return Ok(Lead::Complete(bytes)),
+            BodyStep::Emit(prefix) if !prefix.is_empty() => {
+                return Ok(Lead::Streaming {
+                    prefix,
+                    rest: body::boxed(body),
+                });
             }
+            BodyStep::Emit(_) | BodyStep::Buffering => {}
         }
     }
 }

@@ -8,39 +8,50 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// The `via` token Weir adds.
 const VIA: &str = "1.1 weir";
 
-/// Headers that describe one connection and must not be forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
+/// Headers that describe one connection and must not be forwarded (RFC 9110
+/// §7.6.1), and `transfer-encoding`, which each hop frames anew.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "transfer-encoding",
 ];
 
 /// Removes hop-by-hop headers, including those the `connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than a
-    // lookup for each hop-by-hop name.
+    // Most messages carry none: one pass over the names settles it.
     if !headers
         .keys()
-        .any(|name| name == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(name))
+        .any(|name| HOP_BY_HOP.contains(&name.as_str()))
     {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    // Tokens such as `keep-alive` or `close` need no lookup of their own.
+    let named = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(token))
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok());
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(&name.as_str()))
+        .cloned()
+        .chain(named)
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in doomed {
         headers.remove(name);
     }
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 /// What the proxy knows about the client side of a request.

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -94,12 +95,23 @@ pub enum Phase {
 #[derive(Debug, Default)]
 pub struct Resume {
     notify: Notify,
+    woken: AtomicBool,
 }
 
 impl Resume {
     /// Signals the waiting stream (a signal sent before the wait is kept).
     pub fn wake(&self) {
+        self.woken.store(true, Ordering::Relaxed);
         self.notify.notify_one();
+    }
+
+    /// Makes `current` a signal nobody has sent yet, for the next phase: it is
+    /// kept when no one else holds it and it was never sent, else replaced.
+    pub fn renew(current: &mut Arc<Resume>) {
+        let unused = Arc::get_mut(current).is_some_and(|r| !*r.woken.get_mut());
+        if !unused {
+            *current = Arc::default();
+        }
     }
 
     /// Waits for [`Resume::wake`].

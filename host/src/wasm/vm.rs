@@ -4,7 +4,7 @@
 //! Every guest call runs under an epoch deadline and the store's memory cap;
 //! a trap comes back as an error and the caller discards the VM.
 
-use std::collections::HashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,10 +33,10 @@ pub struct VmState {
     /// The plugin configuration, readable only during start-up callbacks.
     pub(crate) configuration: Option<Bytes>,
     /// Streams lent to this VM: the one in a callback and those paused here.
-    pub(crate) streams: HashMap<u32, Box<StreamData>>,
+    pub(crate) streams: FxHashMap<u32, Box<StreamData>>,
     /// Every HTTP context created and not yet deleted (lent to the VM or not):
     /// `proxy_set_effective_context` accepts these, as Envoy does.
-    pub(crate) live_contexts: std::collections::HashSet<u32>,
+    pub(crate) live_contexts: FxHashSet<u32>,
     /// The context host calls act on (the callback's, or one set by `proxy_set_effective_context`).
     pub(crate) effective: u32,
     /// Requested `proxy_on_tick` period; `None` = no ticks.
@@ -228,8 +228,8 @@ impl Vm {
             memory: None,
             plugin: plugin.clone(),
             configuration: Some(configuration.clone()),
-            streams: HashMap::new(),
-            live_contexts: std::collections::HashSet::new(),
+            streams: FxHashMap::default(),
+            live_contexts: FxHashSet::default(),
             effective: ROOT_CONTEXT_ID,
             tick_period: None,
             services,

@@ -44,6 +44,8 @@ struct Config {
     set_path: Option<String>,
     /// Record every callback in the `x-callbacks` response header.
     trace_callbacks: bool,
+    /// Log every callback of the stream in `on_log`.
+    log_callbacks: bool,
     /// Ask these upstreams (GET `/check`) before continuing; all must answer 200.
     /// One call continues with its body in `x-auth`; several answer locally
     /// with their bodies joined by `+`.
@@ -398,6 +400,9 @@ impl HttpContext for Http {
 
     fn on_log(&mut self) {
         self.callbacks.push("log");
+        if !self.config.log_callbacks {
+            return;
+        }
         proxy_wasm::hostcalls::log(
             LogLevel::Info,
             &format!(
