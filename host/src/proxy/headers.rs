@@ -1,7 +1,7 @@
 //! Header hygiene on the way through: hop-by-hop headers removed, standard
 //! forwarding headers added.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -57,23 +57,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// What the proxy knows about the client side of a request.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientSide<'a> {
-    /// The peer address.
-    pub remote: SocketAddr,
+    /// The peer's IP address as header text.
+    pub ip: &'a HeaderValue,
     /// `https` or `http`.
     pub scheme: &'a str,
     /// The host the client asked for, if any.
     pub host: Option<&'a HeaderValue>,
 }
 
+/// An IP address as header text (done once per connection: formatting is not free).
+pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Adds `x-forwarded-for` (appended), `x-forwarded-proto`, `x-forwarded-host` and `via`.
 pub fn add_forwarding(headers: &mut HeaderMap, client: ClientSide<'_>) {
-    let ip = client.remote.ip().to_string();
     let xff = HeaderName::from_static("x-forwarded-for");
     let forwarded_for = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {ip}"),
-        None => ip,
+        Some(previous) => {
+            let ip = client.ip.to_str().unwrap_or("unknown");
+            HeaderValue::from_str(&format!("{previous}, {ip}")).ok()
+        }
+        None => Some(client.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(v) = forwarded_for {
         headers.insert(xff, v);
     }
     headers.insert(
@@ -123,7 +130,7 @@ mod tests {
         add_forwarding(
             &mut h,
             ClientSide {
-                remote: "127.0.0.2:5000".parse().expect("addr"),
+                ip: &ip_header_value("127.0.0.2".parse().expect("addr")),
                 scheme: "https",
                 host: Some(&host),
             },

@@ -20,7 +20,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 
-pub use headers::{ClientSide, strip_hop_by_hop};
+pub use headers::{ClientSide, ip_header_value, strip_hop_by_hop};
 
 use crate::body::{self, Body};
 use crate::config::model::{
@@ -41,6 +41,8 @@ pub struct Connection {
     pub listener: ListenerId,
     /// The client's address.
     pub remote: SocketAddr,
+    /// The client's IP as header text, for `x-forwarded-for`.
+    pub client_ip: HeaderValue,
     /// The local address the client connected to.
     pub local: Option<SocketAddr>,
     /// Whether TLS was terminated.
@@ -224,7 +226,7 @@ fn prepare_upstream(
     headers::add_forwarding(
         &mut parts.headers,
         ClientSide {
-            remote: conn.remote,
+            ip: &conn.client_ip,
             scheme: if conn.tls { "https" } else { "http" },
             host: original_host.as_ref(),
         },

@@ -68,6 +68,7 @@ pub async fn accept_loop(
         let mut conn = Connection {
             listener: listener.id,
             remote,
+            client_ip: crate::proxy::ip_header_value(remote.ip()),
             local,
             tls: listener.tls.is_some(),
             sni: None,
