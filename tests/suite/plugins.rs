@@ -85,6 +85,34 @@ async fn jwt_auth_accepts_valid_tokens_only() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn jwt_auth_remembers_tokens_but_rechecks_their_expiry() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let gw = gateway(&app, "jwt-auth", "{ secret: s3cret, leeway_seconds: 0 }").await?;
+    let client = http1_client();
+    let exp = now() + 2;
+    let valid = token("s3cret", serde_json::json!({ "sub": "ada", "exp": exp }))?;
+    let status = |token: String| {
+        let request = client.get(gw.url("main", "/")).bearer_auth(token);
+        async move { anyhow::Ok(request.send().await?.status()) }
+    };
+    // The second request is answered from the remembered verification.
+    assert_eq!(status(valid.clone()).await?, 200);
+    assert_eq!(status(valid.clone()).await?, 200);
+    // The same claims with another signature are not the remembered token.
+    let mut tampered = valid.clone();
+    let last = if tampered.ends_with('A') { "B" } else { "A" };
+    tampered.replace_range(tampered.len() - 1.., last);
+    assert_eq!(status(tampered).await?, 401);
+    // Once `exp` has passed, the remembered token is refused.
+    while now() <= exp {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(valid).await?, 401);
+    assert_eq!(app.hits(), 2);
+    Ok(())
+}
+
+#[tokio::test]
 async fn rate_limit_answers_429_past_the_burst() -> anyhow::Result<()> {
     let app = EchoUpstream::start("app").await?;
     let gw = gateway(

@@ -4,6 +4,14 @@
 //! header). Signature, `exp` and `nbf` are checked (with `leeway_seconds`), and
 //! `iss` / `aud` when configured. A bad or missing token gets a JSON 401. The
 //! verified `sub` claim is forwarded in a header.
+//!
+//! Verified tokens are remembered per VM (up to `cache_size`), as Envoy's
+//! `jwt_authn` does: a client that sends the same token again skips the
+//! signature check, while `exp` and `nbf` are still checked on every request.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::UNIX_EPOCH;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -35,6 +43,13 @@ struct Config {
     /// Header the verified `sub` is forwarded in (empty: not forwarded).
     #[serde(default = "default_subject_header")]
     subject_header: String,
+    /// Verified tokens remembered per VM (0: verify every request in full).
+    #[serde(default = "default_cache_size")]
+    cache_size: usize,
+}
+
+fn default_cache_size() -> usize {
+    1024
 }
 
 fn default_header() -> String {
@@ -54,6 +69,41 @@ struct Verifier {
     config: Config,
     key: jsonwebtoken::DecodingKey,
     validation: jsonwebtoken::Validation,
+    /// Tokens whose signature and claims checked out, by their exact text.
+    verified: RefCell<HashMap<String, Claims>>,
+}
+
+impl Verifier {
+    /// The claims of `token` if it was verified before and its time window still holds.
+    fn remembered(&self, token: &str, now: u64) -> Option<Claims> {
+        let mut verified = self.verified.borrow_mut();
+        let claims = verified.get(token)?;
+        let leeway = self.config.leeway_seconds;
+        let expired =
+            seconds(claims.exp.as_ref()).is_some_and(|exp| now > exp.saturating_add(leeway));
+        let early =
+            seconds(claims.nbf.as_ref()).is_some_and(|nbf| now.saturating_add(leeway) < nbf);
+        if expired || early {
+            // The full check below reports why.
+            verified.remove(token);
+            return None;
+        }
+        Some(claims.clone())
+    }
+
+    fn remember(&self, token: &str, claims: &Claims) {
+        let capacity = self.config.cache_size;
+        if capacity == 0 {
+            return;
+        }
+        let mut verified = self.verified.borrow_mut();
+        if verified.len() >= capacity
+            && let Some(evicted) = verified.keys().next().cloned()
+        {
+            verified.remove(&evicted);
+        }
+        verified.insert(token.to_owned(), claims.clone());
+    }
 }
 
 #[derive(Default)]
@@ -93,6 +143,7 @@ impl RootContext for Root {
             config,
             key,
             validation,
+            verified: RefCell::new(HashMap::new()),
         }));
         true
     }
@@ -109,10 +160,20 @@ impl RootContext for Root {
 }
 
 /// The claims Weir reads; others are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct Claims {
     #[serde(default)]
     sub: Option<String>,
+    /// Kept as JSON so any number the library accepts is accepted here too.
+    #[serde(default)]
+    exp: Option<serde_json::Value>,
+    #[serde(default)]
+    nbf: Option<serde_json::Value>,
+}
+
+/// A NumericDate claim in whole seconds.
+fn seconds(claim: Option<&serde_json::Value>) -> Option<u64> {
+    claim?.as_f64().map(|s| s as u64)
 }
 
 struct Check {
@@ -146,14 +207,23 @@ impl HttpContext for Check {
             return self.reject("missing token");
         };
         let token = value.strip_prefix("Bearer ").unwrap_or(&value).trim();
-        match jsonwebtoken::decode::<Claims>(token, &v.key, &v.validation) {
-            Ok(data) => {
-                if let (Some(sub), false) = (data.claims.sub, v.config.subject_header.is_empty()) {
-                    self.set_http_request_header(&v.config.subject_header, Some(&sub));
+        let now = self
+            .get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let claims = match v.remembered(token, now) {
+            Some(claims) => claims,
+            None => match jsonwebtoken::decode::<Claims>(token, &v.key, &v.validation) {
+                Ok(data) => {
+                    v.remember(token, &data.claims);
+                    data.claims
                 }
-                Action::Continue
-            }
-            Err(e) => self.reject(&format!("invalid token: {e}")),
+                Err(e) => return self.reject(&format!("invalid token: {e}")),
+            },
+        };
+        if let (Some(sub), false) = (claims.sub, v.config.subject_header.is_empty()) {
+            self.set_http_request_header(&v.config.subject_header, Some(&sub));
         }
+        Action::Continue
     }
 }
