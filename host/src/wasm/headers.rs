@@ -69,29 +69,27 @@ impl StreamData {
         Some(pairs)
     }
 
-    /// The first value of `key` in `map`.
-    pub fn value(&self, map: MapType, key: &str) -> Option<Vec<u8>> {
-        let key = key.to_ascii_lowercase();
-        if let Some(pseudo) = self.pseudo(map, &key) {
-            return pseudo;
+    /// The first value of `key` (any case) in `map`.
+    pub fn value(&self, map: MapType, key: &[u8]) -> Option<HeaderValue> {
+        if key.starts_with(b":") {
+            return self.pseudo(map, &key.to_ascii_lowercase())?;
         }
-        self.headers(map)?
-            .get(key.as_str())
-            .map(|v| v.as_bytes().to_vec())
+        let key = std::str::from_utf8(key).ok()?;
+        self.headers(map)?.get(key).cloned()
     }
 
     /// Appends a value.
-    pub fn add(&mut self, map: MapType, key: &str, value: &[u8]) -> Result<(), Status> {
+    pub fn add(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
         self.edit(map, key, Some(value), false)
     }
 
     /// Makes `value` the only value.
-    pub fn replace(&mut self, map: MapType, key: &str, value: &[u8]) -> Result<(), Status> {
+    pub fn replace(&mut self, map: MapType, key: &[u8], value: &[u8]) -> Result<(), Status> {
         self.edit(map, key, Some(value), true)
     }
 
     /// Removes every value (a missing key is fine).
-    pub fn remove(&mut self, map: MapType, key: &str) -> Result<(), Status> {
+    pub fn remove(&mut self, map: MapType, key: &[u8]) -> Result<(), Status> {
         self.edit(map, key, None, true)
     }
 
@@ -102,8 +100,7 @@ impl StreamData {
             headers.clear();
         }
         for (k, v) in pairs {
-            let key = std::str::from_utf8(k).map_err(|_| Status::BadArgument)?;
-            self.edit(map, key, Some(v), false)?;
+            self.edit(map, k, Some(v), false)?;
         }
         Ok(())
     }
@@ -111,16 +108,16 @@ impl StreamData {
     fn edit(
         &mut self,
         map: MapType,
-        key: &str,
+        key: &[u8],
         value: Option<&[u8]>,
         replace: bool,
     ) -> Result<(), Status> {
         self.writable(map)?;
-        let key = key.to_ascii_lowercase();
-        if key.starts_with(':') {
-            return self.set_pseudo(map, &key, value);
+        if key.starts_with(b":") {
+            return self.set_pseudo(map, &key.to_ascii_lowercase(), value);
         }
-        let name = HeaderName::from_bytes(key.as_bytes()).map_err(|_| Status::BadArgument)?;
+        // `HeaderName` lowercases the name itself.
+        let name = HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?;
         let headers = self.headers_mut(map).ok_or(Status::NotFound)?;
         match value {
             None => {
@@ -171,37 +168,33 @@ impl StreamData {
         }
     }
 
-    /// `Some(value)` when `key` is a pseudo-header of `map`.
-    fn pseudo(&self, map: MapType, key: &str) -> Option<Option<Vec<u8>>> {
+    /// `Some(value)` when `key` (lowercase) is a pseudo-header of `map`.
+    fn pseudo(&self, map: MapType, key: &[u8]) -> Option<Option<HeaderValue>> {
         let r = &self.request;
         let text = match (map, key) {
-            (MapType::RequestHeaders, ":method") => r.method.clone(),
-            (MapType::RequestHeaders, ":path") => r.path.clone(),
-            (MapType::RequestHeaders, ":authority") => r.authority.clone(),
-            (MapType::RequestHeaders, ":scheme") => r.scheme.clone(),
-            (MapType::ResponseHeaders, ":status") => {
-                return Some(
-                    self.response
-                        .as_ref()
-                        .map(|r| r.status.to_string().into_bytes()),
-                );
+            (MapType::RequestHeaders, b":method") => &r.method,
+            (MapType::RequestHeaders, b":path") => &r.path,
+            (MapType::RequestHeaders, b":authority") => &r.authority,
+            (MapType::RequestHeaders, b":scheme") => &r.scheme,
+            (MapType::ResponseHeaders, b":status") => {
+                return Some(self.response.as_ref().map(|r| HeaderValue::from(r.status)));
             }
             _ => return None,
         };
-        Some(Some(text.into_bytes()))
+        Some(HeaderValue::from_str(text).ok())
     }
 
-    fn set_pseudo(&mut self, map: MapType, key: &str, value: Option<&[u8]>) -> Result<(), Status> {
+    fn set_pseudo(&mut self, map: MapType, key: &[u8], value: Option<&[u8]>) -> Result<(), Status> {
         let text = || -> Result<String, Status> {
             let v = value.ok_or(Status::BadArgument)?;
             String::from_utf8(v.to_vec()).map_err(|_| Status::BadArgument)
         };
         match (map, key) {
-            (MapType::RequestHeaders, ":method") => self.request.method = text()?,
-            (MapType::RequestHeaders, ":path") => self.request.path = text()?,
-            (MapType::RequestHeaders, ":authority") => self.request.authority = text()?,
-            (MapType::RequestHeaders, ":scheme") => self.request.scheme = text()?,
-            (MapType::ResponseHeaders, ":status") => {
+            (MapType::RequestHeaders, b":method") => self.request.method = text()?,
+            (MapType::RequestHeaders, b":path") => self.request.path = text()?,
+            (MapType::RequestHeaders, b":authority") => self.request.authority = text()?,
+            (MapType::RequestHeaders, b":scheme") => self.request.scheme = text()?,
+            (MapType::ResponseHeaders, b":status") => {
                 let status: u16 = text()?.parse().map_err(|_| Status::BadArgument)?;
                 if let Some(r) = self.response.as_mut() {
                     r.status = status;

@@ -35,9 +35,22 @@ pub fn read(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status>
         .ok_or(Status::InvalidMemoryAccess)
 }
 
-/// Reads a UTF-8 string from the guest (invalid UTF-8 is a bad argument).
-pub fn read_string(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<String, Status> {
-    String::from_utf8(read(caller, ptr, len)?).map_err(|_| Status::BadArgument)
+/// Borrows the guest bytes of each `(ptr, len)` span alongside the host state,
+/// so host calls can act on names and values without copying them out first.
+pub fn borrow<'c, const N: usize>(
+    caller: &'c mut Ctx<'_>,
+    spans: [(i32, i32); N],
+) -> Result<([&'c [u8]; N], &'c mut VmState), Status> {
+    let memory = memory(caller).ok_or(Status::InvalidMemoryAccess)?;
+    let (data, state) = memory.data_and_store_mut(caller);
+    let data: &'c [u8] = data;
+    let mut slices: [&'c [u8]; N] = [&[]; N];
+    for (slice, (ptr, len)) in slices.iter_mut().zip(spans) {
+        let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+        let end = ptr.checked_add(len).ok_or(Status::InvalidMemoryAccess)?;
+        *slice = data.get(ptr..end).ok_or(Status::InvalidMemoryAccess)?;
+    }
+    Ok((slices, state))
 }
 
 /// Writes `bytes` at `ptr` in guest memory.

@@ -102,8 +102,13 @@ pub fn add_to_linker(
 
 /// The stream of the effective context, if it is an HTTP context lent to this VM.
 fn stream<'c>(caller: &'c mut Ctx<'_>) -> Option<&'c mut StreamData> {
-    let id = caller.data().effective;
-    caller.data_mut().streams.get_mut(&id).map(|b| &mut **b)
+    stream_in(caller.data_mut())
+}
+
+/// [`stream`], given the host state.
+fn stream_in(state: &mut VmState) -> Option<&mut StreamData> {
+    let id = state.effective;
+    state.streams.get_mut(&id).map(|b| &mut **b)
 }
 
 fn add_context_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
@@ -310,11 +315,6 @@ fn call_response_map(state: &VmState, map: i32) -> Option<Option<&Vec<pairs::Pai
     }
 }
 
-/// Reads a header name from the guest as text.
-fn read_key(c: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<String, Status> {
-    memory::read_string(c, ptr, len)
-}
-
 fn add_map_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_get_header_map_pairs",
@@ -352,24 +352,31 @@ fn add_map_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_get_header_map_value",
         |mut c: Ctx<'_>, map: i32, kptr: i32, klen: i32, ret_ptr: i32, ret_len: i32| {
-            let key = match read_key(&mut c, kptr, klen) {
-                Ok(k) => k,
-                Err(status) => return Ok(status as i32),
-            };
-            let value = match call_response_map(c.data(), map) {
-                Some(found) => found.and_then(|pairs| {
-                    let key = key.to_ascii_lowercase();
-                    pairs
-                        .iter()
-                        .find(|(k, _)| *k == key.as_bytes())
-                        .map(|(_, v)| v.clone())
-                }),
-                None => MapType::from_abi(map).and_then(|m| stream(&mut c)?.value(m, &key)),
-            };
-            match value {
-                Some(v) => Ok(code(memory::give(&mut c, &v, ret_ptr, ret_len)?)),
-                None => Ok(Status::NotFound as i32),
+            // A stream's header value is shared, not copied, until it is given to the guest.
+            enum Found {
+                Stream(http::HeaderValue),
+                CallResponse(Vec<u8>),
             }
+            let found = match memory::borrow(&mut c, [(kptr, klen)]) {
+                Err(status) => return Ok(status as i32),
+                Ok(([key], state)) => match call_response_map(state, map) {
+                    Some(pairs) => pairs.and_then(|pairs| {
+                        pairs
+                            .iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                            .map(|(_, v)| Found::CallResponse(v.clone()))
+                    }),
+                    None => MapType::from_abi(map)
+                        .and_then(|m| stream_in(state)?.value(m, key))
+                        .map(Found::Stream),
+                },
+            };
+            let value = match &found {
+                Some(Found::Stream(v)) => v.as_bytes(),
+                Some(Found::CallResponse(v)) => v.as_slice(),
+                None => return Ok(Status::NotFound as i32),
+            };
+            Ok(code(memory::give(&mut c, value, ret_ptr, ret_len)?))
         },
     )?;
     r.env(
@@ -390,20 +397,17 @@ fn add_map_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
         r.env(
             name,
             move |mut c: Ctx<'_>, map: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| {
-                let key = match read_key(&mut c, kptr, klen) {
-                    Ok(k) => k,
-                    Err(status) => return Ok(status as i32),
-                };
-                let value = match memory::read(&mut c, vptr, vlen) {
-                    Ok(v) => v,
-                    Err(status) => return Ok(status as i32),
-                };
-                let (Some(map), Some(stream)) = (MapType::from_abi(map), stream(&mut c)) else {
+                let ([key, value], state) =
+                    match memory::borrow(&mut c, [(kptr, klen), (vptr, vlen)]) {
+                        Ok(borrowed) => borrowed,
+                        Err(status) => return Ok(status as i32),
+                    };
+                let (Some(map), Some(stream)) = (MapType::from_abi(map), stream_in(state)) else {
                     return Ok(Status::BadArgument as i32);
                 };
                 Ok(code(match op {
-                    Edit::Add => stream.add(map, &key, &value),
-                    Edit::Replace => stream.replace(map, &key, &value),
+                    Edit::Add => stream.add(map, key, value),
+                    Edit::Replace => stream.replace(map, key, value),
                 }))
             },
         )?;
@@ -411,14 +415,14 @@ fn add_map_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_remove_header_map_value",
         |mut c: Ctx<'_>, map: i32, kptr: i32, klen: i32| {
-            let key = match read_key(&mut c, kptr, klen) {
-                Ok(k) => k,
+            let ([key], state) = match memory::borrow(&mut c, [(kptr, klen)]) {
+                Ok(borrowed) => borrowed,
                 Err(status) => return Ok(status as i32),
             };
-            let (Some(map), Some(stream)) = (MapType::from_abi(map), stream(&mut c)) else {
+            let (Some(map), Some(stream)) = (MapType::from_abi(map), stream_in(state)) else {
                 return Ok(Status::BadArgument as i32);
             };
-            Ok(code(stream.remove(map, &key)))
+            Ok(code(stream.remove(map, key)))
         },
     )?;
     Ok(())
