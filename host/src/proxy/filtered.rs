@@ -230,7 +230,12 @@ fn apply_response_head(run: &SharedRun, parts: &mut http::response::Parts) {
 
 fn set_content_length(headers: &mut HeaderMap, len: usize) {
     headers.remove(header::TRANSFER_ENCODING);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared != Some(len) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
 }
 
 /// A filter's local reply as a response.
