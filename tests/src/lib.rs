@@ -451,3 +451,37 @@ pub async fn read_until_closed(
         }
     }
 }
+
+/// Reads one HTTP/1.1 response from `stream` (its head, then a body of
+/// `content-length` bytes), leaving the connection open for the next one.
+pub async fn read_response(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> anyhow::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(Ok(0), |value| value.trim().parse::<usize>())?;
+            if received.len() >= end + 4 + length {
+                return Ok(String::from_utf8_lossy(&received).into_owned());
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, stream.read(&mut buf))
+            .await
+            .context("no whole response in time")??;
+        anyhow::ensure!(
+            n > 0,
+            "the connection closed after {:?}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buf[..n]);
+    }
+}

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weir_tests::{EchoUpstream, TestGateway, http1_client, json, read_until_closed};
+use weir_tests::{EchoUpstream, TestGateway, http1_client, json, read_response, read_until_closed};
 
 async fn limited_gateway(up: &EchoUpstream, limits: &str) -> anyhow::Result<TestGateway> {
     TestGateway::from_yaml(&format!(
@@ -116,6 +116,75 @@ async fn idle_keep_alive_connections_are_closed() -> anyhow::Result<()> {
     let mut silent = TcpStream::connect(gw.addr("main")).await?;
     let (_, closed) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
     assert!(closed);
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_outlive_the_header_read_timeout() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = limited_gateway(&up, "{ header_read_timeout: 300ms, idle_timeout: 30s }").await?;
+    let mut stream = TcpStream::connect(gw.addr("main")).await?;
+    stream
+        .write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await?;
+    let first = read_response(&mut stream, Duration::from_secs(5)).await?;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // Idle for three header read timeouts: only `idle_timeout` may close it.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    stream
+        .write_all(b"GET /two HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await?;
+    let second = read_response(&mut stream, Duration::from_secs(5)).await?;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(second.contains("/two"), "{second}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pipelined_request_sent_in_two_parts_is_served_after_a_pause() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = limited_gateway(&up, "{ idle_timeout: 30s }").await?;
+    let mut stream = TcpStream::connect(gw.addr("main")).await?;
+    stream
+        .write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\nGET /two HTTP/1.1\r\nho")
+        .await?;
+    let first = read_response(&mut stream, Duration::from_secs(5)).await?;
+    assert!(first.contains("/one"), "{first}");
+    // Long enough for an idle connection to be parked with the partial head read.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stream.write_all(b"st: x\r\n\r\n").await?;
+    let second = read_response(&mut stream, Duration::from_secs(5)).await?;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(second.contains("/two"), "{second}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slow_head_after_a_kept_alive_request_is_cut_off() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = limited_gateway(&up, "{ header_read_timeout: 300ms, idle_timeout: 30s }").await?;
+    let mut stream = TcpStream::connect(gw.addr("main")).await?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await?;
+    read_response(&mut stream, Duration::from_secs(5)).await?;
+    stream.write_all(b"GET / HTTP/1.1\r\nx-slow: ").await?;
+    // One more byte every 200 ms: each pause is longer than it takes to park
+    // an idle connection, and none of them may restart the head's clock.
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(_)) => {}
+            Err(_) if started.elapsed() > Duration::from_secs(5) => break false,
+            Err(_) => {
+                let _ = stream.write_all(b"x").await;
+            }
+        }
+    };
+    assert!(closed, "a client that never finishes its head is cut off");
+    assert_eq!(up.hits(), 1);
     Ok(())
 }
 

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use weir_tests::{EchoUpstream, TestGateway, eventually, http1_client, json};
+use tokio::io::AsyncWriteExt;
+use weir_tests::{
+    EchoUpstream, TestGateway, eventually, http1_client, json, read_response, read_until_closed,
+};
 
 #[tokio::test]
 async fn finishes_in_flight_requests_then_stops_accepting() -> anyhow::Result<()> {
@@ -37,5 +40,31 @@ shutdown_timeout: 5s
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_close_at_shutdown() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let mut gw = TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+routes: [{{ name: all, upstream: echo }}]
+shutdown_timeout: 5s
+"#,
+        up.addr
+    ))
+    .await?;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr("main")).await?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await?;
+    read_response(&mut stream, Duration::from_secs(5)).await?;
+    // Idle long enough to be parked (no HTTP state left to drain).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(gw.shutdown().await, "drained within the deadline");
+    let (received, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed && received.is_empty());
     Ok(())
 }

@@ -1,65 +1,297 @@
-//! One client connection: HTTP/1.1 or HTTP/2 (by preface or ALPN), bounded by
-//! the listener's limits, closed when idle, drained on shutdown.
+//! One client connection: HTTP/1.1 or HTTP/2 (by preface), bounded by the
+//! listener's limits, closed when idle, drained on shutdown.
+//!
+//! An HTTP/1 connection that has been quiet between requests for a moment is
+//! *parked*: hyper's state for it (its read and write buffers, about 25 KiB)
+//! is dropped and only the socket is kept, until the client sends again. Idle
+//! keep-alive connections then cost little more than their socket, and the
+//! header read timeout runs only while a request head is arriving, not
+//! between requests.
 
 use std::convert::Infallible;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::service::service_fn;
+use bytes::{Buf, Bytes};
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::body::{Body, BoxError};
 use crate::config::model::ListenerLimits;
 use crate::proxy::{Connection, Proxy};
 
+/// How long an HTTP/1 connection stays quiet between requests before it is parked
+/// (at most half the header read timeout, which hyper runs while it waits).
+const PARK_AFTER: Duration = Duration::from_millis(100);
+
+/// The HTTP/2 connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// The HTTP server settings of a listener.
-pub fn http_builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+pub struct Http {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    park_after: Duration,
+}
+
+/// Builds the HTTP server settings for `limits`.
+pub fn http_builder(limits: &ListenerLimits) -> Http {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    builder
+    Http {
+        h1,
+        h2,
+        park_after: PARK_AFTER.min(limits.header_read_timeout / 2),
+    }
+}
+
+/// A stream with a TCP socket underneath, which a parked connection waits on.
+pub trait Socket {
+    /// The TCP socket.
+    fn tcp(&self) -> &TcpStream;
+
+    /// Whether the stream holds input already taken off the socket (TLS: a
+    /// request sent along with the end of the handshake).
+    fn has_buffered_input(&self) -> bool;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+
+    fn has_buffered_input(&self) -> bool {
+        false
+    }
+}
+
+impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+
+    fn has_buffered_input(&self) -> bool {
+        // rustls stops wanting to read while it holds plaintext (or a close_notify).
+        !self.get_ref().1.wants_read()
+    }
 }
 
 /// Serves one connection until the client closes it, it idles out, or shutdown drains it.
 pub async fn serve<I>(
     io: I,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    http: Arc<Http>,
     proxy: Arc<Proxy>,
     conn: Connection,
     mut shutdown: watch::Receiver<bool>,
 ) where
+    I: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
+{
+    let limits = conn.limits.clone();
+    let activity = Arc::new(Activity::new());
+    let mut io = Prefixed {
+        prefix: Bytes::new(),
+        inner: Tracked {
+            inner: io,
+            activity: activity.clone(),
+        },
+    };
+    let mut handler = Handler {
+        proxy,
+        conn: Arc::new(conn),
+        activity: activity.clone(),
+    };
+    if !wait_for_client(&io, &activity, limits.idle_timeout, &mut shutdown).await {
+        return;
+    }
+    match tokio::time::timeout(limits.header_read_timeout, sniff(&mut io)).await {
+        Ok(Ok(true)) => {
+            // Boxed here, not in `serve_h2`, so this future is not sized for HTTP/2 state.
+            let connection = Box::pin(http.h2.serve_connection(TokioIo::new(io), handler));
+            serve_h2(connection, &activity, &limits, shutdown).await;
+            return;
+        }
+        Ok(Ok(false)) => {}
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "connection ended before its first request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("no request within the header read timeout");
+            return;
+        }
+    }
+    loop {
+        let parked;
+        // In a block, so that hyper's state is freed before the connection waits.
+        (io, handler, parked) = {
+            let mut connection = Box::new(http.h1.serve_connection(TokioIo::new(io), handler));
+            let parked = serve_h1(&mut connection, &activity, &limits, &http, &mut shutdown).await;
+            let (io, handler) = take_back(*connection);
+            (io, handler, parked)
+        };
+        if !parked {
+            // Bounded: a client that reads nothing must not hold the task.
+            let _ = tokio::time::timeout(limits.idle_timeout, io.shutdown()).await;
+            return;
+        }
+        tracing::trace!(pipelined = io.prefix.len(), "connection parked");
+        // Bytes of the next request already read (pipelined) are served at once.
+        if io.prefix.is_empty()
+            && !wait_for_client(&io, &activity, limits.idle_timeout, &mut shutdown).await
+        {
+            return;
+        }
+    }
+}
+
+/// Takes the socket and service back from a stopped HTTP/1 connection.
+fn take_back<I>(connection: H1Connection<I>) -> (Prefixed<I>, Handler)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let idle_timeout = conn.limits.idle_timeout;
-    let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Tracked {
-        inner: io,
-        activity: activity.clone(),
-    });
-    let conn = Arc::new(conn);
-    let service = service_fn(move |request| {
-        let proxy = proxy.clone();
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(request, &conn).await) }
-    });
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
+    let parts = connection.into_parts();
+    let mut io = parts.io.into_inner();
+    // Copied: `read_buf` shares hyper's whole read buffer.
+    io.prefix = Bytes::copy_from_slice(&parts.read_buf);
+    (io, parts.service)
+}
+
+/// Waits, holding no buffers, until the client sends something (true), or
+/// closes, idles out or is shut down (false).
+async fn wait_for_client<I: Socket>(
+    io: &Prefixed<I>,
+    activity: &Activity,
+    idle_timeout: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    if *shutdown.borrow() {
+        return false;
+    }
+    if io.inner.inner.has_buffered_input() {
+        return true;
+    }
+    let idle_deadline = activity.last() + idle_timeout;
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        peeked = io.inner.inner.tcp().peek(&mut byte) => match peeked {
+            Ok(n) => n > 0,
+            Err(_) => false,
+        },
+        _ = shutdown.changed() => false,
+        () = tokio::time::sleep_until(idle_deadline.into()) => false,
+    }
+}
+
+/// Reads up to the length of the HTTP/2 preface, keeps what it read for the
+/// server to see, and tells whether the client speaks HTTP/2 with prior knowledge.
+async fn sniff<I: AsyncRead + Unpin>(io: &mut Prefixed<I>) -> io::Result<bool> {
+    let mut head = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    while filled < head.len() && head[..filled] == H2_PREFACE[..filled] {
+        let n = io.inner.read(&mut head[filled..]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += n;
+    }
+    io.prefix = Bytes::copy_from_slice(&head[..filled]);
+    Ok(head[..filled] == H2_PREFACE[..])
+}
+
+type H1Connection<I> = http1::Connection<TokioIo<Prefixed<I>>, Handler>;
+type H2Connection<I> = http2::Connection<TokioIo<Prefixed<I>>, Handler, TokioExecutor>;
+
+/// Runs HTTP/1 until the connection ends (false) or goes quiet long enough to
+/// park (true); either way hyper has stopped and hands the socket back.
+async fn serve_h1<I>(
+    connection: &mut H1Connection<I>,
+    activity: &Activity,
+    limits: &ListenerLimits,
+    http: &Http,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut draining = *shutdown.borrow();
+    if draining {
+        Pin::new(&mut *connection).graceful_shutdown();
+    }
+    // When to look again whether the connection can be parked.
+    let mut check_at = Instant::now() + http.park_after;
+    loop {
+        let idle_deadline = activity.last() + limits.idle_timeout;
+        tokio::select! {
+            result = poll_fn(|cx| connection.poll_without_shutdown(cx)) => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                return false;
+            }
+            changed = shutdown.changed(), if !draining => {
+                // A closed channel also means shutdown.
+                let _ = changed;
+                draining = true;
+                Pin::new(&mut *connection).graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(idle_deadline.min(check_at).into()), if !draining => {
+                let now = Instant::now();
+                let parkable = activity.parkable();
+                check_at = if parkable { activity.last() } else { now } + http.park_after;
+                if activity.last() + limits.idle_timeout <= now {
+                    draining = true;
+                    Pin::new(&mut *connection).graceful_shutdown();
+                } else if parkable && check_at <= now {
+                    // Between requests hyper is idle, and stopping it ends the
+                    // connection future at once without writing anything. If it
+                    // does not end at once, a request was under way after all:
+                    // it finishes and the connection closes.
+                    Pin::new(&mut *connection).graceful_shutdown();
+                    let stopped = poll_fn(|cx| {
+                        Poll::Ready(connection.poll_without_shutdown(cx))
+                    });
+                    match stopped.await {
+                        Poll::Ready(Ok(())) => return true,
+                        Poll::Ready(Err(error)) => {
+                            tracing::debug!(%error, "connection ended with an error");
+                            return false;
+                        }
+                        Poll::Pending => draining = true,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs HTTP/2 until the connection ends, idles out or is drained.
+async fn serve_h2<I>(
+    mut connection: Pin<Box<H2Connection<I>>>,
+    activity: &Activity,
+    limits: &ListenerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut draining = false;
     loop {
-        let idle_deadline = activity.last() + idle_timeout;
+        let idle_deadline = activity.last() + limits.idle_timeout;
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
@@ -74,7 +306,7 @@ pub async fn serve<I>(
                 connection.as_mut().graceful_shutdown();
             }
             () = tokio::time::sleep_until(idle_deadline.into()), if !draining => {
-                if activity.last() + idle_timeout <= Instant::now() {
+                if activity.last() + limits.idle_timeout <= Instant::now() {
                     draining = true;
                     connection.as_mut().graceful_shutdown();
                 }
@@ -83,10 +315,82 @@ pub async fn serve<I>(
     }
 }
 
-/// When bytes last moved on a connection.
+/// The per-connection service: hands each request to the proxy.
+struct Handler {
+    proxy: Arc<Proxy>,
+    conn: Arc<Connection>,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Handler {
+    type Response = Response<Exchange>;
+    type Error = Infallible;
+    // Boxed: hyper keeps room for one pending future per connection, and an
+    // inline one would keep several KiB per idle connection.
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let open = Open::new(self.activity.clone());
+        let (proxy, conn) = (self.proxy.clone(), self.conn.clone());
+        Box::pin(async move {
+            let response = proxy.handle(request, &conn).await;
+            Ok(response.map(|body| Exchange { body, _open: open }))
+        })
+    }
+}
+
+/// A response body that keeps its exchange counted as open until hyper drops it.
+struct Exchange {
+    body: Body,
+    _open: Open,
+}
+
+impl http_body::Body for Exchange {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// One request counted from the moment it reaches the service until its
+/// response body is dropped (written out, or abandoned).
+struct Open(Arc<Activity>);
+
+impl Open {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.open.fetch_add(1, Ordering::Relaxed);
+        activity.read_between.store(false, Ordering::Relaxed);
+        Self(activity)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// When bytes last moved on a connection, and whether hyper is between requests.
 struct Activity {
     origin: Instant,
     last_millis: AtomicU64,
+    /// Requests whose response is not yet written out.
+    open: AtomicUsize,
+    /// Bytes were read since the last request started (part of a request head).
+    read_between: AtomicBool,
 }
 
 impl Activity {
@@ -94,6 +398,8 @@ impl Activity {
         Self {
             origin: Instant::now(),
             last_millis: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            read_between: AtomicBool::new(false),
         }
     }
 
@@ -104,6 +410,12 @@ impl Activity {
 
     fn last(&self) -> Instant {
         self.origin + Duration::from_millis(self.last_millis.load(Ordering::Relaxed))
+    }
+
+    /// No request under way and no request head begun. (hyper turns idle only
+    /// once the last response is flushed.)
+    fn parkable(&self) -> bool {
+        self.open.load(Ordering::Relaxed) == 0 && !self.read_between.load(Ordering::Relaxed)
     }
 }
 
@@ -123,6 +435,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.activity.touch();
+            if self.activity.open.load(Ordering::Relaxed) == 0 {
+                self.activity.read_between.store(true, Ordering::Relaxed);
+            }
         }
         poll
     }
@@ -151,6 +466,64 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
             self.activity.touch();
         }
         poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream that first yields bytes already read from it (the sniffed preface,
+/// or what hyper had read past the last request when the connection was parked).
+struct Prefixed<I> {
+    prefix: Bytes,
+    inner: Tracked<I>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..n]);
+        self.prefix.advance(n);
+        // Fill the rest from the socket too, so the request usually arrives in
+        // one read; what it cannot give now it gives on the next read.
+        if self.prefix.is_empty() && buf.remaining() > 0 {
+            let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

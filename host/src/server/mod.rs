@@ -37,7 +37,7 @@ pub async fn accept_loop(
     tracker: TaskTracker,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(connection::http_builder(&listener.limits));
+    let http = Arc::new(connection::http_builder(&listener.limits));
     let permits = Arc::new(Semaphore::new(listener.limits.max_connections));
     let local = listener.socket.local_addr().ok();
     loop {
@@ -74,24 +74,29 @@ pub async fn accept_loop(
             sni: None,
             limits: listener.limits.clone(),
         };
-        let (builder, proxy, shutdown) = (builder.clone(), proxy.clone(), shutdown.clone());
-        let tls = listener.tls.clone();
-        let handshake_timeout = listener.limits.header_read_timeout;
-        tracker.spawn(async move {
-            let _permit = permit;
-            match tls {
-                None => connection::serve(stream, builder, proxy, conn, shutdown).await,
-                Some(acceptor) => {
+        let (http, proxy, shutdown) = (http.clone(), proxy.clone(), shutdown.clone());
+        // Two spawns, so that a cleartext connection's task is not sized for TLS.
+        match listener.tls.clone() {
+            None => {
+                tracker.spawn(async move {
+                    let _permit = permit;
+                    connection::serve(stream, http, proxy, conn, shutdown).await;
+                });
+            }
+            Some(acceptor) => {
+                let handshake_timeout = listener.limits.header_read_timeout;
+                tracker.spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             conn.sni = stream.get_ref().1.server_name().map(str::to_owned);
-                            connection::serve(stream, builder, proxy, conn, shutdown).await;
+                            connection::serve(stream, http, proxy, conn, shutdown).await;
                         }
                         Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                     }
-                }
+                });
             }
-        });
+        }
     }
 }
