@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
@@ -146,9 +146,7 @@ impl Gateway {
                 )?)),
                 None => None,
             };
-            let socket = TcpListener::bind(config.address)
-                .await
-                .map_err(bind_error)?;
+            let socket = bind(config.address).map_err(bind_error)?;
             let local = socket.local_addr().map_err(bind_error)?;
             addresses.push((config.name.clone(), local));
             listeners.push(server::Listener {
@@ -209,4 +207,21 @@ impl Gateway {
         }
         drained
     }
+}
+
+/// Pending connections the kernel queues per listener (capped by
+/// `net.core.somaxconn`). The usual 128 drops handshakes in a burst of new
+/// clients, which then retry a second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listening socket with [`LISTEN_BACKLOG`].
+fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }

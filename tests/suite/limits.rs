@@ -221,3 +221,23 @@ async fn connections_over_the_limit_are_closed_at_once() -> anyhow::Result<()> {
     assert!(ok);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_burst_of_new_connections_is_queued_not_dropped() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = limited_gateway(&up, "{ max_connections: 10000 }").await?;
+    let addr = gw.addr("main");
+    // Blocking connects on the test's only thread: the gateway cannot accept
+    // meanwhile, so every handshake must wait in the kernel's listen queue.
+    // The usual backlog of 128 would drop the rest until clients retry.
+    let mut held = Vec::new();
+    for i in 0..600 {
+        let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+            .map_err(|e| anyhow::anyhow!("connection {i} was not queued: {e}"))?;
+        held.push(stream);
+    }
+    drop(held);
+    let response = http1_client().get(gw.url("main", "/")).send().await?;
+    assert_eq!(response.status(), 200);
+    Ok(())
+}
