@@ -7,10 +7,12 @@
 //! whose response body is dropped early is closed rather than reused, and idle
 //! connections are closed after the group's idle timeout.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use std::{io, pin::Pin};
 
 use bytes::Bytes;
 use http::uri::Authority;
@@ -54,7 +56,7 @@ pub struct ConnectionPool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
-    reaper_started: std::sync::atomic::AtomicBool,
+    reaper_started: AtomicBool,
 }
 
 impl ConnectionPool {
@@ -65,7 +67,7 @@ impl ConnectionPool {
             connect_timeout,
             idle_timeout,
             idle: Mutex::new(Vec::new()),
-            reaper_started: std::sync::atomic::AtomicBool::new(false),
+            reaper_started: AtomicBool::new(false),
         }
     }
 
@@ -200,7 +202,6 @@ impl ConnectionPool {
 
     /// Starts the task that closes idle connections; it ends with the pool.
     fn start_reaper(self: &Arc<Self>) {
-        use std::sync::atomic::Ordering;
         if self.reaper_started.swap(true, Ordering::Relaxed) {
             return;
         }
