@@ -7,10 +7,9 @@ use weir_tests::{
     EchoUpstream, TestGateway, eventually, http1_client, json, read_response, read_until_closed,
 };
 
-#[tokio::test]
-async fn finishes_in_flight_requests_then_stops_accepting() -> anyhow::Result<()> {
-    let up = EchoUpstream::start("echo").await?;
-    let mut gw = TestGateway::from_yaml(&format!(
+/// A gateway to `up` that waits up to 5 s for in-flight requests at shutdown.
+async fn draining_gateway(up: &EchoUpstream) -> anyhow::Result<TestGateway> {
+    TestGateway::from_yaml(&format!(
         r#"apiVersion: weir/v1
 listeners: [{{ name: main, address: 127.0.0.1:0 }}]
 upstreams: [{{ name: echo, targets: ["{}"] }}]
@@ -19,7 +18,13 @@ shutdown_timeout: 5s
 "#,
         up.addr
     ))
-    .await?;
+    .await
+}
+
+#[tokio::test]
+async fn finishes_in_flight_requests_then_stops_accepting() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let mut gw = draining_gateway(&up).await?;
     let url = gw.url("main", "/slow");
     let in_flight = tokio::spawn(async move {
         let response = http1_client()
@@ -46,16 +51,7 @@ shutdown_timeout: 5s
 #[tokio::test]
 async fn idle_keep_alive_connections_close_at_shutdown() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let mut gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: echo, targets: ["{}"] }}]
-routes: [{{ name: all, upstream: echo }}]
-shutdown_timeout: 5s
-"#,
-        up.addr
-    ))
-    .await?;
+    let mut gw = draining_gateway(&up).await?;
     let mut stream = tokio::net::TcpStream::connect(gw.addr("main")).await?;
     stream
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
