@@ -230,10 +230,7 @@ fn apply_response_head(run: &SharedRun, parts: &mut http::response::Parts) {
 
 fn set_content_length(headers: &mut HeaderMap, len: usize) {
     headers.remove(header::TRANSFER_ENCODING);
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared != Some(len) {
+    if super::declared_length(headers) != u64::try_from(len).ok() {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
 }

@@ -50,6 +50,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Still open, and idle for less than `timeout`.
+    fn usable(&self, timeout: Duration) -> bool {
+        !self.sender.is_closed() && self.since.elapsed() < timeout
+    }
+}
+
 /// The keep-alive connections to one target.
 pub struct ConnectionPool {
     target: Authority,
@@ -69,11 +76,6 @@ impl ConnectionPool {
             idle: Mutex::new(Vec::new()),
             reaper_started: AtomicBool::new(false),
         }
-    }
-
-    /// The target's `host:port`.
-    pub fn target(&self) -> &Authority {
-        &self.target
     }
 
     /// Sends `request` (origin-form URI) and returns the response; its body gives
@@ -169,7 +171,7 @@ impl ConnectionPool {
     fn take_idle(&self) -> Option<SendRequest<Body>> {
         let mut idle = self.lock();
         while let Some(entry) = idle.pop() {
-            if !entry.sender.is_closed() && entry.since.elapsed() < self.idle_timeout {
+            if entry.usable(self.idle_timeout) {
                 return Some(entry.sender);
             }
         }
@@ -189,15 +191,9 @@ impl ConnectionPool {
         }
     }
 
-    /// Closes connections idle past the timeout (the oldest sit at the front).
+    /// Closes connections idle past the timeout, and forgets closed ones.
     fn reap(&self) {
-        let mut idle = self.lock();
-        let expired = idle
-            .iter()
-            .take_while(|e| e.sender.is_closed() || e.since.elapsed() >= self.idle_timeout)
-            .count();
-        idle.drain(..expired);
-        idle.retain(|e| !e.sender.is_closed());
+        self.lock().retain(|e| e.usable(self.idle_timeout));
     }
 
     /// Starts the task that closes idle connections; it ends with the pool.

@@ -16,23 +16,13 @@ fn memory(caller: &mut Ctx<'_>) -> Option<wasmtime::Memory> {
 
 /// Checks that `len` bytes at `ptr` lie inside guest memory, without copying them.
 pub fn check(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<(), Status> {
-    let memory = memory(caller).ok_or(Status::InvalidMemoryAccess)?;
-    let end = (ptr as u32 as usize).checked_add(len as u32 as usize);
-    match end {
-        Some(end) if end <= memory.data_size(&*caller) => Ok(()),
-        _ => Err(Status::InvalidMemoryAccess),
-    }
+    borrow(caller, [(ptr, len)]).map(|_| ())
 }
 
 /// Copies `len` bytes at `ptr` out of the guest.
 pub fn read(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
-    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
-    let memory = memory(caller).ok_or(Status::InvalidMemoryAccess)?;
-    let data = memory.data(&*caller);
-    let end = ptr.checked_add(len).ok_or(Status::InvalidMemoryAccess)?;
-    data.get(ptr..end)
-        .map(<[u8]>::to_vec)
-        .ok_or(Status::InvalidMemoryAccess)
+    let ([bytes], _) = borrow(caller, [(ptr, len)])?;
+    Ok(bytes.to_vec())
 }
 
 /// Borrows the guest bytes of each `(ptr, len)` span alongside the host state,
