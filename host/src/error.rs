@@ -1,16 +1,17 @@
-//! Every error the gateway itself answers with, and the one function that turns
-//! it into a response.
+//! The error vocabulary every layer shares, and the one function that turns an
+//! error into a response.
 //!
-//! Errors record whose fault they are ([`Fault`]) so logs and metrics can tell a
-//! bad client from a bad upstream from a bug in Weir.
-
-use std::time::Duration;
+//! Each layer owns its error type (`upstream::UpstreamError`,
+//! `wasm::FilterError`, the lifecycle's `RequestError`, …) and implements
+//! [`HttpError`]: which status it answers with, a stable code, and whose fault
+//! it is ([`Fault`]), so logs and metrics can tell a bad client from a bad
+//! upstream from a bug in Weir. [`respond`] is the only place an error becomes
+//! a response. This module sits at the bottom: it imports no other layer.
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::{self, Body, BoxError};
-use crate::pipeline::PipelineError;
-use crate::wasm::FilterError;
+use crate::body::{self, Body};
+use crate::request_id::REQUEST_ID;
 
 /// Whose fault an error is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,131 +20,30 @@ pub enum Fault {
     Downstream,
     /// The upstream failed or was unreachable.
     Upstream,
-    /// Weir itself failed.
+    /// Weir itself (or one of its filters) failed.
     Internal,
 }
 
-/// An error Weir answers a request with.
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    /// No route matched.
-    #[error("no route matches {method} {path}")]
-    NoRoute {
-        /// Request method.
-        method: http::Method,
-        /// Request path.
-        path: String,
-    },
-    /// The request body exceeds the listener's limit.
-    #[error("the request body exceeds the limit of {limit} bytes")]
-    BodyTooLarge {
-        /// The limit in bytes.
-        limit: u64,
-    },
-    /// The request could not be forwarded as received.
-    #[error("bad request: {reason}")]
-    BadRequest {
-        /// Why.
-        reason: String,
-    },
-    /// Every attempt to connect to the upstream failed.
-    #[error("upstream `{upstream}` is unavailable: {source}")]
-    UpstreamUnavailable {
-        /// Upstream group name.
-        upstream: String,
-        /// The last connection error.
-        source: BoxError,
-    },
-    /// The upstream did not answer in time.
-    #[error("upstream `{upstream}` did not answer within {}ms", timeout.as_millis())]
-    UpstreamTimeout {
-        /// Upstream group name.
-        upstream: String,
-        /// The timeout that expired.
-        timeout: Duration,
-    },
-    /// A filter of the route's pipeline failed or misbehaved.
-    #[error(transparent)]
-    Plugin(#[from] crate::pipeline::PipelineError),
-    /// The upstream connection failed after the request was sent.
-    #[error("upstream `{upstream}` failed: {source}")]
-    UpstreamFailed {
-        /// Upstream group name.
-        upstream: String,
-        /// The error.
-        source: BoxError,
-    },
-}
-
-impl GatewayError {
+/// An error a request can be answered with.
+pub trait HttpError: std::error::Error + Send + Sync + 'static {
     /// The HTTP status this error answers with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::NoRoute { .. } => StatusCode::NOT_FOUND,
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::UpstreamUnavailable { .. } | Self::UpstreamFailed { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
-            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::Plugin(e) => match e {
-                PipelineError::Filter(_) | PipelineError::Closed { .. } => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                PipelineError::PauseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-                PipelineError::BufferLimit { request: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                PipelineError::BufferLimit { request: false, .. } => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
-            },
-        }
-    }
-
+    fn status(&self) -> StatusCode;
     /// A stable machine-readable code (part of the public error format).
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::NoRoute { .. } => "no_route",
-            Self::BodyTooLarge { .. } => "body_too_large",
-            Self::BadRequest { .. } => "bad_request",
-            Self::UpstreamUnavailable { .. } => "upstream_unavailable",
-            Self::UpstreamTimeout { .. } => "upstream_timeout",
-            Self::UpstreamFailed { .. } => "upstream_failed",
-            Self::Plugin(e) => match e {
-                PipelineError::Filter(FilterError::Failed { .. }) => "plugin_failed",
-                PipelineError::Filter(FilterError::Unavailable { .. }) => "plugin_unavailable",
-                PipelineError::Closed { .. } => "plugin_closed_stream",
-                PipelineError::PauseTimeout { .. } => "plugin_timeout",
-                PipelineError::BufferLimit { request: true, .. } => "body_too_large",
-                PipelineError::BufferLimit { request: false, .. } => "response_too_large",
-            },
-        }
-    }
-
+    fn code(&self) -> &'static str;
     /// Whose fault it is.
-    pub fn fault(&self) -> Fault {
-        match self {
-            Self::NoRoute { .. } | Self::BodyTooLarge { .. } | Self::BadRequest { .. } => {
-                Fault::Downstream
-            }
-            Self::UpstreamUnavailable { .. }
-            | Self::UpstreamTimeout { .. }
-            | Self::UpstreamFailed { .. } => Fault::Upstream,
-            Self::Plugin(PipelineError::BufferLimit { request: true, .. }) => Fault::Downstream,
-            Self::Plugin(_) => Fault::Internal,
-        }
-    }
+    fn fault(&self) -> Fault;
 }
 
 /// Turns an error into the JSON response every gateway error uses:
 /// `{"error": {"status", "code", "message", "request_id"}}`.
-pub fn respond(error: &GatewayError, request_id: &str) -> Response<Body> {
+pub fn respond(error: &dyn HttpError, request_id: &HeaderValue) -> Response<Body> {
     let status = error.status();
     let payload = serde_json::json!({
         "error": {
             "status": status.as_u16(),
             "code": error.code(),
             "message": error.to_string(),
-            "request_id": request_id,
+            "request_id": request_id.to_str().unwrap_or("-"),
         }
     });
     let mut response = Response::new(body::full(payload.to_string()));
@@ -153,9 +53,7 @@ pub fn respond(error: &GatewayError, request_id: &str) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert(crate::proxy::REQUEST_ID, id);
-    }
+    headers.insert(REQUEST_ID, request_id.clone());
     response
 }
 
@@ -165,11 +63,27 @@ mod tests {
 
     use super::*;
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("the request body exceeds the limit of 10 bytes")]
+    struct TooLarge;
+
+    impl HttpError for TooLarge {
+        fn status(&self) -> StatusCode {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        fn code(&self) -> &'static str {
+            "body_too_large"
+        }
+        fn fault(&self) -> Fault {
+            Fault::Downstream
+        }
+    }
+
     #[tokio::test]
     async fn renders_the_json_error_body() {
-        let error = GatewayError::BodyTooLarge { limit: 10 };
-        let response = respond(&error, "req-1");
+        let response = respond(&TooLarge, &HeaderValue::from_static("req-1"));
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()[REQUEST_ID], "req-1");
         let bytes = response
             .into_body()
             .collect()

@@ -1,5 +1,6 @@
-//! Starting and stopping a whole gateway: bind every listener, build the proxy
-//! snapshot, serve, and drain on shutdown.
+//! Starting and stopping a whole gateway: own the long-lived parts (the Wasm
+//! runtime, services, upstream groups), build the config snapshot from them,
+//! bind every listener, serve, and drain on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,15 +12,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Manifest;
-use crate::config::model::ListenerId;
-use crate::pipeline::{self, BuildError as PipelineBuildError, Pipelines};
-use crate::proxy::Proxy;
+use crate::lifecycle::{Chain, Proxy};
 use crate::services::{RedisService, RedisServices, Services};
-use crate::upstream::{self, InvalidTarget, UpstreamCaller};
+use crate::snapshot::{self, BuildError, MissingGroup};
+use crate::upstream::{self, Directory, InvalidTarget, UpstreamCaller};
 use crate::wasm::{LoadError, Runtime};
 
 /// One problem per line, each with its place in the manifest.
-fn list(manifest: &std::path::Path, errors: &[PipelineBuildError]) -> String {
+fn list(manifest: &std::path::Path, errors: &[BuildError]) -> String {
     errors
         .iter()
         .map(|e| {
@@ -39,21 +39,22 @@ pub struct Options {
     pub vms: Option<usize>,
 }
 
-/// Loads every plugin and starts every filter of `manifest` with `services`
-/// (what `weir validate` runs to check plugins, and what `Gateway::start` serves with).
-pub fn build_pipelines(
+/// Loads every plugin and starts every filter of `manifest` with `services`:
+/// the chain of each route, in manifest order (what `weir validate` runs to
+/// check plugins, and what `Gateway::start` serves with).
+pub fn build_chains(
     manifest: &Manifest,
     options: &Options,
     services: &Arc<Services>,
-) -> Result<Pipelines, StartError> {
+) -> Result<Vec<Chain>, StartError> {
     if manifest.plugins.is_empty() {
-        return Ok(Pipelines { routes: Vec::new() });
+        return Ok(Vec::new());
     }
     let runtime = Runtime::shared(options.cache_dir.clone())?;
     let vms = options.vms.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    pipeline::build(manifest, &runtime, vms, services).map_err(|errors| StartError::Plugins {
+    snapshot::chains(manifest, &runtime, vms, services).map_err(|errors| StartError::Plugins {
         manifest: manifest.source.clone(),
         errors,
     })
@@ -94,12 +95,16 @@ pub enum StartError {
         /// The manifest file.
         manifest: std::path::PathBuf,
         /// Every problem.
-        errors: Vec<PipelineBuildError>,
+        errors: Vec<BuildError>,
     },
+    /// The snapshot could not be assembled.
+    #[error(transparent)]
+    Snapshot(#[from] MissingGroup),
 }
 
 /// A serving gateway.
 pub struct Gateway {
+    proxy: Arc<Proxy>,
     addresses: Vec<(String, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     tracker: TaskTracker,
@@ -114,7 +119,9 @@ impl Gateway {
 
     /// Binds every listener of `manifest`, loads its plugins and starts serving.
     pub async fn start_with(manifest: Manifest, options: &Options) -> Result<Self, StartError> {
-        let groups = upstream::build_groups(&manifest.upstreams)?;
+        let groups = Arc::new(upstream::build_groups(&manifest.upstreams)?);
+        let directory = Arc::new(Directory::new());
+        directory.publish(groups.clone());
         let redis = RedisServices::new(manifest.redis.iter().map(|r| {
             let service = RedisService {
                 url: r.url.clone(),
@@ -127,11 +134,12 @@ impl Gateway {
             .iter()
             .filter_map(|p| Some((p.name.clone(), p.shared_data_tier.clone()?)));
         let services =
-            Services::new(Arc::new(UpstreamCaller::new(&groups)), redis).with_tiers(tiers);
-        let pipelines = build_pipelines(&manifest, options, &services)?;
+            Services::new(Arc::new(UpstreamCaller::new(directory)), redis).with_tiers(tiers);
+        let chains = build_chains(&manifest, options, &services)?;
+        let snapshot = snapshot::assemble(&manifest, 1, chains, &groups)?;
         let mut listeners = Vec::with_capacity(manifest.listeners.len());
         let mut addresses = Vec::with_capacity(manifest.listeners.len());
-        for (i, config) in manifest.listeners.iter().enumerate() {
+        for config in &manifest.listeners {
             let bind_error = |source| StartError::Bind {
                 listener: config.name.clone(),
                 address: config.address,
@@ -150,15 +158,14 @@ impl Gateway {
             let local = socket.local_addr().map_err(bind_error)?;
             addresses.push((config.name.clone(), local));
             listeners.push(server::Listener {
-                id: ListenerId(i),
-                name: config.name.clone(),
+                name: config.name.as_str().into(),
                 socket,
                 tls,
                 limits: Arc::new(config.limits.clone()),
             });
         }
         let shutdown_timeout = manifest.shutdown_timeout;
-        let proxy = Arc::new(Proxy::new(manifest, groups, pipelines));
+        let proxy = Arc::new(Proxy::new(snapshot));
         let (shutdown, _) = watch::channel(false);
         let tracker = TaskTracker::new();
         for listener in listeners {
@@ -171,11 +178,17 @@ impl Gateway {
             ));
         }
         Ok(Self {
+            proxy,
             addresses,
             shutdown,
             tracker,
             shutdown_timeout,
         })
+    }
+
+    /// The generation of the config snapshot new requests are served with.
+    pub fn generation(&self) -> u64 {
+        self.proxy.snapshot().generation()
     }
 
     /// The bound address of the listener named `name`.

@@ -1,19 +1,26 @@
 //! Weir: an API gateway in which every policy is a sandboxed WebAssembly filter.
 //!
-//! Module layering (lower never imports higher):
-//! `config` ← `router` / `upstream` ← `proxy` ← `server` ← `gateway`.
-//! See `ARCHITECTURE.md` for the request path.
+//! Layers, lowest first; a module imports only modules on its left or its own
+//! level's helpers (see `ARCHITECTURE.md` for the request path):
+//! `body`, `request_id`, `error`, `config`, `exchange`, `services`
+//! ← `router`, `upstream`, `wasm`
+//! ← `lifecycle` (the `HttpFilter` trait, chains, the snapshot type, the one request path)
+//! ← `filters` (the Proxy-Wasm adapter) ← `snapshot` (manifest → snapshot)
+//! ← `server` ← `gateway` ← the `weir` binary.
 
-pub mod body;
+mod body;
 pub mod config;
-pub mod error;
+mod error;
+pub mod exchange;
+pub mod filters;
 pub mod gateway;
-pub mod pipeline;
-pub mod proxy;
+pub mod lifecycle;
+mod request_id;
 pub mod router;
-pub mod server;
+mod server;
 pub mod services;
-pub mod upstream;
+mod snapshot;
+mod upstream;
 pub mod wasm;
 
 pub use config::Manifest;

@@ -127,7 +127,7 @@ fn validate(
     options: &weir::gateway::Options,
 ) -> anyhow::Result<weir::Manifest> {
     let manifest = weir::config::load(config)?;
-    weir::gateway::build_pipelines(&manifest, options, &weir::services::Services::standalone())?;
+    weir::gateway::build_chains(&manifest, options, &weir::services::Services::standalone())?;
     Ok(manifest)
 }
 

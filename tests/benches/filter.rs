@@ -1,7 +1,7 @@
 //! What one light Proxy-Wasm filter costs a request: binding the stream to a
 //! VM, request and response header callbacks (the filter reads two headers and
 //! adds one), and on_log/on_done/on_delete — against the same request with
-//! an empty pipeline; and what starting a VM costs (instantiation, start-up,
+//! an empty chain; and what starting a VM costs (instantiation, start-up,
 //! `on_vm_start`, `on_configure`) with the module already compiled.
 //! Run with `cargo bench -p weir-tests --bench filter`.
 
@@ -12,10 +12,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
-use weir::pipeline::{Direction, Pipeline, Step};
-use weir::wasm::{
-    FailMode, FilterInstance, PluginLimits, RequestHead, ResponseHead, Runtime, StreamInfo,
-};
+use weir::exchange::{RequestHead, ResponseHead, StreamInfo};
+use weir::filters::ProxyWasmFilter;
+use weir::lifecycle::{Chain, Direction, FailMode, HttpFilter, Step};
+use weir::wasm::{self, FilterInstance, PluginLimits, Runtime};
 
 fn request_head() -> RequestHead {
     let mut headers = HeaderMap::new();
@@ -46,8 +46,8 @@ fn info() -> Arc<StreamInfo> {
 }
 
 /// One request's filter work, headers only (the common case for a policy filter).
-fn one_request(pipeline: &Pipeline, info: &Arc<StreamInfo>) {
-    let mut run = pipeline.start(info.clone(), request_head()).expect("bind");
+fn one_request(chain: &Chain, info: &Arc<StreamInfo>) {
+    let mut run = chain.start(info.clone(), request_head()).expect("bind");
     let step = run
         .headers(Direction::Request, true, 0)
         .expect("request headers");
@@ -76,12 +76,14 @@ fn bench(c: &mut Criterion) {
         br#"{"deny_when_header":"x-deny","copy_request_header":["user-agent","x-ua"]}"#,
     );
     let services = weir::services::Services::standalone();
-    let filter = FilterInstance::new(plugin, config, FailMode::Closed, 1, services).expect("start");
+    let instance =
+        FilterInstance::new(plugin, config, wasm::FailMode::Closed, 1, services).expect("start");
+    let filter: Arc<dyn HttpFilter> = Arc::new(ProxyWasmFilter::new(instance, FailMode::Closed));
     let info = info();
 
-    let empty = Pipeline::default();
-    let one = Pipeline::new(vec![filter.clone()]);
-    let three = Pipeline::new(vec![filter.clone(), filter.clone(), filter]);
+    let empty = Chain::default();
+    let one = Chain::new(vec![filter.clone()]);
+    let three = Chain::new(vec![filter.clone(), filter.clone(), filter]);
 
     let mut group = c.benchmark_group("vm");
     group.bench_function("start_one_vm_with_configure", |b| {
@@ -91,7 +93,7 @@ fn bench(c: &mut Criterion) {
                 .load("light", &wasm, limits)
                 .expect("load (cached module)");
             let config = Bytes::from_static(br#"{"add_request_headers":[["x-filtered","1"]]}"#);
-            FilterInstance::new(plugin, config, FailMode::Closed, 1, services).expect("start")
+            FilterInstance::new(plugin, config, wasm::FailMode::Closed, 1, services).expect("start")
         })
     });
     group.finish();

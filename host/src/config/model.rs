@@ -161,7 +161,7 @@ impl Default for UpstreamTimeouts {
 }
 
 /// A route: what it matches and what it does.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Route {
     /// Unique name.
     pub name: String,
@@ -295,7 +295,7 @@ pub enum ValueMatch {
 }
 
 /// What a matched route does.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum RouteAction {
     /// Forward to an upstream group.
     Forward(UpstreamId),

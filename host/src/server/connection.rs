@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use crate::body::{Body, BoxError};
 use crate::config::model::ListenerLimits;
-use crate::proxy::{Connection, Proxy};
+use crate::lifecycle::{Connection, Proxy};
 
 /// How long an HTTP/1 connection stays quiet between requests before it is parked
 /// (at most half the header read timeout, which hyper runs while it waits).

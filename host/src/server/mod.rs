@@ -13,15 +13,13 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-use crate::config::model::{ListenerId, ListenerLimits};
-use crate::proxy::{Connection, Proxy};
+use crate::config::model::ListenerLimits;
+use crate::lifecycle::{Connection, Proxy};
 
 /// A bound listener ready to serve.
 pub struct Listener {
-    /// Its id in the manifest.
-    pub id: ListenerId,
-    /// Its name.
-    pub name: String,
+    /// Its name (routes are found by it).
+    pub name: Arc<str>,
     /// The bound socket.
     pub socket: TcpListener,
     /// TLS acceptor when the listener terminates TLS.
@@ -66,9 +64,9 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let mut conn = Connection {
-            listener: listener.id,
+            listener: listener.name.clone(),
             remote,
-            client_ip: crate::proxy::ip_header_value(remote.ip()),
+            client_ip: crate::lifecycle::ip_header_value(remote.ip()),
             local,
             tls: listener.tls.is_some(),
             sni: None,

@@ -1,14 +1,13 @@
 //! Filter callouts (`proxy_http_call`) sent through the manifest's upstream
 //! groups, with their balancing and timeouts.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::BodyExt;
 
-use super::{OutgoingBody, UpstreamGroup};
+use super::{Directory, OutgoingBody};
 use crate::body::Body;
 use crate::services::http_call::{
     CallRejected, CallRequest, CallResponse, HttpCaller, PendingCall,
@@ -17,29 +16,23 @@ use crate::services::http_call::{
 /// The largest callout response body read (bigger answers fail the call).
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
-/// Sends callouts to upstream groups by name.
+/// Sends callouts to the running config's upstream groups by name.
 pub struct UpstreamCaller {
-    groups: HashMap<String, Arc<UpstreamGroup>>,
+    directory: Arc<Directory>,
 }
 
 impl UpstreamCaller {
-    /// A caller over `groups`.
-    pub fn new(groups: &[Arc<UpstreamGroup>]) -> Self {
-        Self {
-            groups: groups
-                .iter()
-                .map(|g| (g.name().to_owned(), g.clone()))
-                .collect(),
-        }
+    /// A caller over the groups `directory` holds at the time of each call.
+    pub fn new(directory: Arc<Directory>) -> Self {
+        Self { directory }
     }
 }
 
 impl HttpCaller for UpstreamCaller {
     fn call(&self, call: CallRequest) -> Result<PendingCall, CallRejected> {
         let group = self
-            .groups
+            .directory
             .get(&call.upstream)
-            .cloned()
             .ok_or_else(|| CallRejected::UnknownUpstream(call.upstream.clone()))?;
         let request = build_request(&call)?;
         Ok(Box::pin(async move {

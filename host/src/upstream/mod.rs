@@ -5,6 +5,7 @@
 
 mod balancer;
 mod caller;
+mod directory;
 mod pool;
 
 use std::sync::Arc;
@@ -17,11 +18,73 @@ use http::{Request, Response};
 
 pub use balancer::Balancer;
 pub use caller::UpstreamCaller;
+pub use directory::{Directory, Groups, build as build_groups};
 pub use pool::{ConnectionPool, SendError};
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, BoxError};
 use crate::config::model::Upstream;
-use crate::error::GatewayError;
+use crate::error::{Fault, HttpError};
+
+/// Why a request could not be exchanged with an upstream group.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Every attempt to connect failed.
+    #[error("upstream `{upstream}` is unavailable: {source}")]
+    Unavailable {
+        /// Upstream group name.
+        upstream: String,
+        /// The last connection error.
+        source: BoxError,
+    },
+    /// The upstream did not answer in time.
+    #[error("upstream `{upstream}` did not answer within {}ms", timeout.as_millis())]
+    Timeout {
+        /// Upstream group name.
+        upstream: String,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+    /// The connection failed after the request was sent.
+    #[error("upstream `{upstream}` failed: {source}")]
+    Failed {
+        /// Upstream group name.
+        upstream: String,
+        /// The error.
+        source: BoxError,
+    },
+    /// The client's body grew past the listener's limit while it was sent.
+    #[error("the request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+}
+
+impl HttpError for UpstreamError {
+    fn status(&self) -> http::StatusCode {
+        match self {
+            Self::Unavailable { .. } | Self::Failed { .. } => http::StatusCode::BAD_GATEWAY,
+            Self::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            Self::BodyTooLarge { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Unavailable { .. } => "upstream_unavailable",
+            Self::Timeout { .. } => "upstream_timeout",
+            Self::Failed { .. } => "upstream_failed",
+            Self::BodyTooLarge { .. } => "body_too_large",
+        }
+    }
+
+    fn fault(&self) -> Fault {
+        match self {
+            Self::BodyTooLarge { .. } => Fault::Downstream,
+            _ => Fault::Upstream,
+        }
+    }
+}
 
 /// Why an upstream group could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -31,21 +94,6 @@ pub struct InvalidTarget {
     pub upstream: String,
     /// Parse error.
     pub source: http::uri::InvalidUri,
-}
-
-/// Builds every upstream group of the manifest, in manifest order.
-pub fn build_groups(upstreams: &[Upstream]) -> Result<Vec<Arc<UpstreamGroup>>, InvalidTarget> {
-    upstreams
-        .iter()
-        .map(|u| {
-            UpstreamGroup::new(u)
-                .map(Arc::new)
-                .map_err(|source| InvalidTarget {
-                    upstream: u.name.clone(),
-                    source,
-                })
-        })
-        .collect()
 }
 
 /// One target of a group: its connections and its live load.
@@ -121,7 +169,7 @@ impl UpstreamGroup {
         self: &Arc<Self>,
         request: Request<OutgoingBody>,
         timeout: Option<Duration>,
-    ) -> Result<Response<Body>, GatewayError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         let timeout = timeout.unwrap_or(self.request_timeout);
         let (parts, body) = request.into_parts();
         let (attempts, replay) = match body {
@@ -146,12 +194,10 @@ impl UpstreamGroup {
                 Err((error, None)) => return Err(error),
             }
         }
-        Err(
-            last_error.unwrap_or_else(|| GatewayError::UpstreamUnavailable {
-                upstream: self.name.clone(),
-                source: "no attempt was made".into(),
-            }),
-        )
+        Err(last_error.unwrap_or_else(|| UpstreamError::Unavailable {
+            upstream: self.name.clone(),
+            source: "no attempt was made".into(),
+        }))
     }
 
     /// One attempt on one target. On a connect failure the error carries the
@@ -161,7 +207,7 @@ impl UpstreamGroup {
         request: Request<Body>,
         avoid: Option<usize>,
         timeout: Duration,
-    ) -> Result<Response<Body>, (GatewayError, Option<usize>)> {
+    ) -> Result<Response<Body>, (UpstreamError, Option<usize>)> {
         let index = self
             .balancer
             .pick(|i| self.targets[i].in_flight.load(Ordering::Relaxed), avoid);
@@ -170,14 +216,14 @@ impl UpstreamGroup {
         match tokio::time::timeout(timeout, target.pool.send(request)).await {
             Ok(Ok(response)) => Ok(response),
             Err(_) => Err((
-                GatewayError::UpstreamTimeout {
+                UpstreamError::Timeout {
                     upstream: self.name.clone(),
                     timeout,
                 },
                 None,
             )),
             Ok(Err(error @ SendError::Connect { .. })) => Err((
-                GatewayError::UpstreamUnavailable {
+                UpstreamError::Unavailable {
                     upstream: self.name.clone(),
                     source: Box::new(error),
                 },
@@ -188,15 +234,15 @@ impl UpstreamGroup {
     }
 
     /// Maps a failure after sending: an over-long request body is the client's fault.
-    fn classify_failure(&self, error: SendError) -> GatewayError {
+    fn classify_failure(&self, error: SendError) -> UpstreamError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         while let Some(e) = source {
             if let Some(limit) = e.downcast_ref::<crate::body::BodyLimitExceeded>() {
-                return GatewayError::BodyTooLarge { limit: limit.0 };
+                return UpstreamError::BodyTooLarge { limit: limit.0 };
             }
             source = e.source();
         }
-        GatewayError::UpstreamFailed {
+        UpstreamError::Failed {
             upstream: self.name.clone(),
             source: Box::new(error),
         }

@@ -1,22 +1,25 @@
 //! The Proxy-Wasm runtime: engine and compiled plugins (`plugin`), VMs (`vm`),
-//! filter instances with their VM pools (`filter`), the stream data filters
-//! see (`stream`, `headers`), and the host functions (`abi`).
+//! filter instances with their VM pools (`filter`), the header maps filters
+//! see (`headers`), and the host functions (`abi`).
 //!
-//! Knows wasmtime and the `http` types; knows nothing of hyper, sockets or
-//! routes. The `pipeline` drives it through this module's API, which exposes
-//! no wasmtime types.
+//! Knows wasmtime, the `http` types and the stream data of `crate::exchange`;
+//! knows nothing of hyper, sockets, routes or the request lifecycle. The
+//! Proxy-Wasm adapter in `crate::filters` drives it through this module's API,
+//! which exposes no wasmtime types.
 
 pub(crate) mod abi;
 mod filter;
 mod headers;
 mod plugin;
-mod stream;
 mod vm;
+
+/// The stream data lives below this module (`crate::exchange`), so the
+/// lifecycle owns it without importing the runtime.
+use crate::exchange as stream;
 
 pub use abi::pairs::{decode as decode_pairs, encode as encode_pairs};
 pub use abi::unix_nanos;
 pub use filter::{FailMode, FilterError, FilterInstance, FilterStream};
 pub use headers::MapType;
 pub use plugin::{LoadError, Plugin, PluginLimits, Runtime};
-pub use stream::{LocalReply, Phase, RequestHead, ResponseHead, Resume, StreamData, StreamInfo};
 pub use vm::{Callback, Delivery, StartError};

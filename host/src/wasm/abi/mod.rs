@@ -11,8 +11,8 @@ mod properties;
 mod services;
 mod wasi;
 
+pub use crate::exchange::unix_nanos;
 use std::collections::HashSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use wasmtime::{IntoFunc, Linker};
@@ -574,11 +574,4 @@ fn add_unserved(r: &mut Registry<'_>) -> wasmtime::Result<()> {
         Ok(Status::NotFound as i32)
     })?;
     Ok(())
-}
-
-/// Nanoseconds since the Unix epoch.
-pub fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

@@ -1,4 +1,4 @@
-//! Builds every route's pipeline from the manifest: loads each plugin once,
+//! Builds every route's chain from the manifest: loads each plugin once,
 //! starts one filter instance per filter entry (global filters are shared by
 //! every route), and reports every plugin that cannot load or start.
 
@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::Pipeline;
 use crate::config::model::{FilterRef, OnError};
 use crate::config::{Location, Manifest};
+use crate::filters::ProxyWasmFilter;
+use crate::lifecycle::{Chain, FailMode, HttpFilter};
 use crate::services::Services;
-use crate::wasm::{FailMode, FilterInstance, LoadError, Plugin, PluginLimits, Runtime, StartError};
+use crate::wasm::{self, FilterInstance, LoadError, Plugin, PluginLimits, Runtime, StartError};
 
 /// One plugin or filter that could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -46,20 +47,14 @@ impl BuildError {
     }
 }
 
-/// The pipelines of a manifest, one per route (by route index).
-pub struct Pipelines {
-    /// Per route, in manifest order.
-    pub routes: Vec<Pipeline>,
-}
-
-/// Loads plugins and starts filter instances; `vms_default` is the pool size
-/// for plugins that do not set `vms`.
-pub fn build(
+/// Loads plugins and starts filter instances; the chain of every route, in
+/// manifest order. `vms_default` is the pool size for plugins that do not set `vms`.
+pub fn chains(
     manifest: &Manifest,
     runtime: &Arc<Runtime>,
     vms_default: usize,
     services: &Arc<Services>,
-) -> Result<Pipelines, Vec<BuildError>> {
+) -> Result<Vec<Chain>, Vec<BuildError>> {
     let mut errors = Vec::new();
     let plugins: Vec<Option<Arc<Plugin>>> = manifest
         .plugins
@@ -86,19 +81,20 @@ pub fn build(
                 .ok()
         })
         .collect();
-    let mut instance = |filter: &FilterRef| -> Option<Arc<FilterInstance>> {
+    let mut instance = |filter: &FilterRef| -> Option<Arc<dyn HttpFilter>> {
         let config = &manifest.plugins[filter.plugin.0];
         let plugin = plugins[filter.plugin.0].clone()?;
         let json = match &filter.config {
             serde_json::Value::Null => Bytes::new(),
             value => Bytes::from(value.to_string()),
         };
-        let mode = match config.on_error {
-            OnError::FailClosed => FailMode::Closed,
-            OnError::FailOpen => FailMode::Open,
+        let (mode, wasm_mode) = match config.on_error {
+            OnError::FailClosed => (FailMode::Closed, wasm::FailMode::Closed),
+            OnError::FailOpen => (FailMode::Open, wasm::FailMode::Open),
         };
         let vms = config.vms.unwrap_or(vms_default);
-        FilterInstance::new(plugin, json, mode, vms, services.clone())
+        FilterInstance::new(plugin, json, wasm_mode, vms, services.clone())
+            .map(|instance| Arc::new(ProxyWasmFilter::new(instance, mode)) as Arc<dyn HttpFilter>)
             .map_err(|source| {
                 errors.push(BuildError::Start {
                     plugin: config.name.clone(),
@@ -108,9 +104,9 @@ pub fn build(
             })
             .ok()
     };
-    let global: Vec<Option<Arc<FilterInstance>>> =
+    let global: Vec<Option<Arc<dyn HttpFilter>>> =
         manifest.global_filters.iter().map(&mut instance).collect();
-    let routes: Vec<Vec<Option<Arc<FilterInstance>>>> = manifest
+    let routes: Vec<Vec<Option<Arc<dyn HttpFilter>>>> = manifest
         .routes
         .iter()
         .map(|route| route.filters.iter().map(&mut instance).collect())
@@ -118,19 +114,17 @@ pub fn build(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let global: Vec<Arc<FilterInstance>> = global.into_iter().flatten().collect();
-    Ok(Pipelines {
-        routes: routes
-            .into_iter()
-            .map(|own| {
-                Pipeline::new(
-                    global
-                        .iter()
-                        .cloned()
-                        .chain(own.into_iter().flatten())
-                        .collect(),
-                )
-            })
-            .collect(),
-    })
+    let global: Vec<Arc<dyn HttpFilter>> = global.into_iter().flatten().collect();
+    Ok(routes
+        .into_iter()
+        .map(|own| {
+            Chain::new(
+                global
+                    .iter()
+                    .cloned()
+                    .chain(own.into_iter().flatten())
+                    .collect(),
+            )
+        })
+        .collect())
 }

@@ -1,12 +1,16 @@
-//! The data of one HTTP stream as filters see it: heads, bodies, trailers, the
-//! local reply a filter asked for, and what the stream is doing now.
+//! The Weir-owned data of one HTTP exchange as filters see it: heads, bodies,
+//! trailers, the local reply a filter asked for, and what the stream is doing
+//! now.
 //!
-//! A `StreamData` lives in the request task between callbacks and is lent to a
-//! VM for each callback (and while that VM's filter holds the stream paused).
+//! A `StreamData` lives in the request's filter chain between phases. Native
+//! filters borrow it; the Proxy-Wasm adapter lends it to a VM for each
+//! callback (and while that VM's filter holds the stream paused). Knows the
+//! `http` types only: no hyper, no wasmtime.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -170,4 +174,11 @@ impl StreamData {
             properties: Vec::new(),
         }
     }
+}
+
+/// Nanoseconds since the Unix epoch (request start times, the ABI's clock).
+pub fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

@@ -1,0 +1,480 @@
+//! A route's filter chain and one request's pass through it: phases in
+//! Envoy's order, pause and resume, body buffering, fail open or closed.
+//!
+//! Knows filters only through the [`HttpFilter`] trait: no wasmtime, no hyper.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
+
+use super::filter::{FailMode, FilterFailure, FilterRun, Flow, HttpFilter, Lent};
+use crate::error::{Fault, HttpError};
+use crate::exchange::{
+    LocalReply, Phase, RequestHead, ResponseHead, Resume, StreamData, StreamInfo,
+};
+
+/// An ordered chain of filters (global filters first, then the route's).
+#[derive(Clone, Default)]
+pub struct Chain {
+    filters: Arc<[Arc<dyn HttpFilter>]>,
+}
+
+/// Why a request cannot go on through its chain.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// A fail-closed filter failed.
+    #[error("{0}")]
+    Filter(FilterFailure),
+    /// A filter paused the stream and did not resume it in time.
+    #[error("plugin `{plugin}` paused the request and did not resume it within {}ms", timeout.as_millis())]
+    PauseTimeout {
+        /// Filter name.
+        plugin: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// A filter buffered more body than allowed.
+    #[error("plugin `{plugin}` buffered more than {limit} bytes of body")]
+    BufferLimit {
+        /// Filter name.
+        plugin: String,
+        /// The limit.
+        limit: u64,
+        /// Request or response body.
+        request: bool,
+    },
+    /// A filter closed the stream.
+    #[error("plugin `{plugin}` closed the stream")]
+    Closed {
+        /// Filter name.
+        plugin: String,
+    },
+    /// The exchange was lost with the VM of a filter that held it paused.
+    #[error("plugin `{plugin}` lost the paused stream with its VM")]
+    Lost {
+        /// Filter name.
+        plugin: String,
+    },
+}
+
+impl HttpError for ChainError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Filter(e) => e.status(),
+            Self::Closed { .. } | Self::Lost { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PauseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::BufferLimit { request: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BufferLimit { request: false, .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Filter(e) => e.code(),
+            Self::Closed { .. } => "plugin_closed_stream",
+            Self::Lost { .. } => "plugin_failed",
+            Self::PauseTimeout { .. } => "plugin_timeout",
+            Self::BufferLimit { request: true, .. } => "body_too_large",
+            Self::BufferLimit { request: false, .. } => "response_too_large",
+        }
+    }
+
+    fn fault(&self) -> Fault {
+        match self {
+            Self::Filter(e) => e.fault(),
+            Self::BufferLimit { request: true, .. } => Fault::Downstream,
+            _ => Fault::Internal,
+        }
+    }
+}
+
+/// A direction of the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to upstream.
+    Request,
+    /// Upstream to client.
+    Response,
+}
+
+/// What came of running a headers phase up to a pause.
+#[derive(Debug)]
+pub enum Step {
+    /// Every filter let it pass.
+    Continue,
+    /// A filter answered locally.
+    Reply(LocalReply),
+    /// Filter `filter` paused; await `resume`, then call [`Run::unpause`].
+    Paused {
+        /// Index of the pausing filter.
+        filter: usize,
+        /// Woken by the filter.
+        resume: Arc<Resume>,
+    },
+}
+
+/// What came of one body chunk.
+#[derive(Debug)]
+pub enum BodyStep {
+    /// These bytes go on (the chunk after every filter, or a released buffer).
+    Emit(Bytes),
+    /// A filter is buffering; nothing goes on yet.
+    Buffering,
+    /// A filter answered locally.
+    Reply(LocalReply),
+}
+
+impl Chain {
+    /// A chain of `filters`, in order.
+    pub fn new(filters: Vec<Arc<dyn HttpFilter>>) -> Self {
+        Self {
+            filters: filters.into(),
+        }
+    }
+
+    /// True when there is no filter: the lifecycle then skips every phase.
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    /// Starts every filter for one request.
+    pub fn start(&self, info: Arc<StreamInfo>, request: RequestHead) -> Result<Run, ChainError> {
+        let mut run = Run {
+            chain: self.clone(),
+            runs: Vec::with_capacity(self.filters.len()),
+            data: Some(Box::new(StreamData::new(info, request))),
+            request_body: BodyState::default(),
+            response_body: BodyState::default(),
+            finished: false,
+        };
+        for filter in self.filters.iter() {
+            match filter.start(&mut run.data) {
+                Ok(started) => run.runs.push(Some(started)),
+                Err(error) => match filter.fail_mode() {
+                    FailMode::Open => {
+                        tracing::warn!(filter = filter.name(), %error, "skipping the filter (fail open)");
+                        run.runs.push(None);
+                    }
+                    FailMode::Closed => return Err(ChainError::Filter(error)),
+                },
+            }
+        }
+        Ok(run)
+    }
+}
+
+/// Per-direction body buffering state.
+#[derive(Debug, Default)]
+struct BodyState {
+    /// The filter holding the buffer, if one is.
+    paused_at: Option<usize>,
+    pending: BytesMut,
+}
+
+/// The phases a [`Run`] calls on a filter.
+#[derive(Clone, Copy)]
+enum Call {
+    Headers(Direction, bool),
+    Body(Direction, bool),
+    Trailers(Direction),
+}
+
+/// One request's pass through a chain.
+pub struct Run {
+    chain: Chain,
+    runs: Vec<Option<Box<dyn FilterRun>>>,
+    data: Lent,
+    request_body: BodyState,
+    response_body: BodyState,
+    finished: bool,
+}
+
+impl Run {
+    /// The stream data (heads as filters left them).
+    pub fn data(&self) -> Option<&StreamData> {
+        self.data.as_deref()
+    }
+
+    /// Mutable stream data (the lifecycle records what it sent).
+    pub fn data_mut(&mut self) -> Option<&mut StreamData> {
+        self.data.as_deref_mut()
+    }
+
+    /// Sets the response head before the response phases run.
+    pub fn set_response(&mut self, head: ResponseHead) {
+        if let Some(data) = self.data.as_mut() {
+            data.response = Some(head);
+        }
+    }
+
+    fn name(&self, i: usize) -> String {
+        self.chain
+            .filters
+            .get(i)
+            .map_or_else(String::new, |f| f.name().to_owned())
+    }
+
+    /// Calls filter `i`, handling failure per its fail mode; `Ok(None)` = skipped.
+    fn call(&mut self, i: usize, call: Call) -> Result<Option<Flow>, ChainError> {
+        let Some(Some(run)) = self.runs.get_mut(i) else {
+            return Ok(None);
+        };
+        let data = &mut self.data;
+        let result = match call {
+            Call::Headers(Direction::Request, end) => run.on_request_headers(data, end),
+            Call::Headers(Direction::Response, end) => run.on_response_headers(data, end),
+            Call::Body(Direction::Request, end) => run.on_request_body(data, end),
+            Call::Body(Direction::Response, end) => run.on_response_body(data, end),
+            Call::Trailers(Direction::Request) => run.on_request_trailers(data),
+            Call::Trailers(Direction::Response) => run.on_response_trailers(data),
+        };
+        match result {
+            Ok(flow) => Ok(Some(flow)),
+            Err(error) => self.fail(i, error).map(|()| None),
+        }
+    }
+
+    /// Applies filter `i`'s fail mode to `error`.
+    fn fail(&mut self, i: usize, error: FilterFailure) -> Result<(), ChainError> {
+        // Dropped without `finish`: a filter that just failed is not called again.
+        if let Some(slot) = self.runs.get_mut(i) {
+            *slot = None;
+        }
+        let mode = self
+            .chain
+            .filters
+            .get(i)
+            .map_or(FailMode::Closed, |f| f.fail_mode());
+        match mode {
+            FailMode::Open => {
+                tracing::warn!(filter = %self.name(i), %error, "skipping the failed filter for this request (fail open)");
+                Ok(())
+            }
+            FailMode::Closed => Err(ChainError::Filter(error)),
+        }
+    }
+
+    /// A local reply or a close a filter asked for during the last call.
+    fn interrupted(&mut self, i: usize) -> Result<Option<LocalReply>, ChainError> {
+        let Some(data) = self.data.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(reply) = data.local_reply.take() {
+            return Ok(Some(reply));
+        }
+        if data.closed {
+            return Err(ChainError::Closed {
+                plugin: self.name(i),
+            });
+        }
+        Ok(None)
+    }
+
+    /// Runs the headers phase of `direction` from filter `from` on.
+    pub fn headers(
+        &mut self,
+        direction: Direction,
+        end_of_stream: bool,
+        from: usize,
+    ) -> Result<Step, ChainError> {
+        for i in from..self.runs.len() {
+            let Some(data) = self.data.as_mut() else {
+                break;
+            };
+            Resume::renew(&mut data.resume);
+            data.phase = match direction {
+                Direction::Request => Phase::RequestHeaders,
+                Direction::Response => Phase::ResponseHeaders,
+            };
+            let flow = self.call(i, Call::Headers(direction, end_of_stream))?;
+            if let Some(reply) = self.interrupted(i)? {
+                return Ok(Step::Reply(reply));
+            }
+            if let Some(Flow::Pause(resume)) = flow {
+                return Ok(Step::Paused { filter: i, resume });
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Takes the exchange back from paused filter `i`; a local reply it set while paused is returned.
+    pub fn unpause(&mut self, i: usize) -> Result<Option<LocalReply>, ChainError> {
+        let Some(Some(run)) = self.runs.get_mut(i) else {
+            return Ok(None);
+        };
+        if let Err(error) = run.resume(&mut self.data) {
+            self.fail(i, error)?;
+        }
+        if self.data.is_none() {
+            return Err(ChainError::Lost {
+                plugin: self.name(i),
+            });
+        }
+        self.interrupted(i)
+    }
+
+    /// Runs one body chunk of `direction` through the filters. `limit` bounds what
+    /// a buffering filter may hold.
+    pub fn body(
+        &mut self,
+        direction: Direction,
+        chunk: Bytes,
+        end_of_stream: bool,
+        limit: u64,
+    ) -> Result<BodyStep, ChainError> {
+        let state = self.body_state(direction);
+        let (start, mut buffer) = match state.paused_at.take() {
+            Some(at) => {
+                let mut pending = std::mem::take(&mut state.pending);
+                pending.extend_from_slice(&chunk);
+                (at, pending)
+            }
+            None => (0, BytesMut::from(chunk)),
+        };
+        let phase = match direction {
+            Direction::Request => Phase::RequestBody,
+            Direction::Response => Phase::ResponseBody,
+        };
+        for i in start..self.runs.len() {
+            let Some(data) = self.data.as_mut() else {
+                break;
+            };
+            data.phase = phase;
+            data.body = std::mem::take(&mut buffer);
+            let flow = self.call(i, Call::Body(direction, end_of_stream))?;
+            if let Some(data) = self.data.as_mut() {
+                buffer = std::mem::take(&mut data.body);
+            }
+            if let Some(reply) = self.interrupted(i)? {
+                return Ok(BodyStep::Reply(reply));
+            }
+            let holds = matches!(flow, Some(Flow::Buffer | Flow::Pause(_)));
+            if holds && !end_of_stream {
+                if buffer.len() as u64 > limit {
+                    return Err(ChainError::BufferLimit {
+                        plugin: self.name(i),
+                        limit,
+                        request: direction == Direction::Request,
+                    });
+                }
+                let state = self.body_state(direction);
+                state.paused_at = Some(i);
+                state.pending = buffer;
+                return Ok(BodyStep::Buffering);
+            }
+        }
+        Ok(BodyStep::Emit(buffer.freeze()))
+    }
+
+    fn body_state(&mut self, direction: Direction) -> &mut BodyState {
+        match direction {
+            Direction::Request => &mut self.request_body,
+            Direction::Response => &mut self.response_body,
+        }
+    }
+
+    /// Runs the trailers of `direction` through the filters; returns them as changed.
+    pub fn trailers(
+        &mut self,
+        direction: Direction,
+        trailers: HeaderMap,
+    ) -> Result<(HeaderMap, Option<LocalReply>), ChainError> {
+        if let Some(data) = self.data.as_mut() {
+            match direction {
+                Direction::Request => data.request_trailers = Some(trailers),
+                Direction::Response => data.response_trailers = Some(trailers),
+            }
+        }
+        let mut reply = None;
+        for i in 0..self.runs.len() {
+            let Some(data) = self.data.as_mut() else {
+                break;
+            };
+            data.phase = match direction {
+                Direction::Request => Phase::RequestTrailers,
+                Direction::Response => Phase::ResponseTrailers,
+            };
+            self.call(i, Call::Trailers(direction))?;
+            if let Some(r) = self.interrupted(i)? {
+                reply = Some(r);
+                break;
+            }
+        }
+        let trailers = self
+            .data
+            .as_mut()
+            .and_then(|d| match direction {
+                Direction::Request => d.request_trailers.take(),
+                Direction::Response => d.response_trailers.take(),
+            })
+            .unwrap_or_default();
+        Ok((trailers, reply))
+    }
+
+    /// [`FilterRun::finish`] on every filter still in the run, once.
+    pub fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if let Some(data) = self.data.as_mut() {
+            data.phase = Phase::Log;
+            data.request_sent = true;
+            data.response_sent = true;
+        }
+        for run in self.runs.iter_mut().flatten() {
+            run.finish(&mut self.data);
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// A run shared by the request-body stream and the response path.
+pub type SharedRun = Arc<Mutex<Run>>;
+
+/// Locks a shared run (a poisoned lock still holds consistent data).
+pub fn lock(run: &SharedRun) -> std::sync::MutexGuard<'_, Run> {
+    run.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs a headers phase to the end, waiting out pauses (each bounded by `pause_limit`).
+pub async fn headers(
+    run: &SharedRun,
+    direction: Direction,
+    end_of_stream: bool,
+    pause_limit: Duration,
+) -> Result<Option<LocalReply>, ChainError> {
+    let mut from = 0;
+    loop {
+        let step = lock(run).headers(direction, end_of_stream, from)?;
+        match step {
+            Step::Continue => return Ok(None),
+            Step::Reply(reply) => return Ok(Some(reply)),
+            Step::Paused { filter, resume } => {
+                let woke = tokio::time::timeout(pause_limit, resume.wait())
+                    .await
+                    .is_ok();
+                let mut guard = lock(run);
+                let reply = guard.unpause(filter)?;
+                if reply.is_some() {
+                    return Ok(reply);
+                }
+                if !woke {
+                    return Err(ChainError::PauseTimeout {
+                        plugin: guard.name(filter),
+                        timeout: pause_limit,
+                    });
+                }
+                from = filter + 1;
+            }
+        }
+    }
+}

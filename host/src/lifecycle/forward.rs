@@ -1,0 +1,116 @@
+//! The upstream leg of a request: forwarding hygiene and rewrites, the send
+//! (buffered for replay when retries apply), and the response's hygiene; or
+//! the route's fixed response.
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Version};
+
+use super::Connection;
+use super::error::{RequestError, body_error};
+use super::headers::{self, ClientSide, strip_hop_by_hop};
+use super::rewrite;
+use super::snapshot::{RouteEntry, Target};
+use crate::body::{self, Body};
+use crate::config::model::{FixedResponse, Route};
+use crate::upstream::OutgoingBody;
+
+/// Sends the request where its route goes and returns the response with
+/// hop-by-hop headers removed and `via` added.
+pub(super) async fn exchange(
+    entry: &RouteEntry,
+    mut parts: http::request::Parts,
+    body: Body,
+    conn: &Connection,
+) -> Result<Response<Body>, RequestError> {
+    let group = match &entry.target {
+        Target::Respond(fixed) => return Ok(fixed_response(fixed)),
+        Target::Forward(group) => group,
+    };
+    prepare_upstream(&mut parts, &entry.route, conn)?;
+    let outgoing = if group.retries() > 0 && parts.method.is_idempotent() {
+        OutgoingBody::Replayable(read_bounded(body, conn.limits.max_body_bytes).await?)
+    } else {
+        OutgoingBody::Streaming(body)
+    };
+    let response = group
+        .send(Request::from_parts(parts, outgoing), entry.route.timeout)
+        .await?;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    headers::append_via(&mut parts.headers);
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Header hygiene, forwarding headers and rewrites for the upstream request.
+fn prepare_upstream(
+    parts: &mut http::request::Parts,
+    route: &Route,
+    conn: &Connection,
+) -> Result<(), RequestError> {
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    strip_hop_by_hop(&mut parts.headers);
+    headers::add_forwarding(
+        &mut parts.headers,
+        ClientSide {
+            ip: &conn.client_ip,
+            scheme: if conn.tls { "https" } else { "http" },
+            host: original_host.as_ref(),
+        },
+    );
+    let host = match &route.rewrite.host {
+        Some(h) => HeaderValue::from_str(h).ok(),
+        None => original_host,
+    };
+    if let Some(host) = host {
+        parts.headers.insert(header::HOST, host);
+    }
+    parts.uri = forwarded_uri(&parts.uri, route)?;
+    parts.version = Version::HTTP_11;
+    Ok(())
+}
+
+/// The origin-form URI sent upstream, with the route's path rewrite applied.
+fn forwarded_uri(uri: &http::Uri, route: &Route) -> Result<http::Uri, RequestError> {
+    let Some(rule) = &route.rewrite.path else {
+        let path_and_query = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        return Ok(http::Uri::from(path_and_query));
+    };
+    let path = rewrite::rewrite_path(uri.path(), rule, &route.matcher.path);
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let pq = PathAndQuery::try_from(path_and_query).map_err(|e| RequestError::BadRequest {
+        reason: format!("the rewritten path is invalid: {e}"),
+    })?;
+    Ok(http::Uri::from(pq))
+}
+
+/// Reads a whole request body, failing with 413 past `limit`.
+async fn read_bounded(body: Body, limit: u64) -> Result<bytes::Bytes, RequestError> {
+    use http_body_util::BodyExt;
+    match body.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(body_error(e, limit)),
+    }
+}
+
+/// The response of a `respond:` route.
+fn fixed_response(fixed: &FixedResponse) -> Response<Body> {
+    let mut response = Response::new(body::full(fixed.body.clone()));
+    *response.status_mut() = fixed.status;
+    let headers = response.headers_mut();
+    for (name, value) in &fixed.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    response
+}

@@ -1,0 +1,278 @@
+//! The phases of one routed request, in order: the body limit, the chain's
+//! request phases, the upstream leg, the chain's response phases. A route
+//! with an empty chain skips every phase: no exchange data, no run.
+//!
+//! Bodies stream through untouched while every filter continues. When a
+//! filter buffers a body, it is held (bounded by the listener's
+//! `max_body_bytes`) until the filter releases it; if that happens at the end
+//! of the body, the whole rewritten body goes on with an exact content-length.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::Body as HttpBody;
+use hyper::body::Incoming;
+
+use super::body::{Filtered, Finishing, Lead, lead_body};
+use super::chain::{self, Direction, SharedRun};
+use super::error::RequestError;
+use super::forward;
+use super::snapshot::{RouteEntry, Target};
+use super::{Connection, declared_length};
+use crate::body::{self, Body};
+use crate::exchange::{LocalReply, RequestHead, ResponseHead, StreamInfo};
+
+/// How long a paused filter may hold a stream when the route sets no timeout.
+const DEFAULT_PAUSE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs a routed request to its response.
+pub(super) async fn run(
+    entry: &RouteEntry,
+    request: Request<Incoming>,
+    conn: &Connection,
+    request_id: &HeaderValue,
+) -> Result<Response<Body>, RequestError> {
+    let limit = conn.limits.max_body_bytes;
+    if declared_length(request.headers()).is_some_and(|len| len > limit) {
+        return Err(RequestError::BodyTooLarge { limit });
+    }
+    if entry.chain.is_empty() {
+        let (parts, incoming) = request.into_parts();
+        return forward::exchange(entry, parts, body::limited(incoming, limit), conn).await;
+    }
+    let (mut parts, incoming) = request.into_parts();
+    let info = Arc::new(stream_info(entry, &parts, conn, request_id));
+    let run: SharedRun = Arc::new(Mutex::new(
+        entry.chain.start(info, request_head(&mut parts, conn))?,
+    ));
+    let pause_limit = entry
+        .route
+        .timeout
+        .or(match &entry.target {
+            Target::Forward(group) => Some(group.request_timeout()),
+            Target::Respond(_) => None,
+        })
+        .unwrap_or(DEFAULT_PAUSE_LIMIT);
+
+    let outgoing = match request_phases(&run, &mut parts, incoming, limit, pause_limit).await? {
+        Ok(body) => body,
+        Err(reply) => return Ok(local_response(reply)),
+    };
+    let response = forward::exchange(entry, parts, outgoing, conn).await?;
+    response_phases(&run, response, limit, pause_limit).await
+}
+
+/// The chain's request phases; the body to send on, or a filter's local reply.
+async fn request_phases(
+    run: &SharedRun,
+    parts: &mut http::request::Parts,
+    incoming: Incoming,
+    limit: u64,
+    pause_limit: Duration,
+) -> Result<Result<Body, LocalReply>, RequestError> {
+    let end_of_stream = incoming.is_end_stream();
+    if let Some(reply) = chain::headers(run, Direction::Request, end_of_stream, pause_limit).await?
+    {
+        return Ok(Err(reply));
+    }
+    apply_request_head(run, parts)?;
+    let body = body::limited(incoming, limit);
+    let outgoing = if end_of_stream {
+        body::empty()
+    } else {
+        match lead_body(run, Direction::Request, body, limit).await? {
+            Lead::Reply(reply) => return Ok(Err(reply)),
+            Lead::Complete(bytes) => {
+                set_content_length(&mut parts.headers, bytes.len());
+                body::full(bytes)
+            }
+            Lead::Streaming { prefix, rest } => body::boxed(Filtered::new(
+                rest,
+                run.clone(),
+                Direction::Request,
+                limit,
+                prefix,
+            )),
+        }
+    };
+    if let Some(data) = chain::lock(run).data_mut() {
+        data.request_sent = true;
+    }
+    Ok(Ok(outgoing))
+}
+
+/// The chain's response phases; the response that goes to the client. The
+/// run lives until its body is done, then the filters finish.
+async fn response_phases(
+    run: &SharedRun,
+    response: Response<Body>,
+    limit: u64,
+    pause_limit: Duration,
+) -> Result<Response<Body>, RequestError> {
+    let (mut parts, incoming) = response.into_parts();
+    let end_of_stream = incoming.is_end_stream();
+    chain::lock(run).set_response(ResponseHead {
+        status: parts.status.as_u16(),
+        headers: std::mem::take(&mut parts.headers),
+    });
+    if let Some(reply) =
+        chain::headers(run, Direction::Response, end_of_stream, pause_limit).await?
+    {
+        return Ok(local_response(reply));
+    }
+    let body = if end_of_stream {
+        apply_response_head(run, &mut parts);
+        body::boxed(Finishing::new(incoming, run.clone()))
+    } else {
+        match lead_body(run, Direction::Response, incoming, limit).await? {
+            Lead::Reply(reply) => return Ok(local_response(reply)),
+            Lead::Complete(bytes) => {
+                apply_response_head(run, &mut parts);
+                set_content_length(&mut parts.headers, bytes.len());
+                body::boxed(Finishing::new(
+                    http_body_util::Full::new(bytes),
+                    run.clone(),
+                ))
+            }
+            Lead::Streaming { prefix, rest } => {
+                apply_response_head(run, &mut parts);
+                body::boxed(Filtered::new(
+                    rest,
+                    run.clone(),
+                    Direction::Response,
+                    limit,
+                    prefix,
+                ))
+            }
+        }
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Facts filters may read about the request (properties).
+fn stream_info(
+    entry: &RouteEntry,
+    parts: &http::request::Parts,
+    conn: &Connection,
+    request_id: &HeaderValue,
+) -> StreamInfo {
+    StreamInfo {
+        route_name: entry.route.name.clone(),
+        upstream_name: match &entry.target {
+            Target::Forward(group) => Some(group.name().to_owned()),
+            Target::Respond(_) => None,
+        },
+        request_id: crate::request_id::text(request_id).to_owned(),
+        source: conn.remote,
+        destination: conn.local,
+        tls: conn.tls,
+        sni: conn.sni.clone(),
+        protocol: protocol(parts.version),
+        start_unix_nanos: crate::exchange::unix_nanos(),
+    }
+}
+
+fn protocol(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The request head as filters see it (the headers move into it; what the
+/// filters make of them is copied back by `apply_request_head`).
+fn request_head(parts: &mut http::request::Parts, conn: &Connection) -> RequestHead {
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    RequestHead {
+        method: parts.method.as_str().to_owned(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+        authority,
+        scheme: if conn.tls { "https" } else { "http" }.to_owned(),
+        headers: std::mem::take(&mut parts.headers),
+    }
+}
+
+/// Copies what filters made of the request head back into `parts`.
+fn apply_request_head(
+    run: &SharedRun,
+    parts: &mut http::request::Parts,
+) -> Result<(), RequestError> {
+    let guard = chain::lock(run);
+    let Some(data) = guard.data() else {
+        return Ok(());
+    };
+    let head = &data.request;
+    let bad = |what: &str| RequestError::BadRequest {
+        reason: format!("a filter set an invalid {what}"),
+    };
+    // Most filters leave the pseudo-headers alone: parse only what changed.
+    if head.method != parts.method.as_str() {
+        parts.method =
+            http::Method::from_bytes(head.method.as_bytes()).map_err(|_| bad(":method"))?;
+    }
+    if parts.uri.path_and_query().map(|pq| pq.as_str()) != Some(head.path.as_str()) {
+        parts.uri = http::Uri::try_from(head.path.as_str()).map_err(|_| bad(":path"))?;
+    }
+    parts.headers = head.headers.clone();
+    let host_unchanged = parts
+        .headers
+        .get(header::HOST)
+        .is_some_and(|h| h.as_bytes() == head.authority.as_bytes());
+    if !head.authority.is_empty() && !host_unchanged {
+        let host = HeaderValue::from_str(&head.authority).map_err(|_| bad(":authority"))?;
+        parts.headers.insert(header::HOST, host);
+    }
+    Ok(())
+}
+
+/// Copies what filters made of the response head back into `parts`; no more edits after this.
+fn apply_response_head(run: &SharedRun, parts: &mut http::response::Parts) {
+    let mut guard = chain::lock(run);
+    let Some(data) = guard.data_mut() else {
+        return;
+    };
+    data.response_sent = true;
+    if let Some(head) = &data.response {
+        parts.status = StatusCode::from_u16(head.status).unwrap_or(parts.status);
+        parts.headers = head.headers.clone();
+    }
+}
+
+fn set_content_length(headers: &mut HeaderMap, len: usize) {
+    headers.remove(header::TRANSFER_ENCODING);
+    if declared_length(headers) != u64::try_from(len).ok() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+}
+
+/// A filter's local reply as a response.
+fn local_response(reply: LocalReply) -> Response<Body> {
+    let mut response = Response::new(body::full(reply.body));
+    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::FORBIDDEN);
+    for (name, value) in reply.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            response.headers_mut().append(n, v);
+        }
+    }
+    response
+}

@@ -1,0 +1,55 @@
+//! The gateway's upstream groups by name, swapped whole when the config
+//! changes.
+//!
+//! Requests reach their group through the config snapshot; callouts
+//! (`proxy_http_call`) name a group and find it here, so both always see the
+//! groups of the running config, never the set that existed when a filter
+//! started.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::{InvalidTarget, UpstreamGroup};
+use crate::config::model::Upstream;
+
+/// Upstream groups by name.
+pub type Groups = HashMap<String, Arc<UpstreamGroup>>;
+
+/// The running upstream groups, by name.
+#[derive(Default)]
+pub struct Directory {
+    groups: ArcSwap<Groups>,
+}
+
+impl Directory {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The group named `name` in the running config.
+    pub fn get(&self, name: &str) -> Option<Arc<UpstreamGroup>> {
+        self.groups.load().get(name).cloned()
+    }
+
+    /// Makes `groups` the running set.
+    pub fn publish(&self, groups: Arc<Groups>) {
+        self.groups.store(groups);
+    }
+}
+
+/// Builds a group for every upstream of the manifest, keyed by name.
+pub fn build(upstreams: &[Upstream]) -> Result<Groups, InvalidTarget> {
+    upstreams
+        .iter()
+        .map(|u| {
+            let group = UpstreamGroup::new(u).map_err(|source| InvalidTarget {
+                upstream: u.name.clone(),
+                source,
+            })?;
+            Ok((u.name.clone(), Arc::new(group)))
+        })
+        .collect()
+}
