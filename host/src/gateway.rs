@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Manifest;
+use crate::config::model::Listener;
 use crate::lifecycle::{Chain, Proxy};
 use crate::services::{RedisService, RedisServices, Services};
 use crate::snapshot::{self, BuildError, MissingGroup};
@@ -100,11 +101,27 @@ pub enum StartError {
     /// The snapshot could not be assembled.
     #[error(transparent)]
     Snapshot(#[from] MissingGroup),
+    /// A reload changed a listener (name, address, TLS or limits), which needs a restart.
+    #[error("the listeners differ from the running ones; listeners change only with a restart")]
+    ListenersChanged,
+}
+
+/// The parts of a gateway that outlive any one config: a reload builds the
+/// new snapshot from them and keeps them.
+struct Owned {
+    options: Options,
+    services: Arc<Services>,
+    directory: Arc<Directory>,
+    /// The listeners as configured (bound at start; a reload may not change them).
+    listeners: Vec<Listener>,
+    /// The generation the last built snapshot got.
+    generation: std::sync::Mutex<u64>,
 }
 
 /// A serving gateway.
 pub struct Gateway {
     proxy: Arc<Proxy>,
+    owned: Owned,
     addresses: Vec<(String, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     tracker: TaskTracker,
@@ -119,7 +136,10 @@ impl Gateway {
 
     /// Binds every listener of `manifest`, loads its plugins and starts serving.
     pub async fn start_with(manifest: Manifest, options: &Options) -> Result<Self, StartError> {
-        let groups = Arc::new(upstream::build_groups(&manifest.upstreams)?);
+        let groups = Arc::new(upstream::build_groups(
+            &manifest.upstreams,
+            &Default::default(),
+        )?);
         let directory = Arc::new(Directory::new());
         directory.publish(groups.clone());
         let redis = RedisServices::new(manifest.redis.iter().map(|r| {
@@ -133,8 +153,8 @@ impl Gateway {
             .plugins
             .iter()
             .filter_map(|p| Some((p.name.clone(), p.shared_data_tier.clone()?)));
-        let services =
-            Services::new(Arc::new(UpstreamCaller::new(directory)), redis).with_tiers(tiers);
+        let services = Services::new(Arc::new(UpstreamCaller::new(directory.clone())), redis)
+            .with_tiers(tiers);
         let chains = build_chains(&manifest, options, &services)?;
         let snapshot = snapshot::assemble(&manifest, 1, chains, &groups)?;
         let mut listeners = Vec::with_capacity(manifest.listeners.len());
@@ -177,8 +197,16 @@ impl Gateway {
                 shutdown.subscribe(),
             ));
         }
+        let owned = Owned {
+            options: options.clone(),
+            services,
+            directory,
+            listeners: manifest.listeners.clone(),
+            generation: std::sync::Mutex::new(1),
+        };
         Ok(Self {
             proxy,
+            owned,
             addresses,
             shutdown,
             tracker,
@@ -189,6 +217,36 @@ impl Gateway {
     /// The generation of the config snapshot new requests are served with.
     pub fn generation(&self) -> u64 {
         self.proxy.snapshot().generation()
+    }
+
+    /// Serves `manifest` from now on: builds its whole snapshot (upstream
+    /// groups, plugins, filters) off the request path, with the runtime and
+    /// services this gateway owns, and swaps it in only if every part built.
+    /// Requests in flight finish on the snapshot they started with; upstream
+    /// groups whose configuration is unchanged keep their connections and
+    /// balancer state. Returns the new generation. Blocks while plugins
+    /// compile and start: call it from a blocking task.
+    pub fn reload(&self, manifest: &Manifest) -> Result<u64, StartError> {
+        if manifest.listeners != self.owned.listeners {
+            return Err(StartError::ListenersChanged);
+        }
+        // One build at a time, so generations follow the order of swaps.
+        let mut generation = self
+            .owned
+            .generation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let groups = Arc::new(upstream::build_groups(
+            &manifest.upstreams,
+            &self.owned.directory.current(),
+        )?);
+        let chains = build_chains(manifest, &self.owned.options, &self.owned.services)?;
+        let snapshot = snapshot::assemble(manifest, *generation + 1, chains, &groups)?;
+        *generation += 1;
+        self.owned.directory.publish(groups);
+        self.proxy.swap(snapshot);
+        tracing::info!(generation = *generation, "config reloaded");
+        Ok(*generation)
     }
 
     /// The bound address of the listener named `name`.

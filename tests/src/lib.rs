@@ -160,6 +160,21 @@ impl TestGateway {
         })
     }
 
+    /// Validates `yaml` (paths resolve in the gateway's dir) and makes it the
+    /// running config; returns the new generation.
+    pub fn reload(&self, yaml: &str) -> anyhow::Result<u64> {
+        let path = self.dir.path().join("weir.yaml");
+        std::fs::write(&path, yaml)?;
+        let manifest = weir::config::load(&path)?;
+        let gateway = self.gateway.as_ref().context("the gateway was shut down")?;
+        Ok(gateway.reload(&manifest)?)
+    }
+
+    /// The generation of the running config (the first is 1).
+    pub fn generation(&self) -> u64 {
+        self.gateway.as_ref().map_or(0, weir::Gateway::generation)
+    }
+
     /// Address of the listener named `name`.
     pub fn addr(&self, name: &str) -> SocketAddr {
         self.gateway

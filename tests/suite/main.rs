@@ -8,6 +8,7 @@ mod limits;
 mod plugins;
 mod pooling;
 mod redis;
+mod reload;
 mod resilience;
 mod routing;
 mod services;

@@ -49,7 +49,7 @@ pub struct Manifest {
 }
 
 /// One socket Weir accepts connections on.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     /// Unique name.
     pub name: String,
@@ -62,14 +62,14 @@ pub struct Listener {
 }
 
 /// Certificates a TLS listener presents.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerTls {
     /// Certificates in file order; one without `server_names` is the default.
     pub certificates: Vec<Certificate>,
 }
 
 /// One certificate chain and key, optionally bound to SNI names.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Certificate {
     /// PEM file with the certificate chain.
     pub cert: PathBuf,
@@ -80,7 +80,7 @@ pub struct Certificate {
 }
 
 /// Per-listener bounds against oversized and slow clients.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerLimits {
     /// Largest request head (request line + headers) accepted.
     pub max_header_bytes: usize,
@@ -107,7 +107,7 @@ impl Default for ListenerLimits {
 }
 
 /// A named group of upstream targets with a balancing policy.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     /// Unique name.
     pub name: String,
@@ -122,7 +122,7 @@ pub struct Upstream {
 }
 
 /// One upstream server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// `host:port`.
     pub address: String,
@@ -140,7 +140,7 @@ pub enum LbPolicy {
 }
 
 /// Timeouts towards an upstream group.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTimeouts {
     /// TCP connect.
     pub connect: Duration,

@@ -34,17 +34,27 @@ impl Directory {
         self.groups.load().get(name).cloned()
     }
 
+    /// The running set.
+    pub fn current(&self) -> Arc<Groups> {
+        self.groups.load_full()
+    }
+
     /// Makes `groups` the running set.
     pub fn publish(&self, groups: Arc<Groups>) {
         self.groups.store(groups);
     }
 }
 
-/// Builds a group for every upstream of the manifest, keyed by name.
-pub fn build(upstreams: &[Upstream]) -> Result<Groups, InvalidTarget> {
+/// Builds a group for every upstream of the manifest, keyed by name. A group
+/// of `running` whose configuration is unchanged is kept as it is, with its
+/// pooled connections and balancer state.
+pub fn build(upstreams: &[Upstream], running: &Groups) -> Result<Groups, InvalidTarget> {
     upstreams
         .iter()
         .map(|u| {
+            if let Some(kept) = running.get(&u.name).filter(|g| g.config() == u) {
+                return Ok((u.name.clone(), Arc::clone(kept)));
+            }
             let group = UpstreamGroup::new(u).map_err(|source| InvalidTarget {
                 upstream: u.name.clone(),
                 source,

@@ -112,6 +112,7 @@ pub enum OutgoingBody {
 
 /// A live upstream group.
 pub struct UpstreamGroup {
+    config: Upstream,
     name: String,
     targets: Vec<TargetState>,
     balancer: Balancer,
@@ -138,12 +139,18 @@ impl UpstreamGroup {
             })
             .collect::<Result<Vec<_>, http::uri::InvalidUri>>()?;
         Ok(Self {
+            config: config.clone(),
             name: config.name.clone(),
             targets,
             balancer: Balancer::new(config.lb, config.targets.iter().map(|t| t.weight).collect()),
             request_timeout: config.timeouts.request,
             retries: config.retries,
         })
+    }
+
+    /// The configuration the group was built from.
+    pub fn config(&self) -> &Upstream {
+        &self.config
     }
 
     /// The group's name.

@@ -1,0 +1,125 @@
+//! Swapping the config snapshot of a running gateway: new requests see the
+//! new config at once, requests in flight finish on the one they started
+//! with, and a config that cannot be built changes nothing.
+
+use std::time::Duration;
+
+use weir_tests::{EchoUpstream, TestGateway, http1_client, json};
+
+fn manifest(upstream: &EchoUpstream, greeting: &str, extra_route: &str) -> String {
+    format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams:
+  - {{ name: {name}, targets: [{addr}] }}
+routes:
+  - name: greeting
+    match: {{ path: {{ exact: /greeting }} }}
+    respond: {{ status: 200, body: "{greeting}" }}
+  - name: slow
+    match: {{ path: {{ prefix: /slow }} }}
+    upstream: {name}
+{extra_route}"#,
+        name = upstream.name(),
+        addr = upstream.addr,
+    )
+}
+
+#[tokio::test]
+async fn a_reload_serves_new_requests_and_lets_requests_in_flight_finish() -> anyhow::Result<()> {
+    let upstream = EchoUpstream::start("backend").await?;
+    let gw = TestGateway::from_yaml(&manifest(&upstream, "one", "")).await?;
+    let client = http1_client();
+    assert_eq!(gw.generation(), 1);
+    assert_eq!(
+        client
+            .get(gw.url("main", "/greeting"))
+            .send()
+            .await?
+            .text()
+            .await?,
+        "one"
+    );
+
+    // A request that waits on the upstream while the config changes under it.
+    let in_flight = tokio::spawn(
+        client
+            .get(gw.url("main", "/slow/request"))
+            .header("x-echo-delay-ms", "400")
+            .send(),
+    );
+    assert!(
+        weir_tests::eventually(Duration::from_secs(5), async || upstream.hits() == 1).await,
+        "the slow request never reached the upstream"
+    );
+
+    // The new config drops the slow route and adds another.
+    let added = "  - name: added\n    match: { path: { exact: /added } }\n    respond: { status: 201, body: added }\n";
+    let without_slow = manifest(&upstream, "two", added).replace(
+        &format!(
+            "  - name: slow\n    match: {{ path: {{ prefix: /slow }} }}\n    upstream: {}\n",
+            upstream.name()
+        ),
+        "",
+    );
+    assert!(!without_slow.contains("/slow"), "the slow route is gone");
+    assert_eq!(gw.reload(&without_slow)?, 2);
+    assert_eq!(gw.generation(), 2);
+
+    let greeting = client.get(gw.url("main", "/greeting")).send().await?;
+    assert_eq!(greeting.text().await?, "two");
+    assert_eq!(
+        client.get(gw.url("main", "/added")).send().await?.status(),
+        201
+    );
+    let gone = client.get(gw.url("main", "/slow/other")).send().await?;
+    assert_eq!(gone.status(), 404);
+    assert_eq!(json(gone).await?["error"]["code"], "no_route");
+
+    // The request that started on generation 1 finished there.
+    let finished = in_flight.await??;
+    assert_eq!(finished.status(), 200);
+    assert_eq!(json(finished).await?["upstream"], "backend");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_config_that_cannot_be_built_is_refused_and_the_running_one_stays() -> anyhow::Result<()>
+{
+    let upstream = EchoUpstream::start("backend").await?;
+    let gw = TestGateway::from_yaml(&manifest(&upstream, "one", "")).await?;
+    let client = http1_client();
+
+    let broken = manifest(&upstream, "two", "")
+        .replace(
+            "routes:",
+            "plugins:\n  - { name: missing, file: no-such-plugin.wasm }\nroutes:",
+        )
+        .replace(
+            "respond: { status: 200, body: \"two\" }",
+            "respond: { status: 200, body: \"two\" }\n    filters: [{ plugin: missing }]",
+        );
+    let error = gw
+        .reload(&broken)
+        .expect_err("a plugin file that does not exist");
+    assert!(
+        format!("{error:#}").contains("no-such-plugin.wasm"),
+        "the error names the file: {error:#}"
+    );
+
+    let moved = manifest(&upstream, "two", "").replace("127.0.0.1:0", "127.0.0.2:0");
+    let error = gw.reload(&moved).expect_err("listeners cannot move");
+    assert!(format!("{error:#}").contains("listeners"), "{error:#}");
+
+    assert_eq!(gw.generation(), 1);
+    assert_eq!(
+        client
+            .get(gw.url("main", "/greeting"))
+            .send()
+            .await?
+            .text()
+            .await?,
+        "one"
+    );
+    Ok(())
+}
