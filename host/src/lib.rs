@@ -15,6 +15,7 @@ pub mod server;
 pub mod services;
 pub mod upstream;
 pub mod wasm;
+pub mod worker;
 
 pub use config::Manifest;
 pub use gateway::{Gateway, StartError};
