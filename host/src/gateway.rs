@@ -1,12 +1,11 @@
-//! Starting and stopping a whole gateway: bind every listener, build the proxy
-//! snapshot, serve, and drain on shutdown.
+//! Starting and stopping a whole gateway: build the proxy snapshot, start the
+//! workers with their own socket of every listener, and drain on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -35,8 +34,21 @@ fn list(manifest: &std::path::Path, errors: &[PipelineBuildError]) -> String {
 pub struct Options {
     /// Where wasmtime caches compiled plugin code (none = no disk cache).
     pub cache_dir: Option<std::path::PathBuf>,
-    /// VMs per filter instance for plugins that do not set `vms` (default: one per core).
+    /// Worker threads, each with its own runtime, sockets, VMs and upstream
+    /// connections (default: one per core).
+    pub workers: Option<usize>,
+    /// VMs per filter instance for plugins that do not set `vms` (default: one
+    /// per worker, so each worker has its own).
     pub vms: Option<usize>,
+}
+
+impl Options {
+    /// How many workers to run (at least one).
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .unwrap_or_else(crate::worker::default_count)
+            .max(1)
+    }
 }
 
 /// Loads every plugin and starts every filter of `manifest` with `services`
@@ -50,15 +62,13 @@ pub fn build_pipelines(
         return Ok(Pipelines { routes: Vec::new() });
     }
     let runtime = Runtime::shared(options.cache_dir.clone())?;
-    let vms = options.vms.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
+    let vms = options.vms.unwrap_or_else(|| options.worker_count());
     pipeline::build(manifest, &runtime, vms, services).map_err(|errors| StartError::Plugins {
         manifest: manifest.source.clone(),
         errors,
     })
 }
-use crate::server::{self, tls::TlsError};
+use crate::server::{self, tls::TlsError, workers::WorkerError};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +91,9 @@ pub enum StartError {
         /// What failed.
         source: TlsError,
     },
+    /// The worker threads could not start.
+    #[error(transparent)]
+    Workers(#[from] WorkerError),
     /// An upstream group could not be built.
     #[error(transparent)]
     Upstream(#[from] InvalidTarget),
@@ -98,12 +111,13 @@ pub enum StartError {
     },
 }
 
-/// A serving gateway.
+/// A serving gateway: its workers, and what stops them.
 pub struct Gateway {
     addresses: Vec<(String, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     tracker: TaskTracker,
     shutdown_timeout: Duration,
+    workers: server::workers::Workers,
 }
 
 impl Gateway {
@@ -129,14 +143,11 @@ impl Gateway {
         let services =
             Services::new(Arc::new(UpstreamCaller::new(&groups)), redis).with_tiers(tiers);
         let pipelines = build_pipelines(&manifest, options, &services)?;
-        let mut listeners = Vec::with_capacity(manifest.listeners.len());
+        let runtimes = server::workers::Runtimes::build(options.worker_count())?;
+        let mut listeners: Vec<Vec<server::Listener>> =
+            (0..runtimes.len()).map(|_| Vec::new()).collect();
         let mut addresses = Vec::with_capacity(manifest.listeners.len());
         for (i, config) in manifest.listeners.iter().enumerate() {
-            let bind_error = |source| StartError::Bind {
-                listener: config.name.clone(),
-                address: config.address,
-                source,
-            };
             let tls = match &config.tls {
                 Some(tls) => Some(TlsAcceptor::from(server::tls::server_config(tls).map_err(
                     |source| StartError::Tls {
@@ -146,35 +157,44 @@ impl Gateway {
                 )?)),
                 None => None,
             };
-            let socket = bind(config.address).map_err(bind_error)?;
-            let local = socket.local_addr().map_err(bind_error)?;
-            addresses.push((config.name.clone(), local));
-            listeners.push(server::Listener {
-                id: ListenerId(i),
-                name: config.name.clone(),
-                socket,
-                tls,
-                limits: Arc::new(config.limits.clone()),
-            });
+            let limits = Arc::new(config.limits.clone());
+            let permits = Arc::new(Semaphore::new(config.limits.max_connections));
+            // Worker 0 binds the configured address (port 0 picks a port); the
+            // others bind the address it got, beside it.
+            let mut address = config.address;
+            for (worker, own) in listeners.iter_mut().enumerate() {
+                let bind_error = |source| StartError::Bind {
+                    listener: config.name.clone(),
+                    address,
+                    source,
+                };
+                let socket = runtimes
+                    .enter(worker, || server::bind(address))
+                    .map_err(bind_error)?;
+                address = socket.local_addr().map_err(bind_error)?;
+                own.push(server::Listener {
+                    id: ListenerId(i),
+                    name: config.name.clone(),
+                    socket,
+                    tls: tls.clone(),
+                    limits: limits.clone(),
+                    permits: permits.clone(),
+                });
+            }
+            tracing::info!(listener = %config.name, %address, tls = tls.is_some(), workers = runtimes.len(), "listening");
+            addresses.push((config.name.clone(), address));
         }
         let shutdown_timeout = manifest.shutdown_timeout;
         let proxy = Arc::new(Proxy::new(manifest, groups, pipelines));
         let (shutdown, _) = watch::channel(false);
         let tracker = TaskTracker::new();
-        for listener in listeners {
-            tracing::info!(listener = %listener.name, address = %listener.socket.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), tls = listener.tls.is_some(), "listening");
-            tokio::spawn(server::accept_loop(
-                listener,
-                proxy.clone(),
-                tracker.clone(),
-                shutdown.subscribe(),
-            ));
-        }
+        let workers = runtimes.run(listeners, &proxy, &tracker, &shutdown)?;
         Ok(Self {
             addresses,
             shutdown,
             tracker,
             shutdown_timeout,
+            workers,
         })
     }
 
@@ -191,8 +211,14 @@ impl Gateway {
         &self.addresses
     }
 
-    /// Stops accepting, lets in-flight requests finish for up to the manifest's
-    /// `shutdown_timeout`, and returns whether every connection drained in time.
+    /// How many workers serve.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Stops accepting on every worker, lets in-flight requests finish for up
+    /// to the manifest's `shutdown_timeout`, and returns whether every
+    /// connection drained in time. The workers' threads have ended when it returns.
     pub async fn shutdown(self) -> bool {
         let _ = self.shutdown.send(true);
         self.tracker.close();
@@ -205,23 +231,7 @@ impl Gateway {
                 "shutdown deadline passed; closing remaining connections"
             );
         }
+        self.workers.stop().await;
         drained
     }
-}
-
-/// Pending connections the kernel queues per listener (capped by
-/// `net.core.somaxconn`). The usual 128 drops handshakes in a burst of new
-/// clients, which then retry a second later.
-const LISTEN_BACKLOG: u32 = 4096;
-
-/// Binds a listening socket with [`LISTEN_BACKLOG`].
-fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if address.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(address)?;
-    socket.listen(LISTEN_BACKLOG)
 }
