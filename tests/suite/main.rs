@@ -13,3 +13,4 @@ mod routing;
 mod services;
 mod shutdown;
 mod tls;
+mod workers;
