@@ -103,15 +103,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config, workers } => {
-            match run(config.clone(), cli.options(*workers)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("{error:#}");
-                    ExitCode::FAILURE
-                }
+        Command::Run { config, workers } => match run(config.clone(), cli.options(*workers)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("{error:#}");
+                ExitCode::FAILURE
             }
-        }
+        },
     }
 }
 

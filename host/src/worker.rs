@@ -68,7 +68,10 @@ mod tests {
         assert_eq!(current(), None);
         assert_eq!(count(), None);
         assert_eq!(owner(0), None);
-        assert!(runtime_for(0).is_none(), "no runtime on a plain test thread");
+        assert!(
+            runtime_for(0).is_none(),
+            "no runtime on a plain test thread"
+        );
     }
 
     #[test]

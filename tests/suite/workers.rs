@@ -29,8 +29,7 @@ async fn vm_of_next_request(stream: &mut TcpStream) -> anyhow::Result<String> {
 }
 
 #[tokio::test]
-async fn connections_spread_over_the_workers_and_each_keeps_its_workers_vm() -> anyhow::Result<()>
-{
+async fn connections_spread_over_the_workers_and_each_keeps_its_workers_vm() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
     // No `vms`: one VM per worker. The filter numbers its VMs and reports the
     // one that served in `x-vm`.

@@ -192,8 +192,8 @@ impl FilterInstance {
         self: &Arc<Self>,
         data: Box<StreamData>,
     ) -> (Box<StreamData>, Result<FilterStream, FilterError>) {
-        let start = crate::worker::current()
-            .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed));
+        let start =
+            crate::worker::current().unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed));
         let mut last = String::new();
         let mut data = data;
         for k in 0..self.slots.len() {
