@@ -1,13 +1,13 @@
 //! Starting and stopping a whole gateway: own the long-lived parts (the Wasm
 //! runtime, services, upstream groups), build the config snapshot from them,
-//! bind every listener, serve, and drain on shutdown.
+//! start the workers with their own socket of every listener, reload, and
+//! drain on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -36,8 +36,21 @@ fn list(manifest: &std::path::Path, errors: &[BuildError]) -> String {
 pub struct Options {
     /// Where wasmtime caches compiled plugin code (none = no disk cache).
     pub cache_dir: Option<std::path::PathBuf>,
-    /// VMs per filter instance for plugins that do not set `vms` (default: one per core).
+    /// Worker threads, each with its own runtime, sockets, VMs and upstream
+    /// connections (default: one per core).
+    pub workers: Option<usize>,
+    /// VMs per filter instance for plugins that do not set `vms` (default: one
+    /// per worker, so each worker has its own).
     pub vms: Option<usize>,
+}
+
+impl Options {
+    /// How many workers to run (at least one).
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .unwrap_or_else(crate::worker::default_count)
+            .max(1)
+    }
 }
 
 /// Loads every plugin and starts every filter of `manifest` with `services`:
@@ -52,15 +65,13 @@ pub fn build_chains(
         return Ok(Vec::new());
     }
     let runtime = Runtime::shared(options.cache_dir.clone())?;
-    let vms = options.vms.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
+    let vms = options.vms.unwrap_or_else(|| options.worker_count());
     snapshot::chains(manifest, &runtime, vms, services).map_err(|errors| StartError::Plugins {
         manifest: manifest.source.clone(),
         errors,
     })
 }
-use crate::server::{self, tls::TlsError};
+use crate::server::{self, tls::TlsError, workers::WorkerError};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +94,9 @@ pub enum StartError {
         /// What failed.
         source: TlsError,
     },
+    /// The worker threads could not start.
+    #[error(transparent)]
+    Workers(#[from] WorkerError),
     /// An upstream group could not be built.
     #[error(transparent)]
     Upstream(#[from] InvalidTarget),
@@ -118,7 +132,7 @@ struct Owned {
     generation: std::sync::Mutex<u64>,
 }
 
-/// A serving gateway.
+/// A serving gateway: its workers, and what stops them.
 pub struct Gateway {
     proxy: Arc<Proxy>,
     owned: Owned,
@@ -126,6 +140,7 @@ pub struct Gateway {
     shutdown: watch::Sender<bool>,
     tracker: TaskTracker,
     shutdown_timeout: Duration,
+    workers: server::workers::Workers,
 }
 
 impl Gateway {
@@ -157,14 +172,11 @@ impl Gateway {
             .with_tiers(tiers);
         let chains = build_chains(&manifest, options, &services)?;
         let snapshot = snapshot::assemble(&manifest, 1, chains, &groups)?;
-        let mut listeners = Vec::with_capacity(manifest.listeners.len());
+        let runtimes = server::workers::Runtimes::build(options.worker_count())?;
+        let mut listeners: Vec<Vec<server::Listener>> =
+            (0..runtimes.len()).map(|_| Vec::new()).collect();
         let mut addresses = Vec::with_capacity(manifest.listeners.len());
         for config in &manifest.listeners {
-            let bind_error = |source| StartError::Bind {
-                listener: config.name.clone(),
-                address: config.address,
-                source,
-            };
             let tls = match &config.tls {
                 Some(tls) => Some(TlsAcceptor::from(server::tls::server_config(tls).map_err(
                     |source| StartError::Tls {
@@ -174,29 +186,37 @@ impl Gateway {
                 )?)),
                 None => None,
             };
-            let socket = bind(config.address).map_err(bind_error)?;
-            let local = socket.local_addr().map_err(bind_error)?;
-            addresses.push((config.name.clone(), local));
-            listeners.push(server::Listener {
-                name: config.name.as_str().into(),
-                socket,
-                tls,
-                limits: Arc::new(config.limits.clone()),
-            });
+            let limits = Arc::new(config.limits.clone());
+            let permits = Arc::new(Semaphore::new(config.limits.max_connections));
+            // Worker 0 binds the configured address (port 0 picks a port); the
+            // others bind the address it got, beside it.
+            let mut address = config.address;
+            for (worker, own) in listeners.iter_mut().enumerate() {
+                let bind_error = |source| StartError::Bind {
+                    listener: config.name.clone(),
+                    address,
+                    source,
+                };
+                let socket = runtimes
+                    .enter(worker, || server::bind(address))
+                    .map_err(bind_error)?;
+                address = socket.local_addr().map_err(bind_error)?;
+                own.push(server::Listener {
+                    name: config.name.as_str().into(),
+                    socket,
+                    tls: tls.clone(),
+                    limits: limits.clone(),
+                    permits: permits.clone(),
+                });
+            }
+            tracing::info!(listener = %config.name, %address, tls = tls.is_some(), workers = runtimes.len(), "listening");
+            addresses.push((config.name.clone(), address));
         }
         let shutdown_timeout = manifest.shutdown_timeout;
         let proxy = Arc::new(Proxy::new(snapshot));
         let (shutdown, _) = watch::channel(false);
         let tracker = TaskTracker::new();
-        for listener in listeners {
-            tracing::info!(listener = %listener.name, address = %listener.socket.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), tls = listener.tls.is_some(), "listening");
-            tokio::spawn(server::accept_loop(
-                listener,
-                proxy.clone(),
-                tracker.clone(),
-                shutdown.subscribe(),
-            ));
-        }
+        let workers = runtimes.run(listeners, &proxy, &tracker, &shutdown)?;
         let owned = Owned {
             options: options.clone(),
             services,
@@ -211,6 +231,7 @@ impl Gateway {
             shutdown,
             tracker,
             shutdown_timeout,
+            workers,
         })
     }
 
@@ -262,8 +283,14 @@ impl Gateway {
         &self.addresses
     }
 
-    /// Stops accepting, lets in-flight requests finish for up to the manifest's
-    /// `shutdown_timeout`, and returns whether every connection drained in time.
+    /// How many workers serve.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Stops accepting on every worker, lets in-flight requests finish for up
+    /// to the manifest's `shutdown_timeout`, and returns whether every
+    /// connection drained in time. The workers' threads have ended when it returns.
     pub async fn shutdown(self) -> bool {
         let _ = self.shutdown.send(true);
         self.tracker.close();
@@ -276,23 +303,7 @@ impl Gateway {
                 "shutdown deadline passed; closing remaining connections"
             );
         }
+        self.workers.stop().await;
         drained
     }
-}
-
-/// Pending connections the kernel queues per listener (capped by
-/// `net.core.somaxconn`). The usual 128 drops handshakes in a burst of new
-/// clients, which then retry a second later.
-const LISTEN_BACKLOG: u32 = 4096;
-
-/// Binds a listening socket with [`LISTEN_BACKLOG`].
-fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if address.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(address)?;
-    socket.listen(LISTEN_BACKLOG)
 }

@@ -22,6 +22,7 @@ pub mod services;
 mod snapshot;
 mod upstream;
 pub mod wasm;
+pub mod worker;
 
 pub use config::Manifest;
 pub use gateway::{Gateway, StartError};

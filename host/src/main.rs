@@ -48,7 +48,8 @@ impl Cli {
         };
         weir::gateway::Options {
             cache_dir,
-            vms: workers,
+            workers,
+            vms: None,
         }
     }
 }
@@ -68,8 +69,10 @@ enum Command {
         /// The route manifest.
         #[arg(long, short, env = "WEIR_CONFIG", default_value = "weir.yaml")]
         config: PathBuf,
-        /// Worker threads (default: one per core).
-        #[arg(long, env = "WEIR_WORKERS")]
+        /// Workers: threads that each serve their own socket of every
+        /// listener, with their own VM of each filter and their own upstream
+        /// connections (default: one per core).
+        #[arg(long, env = "WEIR_WORKERS", value_parser = clap::value_parser!(usize))]
         workers: Option<usize>,
     },
     /// Check a manifest without serving; lists every problem.
@@ -100,15 +103,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config, workers } => {
-            match run(config.clone(), *workers, cli.options(*workers)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("{error:#}");
-                    ExitCode::FAILURE
-                }
+        Command::Run { config, workers } => match run(config.clone(), cli.options(*workers)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("{error:#}");
+                ExitCode::FAILURE
             }
-        }
+        },
     }
 }
 
@@ -131,26 +132,14 @@ fn validate(
     Ok(manifest)
 }
 
-fn run(
-    config: PathBuf,
-    workers: Option<usize>,
-    options: weir::gateway::Options,
-) -> anyhow::Result<()> {
+fn run(config: PathBuf, options: weir::gateway::Options) -> anyhow::Result<()> {
     let manifest = weir::config::load(&config)?;
-    // One worker: a current-thread runtime (no work-stealing scheduler to pay for).
-    let mut runtime = match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(n.max(1));
-            builder
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = runtime
+    // The workers run their own runtimes (`Gateway::start_with` starts them);
+    // this one only waits for signals and runs start-up and shutdown.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the runtime")?;
+        .context("cannot start the control runtime")?;
     runtime.block_on(async {
         let gateway = Gateway::start_with(manifest, &options).await?;
         wait_for_signal().await?;

@@ -6,7 +6,14 @@ use std::path::{Path, PathBuf};
 
 /// Lowest first. A module may import modules of earlier layers only.
 const LAYERS: &[&[&str]] = &[
-    &["body", "request_id", "config", "exchange", "services"],
+    &[
+        "worker",
+        "body",
+        "request_id",
+        "config",
+        "exchange",
+        "services",
+    ],
     &["error"],
     &["router", "upstream", "wasm"],
     &["lifecycle"],

@@ -150,10 +150,38 @@ impl TestGateway {
 
     /// Like [`TestGateway::from_yaml`], resolving paths in `dir`.
     pub async fn from_yaml_in(yaml: &str, dir: tempfile::TempDir) -> anyhow::Result<Self> {
+        Self::start_in(yaml, dir, &weir::gateway::Options::default()).await
+    }
+
+    /// Like [`TestGateway::from_yaml`], with exactly `workers` workers
+    /// (instead of one per core), so tests of the workers do not depend on
+    /// the machine.
+    pub async fn with_workers(yaml: &str, workers: usize) -> anyhow::Result<Self> {
+        Self::with_workers_in(yaml, tempfile::tempdir()?, workers).await
+    }
+
+    /// Like [`TestGateway::with_workers`], resolving paths in `dir`.
+    pub async fn with_workers_in(
+        yaml: &str,
+        dir: tempfile::TempDir,
+        workers: usize,
+    ) -> anyhow::Result<Self> {
+        let options = weir::gateway::Options {
+            workers: Some(workers),
+            ..weir::gateway::Options::default()
+        };
+        Self::start_in(yaml, dir, &options).await
+    }
+
+    async fn start_in(
+        yaml: &str,
+        dir: tempfile::TempDir,
+        options: &weir::gateway::Options,
+    ) -> anyhow::Result<Self> {
         let path = dir.path().join("weir.yaml");
         std::fs::write(&path, yaml)?;
         let manifest = weir::config::load(&path)?;
-        let gateway = weir::Gateway::start(manifest).await?;
+        let gateway = weir::Gateway::start_with(manifest, options).await?;
         Ok(Self {
             gateway: Some(gateway),
             dir,
@@ -173,6 +201,11 @@ impl TestGateway {
     /// The generation of the running config (the first is 1).
     pub fn generation(&self) -> u64 {
         self.gateway.as_ref().map_or(0, weir::Gateway::generation)
+    }
+
+    /// How many workers serve.
+    pub fn workers(&self) -> usize {
+        self.gateway.as_ref().map_or(0, weir::Gateway::workers)
     }
 
     /// Address of the listener named `name`.

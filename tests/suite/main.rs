@@ -14,3 +14,4 @@ mod routing;
 mod services;
 mod shutdown;
 mod tls;
+mod workers;

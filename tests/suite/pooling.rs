@@ -143,3 +143,33 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() -> anyhow
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn each_worker_keeps_its_own_upstream_connections_and_closes_them_when_idle()
+-> anyhow::Result<()> {
+    let up = CountingUpstream::start(0).await?;
+    let gw = TestGateway::with_workers(
+        &format!(
+            r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: up, targets: ["{}"], timeouts: {{ idle: 1s }} }}]
+routes: [{{ name: all, upstream: up }}]
+"#,
+            up.addr
+        ),
+        2,
+    )
+    .await?;
+    // One request at a time, each on a new client connection, so the kernel
+    // spreads them over both workers. One shared pool would reuse a single
+    // upstream connection; per-worker pools open one per worker.
+    for _ in 0..24 {
+        let response = http1_client().get(gw.url("main", "/")).send().await?;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await?, "ok");
+    }
+    assert_eq!(up.accepted(), 2, "one upstream connection per worker");
+    let closed = eventually(Duration::from_secs(5), async || up.closed_by_peer() == 2).await;
+    assert!(closed, "every worker closed its idle upstream connection");
+    Ok(())
+}

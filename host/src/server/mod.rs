@@ -1,14 +1,16 @@
 //! Listeners: accept connections (plain or TLS), enforce the connection limit
-//! and hand each connection to `connection::serve`.
+//! and hand each connection to `connection::serve`; the worker threads that
+//! run the accept loops (`workers`).
 //!
 //! Knows sockets, TLS and hyper's server side; the request logic lives in `proxy`.
 
 mod connection;
 pub mod tls;
+pub mod workers;
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
@@ -16,7 +18,28 @@ use tokio_util::task::TaskTracker;
 use crate::config::model::ListenerLimits;
 use crate::lifecycle::{Connection, Proxy};
 
-/// A bound listener ready to serve.
+/// Pending connections the kernel queues per socket (capped by
+/// `net.core.somaxconn`). The usual 128 drops handshakes in a burst of new
+/// clients, which then retry a second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds one worker's listening socket with [`LISTEN_BACKLOG`] and
+/// `SO_REUSEPORT`, so every worker binds its own socket to the same address and
+/// the kernel spreads new connections over them. Call it inside the worker's
+/// runtime (the socket registers with the current reactor).
+pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// One worker's bound socket of a listener, ready to serve.
 pub struct Listener {
     /// Its name (routes are found by it).
     pub name: Arc<str>,
@@ -26,6 +49,9 @@ pub struct Listener {
     pub tls: Option<TlsAcceptor>,
     /// Its limits.
     pub limits: Arc<ListenerLimits>,
+    /// Open connections allowed (`limits.max_connections`), shared by every
+    /// worker's socket of this listener.
+    pub permits: Arc<Semaphore>,
 }
 
 /// Accepts connections until `shutdown` fires; connections are spawned on `tracker`.
@@ -36,7 +62,7 @@ pub async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let http = Arc::new(connection::http_builder(&listener.limits));
-    let permits = Arc::new(Semaphore::new(listener.limits.max_connections));
+    let permits = listener.permits.clone();
     let local = listener.socket.local_addr().ok();
     loop {
         let accepted = tokio::select! {

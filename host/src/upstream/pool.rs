@@ -6,11 +6,15 @@
 //! a request costs no extra task or channel beyond hyper's own. A connection
 //! whose response body is dropped early is closed rather than reused, and idle
 //! connections are closed after the group's idle timeout.
+//!
+//! Each worker keeps its own idle list (`crate::worker`), so a worker only
+//! ever reuses connections whose tasks run on its own runtime, and no two
+//! workers lock the same list. Off a worker one shared list serves.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -57,13 +61,33 @@ impl Idle {
     }
 }
 
+/// One worker's idle connections, and whether its reaper runs.
+#[derive(Default)]
+struct IdleList {
+    /// Most recently used last. Locked only by its own worker (and that
+    /// worker's reaper), so the lock is never contended.
+    idle: Mutex<Vec<Idle>>,
+    reaper_started: AtomicBool,
+}
+
+impl IdleList {
+    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
+        // The list stays consistent even if a holder panicked.
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The keep-alive connections to one target.
 pub struct ConnectionPool {
     target: Authority,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    idle: Mutex<Vec<Idle>>,
-    reaper_started: AtomicBool,
+    /// One list per worker, sized by the first worker that uses the pool.
+    per_worker: OnceLock<Box<[IdleList]>>,
+    /// The list used off a worker.
+    shared: IdleList,
 }
 
 impl ConnectionPool {
@@ -73,9 +97,20 @@ impl ConnectionPool {
             target,
             connect_timeout,
             idle_timeout,
-            idle: Mutex::new(Vec::new()),
-            reaper_started: AtomicBool::new(false),
+            per_worker: OnceLock::new(),
+            shared: IdleList::default(),
         }
+    }
+
+    /// The current worker's idle list (the shared one off a worker).
+    fn list(&self) -> &IdleList {
+        let (Some(index), Some(count)) = (crate::worker::current(), crate::worker::count()) else {
+            return &self.shared;
+        };
+        let lists = self
+            .per_worker
+            .get_or_init(|| (0..count).map(|_| IdleList::default()).collect());
+        lists.get(index).unwrap_or(&self.shared)
     }
 
     /// Sends `request` (origin-form URI) and returns the response; its body gives
@@ -140,7 +175,7 @@ impl ConnectionPool {
                 tracing::debug!(%target, %error, "upstream connection ended with an error");
             }
         });
-        self.start_reaper();
+        self.start_reaper(self.list());
         Ok(sender)
     }
 
@@ -160,16 +195,9 @@ impl ConnectionPool {
         Response::from_parts(parts, crate::body::boxed(body))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
-        // The list stays consistent even if a holder panicked.
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The most recently used idle connection that is still open and fresh.
+    /// The current worker's most recently used idle connection that is still open and fresh.
     fn take_idle(&self) -> Option<SendRequest<Body>> {
-        let mut idle = self.lock();
+        let mut idle = self.list().lock();
         while let Some(entry) = idle.pop() {
             if entry.usable(self.idle_timeout) {
                 return Some(entry.sender);
@@ -182,7 +210,7 @@ impl ConnectionPool {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.lock();
+        let mut idle = self.list().lock();
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 sender,
@@ -191,14 +219,15 @@ impl ConnectionPool {
         }
     }
 
-    /// Closes connections idle past the timeout, and forgets closed ones.
+    /// Closes the current worker's connections idle past the timeout, and forgets closed ones.
     fn reap(&self) {
-        self.lock().retain(|e| e.usable(self.idle_timeout));
+        self.list().lock().retain(|e| e.usable(self.idle_timeout));
     }
 
-    /// Starts the task that closes idle connections; it ends with the pool.
-    fn start_reaper(self: &Arc<Self>) {
-        if self.reaper_started.swap(true, Ordering::Relaxed) {
+    /// Starts the task that closes `list`'s idle connections, on the current
+    /// worker (the one `list` belongs to); it ends with the pool or the worker.
+    fn start_reaper(self: &Arc<Self>, list: &IdleList) {
+        if list.reaper_started.swap(true, Ordering::Relaxed) {
             return;
         }
         let pool = Arc::downgrade(self);

@@ -61,6 +61,8 @@ struct Slot {
     retry_at: Option<Instant>,
     last_error: String,
     ticker: Option<tokio::task::JoinHandle<()>>,
+    /// The worker whose runtime runs `ticker` (`None`: the runtime that started it off a worker).
+    ticker_worker: Option<usize>,
     tick_period: Option<Duration>,
 }
 
@@ -103,6 +105,7 @@ impl FilterInstance {
                         retry_at: None,
                         last_error: String::new(),
                         ticker: None,
+                        ticker_worker: None,
                     })),
                     Err(error) => {
                         failure = Some(error);
@@ -182,12 +185,15 @@ impl FilterInstance {
         }
     }
 
-    /// Binds a new stream to a VM and creates its HTTP context.
+    /// Binds a new stream to a VM and creates its HTTP context: on a worker,
+    /// the worker's own slot (`worker % slots`), other slots only while its VM
+    /// is unavailable; off a worker, round-robin.
     pub fn bind(
         self: &Arc<Self>,
         data: Box<StreamData>,
     ) -> (Box<StreamData>, Result<FilterStream, FilterError>) {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start =
+            crate::worker::current().unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed));
         let mut last = String::new();
         let mut data = data;
         for k in 0..self.slots.len() {
@@ -278,19 +284,25 @@ impl FilterInstance {
     }
 
     /// Starts, restarts or stops the slot's tick task to match the VM's period.
+    /// Ticks run on the worker that owns the slot; a ticker started off a
+    /// worker (the VM's first `on_configure`) moves there the first time that
+    /// worker runs the VM.
     fn sync_ticker(self: &Arc<Self>, index: usize, slot: &mut Slot) {
         let wanted = slot.vm.as_ref().and_then(Vm::tick_period);
         let running = slot.ticker.as_ref().is_some_and(|t| !t.is_finished());
-        if wanted == slot.tick_period && running == wanted.is_some() {
+        let owner = crate::worker::owner(index);
+        let misplaced = running && owner.is_some() && slot.ticker_worker != owner;
+        if wanted == slot.tick_period && running == wanted.is_some() && !misplaced {
             return;
         }
         if let Some(ticker) = slot.ticker.take() {
             ticker.abort();
         }
         slot.tick_period = wanted;
-        let (Some(period), Ok(runtime)) = (wanted, tokio::runtime::Handle::try_current()) else {
+        let (Some(period), Some(runtime)) = (wanted, crate::worker::runtime_for(index)) else {
             return;
         };
+        slot.ticker_worker = owner;
         let instance = Arc::downgrade(self);
         let generation = slot.generation;
         slot.ticker = Some(runtime.spawn(async move {

@@ -67,9 +67,9 @@ pub struct Home {
 }
 
 impl Home {
-    /// Delivers `event` to this VM from a background task.
+    /// Delivers `event` to this VM from a background task on the worker that owns the VM.
     pub fn deliver_later(&self, event: Delivery) -> bool {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let Some(runtime) = crate::worker::runtime_for(self.slot) else {
             return false;
         };
         let home = self.clone();

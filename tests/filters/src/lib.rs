@@ -70,6 +70,10 @@ struct Config {
     shared_set: Option<(String, String)>,
     /// Report shared data under this key in `x-shared` (`<none>` when missing).
     shared_get: Option<String>,
+    /// Put this VM's number in this request header. Each VM takes the next
+    /// number from the shared-data counter `vm_ids` when it is configured, so
+    /// responses show which VM served them.
+    vm_id_header: Option<String>,
 }
 
 thread_local! {
@@ -82,6 +86,8 @@ struct Root {
     raw_config: String,
     config: Config,
     queue: Option<u32>,
+    /// This VM's number (see `Config::vm_id_header`).
+    vm_id: u64,
 }
 
 impl Context for Root {}
@@ -101,6 +107,9 @@ impl RootContext for Root {
                 }
                 if config.queue_events {
                     self.queue = Some(self.register_shared_queue("events"));
+                }
+                if config.vm_id_header.is_some() {
+                    self.vm_id = increment_shared_counter("vm_ids");
                 }
                 #[cfg(feature = "higress")]
                 if config.redis_incr.is_some() && !redis::init(&config.redis_service) {
@@ -141,6 +150,7 @@ impl RootContext for Root {
             context_id,
             config: self.config.clone(),
             raw_config: self.raw_config.clone(),
+            vm_id: self.vm_id,
             callbacks: Vec::new(),
             pending_calls: 0,
             call_bodies: Vec::new(),
@@ -156,6 +166,7 @@ struct Http {
     context_id: u32,
     config: Config,
     raw_config: String,
+    vm_id: u64,
     callbacks: Vec<&'static str>,
     pending_calls: usize,
     call_bodies: Vec<(u32, String)>,
@@ -269,8 +280,11 @@ impl HttpContext for Http {
         if let Some(path) = &config.set_path {
             self.set_http_request_header(":path", Some(path));
         }
+        if let Some(name) = &config.vm_id_header {
+            self.set_http_request_header(name, Some(&self.vm_id.to_string()));
+        }
         if config.count_requests {
-            let count = self.increment_shared_counter();
+            let count = increment_shared_counter("counter");
             self.set_http_request_header("x-count", Some(&count.to_string()));
         }
         if let Some((key, value)) = &config.shared_set {
@@ -415,21 +429,22 @@ impl HttpContext for Http {
     }
 }
 
-impl Http {
-    /// Adds one to shared data `counter` with compare-and-swap; returns the new value.
-    fn increment_shared_counter(&self) -> u64 {
-        loop {
-            let (value, cas) = self.get_shared_data("counter");
-            let current = value
-                .and_then(|v| String::from_utf8(v).ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            let next = current + 1;
-            match self.set_shared_data("counter", Some(next.to_string().as_bytes()), cas) {
-                Ok(()) => return next,
-                Err(proxy_wasm::types::Status::CasMismatch) => continue,
-                Err(_) => return 0,
-            }
+/// Adds one to the shared-data counter `key` with compare-and-swap; returns the new value.
+fn increment_shared_counter(key: &str) -> u64 {
+    use proxy_wasm::hostcalls::{get_shared_data, set_shared_data};
+    loop {
+        let Ok((value, cas)) = get_shared_data(key) else {
+            return 0;
+        };
+        let current = value
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let next = current + 1;
+        match set_shared_data(key, Some(next.to_string().as_bytes()), cas) {
+            Ok(()) => return next,
+            Err(proxy_wasm::types::Status::CasMismatch) => continue,
+            Err(_) => return 0,
         }
     }
 }

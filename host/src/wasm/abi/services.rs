@@ -111,8 +111,11 @@ fn start_callout<T: Send + 'static>(
 where
     Result<T, String>: IntoDelivery,
 {
-    let (Some(home), Ok(runtime)) = (c.data().home.clone(), tokio::runtime::Handle::try_current())
-    else {
+    // The answer is awaited and delivered on the worker that owns the VM.
+    let Some(home) = c.data().home.clone() else {
+        return Status::InternalFailure as i32;
+    };
+    let Some(runtime) = crate::worker::runtime_for(home.slot) else {
         return Status::InternalFailure as i32;
     };
     let next = c.data().last_token.wrapping_add(4);
