@@ -478,3 +478,284 @@ pub async fn headers(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The chain driven by native filters: no Wasm involved, so these pin the
+    //! lifecycle's own rules (order, local replies, pauses, fail modes, finish).
+
+    use std::sync::Mutex as StdMutex;
+
+    use http::HeaderValue;
+
+    use super::*;
+
+    /// What the filters of a test did, in order.
+    type Journal = Arc<StdMutex<Vec<String>>>;
+
+    /// How a [`Native`] filter behaves in the request headers phase.
+    #[derive(Clone, Copy)]
+    enum Act {
+        AddHeader,
+        Reply,
+        Pause,
+        Fail,
+    }
+
+    struct Native {
+        name: &'static str,
+        act: Act,
+        mode: FailMode,
+        journal: Journal,
+    }
+
+    struct NativeRun {
+        name: &'static str,
+        act: Act,
+        journal: Journal,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("native filter refused")]
+    struct Refused;
+
+    impl HttpError for Refused {
+        fn status(&self) -> StatusCode {
+            StatusCode::FORBIDDEN
+        }
+        fn code(&self) -> &'static str {
+            "refused"
+        }
+        fn fault(&self) -> Fault {
+            Fault::Downstream
+        }
+    }
+
+    impl HttpFilter for Native {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn fail_mode(&self) -> FailMode {
+            self.mode
+        }
+        fn start(&self, _: &mut Lent) -> Result<Box<dyn FilterRun>, FilterFailure> {
+            Ok(Box::new(NativeRun {
+                name: self.name,
+                act: self.act,
+                journal: self.journal.clone(),
+            }))
+        }
+    }
+
+    impl NativeRun {
+        fn note(&self, what: &str) {
+            let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+            journal.push(format!("{}:{what}", self.name));
+        }
+    }
+
+    impl FilterRun for NativeRun {
+        fn on_request_headers(&mut self, data: &mut Lent, _: bool) -> Result<Flow, FilterFailure> {
+            self.note("request_headers");
+            let Some(data) = data.as_mut() else {
+                return Ok(Flow::Continue);
+            };
+            match self.act {
+                Act::AddHeader => {
+                    let value = HeaderValue::from_static("yes");
+                    data.request.headers.insert("x-native", value);
+                    Ok(Flow::Continue)
+                }
+                Act::Reply => {
+                    data.local_reply = Some(LocalReply {
+                        status: 401,
+                        headers: Vec::new(),
+                        body: Bytes::from_static(b"denied"),
+                        details: String::new(),
+                    });
+                    Ok(Flow::Continue)
+                }
+                Act::Pause => {
+                    let resume = data.resume.clone();
+                    let waker = resume.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        waker.wake();
+                    });
+                    Ok(Flow::Pause(resume))
+                }
+                Act::Fail => Err(Box::new(Refused)),
+            }
+        }
+
+        fn on_response_headers(&mut self, _: &mut Lent, _: bool) -> Result<Flow, FilterFailure> {
+            self.note("response_headers");
+            Ok(Flow::Continue)
+        }
+
+        fn resume(&mut self, _: &mut Lent) -> Result<(), FilterFailure> {
+            self.note("resume");
+            Ok(())
+        }
+
+        fn finish(&mut self, _: &mut Lent) {
+            self.note("finish");
+        }
+    }
+
+    fn chain(filters: &[(&'static str, Act, FailMode)]) -> (Chain, Journal) {
+        let journal = Journal::default();
+        let filters = filters
+            .iter()
+            .map(|&(name, act, mode)| {
+                Arc::new(Native {
+                    name,
+                    act,
+                    mode,
+                    journal: journal.clone(),
+                }) as Arc<dyn HttpFilter>
+            })
+            .collect();
+        (Chain::new(filters), journal)
+    }
+
+    fn info() -> Arc<StreamInfo> {
+        Arc::new(StreamInfo {
+            route_name: "r".into(),
+            upstream_name: None,
+            request_id: "id".into(),
+            source: "127.0.0.1:1".parse().expect("address"),
+            destination: None,
+            tls: false,
+            sni: None,
+            protocol: "HTTP/1.1",
+            start_unix_nanos: 0,
+        })
+    }
+
+    fn journal(journal: &Journal) -> Vec<String> {
+        journal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn shared(run: Run) -> SharedRun {
+        Arc::new(Mutex::new(run))
+    }
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn native_filters_run_in_order_and_finish_once_when_the_run_ends() {
+        let (chain, log) = chain(&[
+            ("a", Act::AddHeader, FailMode::Closed),
+            ("b", Act::AddHeader, FailMode::Closed),
+        ]);
+        let run = shared(chain.start(info(), RequestHead::default()).expect("start"));
+        let reply = headers(&run, Direction::Request, true, LIMIT).await;
+        assert!(matches!(reply, Ok(None)));
+        let added = lock(&run)
+            .data()
+            .map(|d| d.request.headers["x-native"].clone());
+        assert_eq!(added, Some(HeaderValue::from_static("yes")));
+        lock(&run).set_response(ResponseHead::default());
+        assert!(matches!(
+            headers(&run, Direction::Response, true, LIMIT).await,
+            Ok(None)
+        ));
+        drop(run);
+        assert_eq!(
+            journal(&log),
+            [
+                "a:request_headers",
+                "b:request_headers",
+                "a:response_headers",
+                "b:response_headers",
+                "a:finish",
+                "b:finish"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_local_reply_stops_the_phase_before_later_filters() {
+        let (chain, log) = chain(&[
+            ("deny", Act::Reply, FailMode::Closed),
+            ("after", Act::AddHeader, FailMode::Closed),
+        ]);
+        let run = shared(chain.start(info(), RequestHead::default()).expect("start"));
+        let reply = headers(&run, Direction::Request, true, LIMIT)
+            .await
+            .expect("no error")
+            .expect("a local reply");
+        assert_eq!((reply.status, &reply.body[..]), (401, &b"denied"[..]));
+        drop(run);
+        assert_eq!(
+            journal(&log),
+            ["deny:request_headers", "deny:finish", "after:finish"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pause_waits_for_its_wake_then_the_next_filter_runs() {
+        let (chain, log) = chain(&[
+            ("waits", Act::Pause, FailMode::Closed),
+            ("after", Act::AddHeader, FailMode::Closed),
+        ]);
+        let run = shared(chain.start(info(), RequestHead::default()).expect("start"));
+        let reply = headers(&run, Direction::Request, true, LIMIT).await;
+        assert!(matches!(reply, Ok(None)));
+        assert_eq!(
+            journal(&log),
+            [
+                "waits:request_headers",
+                "waits:resume",
+                "after:request_headers"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pause_nobody_wakes_times_out_with_the_filters_name() {
+        let (chain, _) = chain(&[("waits", Act::Pause, FailMode::Closed)]);
+        let run = shared(chain.start(info(), RequestHead::default()).expect("start"));
+        // The filter wakes after 20 ms; a 1 ms limit passes first.
+        let error = headers(&run, Direction::Request, true, Duration::from_millis(1))
+            .await
+            .expect_err("timed out");
+        assert_eq!(error.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(error.code(), "plugin_timeout");
+        assert!(error.to_string().contains("`waits`"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn fail_closed_answers_with_the_filters_error_and_fail_open_skips_it() {
+        let (closed, _) = chain(&[("strict", Act::Fail, FailMode::Closed)]);
+        let run = shared(closed.start(info(), RequestHead::default()).expect("start"));
+        let error = headers(&run, Direction::Request, true, LIMIT)
+            .await
+            .expect_err("fails closed");
+        assert_eq!(
+            (error.status(), error.code(), error.fault()),
+            (StatusCode::FORBIDDEN, "refused", Fault::Downstream)
+        );
+
+        let (open, log) = chain(&[
+            ("lenient", Act::Fail, FailMode::Open),
+            ("after", Act::AddHeader, FailMode::Closed),
+        ]);
+        let run = shared(open.start(info(), RequestHead::default()).expect("start"));
+        assert!(matches!(
+            headers(&run, Direction::Request, true, LIMIT).await,
+            Ok(None)
+        ));
+        drop(run);
+        // The failed filter is not called again, not even to finish.
+        assert_eq!(
+            journal(&log),
+            [
+                "lenient:request_headers",
+                "after:request_headers",
+                "after:finish"
+            ]
+        );
+    }
+}
