@@ -10,6 +10,7 @@ pub(crate) mod abi;
 mod filter;
 mod headers;
 mod plugin;
+mod slot;
 mod stream;
 mod vm;
 
