@@ -417,6 +417,30 @@ impl RedisServer {
         Ok(first)
     }
 
+    /// The exact bytes stored at `key` (`None` when it does not exist).
+    pub async fn get_bytes(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let stream = tokio::net::TcpStream::connect(self.addr).await?;
+        let (read, mut write) = stream.into_split();
+        let query = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
+        write.write_all(query.as_bytes()).await?;
+        let mut reader = BufReader::new(read);
+        let mut head = String::new();
+        reader.read_line(&mut head).await?;
+        if head == "$-1\r\n" {
+            return Ok(None);
+        }
+        let len: usize = head
+            .strip_prefix('$')
+            .and_then(|h| h.trim_end().parse().ok())
+            .with_context(|| format!("not a bulk string: {head:?}"))?;
+        let mut value = vec![0; len + 2];
+        reader.read_exact(&mut value).await?;
+        anyhow::ensure!(value.ends_with(b"\r\n"), "bulk string without its CRLF");
+        value.truncate(len);
+        Ok(Some(value))
+    }
+
     /// Stops the server (requests to it fail from now on).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
