@@ -101,6 +101,7 @@ pub enum StartError {
 /// A serving gateway.
 pub struct Gateway {
     addresses: Vec<(String, SocketAddr)>,
+    services: Arc<Services>,
     shutdown: watch::Sender<bool>,
     tracker: TaskTracker,
     shutdown_timeout: Duration,
@@ -129,6 +130,7 @@ impl Gateway {
         let services =
             Services::new(Arc::new(UpstreamCaller::new(&groups)), redis).with_tiers(tiers);
         let pipelines = build_pipelines(&manifest, options, &services)?;
+        let plugin_services = services.clone();
         let mut listeners = Vec::with_capacity(manifest.listeners.len());
         let mut addresses = Vec::with_capacity(manifest.listeners.len());
         for (i, config) in manifest.listeners.iter().enumerate() {
@@ -172,6 +174,7 @@ impl Gateway {
         }
         Ok(Self {
             addresses,
+            services: plugin_services,
             shutdown,
             tracker,
             shutdown_timeout,
@@ -189,6 +192,11 @@ impl Gateway {
     /// Every listener's name and bound address, in manifest order.
     pub fn addresses(&self) -> &[(String, SocketAddr)] {
         &self.addresses
+    }
+
+    /// Every metric the plugins defined, in the Prometheus text format.
+    pub fn plugin_metrics(&self) -> String {
+        self.services.metrics.render_prometheus()
     }
 
     /// Stops accepting, lets in-flight requests finish for up to the manifest's

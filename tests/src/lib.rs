@@ -173,6 +173,14 @@ impl TestGateway {
         format!("http://{}{path}", self.addr(listener))
     }
 
+    /// The value of plugin metric `name` (as rendered, e.g.
+    /// `weir_plugin_x{plugin="p"}`); `None` when no plugin defined it.
+    pub fn metric(&self, name: &str) -> Option<i64> {
+        let text = self.gateway.as_ref()?.plugin_metrics();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// Shuts down gracefully; returns whether everything drained in time.
     pub async fn shutdown(&mut self) -> bool {
         match self.gateway.take() {
