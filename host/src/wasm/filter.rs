@@ -439,3 +439,136 @@ impl Drop for FilterStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use crate::wasm::plugin::{PluginLimits, Runtime};
+    use crate::wasm::slot::MAX_DRAINING;
+    use crate::wasm::stream::{RequestHead, StreamInfo};
+
+    /// A filter whose `on_log` always traps; its other callbacks are the defaults.
+    const TRAPS_ON_LOG: &str = r#"(module (memory (export "memory") 1)
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "proxy_on_log") (param i32) unreachable))"#;
+
+    fn instance() -> Arc<FilterInstance> {
+        let runtime = Runtime::shared(None).expect("runtime");
+        let limits = PluginLimits {
+            memory_bytes: 1 << 20,
+            callback_deadline: Duration::from_secs(1),
+        };
+        let plugin = runtime
+            .load("traps", TRAPS_ON_LOG.as_bytes(), limits)
+            .expect("plugin loads");
+        FilterInstance::new(
+            plugin,
+            Bytes::new(),
+            FailMode::Closed,
+            1,
+            Services::standalone(),
+        )
+        .expect("instance starts")
+    }
+
+    fn data() -> Box<StreamData> {
+        let info = StreamInfo {
+            route_name: "r".into(),
+            upstream_name: None,
+            request_id: "id".into(),
+            source: ([127, 0, 0, 1], 1).into(),
+            destination: None,
+            tls: false,
+            sni: None,
+            protocol: "HTTP/1.1",
+            start_unix_nanos: 0,
+        };
+        Box::new(StreamData::new(Arc::new(info), RequestHead::default()))
+    }
+
+    fn bind(instance: &Arc<FilterInstance>) -> FilterStream {
+        instance.bind(data()).1.expect("binds")
+    }
+
+    fn call(stream: &FilterStream, callback: Callback) -> Result<i32, String> {
+        stream.call(data(), callback).1.map_err(|e| e.to_string())
+    }
+
+    const HEADERS: Callback = Callback::RequestHeaders {
+        headers: 0,
+        end_of_stream: true,
+    };
+
+    fn draining(instance: &FilterInstance) -> usize {
+        instance.lock(0).map_or(usize::MAX, |slot| slot.draining())
+    }
+
+    #[test]
+    fn a_failed_vm_serves_its_streams_until_the_last_is_released() {
+        let instance = instance();
+        let (failing, innocent) = (bind(&instance), bind(&instance));
+        assert!(call(&failing, Callback::Log).is_err());
+        assert!(
+            call(&failing, HEADERS).is_err(),
+            "the failed stream is not called again"
+        );
+        assert_eq!(draining(&instance), 1);
+        let fresh = bind(&instance);
+        assert_ne!(
+            fresh.generation, innocent.generation,
+            "new streams get a fresh VM"
+        );
+        assert_eq!(
+            call(&innocent, HEADERS),
+            Ok(0),
+            "the innocent stream goes on"
+        );
+        drop(failing);
+        assert_eq!(draining(&instance), 1, "a stream is still bound to it");
+        drop(innocent);
+        assert_eq!(draining(&instance), 0, "dropped with its last stream");
+        assert_eq!(call(&fresh, HEADERS), Ok(0));
+    }
+
+    #[test]
+    fn at_most_two_failed_vms_drain_and_the_oldest_goes_first() {
+        let instance = instance();
+        let mut survivors = Vec::new();
+        for _ in 0..=MAX_DRAINING {
+            let (failing, innocent) = (bind(&instance), bind(&instance));
+            assert!(call(&failing, Callback::Log).is_err());
+            survivors.push(innocent);
+        }
+        assert_eq!(draining(&instance), MAX_DRAINING);
+        let reason = call(&survivors[0], HEADERS).expect_err("its VM was evicted");
+        assert!(
+            reason.contains("to keep at most 2 failed VMs per slot"),
+            "{reason}"
+        );
+        for survivor in &survivors[1..] {
+            assert_eq!(call(survivor, HEADERS), Ok(0));
+        }
+        drop(survivors);
+        assert_eq!(draining(&instance), 0);
+    }
+
+    #[test]
+    fn a_draining_vm_that_fails_again_takes_its_streams_with_it() {
+        let instance = instance();
+        let (first, second, innocent) = (bind(&instance), bind(&instance), bind(&instance));
+        assert!(call(&first, Callback::Log).is_err());
+        assert!(call(&second, Callback::Log).is_err());
+        assert_eq!(draining(&instance), 0, "dropped at its second failure");
+        let reason = call(&innocent, HEADERS).expect_err("its VM is gone");
+        assert!(reason.contains("failed again while draining"), "{reason}");
+        let lost = instance.lock(0).map_or(0, |slot| slot.lost_streams());
+        assert_eq!(lost, 3, "the reason is kept while streams of the VM remain");
+        drop((first, second, innocent));
+        let lost = instance
+            .lock(0)
+            .map_or(usize::MAX, |slot| slot.lost_streams());
+        assert_eq!(lost, 0, "and forgotten after");
+    }
+}

@@ -243,4 +243,16 @@ impl Slot {
             });
         }
     }
+
+    /// Failed VMs still draining.
+    #[cfg(test)]
+    pub(crate) fn draining(&self) -> usize {
+        self.draining.len()
+    }
+
+    /// Streams bound to dropped VMs and not yet released.
+    #[cfg(test)]
+    pub(crate) fn lost_streams(&self) -> usize {
+        self.lost.iter().map(|l| l.streams).sum()
+    }
 }
