@@ -288,6 +288,11 @@ impl Gateway {
         self.workers.len()
     }
 
+    /// Every metric the plugins defined, in the Prometheus text format.
+    pub fn plugin_metrics(&self) -> String {
+        self.owned.services.metrics.render_prometheus()
+    }
+
     /// Stops accepting on every worker, lets in-flight requests finish for up
     /// to the manifest's `shutdown_timeout`, and returns whether every
     /// connection drained in time. The workers' threads have ended when it returns.

@@ -221,6 +221,14 @@ impl TestGateway {
         format!("http://{}{path}", self.addr(listener))
     }
 
+    /// The value of plugin metric `name` (as rendered, e.g.
+    /// `weir_plugin_x{plugin="p"}`); `None` when no plugin defined it.
+    pub fn metric(&self, name: &str) -> Option<i64> {
+        let text = self.gateway.as_ref()?.plugin_metrics();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// Shuts down gracefully; returns whether everything drained in time.
     pub async fn shutdown(&mut self) -> bool {
         match self.gateway.take() {
@@ -463,6 +471,30 @@ impl RedisServer {
             return lines.next_line().await?.context("no bulk value");
         }
         Ok(first)
+    }
+
+    /// The exact bytes stored at `key` (`None` when it does not exist).
+    pub async fn get_bytes(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let stream = tokio::net::TcpStream::connect(self.addr).await?;
+        let (read, mut write) = stream.into_split();
+        let query = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
+        write.write_all(query.as_bytes()).await?;
+        let mut reader = BufReader::new(read);
+        let mut head = String::new();
+        reader.read_line(&mut head).await?;
+        if head == "$-1\r\n" {
+            return Ok(None);
+        }
+        let len: usize = head
+            .strip_prefix('$')
+            .and_then(|h| h.trim_end().parse().ok())
+            .with_context(|| format!("not a bulk string: {head:?}"))?;
+        let mut value = vec![0; len + 2];
+        reader.read_exact(&mut value).await?;
+        anyhow::ensure!(value.ends_with(b"\r\n"), "bulk string without its CRLF");
+        value.truncate(len);
+        Ok(Some(value))
     }
 
     /// Stops the server (requests to it fail from now on).

@@ -1,10 +1,13 @@
 //! Hostile filters (WAT): each misbehaviour fails only its own request, the
 //! broken VM is replaced, and the next request is served normally.
 //!
-//! The filters misbehave only on requests with more than 20 headers, so one
-//! test can send a hostile request and then a normal one.
+//! The filters misbehave only on requests with more than 20 headers (or, for
+//! the draining tests, a marker header), so one test can send a hostile
+//! request and then a normal one.
 
-use weir_tests::{EchoUpstream, TestGateway, http1_client, json};
+use std::time::Duration;
+
+use weir_tests::{EchoUpstream, TestGateway, eventually, http1_client, json};
 
 /// A filter whose phases run `misbehave` once armed by a request with many headers.
 fn hostile_wat(phase: &str, misbehave: &str) -> String {
@@ -262,5 +265,177 @@ async fn modules_that_are_not_proxy_wasm_filters_are_rejected_at_load() -> anyho
         vm_start_false.contains("proxy_on_vm_start returned false"),
         "{vm_start_false}"
     );
+    Ok(())
+}
+
+/// A filter that traps in `on_log` for requests carrying `x-trap-on-log`, and
+/// answers every response with `x-vm: clean`, or `x-vm: marked` once its VM has
+/// seen such a request. `x-vm` shows that `on_response_headers` ran, and on
+/// which VM: a fresh one says `clean`.
+const TRAP_ON_LOG_FOR_MARKED: &str = r#"(module
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "x-trap-on-log")
+  (data (i32.const 64) "x-vm")
+  (data (i32.const 80) "marked")
+  (data (i32.const 96) "clean")
+  (global $marked (mut i32) (i32.const 0))
+  (func $flag (param $ctx i32) (result i32)
+    (i32.add (i32.const 4096) (i32.and (local.get $ctx) (i32.const 4095))))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 16384))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param i32 i32) (result i32)
+    (local $is i32)
+    (local.set $is (i32.eqz (call $get (i32.const 0) (i32.const 16) (i32.const 13) (i32.const 0) (i32.const 4))))
+    (i32.store8 (call $flag (local.get $ctx)) (local.get $is))
+    (if (local.get $is) (then (global.set $marked (i32.const 1))))
+    (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (if (global.get $marked)
+      (then (drop (call $add (i32.const 2) (i32.const 64) (i32.const 4) (i32.const 80) (i32.const 6))))
+      (else (drop (call $add (i32.const 2) (i32.const 64) (i32.const 4) (i32.const 96) (i32.const 5)))))
+    (i32.const 0))
+  (func (export "proxy_on_log") (param $ctx i32)
+    (if (i32.load8_u (call $flag (local.get $ctx))) (then unreachable))))
+"#;
+
+/// Requests that wait `delay_ms` at the upstream, sent at once; the handles
+/// answer (status, `x-vm`, error message) each.
+fn slow_requests(
+    gw: &TestGateway,
+    count: usize,
+    delay_ms: u64,
+    marked: bool,
+) -> Vec<tokio::task::JoinHandle<anyhow::Result<(u16, String, String)>>> {
+    (0..count)
+        .map(|_| {
+            let mut request = http1_client()
+                .get(gw.url("main", "/"))
+                .header("x-echo-delay-ms", delay_ms.to_string());
+            if marked {
+                request = request.header("x-trap-on-log", "1");
+            }
+            tokio::spawn(async move {
+                let response = request.send().await?;
+                let status = response.status().as_u16();
+                let vm = response
+                    .headers()
+                    .get("x-vm")
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .unwrap_or_default();
+                let text = response.text().await?;
+                Ok((status, vm, text))
+            })
+        })
+        .collect()
+}
+
+/// The `x-vm` header of a plain request (empty when the filter did not add it).
+async fn vm_of_plain_request(gw: &TestGateway) -> anyhow::Result<(u16, String)> {
+    let response = http1_client().get(gw.url("main", "/")).send().await?;
+    let vm = response
+        .headers()
+        .get("x-vm")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    Ok((response.status().as_u16(), vm))
+}
+
+/// Waits until the upstream has seen `hits` requests (they are in flight then).
+async fn until_hits(up: &EchoUpstream, hits: usize) -> anyhow::Result<()> {
+    let seen = eventually(Duration::from_secs(10), async || up.hits() >= hits).await;
+    anyhow::ensure!(
+        seen,
+        "only {} of {hits} requests reached the upstream",
+        up.hits()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_trap_after_the_response_does_not_fail_other_streams_on_its_vm() -> anyhow::Result<()> {
+    const INNOCENT: usize = 20;
+    for on_error in ["fail_closed", "fail_open"] {
+        let up = EchoUpstream::start("echo").await?;
+        let gw = hostile_gateway(&up, TRAP_ON_LOG_FOR_MARKED, on_error).await?;
+        // Bound to the one VM, waiting at the upstream while the VM fails.
+        let innocent = slow_requests(&gw, INNOCENT, 3000, false);
+        until_hits(&up, INNOCENT).await?;
+
+        let (status, vm, _) = slow_requests(&gw, 1, 0, true).remove(0).await??;
+        assert_eq!(
+            (status, vm.as_str()),
+            (200, "marked"),
+            "{on_error}: the trap comes after its response"
+        );
+        // The trap in on_log replaced the VM for new streams: a fresh VM says `clean`.
+        let mut fresh = (0, String::new());
+        let replaced = eventually(Duration::from_secs(5), async || {
+            fresh = vm_of_plain_request(&gw).await.unwrap_or_default();
+            fresh.1 == "clean"
+        })
+        .await;
+        assert!(
+            replaced,
+            "{on_error}: no fresh VM after the trap: {fresh:?}"
+        );
+        assert_eq!(fresh.0, 200);
+        assert!(
+            innocent.iter().all(|h| !h.is_finished()),
+            "{on_error}: the innocent requests were still in flight when the VM failed"
+        );
+
+        for handle in innocent {
+            let (status, vm, body) = handle.await??;
+            assert_eq!(
+                status, 200,
+                "{on_error}: an innocent request failed: {body}"
+            );
+            assert_eq!(
+                vm, "marked",
+                "{on_error}: on_response_headers ran for the innocent request, on its own (failed) VM"
+            );
+        }
+        for _ in 0..3 {
+            assert_eq!(vm_of_plain_request(&gw).await?, (200, "clean".to_owned()));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_draining_vm_that_fails_again_fails_its_remaining_streams_with_the_reason()
+-> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = hostile_gateway(&up, TRAP_ON_LOG_FOR_MARKED, "fail_closed").await?;
+    let innocent = slow_requests(&gw, 5, 3000, false);
+    // A second marked request, on the same VM, whose on_log traps while it drains.
+    let second = slow_requests(&gw, 1, 500, true);
+    until_hits(&up, 6).await?;
+    let (status, _, _) = slow_requests(&gw, 1, 0, true).remove(0).await??;
+    assert_eq!(status, 200);
+    let (status, vm, _) = second.into_iter().next().expect("one request").await??;
+    assert_eq!(
+        (status, vm.as_str()),
+        (200, "marked"),
+        "it finished on the draining VM"
+    );
+
+    for handle in innocent {
+        let (status, _, body) = handle.await??;
+        assert_eq!(status, 503, "{body}");
+        let error: serde_json::Value = serde_json::from_str(&body)?;
+        assert_eq!(error["error"]["code"], "plugin_failed");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("failed again while draining"),
+            "the reason names the second failure: {message}"
+        );
+    }
+    assert_eq!(vm_of_plain_request(&gw).await?, (200, "clean".to_owned()));
     Ok(())
 }

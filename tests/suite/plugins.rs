@@ -84,6 +84,9 @@ async fn jwt_auth_accepts_valid_tokens_only() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The jwt-auth plugin's count of requests let through from its cache.
+const CACHE_HITS: &str = r#"weir_plugin_jwt_auth_cache_hits{plugin="jwt-auth"}"#;
+
 #[tokio::test]
 async fn jwt_auth_remembers_tokens_but_rechecks_their_expiry() -> anyhow::Result<()> {
     let app = EchoUpstream::start("app").await?;
@@ -95,19 +98,30 @@ async fn jwt_auth_remembers_tokens_but_rechecks_their_expiry() -> anyhow::Result
         let request = client.get(gw.url("main", "/")).bearer_auth(token);
         async move { anyhow::Ok(request.send().await?.status()) }
     };
-    // The second request is answered from the remembered verification.
     assert_eq!(status(valid.clone()).await?, 200);
+    assert_eq!(
+        gw.metric(CACHE_HITS),
+        Some(0),
+        "the first use is verified in full"
+    );
     assert_eq!(status(valid.clone()).await?, 200);
+    assert_eq!(
+        gw.metric(CACHE_HITS),
+        Some(1),
+        "the second request is answered from the remembered verification"
+    );
     // The same claims with another signature are not the remembered token.
     let mut tampered = valid.clone();
     let last = if tampered.ends_with('A') { "B" } else { "A" };
     tampered.replace_range(tampered.len() - 1.., last);
     assert_eq!(status(tampered).await?, 401);
+    assert_eq!(gw.metric(CACHE_HITS), Some(1));
     // Once `exp` has passed, the remembered token is refused.
-    while now() <= exp {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let expired =
+        weir_tests::eventually(std::time::Duration::from_secs(5), async || now() > exp).await;
+    assert!(expired);
     assert_eq!(status(valid).await?, 401);
+    assert_eq!(gw.metric(CACHE_HITS), Some(1), "an expired token is no hit");
     assert_eq!(app.hits(), 2);
     Ok(())
 }

@@ -633,11 +633,115 @@ mod tests {
         (h0, h1, p0, p1)
     }
 
+    /// Whether `pattern` matches the whole of `text`, anchored here with `^…$`
+    /// (the module anchors with `\A…\z` in `anchored`). A pattern ending in a
+    /// verbose-mode comment would swallow `)$`; a newline ends the comment.
+    fn naive_whole_match(pattern: &Regex, text: &str) -> bool {
+        let p = pattern.as_str();
+        Regex::new(&format!("^(?:{p})$"))
+            .or_else(|_| Regex::new(&format!("^(?:{p}\n)$")))
+            .is_ok_and(|r| r.is_match(text))
+    }
+
+    /// `+` → space, `%XY` → that byte, anything else literal; then lossy UTF-8.
+    fn naive_decode(component: &str) -> String {
+        let bytes = component.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (bytes[i], hex) {
+                (b'%', Some(byte)) => {
+                    out.push(byte);
+                    i += 3;
+                }
+                (b'+', _) => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                (other, _) => {
+                    out.push(other);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Whether a header or query condition holds over `values` (`None`: not UTF-8).
+    fn naive_holds(condition: &ValueMatch, values: &[Option<String>]) -> bool {
+        let some = |f: &dyn Fn(&str) -> bool| values.iter().flatten().any(|v| f(v));
+        match condition {
+            ValueMatch::Present => !values.is_empty(),
+            ValueMatch::Absent => values.is_empty(),
+            ValueMatch::Exact(e) => some(&|v| v == e),
+            ValueMatch::Prefix(p) => some(&|v| v.starts_with(p.as_str())),
+            ValueMatch::Regex(r) => some(&|v| naive_whole_match(r, v)),
+        }
+    }
+
+    /// The conditions of `m`, checked from the raw route spec as the module
+    /// documentation states them, sharing no code with `CompiledMatch`.
+    fn naive_matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
+        let host_ok = m.hosts.is_empty()
+            || req.host.is_some_and(|h| {
+                let h = naive_host(h);
+                m.hosts.iter().any(|p| match p {
+                    HostMatch::Exact(e) => *e == h,
+                    HostMatch::Suffix(s) => h.len() > s.len() && h.ends_with(s.as_str()),
+                })
+            });
+        let path = req.path;
+        let path_ok = match &m.path {
+            PathMatch::Exact(e) => path == e,
+            PathMatch::Prefix(p) => {
+                let dir = format!("{}/", p.strip_suffix('/').unwrap_or(p));
+                path == p || path.starts_with(&dir)
+            }
+            PathMatch::Regex(r) => naive_whole_match(r, path),
+        };
+        let method_ok = m.methods.is_empty() || m.methods.iter().any(|x| x == req.method);
+        let headers_ok = m.headers.iter().all(|HeaderMatch { name, value }| {
+            let values: Vec<Option<String>> = req
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8(v.as_bytes().to_vec()).ok())
+                .collect();
+            naive_holds(value, &values)
+        });
+        let params: Vec<(String, String)> = req
+            .query
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.find('=') {
+                Some(at) => (naive_decode(&p[..at]), naive_decode(&p[at + 1..])),
+                None => (naive_decode(p), String::new()),
+            })
+            .collect();
+        let query_ok = m.query.iter().all(|QueryMatch { name, value }| {
+            let values: Vec<Option<String>> = params
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| Some(v.clone()))
+                .collect();
+            naive_holds(value, &values)
+        });
+        host_ok && path_ok && method_ok && headers_ok && query_ok
+    }
+
+    /// The route the documented rules pick, by filtering every route with
+    /// [`naive_matches`] and ranking by [`naive_key`]: the oracle for the index.
     fn naive(routes: &[RouteMatch], req: &RequestView<'_>) -> Option<usize> {
         routes
             .iter()
             .enumerate()
-            .filter(|(_, m)| matches(m, req))
+            .filter(|(_, m)| naive_matches(m, req))
             .min_by_key(|(i, m)| (naive_key(m, req), *i))
             .map(|(i, _)| i)
     }
@@ -1023,12 +1127,13 @@ mod tests {
             Some("v=2"),
             Some("v=1&v=2"),
             Some("v=%32"),
+            Some("v=21"),
             Some("v"),
             Some("a+b=1"),
             Some("a%20b=2&v=1"),
         ][..];
         let values = prop::collection::vec(
-            prop::sample::select(vec![&b"1"[..], b"2", b"1.5", b"\xff2"]),
+            prop::sample::select(vec![&b"1"[..], b"2", b"1.5", b"21", b"\xff2"]),
             0..3,
         );
         (
@@ -1060,6 +1165,13 @@ mod tests {
             for req in &requests {
                 let found = router.find(&req.view()).map(|id| id.0);
                 prop_assert_eq!(found, naive(&routes, &req.view()), "request {:?}", req);
+                for (i, m) in routes.iter().enumerate() {
+                    prop_assert_eq!(
+                        matches(m, &req.view()),
+                        naive_matches(m, &req.view()),
+                        "route {} {:?}, request {:?}", i, m, req
+                    );
+                }
             }
         }
     }

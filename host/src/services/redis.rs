@@ -1,7 +1,8 @@
 //! Redis for filters: the asynchronous Redis-call extension Higress added to
 //! Proxy-Wasm (`proxy_redis_init`, `proxy_redis_call` → `proxy_on_redis_call_response`).
 //! Each named service of the manifest gets one multiplexed connection manager
-//! (reconnecting, with bounded timeouts); commands travel as raw RESP.
+//! (reconnecting, with bounded timeouts). A guest's command arrives as RESP,
+//! read by the `redis` crate's parser; replies go back to it as RESP2.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -137,35 +138,41 @@ fn single_line(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
 }
 
-/// Parses `*N\r\n($len\r\nbytes\r\n)×N`.
+/// The most arguments a guest's command may have.
+const MAX_ARGS: usize = 1024;
+
+/// Reads a guest's query: exactly one RESP array of bulk strings, nothing
+/// after it. Uses the `redis` crate's parser, so arguments are binary-safe (a
+/// bulk string may hold `\r\n` or NUL).
 pub fn parse_command(query: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let mut rest = query;
-    let mut line = || -> Option<&[u8]> {
-        let end = rest.windows(2).position(|w| w == b"\r\n")?;
-        let (head, tail) = rest.split_at(end);
-        rest = &tail[2..];
-        Some(head)
+    let Ok(Value::Array(items)) = redis::parse_redis_value(query) else {
+        return None;
     };
-    let count: usize = std::str::from_utf8(line()?.strip_prefix(b"*")?)
-        .ok()?
-        .parse()
-        .ok()?;
-    if count == 0 || count > 1024 {
+    if items.is_empty() || items.len() > MAX_ARGS {
         return None;
     }
-    let mut args = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len: usize = std::str::from_utf8(line()?.strip_prefix(b"$")?)
-            .ok()?
-            .parse()
-            .ok()?;
-        let data = line()?;
-        if data.len() != len {
-            return None;
-        }
-        args.push(data.to_vec());
+    let args = items
+        .into_iter()
+        .map(|item| match item {
+            Value::BulkString(bytes) => Some(bytes),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    // The parser stops after one value; a query is that value and nothing more,
+    // which holds when it is exactly the canonical encoding of its arguments.
+    let mut canonical = redis::Cmd::new();
+    for arg in &args {
+        canonical.arg(arg.as_slice());
     }
-    line().is_none().then_some(args)
+    (canonical.get_packed_command() == query).then_some(args)
+}
+
+/// The value of a RESP bulk-string reply; `None` for nil, anything else, or bytes that are not RESP.
+pub fn bulk_string(reply: &[u8]) -> Option<Vec<u8>> {
+    match redis::parse_redis_value(reply) {
+        Ok(Value::BulkString(bytes)) => Some(bytes),
+        _ => None,
+    }
 }
 
 /// Encodes a reply as RESP2 (maps and sets become arrays, doubles bulk strings).
@@ -224,6 +231,35 @@ mod tests {
         assert_eq!(parse_command(b"*2\r\n$4\r\nINCR\r\n"), None);
         assert_eq!(parse_command(b"*1\r\n$5\r\nINCR\r\n"), None);
         assert_eq!(parse_command(b"PING\r\n"), None);
+        assert_eq!(parse_command(b"*0\r\n"), None);
+        assert_eq!(
+            parse_command(b"*1\r\n:1\r\n"),
+            None,
+            "integers are not arguments"
+        );
+        assert_eq!(
+            parse_command(b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n"),
+            None,
+            "one command per call"
+        );
+    }
+
+    #[test]
+    fn keeps_crlf_and_nul_inside_arguments() {
+        let query = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$6\r\na\r\nb\0c\r\n";
+        let args = parse_command(query).expect("valid");
+        assert_eq!(
+            args,
+            vec![b"SET".to_vec(), b"k".to_vec(), b"a\r\nb\0c".to_vec()]
+        );
+    }
+
+    #[test]
+    fn reads_bulk_string_replies_only() {
+        assert_eq!(bulk_string(b"$5\r\nhe\r\no\r\n"), Some(b"he\r\no".to_vec()));
+        assert_eq!(bulk_string(b"$-1\r\n"), None);
+        assert_eq!(bulk_string(b":1\r\n"), None);
+        assert_eq!(bulk_string(b"$5\r\nhe"), None);
     }
 
     #[test]

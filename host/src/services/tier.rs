@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::Services;
-use super::redis::PendingRedisCall;
+use super::redis::{PendingRedisCall, bulk_string};
 
 /// The Redis key of a shared-data entry.
 fn redis_key(plugin: &str, key: &str) -> Vec<u8> {
@@ -87,31 +87,9 @@ pub fn fetch(services: &Arc<Services>, plugin: &str, key: &str) {
         if let Ok(reply) = pending.await
             && let Some(value) = bulk_string(&reply)
         {
-            services.shared_data.insert_if_absent(&plugin, &key, value);
+            services
+                .shared_data
+                .insert_if_absent(&plugin, &key, Bytes::from(value));
         }
     });
-}
-
-/// The value of a RESP bulk-string reply (`$len\r\nbytes\r\n`); `None` for nil or anything else.
-fn bulk_string(reply: &[u8]) -> Option<Bytes> {
-    let rest = reply.strip_prefix(b"$")?;
-    let end = rest.windows(2).position(|w| w == b"\r\n")?;
-    let len: usize = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
-    let body = rest.get(end + 2..end + 2 + len)?;
-    Some(Bytes::copy_from_slice(body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_bulk_strings_only() {
-        assert_eq!(
-            bulk_string(b"$5\r\nhello\r\n"),
-            Some(Bytes::from_static(b"hello"))
-        );
-        assert_eq!(bulk_string(b"$-1\r\n"), None);
-        assert_eq!(bulk_string(b":1\r\n"), None);
-    }
 }

@@ -1,24 +1,23 @@
 //! A filter instance (a plugin with one configuration) and its pool of VMs.
 //!
 //! A stream is bound to one VM of the pool for its life. Each callback locks
-//! that VM only while it runs. A VM that traps or overruns its deadline is
-//! discarded: the streams it held fail, and the next stream bound to the slot
-//! gets a fresh VM (retried with backoff when start-up itself fails).
+//! that VM's slot only while it runs. A VM that traps or overruns its deadline
+//! stops taking new streams: the next stream bound to the slot gets a fresh VM
+//! (retried with backoff when start-up itself fails), while the streams already
+//! bound to the failed VM finish on it (`slot` keeps it draining). Only the
+//! stream whose callback failed fails.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::plugin::Plugin;
+use super::slot::{Bound, FIRST_BACKOFF, Failed, MAX_BACKOFF, Slot};
 use super::stream::StreamData;
 use super::vm::{Callback, Delivery, Home, StartError, Vm, describe_error};
 use crate::services::Services;
-
-/// The first retry delay after a VM failed to start; doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What happens to a request when its filter fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,22 +47,6 @@ pub enum FilterError {
         /// The last start-up error.
         reason: String,
     },
-}
-
-/// One slot of the pool.
-struct Slot {
-    vm: Option<Vm>,
-    /// Bumped each time the VM is discarded; a stream remembers the generation it was bound to.
-    generation: u64,
-    /// Streams whose VM was discarded while it held them, by (generation, context).
-    orphans: Vec<((u64, u32), Box<StreamData>)>,
-    backoff: Duration,
-    retry_at: Option<Instant>,
-    last_error: String,
-    ticker: Option<tokio::task::JoinHandle<()>>,
-    /// The worker whose runtime runs `ticker` (`None`: the runtime that started it off a worker).
-    ticker_worker: Option<usize>,
-    tick_period: Option<Duration>,
 }
 
 /// A plugin bound to one configuration, with its VMs.
@@ -96,17 +79,7 @@ impl FilterInstance {
                     generation: 0,
                 };
                 match Vm::start(&plugin, configuration.clone(), services.clone(), home) {
-                    Ok(vm) => slots.push(Mutex::new(Slot {
-                        tick_period: None,
-                        vm: Some(vm),
-                        generation: 0,
-                        orphans: Vec::new(),
-                        backoff: FIRST_BACKOFF,
-                        retry_at: None,
-                        last_error: String::new(),
-                        ticker: None,
-                        ticker_worker: None,
-                    })),
+                    Ok(vm) => slots.push(Mutex::new(Slot::new(Some(vm)))),
                     Err(error) => {
                         failure = Some(error);
                         break;
@@ -126,8 +99,10 @@ impl FilterInstance {
             return Err(error);
         }
         for index in 0..instance.slots.len() {
-            if let Some(mut slot) = instance.lock(index) {
-                instance.sync_ticker(index, &mut slot);
+            if let Some(mut slot) = instance.lock(index)
+                && let Some(bound) = slot.current.as_mut()
+            {
+                instance.sync_ticker(index, bound);
             }
         }
         Ok(instance)
@@ -143,31 +118,19 @@ impl FilterInstance {
         self.fail_mode
     }
 
-    fn home(self: &Arc<Self>, slot: usize, generation: u64) -> Home {
-        Home {
-            instance: Arc::downgrade(self),
-            slot,
-            generation,
-        }
-    }
-
-    /// Runs a root callback for something that arrived for slot `index`'s VM.
+    /// Runs a root callback for something that arrived for a VM of slot
+    /// `index`. A draining VM still gets its answers (a stream paused on it may
+    /// be waiting for one); for a dropped VM the answer is dropped.
     pub(crate) fn deliver(self: &Arc<Self>, index: usize, generation: u64, event: Delivery) {
         let Some(mut slot) = self.lock(index) else {
             return;
         };
-        if slot.generation != generation {
-            return;
-        }
-        let Some(vm) = slot.vm.as_mut() else {
+        let Some(bound) = slot.vm(generation) else {
             return;
         };
-        match vm.deliver(event) {
-            Ok(()) => self.sync_ticker(index, &mut slot),
-            Err(error) => {
-                let reason = describe_error(&error);
-                self.discard(index, &mut slot, &reason);
-            }
+        match bound.vm.deliver(event) {
+            Ok(()) => self.sync_ticker(index, bound),
+            Err(error) => self.fail_vm(index, &mut slot, generation, &describe_error(&error)),
         }
     }
 
@@ -205,24 +168,27 @@ impl FilterInstance {
                 last = reason;
                 continue;
             }
-            let Some(vm) = slot.vm.as_mut() else {
+            let Some(bound) = slot.current.as_mut() else {
                 continue;
             };
-            let (back, created) = vm.create_context(data);
+            let generation = bound.generation;
+            let (back, created) = bound.vm.create_context(data);
             data = back;
             match created {
                 Ok(context) => {
+                    bound.streams += 1;
                     let stream = FilterStream {
                         instance: self.clone(),
                         slot: index,
-                        generation: slot.generation,
+                        generation,
                         context,
+                        failed: AtomicBool::new(false),
                     };
                     return (data, Ok(stream));
                 }
                 Err(error) => {
                     let reason = describe_error(&error);
-                    self.discard(index, &mut slot, &reason);
+                    self.fail_vm(index, &mut slot, generation, &reason);
                     return (data, Err(self.failed(reason)));
                 }
             }
@@ -234,15 +200,20 @@ impl FilterInstance {
         (data, Err(error))
     }
 
-    /// Makes sure the slot has a VM, starting a fresh one unless backing off.
+    /// Makes sure the slot has a VM for new streams, starting a fresh one unless backing off.
     fn ensure_vm(self: &Arc<Self>, index: usize, slot: &mut Slot) -> Result<(), String> {
-        if slot.vm.is_some() {
+        if slot.current.is_some() {
             return Ok(());
         }
         if slot.retry_at.is_some_and(|at| Instant::now() < at) {
             return Err(slot.last_error.clone());
         }
-        let home = self.home(index, slot.generation);
+        let generation = slot.next_generation();
+        let home = Home {
+            instance: Arc::downgrade(self),
+            slot: index,
+            generation,
+        };
         match Vm::start(
             &self.plugin,
             self.configuration.clone(),
@@ -251,8 +222,9 @@ impl FilterInstance {
         ) {
             Ok(vm) => {
                 tracing::info!(plugin = %self.plugin.name, slot = index, "started a fresh VM");
-                slot.tick_period = vm.tick_period();
-                slot.vm = Some(vm);
+                let mut bound = Bound::new(vm, generation);
+                self.sync_ticker(index, &mut bound);
+                slot.current = Some(bound);
                 slot.backoff = FIRST_BACKOFF;
                 slot.retry_at = None;
                 Ok(())
@@ -267,45 +239,72 @@ impl FilterInstance {
         }
     }
 
-    /// Drops the slot's VM after a failure; streams it held become orphans and are woken.
-    fn discard(&self, index: usize, slot: &mut Slot, reason: &str) {
-        tracing::error!(plugin = %self.plugin.name, slot = index, reason, "VM failed; replacing it");
-        if let Some(mut vm) = slot.vm.take() {
-            for (id, data) in vm.drain_streams() {
-                data.resume.wake();
-                slot.orphans.push(((slot.generation, id), data));
+    /// The VM `generation` of slot `index` failed: it stops taking streams, and
+    /// drains the ones bound to it, or is dropped if it was draining already.
+    fn fail_vm(&self, index: usize, slot: &mut Slot, generation: u64, reason: &str) {
+        let plugin = &self.plugin.name;
+        match slot.fail(generation, reason) {
+            Failed::Dropped => {
+                tracing::error!(
+                    plugin,
+                    slot = index,
+                    reason,
+                    "VM failed; new streams get a fresh VM"
+                );
             }
-        }
-        slot.generation += 1;
-        slot.tick_period = None;
-        if let Some(ticker) = slot.ticker.take() {
-            ticker.abort();
+            Failed::Draining { streams, evicted } => {
+                tracing::error!(
+                    plugin,
+                    slot = index,
+                    reason,
+                    streams,
+                    "VM failed; new streams get a fresh VM, the streams bound to it finish on it"
+                );
+                if evicted > 0 {
+                    tracing::error!(
+                        plugin,
+                        slot = index,
+                        streams = evicted,
+                        "too many failed VMs draining: dropped the oldest, its streams fail"
+                    );
+                }
+            }
+            Failed::DroppedWhileDraining { streams } => {
+                tracing::error!(
+                    plugin,
+                    slot = index,
+                    reason,
+                    streams,
+                    "a draining VM failed again: dropped, its streams fail"
+                );
+            }
+            Failed::Unknown => {}
         }
     }
 
-    /// Starts, restarts or stops the slot's tick task to match the VM's period.
+    /// Starts, restarts or stops a VM's tick task to match the period it asked for.
     /// Ticks run on the worker that owns the slot; a ticker started off a
     /// worker (the VM's first `on_configure`) moves there the first time that
     /// worker runs the VM.
-    fn sync_ticker(self: &Arc<Self>, index: usize, slot: &mut Slot) {
-        let wanted = slot.vm.as_ref().and_then(Vm::tick_period);
-        let running = slot.ticker.as_ref().is_some_and(|t| !t.is_finished());
+    fn sync_ticker(self: &Arc<Self>, index: usize, bound: &mut Bound) {
+        let wanted = bound.vm.tick_period();
+        let running = bound.ticker.as_ref().is_some_and(|t| !t.is_finished());
         let owner = crate::worker::owner(index);
-        let misplaced = running && owner.is_some() && slot.ticker_worker != owner;
-        if wanted == slot.tick_period && running == wanted.is_some() && !misplaced {
+        let misplaced = running && owner.is_some() && bound.ticker_worker != owner;
+        if wanted == bound.tick_period && running == wanted.is_some() && !misplaced {
             return;
         }
-        if let Some(ticker) = slot.ticker.take() {
+        if let Some(ticker) = bound.ticker.take() {
             ticker.abort();
         }
-        slot.tick_period = wanted;
+        bound.tick_period = wanted;
         let (Some(period), Some(runtime)) = (wanted, crate::worker::runtime_for(index)) else {
             return;
         };
-        slot.ticker_worker = owner;
+        bound.ticker_worker = owner;
         let instance = Arc::downgrade(self);
-        let generation = slot.generation;
-        slot.ticker = Some(runtime.spawn(async move {
+        let generation = bound.generation;
+        bound.ticker = Some(runtime.spawn(async move {
             let mut interval = tokio::time::interval(period);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             interval.tick().await;
@@ -321,38 +320,37 @@ impl FilterInstance {
         }));
     }
 
-    /// Runs `proxy_on_tick` on one slot's VM; false when the ticker should stop.
+    /// Runs `proxy_on_tick` on one VM (current or draining); false when the ticker should stop.
     fn tick(self: &Arc<Self>, index: usize, generation: u64) -> bool {
         let Some(mut slot) = self.lock(index) else {
             return false;
         };
-        if slot.generation != generation {
-            return false;
-        }
-        let Some(vm) = slot.vm.as_mut() else {
+        let Some(bound) = slot.vm(generation) else {
             return false;
         };
-        if let Err(error) = vm.tick() {
-            let reason = describe_error(&error);
-            self.discard(index, &mut slot, &reason);
+        if let Err(error) = bound.vm.tick() {
+            self.fail_vm(index, &mut slot, generation, &describe_error(&error));
             return false;
         }
-        if slot.vm.as_ref().and_then(Vm::tick_period) != slot.tick_period {
+        if bound.vm.tick_period() != bound.tick_period {
             // Re-arm with the new period (this task ends; the new one takes over).
-            slot.ticker = None;
-            self.sync_ticker(index, &mut slot);
+            bound.ticker = None;
+            self.sync_ticker(index, bound);
             return false;
         }
         true
     }
 }
 
-/// A stream's binding to one VM of a filter instance.
+/// A stream's binding to one VM of a filter instance. Dropping it releases the
+/// binding (a failed VM is dropped when its last binding is).
 pub struct FilterStream {
     instance: Arc<FilterInstance>,
     slot: usize,
     generation: u64,
     context: u32,
+    /// Set when one of this stream's own callbacks failed: it is not called again.
+    failed: AtomicBool,
 }
 
 impl FilterStream {
@@ -361,36 +359,37 @@ impl FilterStream {
         &self.instance
     }
 
-    /// Runs a callback with `data` lent to the VM; returns the data and the raw action.
+    /// Runs a callback with `data` lent to the VM; returns the data and the raw
+    /// action. The VM may be draining (it failed in another stream): the
+    /// stream still finishes on it. It fails when this stream's own callback
+    /// failed, or when its VM was dropped.
     pub fn call(
         &self,
         data: Box<StreamData>,
         callback: Callback,
     ) -> (Box<StreamData>, Result<i32, FilterError>) {
+        if self.failed.load(Ordering::Relaxed) {
+            let reason = "an earlier callback of this stream failed".to_owned();
+            return (data, Err(self.instance.failed(reason)));
+        }
         let Some(mut slot) = self.instance.lock(self.slot) else {
             return (data, Err(self.instance.failed("no such VM slot".into())));
         };
-        if slot.generation != self.generation {
-            return (
-                data,
-                Err(self.instance.failed("its VM was replaced".into())),
-            );
-        }
-        let Some(vm) = slot.vm.as_mut() else {
-            return (
-                data,
-                Err(self.instance.failed("its VM was replaced".into())),
-            );
+        let Some(bound) = slot.vm(self.generation) else {
+            let reason = slot.lost_reason(self.generation);
+            return (data, Err(self.instance.failed(reason)));
         };
-        let (data, result) = vm.callback(self.context, data, callback);
+        let (data, result) = bound.vm.callback(self.context, data, callback);
         match result {
             Ok(action) => {
-                self.instance.sync_ticker(self.slot, &mut slot);
+                self.instance.sync_ticker(self.slot, bound);
                 (data, Ok(action))
             }
             Err(error) => {
+                self.failed.store(true, Ordering::Relaxed);
                 let reason = describe_error(&error);
-                self.instance.discard(self.slot, &mut slot, &reason);
+                self.instance
+                    .fail_vm(self.slot, &mut slot, self.generation, &reason);
                 (data, Err(self.instance.failed(reason)))
             }
         }
@@ -401,32 +400,184 @@ impl FilterStream {
         let Some(mut slot) = self.instance.lock(self.slot) else {
             return Err((data, self.instance.failed("no such VM slot".into())));
         };
-        let current = slot.generation == self.generation;
-        match slot.vm.as_mut() {
-            Some(vm) if current => {
-                vm.park(self.context, data);
+        match slot.vm(self.generation) {
+            Some(bound) => {
+                bound.vm.park(self.context, data);
                 Ok(())
             }
-            _ => Err((data, self.instance.failed("its VM was replaced".into()))),
+            None => {
+                let reason = slot.lost_reason(self.generation);
+                Err((data, self.instance.failed(reason)))
+            }
         }
     }
 
     /// Takes the data back after a pause. `Err` carries the data when the VM
-    /// was discarded meanwhile (the filter's context is gone).
+    /// was dropped meanwhile (the filter's context is gone).
     pub fn unpark(&self) -> Result<Box<StreamData>, Option<(Box<StreamData>, FilterError)>> {
         let Some(mut slot) = self.instance.lock(self.slot) else {
             return Err(None);
         };
-        if slot.generation == self.generation
-            && let Some(data) = slot.vm.as_mut().and_then(|vm| vm.unpark(self.context))
+        if let Some(data) = slot
+            .vm(self.generation)
+            .and_then(|bound| bound.vm.unpark(self.context))
         {
             return Ok(data);
         }
-        let key = (self.generation, self.context);
-        let position = slot.orphans.iter().position(|(k, _)| *k == key);
-        let error = self
-            .instance
-            .failed("its VM was replaced while the stream was paused".into());
-        Err(position.map(|i| (slot.orphans.swap_remove(i).1, error)))
+        let error = self.instance.failed(format!(
+            "{} while the stream was paused",
+            slot.lost_reason(self.generation)
+        ));
+        Err(slot
+            .take_orphan(self.generation, self.context)
+            .map(|data| (data, error)))
+    }
+}
+
+impl Drop for FilterStream {
+    fn drop(&mut self) {
+        let Some(mut slot) = self.instance.lock(self.slot) else {
+            return;
+        };
+        if slot.release(self.generation, self.context) {
+            tracing::info!(
+                plugin = %self.instance.plugin.name,
+                slot = self.slot,
+                "a failed VM finished its last stream and was dropped"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use crate::wasm::plugin::{PluginLimits, Runtime};
+    use crate::wasm::slot::MAX_DRAINING;
+    use crate::wasm::stream::{RequestHead, StreamInfo};
+
+    /// A filter whose `on_log` always traps; its other callbacks are the defaults.
+    const TRAPS_ON_LOG: &str = r#"(module (memory (export "memory") 1)
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "proxy_on_log") (param i32) unreachable))"#;
+
+    fn instance() -> Arc<FilterInstance> {
+        let runtime = Runtime::shared(None).expect("runtime");
+        let limits = PluginLimits {
+            memory_bytes: 1 << 20,
+            callback_deadline: Duration::from_secs(1),
+        };
+        let plugin = runtime
+            .load("traps", TRAPS_ON_LOG.as_bytes(), limits)
+            .expect("plugin loads");
+        FilterInstance::new(
+            plugin,
+            Bytes::new(),
+            FailMode::Closed,
+            1,
+            Services::standalone(),
+        )
+        .expect("instance starts")
+    }
+
+    fn data() -> Box<StreamData> {
+        let info = StreamInfo {
+            route_name: "r".into(),
+            upstream_name: None,
+            request_id: "id".into(),
+            source: ([127, 0, 0, 1], 1).into(),
+            destination: None,
+            tls: false,
+            sni: None,
+            protocol: "HTTP/1.1",
+            start_unix_nanos: 0,
+        };
+        Box::new(StreamData::new(Arc::new(info), RequestHead::default()))
+    }
+
+    fn bind(instance: &Arc<FilterInstance>) -> FilterStream {
+        instance.bind(data()).1.expect("binds")
+    }
+
+    fn call(stream: &FilterStream, callback: Callback) -> Result<i32, String> {
+        stream.call(data(), callback).1.map_err(|e| e.to_string())
+    }
+
+    const HEADERS: Callback = Callback::RequestHeaders {
+        headers: 0,
+        end_of_stream: true,
+    };
+
+    fn draining(instance: &FilterInstance) -> usize {
+        instance.lock(0).map_or(usize::MAX, |slot| slot.draining())
+    }
+
+    #[test]
+    fn a_failed_vm_serves_its_streams_until_the_last_is_released() {
+        let instance = instance();
+        let (failing, innocent) = (bind(&instance), bind(&instance));
+        assert!(call(&failing, Callback::Log).is_err());
+        assert!(
+            call(&failing, HEADERS).is_err(),
+            "the failed stream is not called again"
+        );
+        assert_eq!(draining(&instance), 1);
+        let fresh = bind(&instance);
+        assert_ne!(
+            fresh.generation, innocent.generation,
+            "new streams get a fresh VM"
+        );
+        assert_eq!(
+            call(&innocent, HEADERS),
+            Ok(0),
+            "the innocent stream goes on"
+        );
+        drop(failing);
+        assert_eq!(draining(&instance), 1, "a stream is still bound to it");
+        drop(innocent);
+        assert_eq!(draining(&instance), 0, "dropped with its last stream");
+        assert_eq!(call(&fresh, HEADERS), Ok(0));
+    }
+
+    #[test]
+    fn at_most_two_failed_vms_drain_and_the_oldest_goes_first() {
+        let instance = instance();
+        let mut survivors = Vec::new();
+        for _ in 0..=MAX_DRAINING {
+            let (failing, innocent) = (bind(&instance), bind(&instance));
+            assert!(call(&failing, Callback::Log).is_err());
+            survivors.push(innocent);
+        }
+        assert_eq!(draining(&instance), MAX_DRAINING);
+        let reason = call(&survivors[0], HEADERS).expect_err("its VM was evicted");
+        assert!(
+            reason.contains("to keep at most 2 failed VMs per slot"),
+            "{reason}"
+        );
+        for survivor in &survivors[1..] {
+            assert_eq!(call(survivor, HEADERS), Ok(0));
+        }
+        drop(survivors);
+        assert_eq!(draining(&instance), 0);
+    }
+
+    #[test]
+    fn a_draining_vm_that_fails_again_takes_its_streams_with_it() {
+        let instance = instance();
+        let (first, second, innocent) = (bind(&instance), bind(&instance), bind(&instance));
+        assert!(call(&first, Callback::Log).is_err());
+        assert!(call(&second, Callback::Log).is_err());
+        assert_eq!(draining(&instance), 0, "dropped at its second failure");
+        let reason = call(&innocent, HEADERS).expect_err("its VM is gone");
+        assert!(reason.contains("failed again while draining"), "{reason}");
+        let lost = instance.lock(0).map_or(0, |slot| slot.lost_streams());
+        assert_eq!(lost, 3, "the reason is kept while streams of the VM remain");
+        drop((first, second, innocent));
+        let lost = instance
+            .lock(0)
+            .map_or(usize::MAX, |slot| slot.lost_streams());
+        assert_eq!(lost, 0, "and forgotten after");
     }
 }

@@ -1,5 +1,5 @@
 //! The Proxy-Wasm runtime: engine and compiled plugins (`plugin`), VMs (`vm`),
-//! filter instances with their VM pools (`filter`), the header maps filters
+//! filter instances with their VM pools (`filter`, `slot`), the header maps filters
 //! see (`headers`), and the host functions (`abi`).
 //!
 //! Knows wasmtime, the `http` types and the stream data of `crate::exchange`;
@@ -11,6 +11,7 @@ pub(crate) mod abi;
 mod filter;
 mod headers;
 mod plugin;
+mod slot;
 mod vm;
 
 /// The stream data lives below this module (`crate::exchange`), so the

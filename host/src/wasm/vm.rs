@@ -2,7 +2,8 @@
 //! and the HTTP contexts of the streams bound to it, exactly as Envoy does.
 //!
 //! Every guest call runs under an epoch deadline and the store's memory cap;
-//! a trap comes back as an error and the caller discards the VM.
+//! a trap comes back as an error, and the filter instance stops binding new
+//! streams to the VM (`filter`, `slot`).
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
@@ -62,7 +63,7 @@ pub struct Home {
     pub instance: Weak<FilterInstance>,
     /// The slot in its pool.
     pub slot: usize,
-    /// The slot's generation when the VM started.
+    /// The VM's generation: names it among every VM its slot has had.
     pub generation: u64,
 }
 
@@ -481,7 +482,15 @@ impl Vm {
         self.store.data_mut().streams.remove(&id)
     }
 
-    /// Every stream still lent to this VM (used when the VM is discarded).
+    /// A stream's binding ended: forgets its context and any data still parked
+    /// here (a request that ended while paused).
+    pub fn forget(&mut self, id: u32) {
+        let state = self.store.data_mut();
+        state.streams.remove(&id);
+        state.live_contexts.remove(&id);
+    }
+
+    /// Every stream still lent to this VM (used when the VM is dropped).
     pub fn drain_streams(&mut self) -> Vec<(u32, Box<StreamData>)> {
         self.store.data_mut().streams.drain().collect()
     }

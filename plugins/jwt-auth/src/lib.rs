@@ -8,13 +8,14 @@
 //! Verified tokens are remembered per VM (up to `cache_size`), as Envoy's
 //! `jwt_authn` does: a client that sends the same token again skips the
 //! signature check, while `exp` and `nbf` are still checked on every request.
+//! The counter `jwt_auth_cache_hits` counts the requests answered that way.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use serde::Deserialize;
 
 proxy_wasm::main! {{
@@ -71,6 +72,8 @@ struct Verifier {
     validation: jsonwebtoken::Validation,
     /// Tokens whose signature and claims checked out, by their exact text.
     verified: RefCell<HashMap<String, Claims>>,
+    /// The `jwt_auth_cache_hits` counter, when the host could define it.
+    cache_hits: Option<u32>,
 }
 
 impl Verifier {
@@ -87,6 +90,9 @@ impl Verifier {
             // The full check below reports why.
             verified.remove(token);
             return None;
+        }
+        if let Some(counter) = self.cache_hits {
+            let _ = proxy_wasm::hostcalls::increment_metric(counter, 1);
         }
         Some(claims.clone())
     }
@@ -144,6 +150,11 @@ impl RootContext for Root {
             key,
             validation,
             verified: RefCell::new(HashMap::new()),
+            cache_hits: proxy_wasm::hostcalls::define_metric(
+                MetricType::Counter,
+                "jwt_auth_cache_hits",
+            )
+            .ok(),
         }));
         true
     }
