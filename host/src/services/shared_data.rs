@@ -300,8 +300,15 @@ mod tests {
             .expect("another plugin has its own bytes");
         data.set("p", "k1", value(90), 0, None, max)
             .expect("replacing frees the old value first");
-        data.cache.run_pending_tasks();
-        assert_eq!(data.bytes_held("p"), cost(90) + cost(50));
+        assert_eq!(
+            data.bytes_held("p"),
+            cost(90) + cost(50),
+            "a replaced value is released at once"
+        );
+        data.set("p", "k1", value(100), 0, None, max)
+            .expect("and can be replaced again at the limit");
+        data.set("p", "k1", value(90), 0, None, max)
+            .expect("shrinks");
         assert_eq!(
             data.set("p", "k1", value(101), 0, None, max),
             Err(SetError::Quota(Quota::SharedDataBytes.into()))
