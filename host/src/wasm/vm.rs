@@ -568,3 +568,19 @@ pub fn describe_error(error: &wasmtime::Error) -> String {
             .to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_noticed_in_a_host_call_reads_like_an_epoch_interrupt() {
+        let error = wasmtime::Error::from(DeadlineExceeded { call: "proxy_log" });
+        assert_eq!(
+            describe_error(&error),
+            "exceeded its CPU deadline (during host call `proxy_log`)"
+        );
+        let interrupt = wasmtime::Error::from(wasmtime::Trap::Interrupt);
+        assert_eq!(describe_error(&interrupt), "exceeded its CPU deadline");
+    }
+}

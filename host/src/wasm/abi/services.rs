@@ -178,6 +178,8 @@ fn add_shared_data(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_get_shared_data",
         |mut c: Ctx<'_>, k_ptr: i32, k_len: i32, ret_ptr: i32, ret_len: i32, cas_ptr: i32| {
+            // A miss may start a tier fetch: a guest looping on misses stops at its deadline.
+            on_time(c.data(), "proxy_get_shared_data")?;
             let key = read_or_return!(&mut c, k_ptr, k_len, caps::SHARED_DATA_KEY);
             let key = String::from_utf8_lossy(&key);
             let found = {
