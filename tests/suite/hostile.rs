@@ -560,6 +560,50 @@ async fn a_log_loop_stops_at_its_deadline() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_calls_without_a_loop_stop_at_the_deadline() -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let up = EchoUpstream::start("echo").await?;
+    // A thousand 1 MiB random_get calls in straight-line code: no loop for the
+    // epoch interrupt to stop, so only the host calls' own check can; each
+    // takes milliseconds, so together they overrun a 100ms deadline many times.
+    let body = "(call $grow_to (i32.const 32))\n".to_owned()
+        + &"(drop (call $random (i32.const 65536) (i32.const 1048576)))\n".repeat(1000);
+    let gw = host_call_gateway(
+        &up,
+        "straight-line",
+        &host_call_wat(&body, ""),
+        ", callback_deadline: 100ms",
+    )
+    .await?;
+    let client = http1_client();
+    let (outcomes, _) = while_plain_route_answers(&gw, 3, move |url| {
+        let client = client.clone();
+        async move {
+            let started = Instant::now();
+            let response = hostile_request_with(&client, &url).await?;
+            let took = started.elapsed();
+            let status = response.status();
+            let body = json(response).await?;
+            anyhow::Ok((status, body, took))
+        }
+    })
+    .await?;
+    for (status, body, took) in outcomes {
+        assert_eq!(status, 503);
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(
+            message,
+            "plugin `straight-line` failed: exceeded its CPU deadline (during host call `random_get`)"
+        );
+        assert!(
+            took < Duration::from_millis(300),
+            "the request took {took:?} with a 100ms deadline"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_bytes_over_the_rate_are_dropped_with_one_warning() -> anyhow::Result<()> {
     let _alone = ONE_AT_A_TIME.lock().await;
     let _ = captured_logs("hostile-log-rate");
