@@ -206,10 +206,12 @@ fn add_shared_data(r: &mut Registry<'_>) -> wasmtime::Result<()> {
             let value = read_or_return!(&mut c, v_ptr, v_len, caps::SHARED_DATA_VALUE);
             let state = c.data();
             let key = String::from_utf8_lossy(&key);
+            // One copy out of the guest, shared by the store and the tier.
+            let value = Bytes::from(value);
             let result = state.services.shared_data.set(
                 &state.plugin.name,
                 &key,
-                Bytes::from(value.clone()),
+                value.clone(),
                 cas as u32,
                 None,
                 state.plugin.limits.quotas.shared_data_bytes,
