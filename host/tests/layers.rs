@@ -6,15 +6,8 @@ use std::path::{Path, PathBuf};
 
 /// Lowest first. A module may import modules of earlier layers only.
 const LAYERS: &[&[&str]] = &[
-    &[
-        "worker",
-        "body",
-        "request_id",
-        "config",
-        "exchange",
-        "services",
-    ],
-    &["error"],
+    &["worker", "body", "request_id", "config"],
+    &["error", "exchange", "services"],
     &["router", "upstream", "wasm"],
     &["lifecycle"],
     &["filters"],

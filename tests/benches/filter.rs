@@ -70,6 +70,7 @@ fn bench(c: &mut Criterion) {
     let limits = PluginLimits {
         memory_bytes: 64 << 20,
         callback_deadline: Duration::from_millis(100),
+        quotas: weir::services::quota::Quotas::default(),
     };
     let plugin = runtime.load("light", &wasm, limits).expect("load");
     let config = Bytes::from_static(

@@ -238,11 +238,17 @@ impl TestGateway {
     }
 }
 
-/// An address on which nothing listens (connections are refused).
+/// An address on which nothing listens (connections are refused). The port
+/// stays bound, never listening, for the rest of the test process, so no
+/// other test's listener can take it meanwhile.
 pub async fn dead_address() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    drop(listener);
+    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.1:0".parse()?)?;
+    let addr = socket.local_addr()?;
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(socket);
     Ok(addr)
 }
 
@@ -280,6 +286,65 @@ pub async fn json(response: reqwest::Response) -> anyhow::Result<serde_json::Val
     let text = response.text().await?;
     serde_json::from_str(&text)
         .with_context(|| format!("status {status}: body is not JSON: {text}"))
+}
+
+/// Resident memory of this process, from `/proc/self/statm` (the gateway
+/// under test runs in-process, so this includes it).
+pub fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// The log lines captured so far that contain `needle`.
+///
+/// The first call installs a process-wide subscriber (plugin output at info,
+/// Weir's own warnings) that keeps only lines mentioning a plugin whose name
+/// starts with `hostile`, so the capture stays small; give each test's plugin
+/// its own such name and search for it.
+pub fn captured_logs(needle: &str) -> Vec<String> {
+    static LINES: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<String>>>> =
+        std::sync::OnceLock::new();
+    let lines = LINES.get_or_init(|| {
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "weir::plugin=info,weir::wasm=warn",
+            ))
+            .with_ansi(false)
+            .with_writer(move || LineSink(sink.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        lines
+    });
+    lines
+        .lock()
+        .map(|l| l.iter().filter(|l| l.contains(needle)).cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Keeps each formatted log line that mentions a `hostile…` plugin.
+struct LineSink(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl std::io::Write for LineSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        if text.contains("hostile")
+            && let Ok(mut lines) = self.0.lock()
+        {
+            lines.extend(text.lines().map(|l| l.chars().take(512).collect()));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Polls `check` until it returns true or `timeout` passes.

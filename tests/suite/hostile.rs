@@ -3,11 +3,15 @@
 //!
 //! The filters misbehave only on requests with more than 20 headers (or, for
 //! the draining tests, a marker header), so one test can send a hostile
-//! request and then a normal one.
+//! request and then a normal one. The host-call filters (at the end) also
+//! check that a plain route on the same gateway keeps answering while they
+//! run, and that resident memory stays put.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use weir_tests::{EchoUpstream, TestGateway, eventually, http1_client, json};
+use weir_tests::{
+    EchoUpstream, TestGateway, captured_logs, eventually, http1_client, json, resident_bytes,
+};
 
 /// A filter whose phases run `misbehave` once armed by a request with many headers.
 fn hostile_wat(phase: &str, misbehave: &str) -> String {
@@ -437,5 +441,472 @@ async fn a_draining_vm_that_fails_again_fails_its_remaining_streams_with_the_rea
         );
     }
     assert_eq!(vm_of_plain_request(&gw).await?, (200, "clean".to_owned()));
+    Ok(())
+}
+
+// Host calls: a guest must not exhaust the host through them. Each filter below
+// runs its body once per hostile request, notes each host call's status, and
+// hands the list to the upstream as request header `x-abi` (the echo upstream
+// returns it), so the tests read the exact ABI answers.
+
+/// A filter that runs `body` on requests with more than 20 headers, then adds
+/// `x-abi: <status>,<status>,…` (every `$note`d value) to the request.
+fn host_call_wat(body: &str, data: &str) -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $define_metric (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_register_shared_queue" (func $register_queue (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_enqueue_shared_queue" (func $enqueue (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_shared_data" (func $set_shared (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "x-abi")
+  (data (i32.const 32) "{data}")
+  (global $out (mut i32) (i32.const 512))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  ;; Appends the decimal of $v (below 10 000 000) and a comma at $out.
+  (func $note (param $v i32)
+    (local $div i32) (local $started i32)
+    (local.set $div (i32.const 1000000))
+    (loop $digit
+      (if (i32.or (local.get $started)
+            (i32.or (i32.ge_u (local.get $v) (local.get $div)) (i32.eq (local.get $div) (i32.const 1))))
+        (then
+          (i32.store8 (global.get $out) (i32.add (i32.const 48) (i32.div_u (local.get $v) (local.get $div))))
+          (global.set $out (i32.add (global.get $out) (i32.const 1)))
+          (local.set $started (i32.const 1))))
+      (local.set $v (i32.rem_u (local.get $v) (local.get $div)))
+      (local.set $div (i32.div_u (local.get $div) (i32.const 10)))
+      (br_if $digit (local.get $div)))
+    (i32.store8 (global.get $out) (i32.const 44))
+    (global.set $out (i32.add (global.get $out) (i32.const 1))))
+  ;; Four ASCII letters (a little-endian i32) naming $i below 26^3.
+  (func $letters (param $i i32) (result i32)
+    (i32.add (i32.const 0x41414141)
+      (i32.add (i32.rem_u (local.get $i) (i32.const 26))
+        (i32.add
+          (i32.shl (i32.rem_u (i32.div_u (local.get $i) (i32.const 26)) (i32.const 26)) (i32.const 8))
+          (i32.shl (i32.div_u (local.get $i) (i32.const 676)) (i32.const 16))))))
+  ;; Grows memory to $pages pages.
+  (func $grow_to (param $pages i32)
+    (if (i32.lt_u (memory.size) (local.get $pages))
+      (then (drop (memory.grow (i32.sub (local.get $pages) (memory.size)))))))
+  (func (export "proxy_on_request_headers") (param i32) (param $n i32) (param i32) (result i32)
+    (local $i i32) (local $ok i32)
+    (if (i32.gt_u (local.get $n) (i32.const 20))
+      (then
+        (global.set $out (i32.const 512))
+        {body}
+        (drop (call $add (i32.const 0) (i32.const 16) (i32.const 5)
+          (i32.const 512) (i32.sub (global.get $out) (i32.const 513))))))
+    (i32.const 0)))
+"#
+    )
+}
+
+/// A gateway with a `plain` route (no filter, under `/plain`) and a route
+/// through plugin `name` (one VM, 8 MiB) with `limits` added to its limits.
+async fn host_call_gateway(
+    up: &EchoUpstream,
+    name: &str,
+    wat: &str,
+    limits: &str,
+) -> anyhow::Result<TestGateway> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("hostile.wat"), wat)?;
+    TestGateway::from_yaml_in(
+        &format!(
+            r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+plugins:
+  - name: {name}
+    file: hostile.wat
+    vms: 1
+    limits: {{ memory: 8MiB{limits} }}
+routes:
+  - {{ name: plain, match: {{ path: {{ prefix: /plain }} }}, upstream: echo }}
+  - {{ name: r, upstream: echo, filters: [{{ plugin: {name} }}] }}
+"#,
+            up.addr
+        ),
+        dir,
+    )
+    .await
+}
+
+/// Sends a hostile request to `url`.
+async fn hostile_request_to(url: &str) -> anyhow::Result<reqwest::Response> {
+    hostile_request_with(&http1_client(), url).await
+}
+
+/// Sends a hostile request to `url` with `client` (building a client takes
+/// longer than a deadline, so timed requests reuse one).
+async fn hostile_request_with(
+    client: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<reqwest::Response> {
+    let mut request = client.post(url).body("payload");
+    for i in 0..24 {
+        request = request.header(format!("x-h{i}"), "1");
+    }
+    Ok(request.send().await?)
+}
+
+/// Sends a hostile request; it must pass (200) and the filter's `x-abi` list comes back.
+async fn abi_statuses(url: &str) -> anyhow::Result<String> {
+    let response = hostile_request_to(url).await?;
+    let status = response.status();
+    let body = json(response).await?;
+    anyhow::ensure!(status == 200, "hostile request answered {status}: {body}");
+    Ok(body["headers"]["x-abi"][0]
+        .as_str()
+        .unwrap_or("(no x-abi header)")
+        .to_owned())
+}
+
+/// Held by each host-call test for its whole run, so their resident-memory
+/// measurements do not see each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Budget for a plain request while hostile ones run.
+const PLAIN_BUDGET: Duration = Duration::from_secs(2);
+
+/// Runs `rounds` of `hostile` one after another on another task while plain
+/// requests keep going; every plain request must answer 200 within
+/// [`PLAIN_BUDGET`], during the hostile rounds and after them. Returns the
+/// hostile rounds' results and how many plain requests ran meanwhile.
+async fn while_plain_route_answers<T, F, Fut>(
+    gw: &TestGateway,
+    rounds: usize,
+    hostile: F,
+) -> anyhow::Result<(Vec<T>, usize)>
+where
+    T: Send + 'static,
+    F: Fn(String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>> + Send,
+{
+    let url = gw.url("main", "/");
+    let task = tokio::spawn(async move {
+        let mut results = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            results.push(hostile(url.clone()).await?);
+        }
+        anyhow::Ok(results)
+    });
+    let plain = gw.url("main", "/plain");
+    let client = http1_client();
+    let mut meanwhile = 0;
+    loop {
+        let finished = task.is_finished();
+        let started = Instant::now();
+        let status = tokio::time::timeout(PLAIN_BUDGET, client.get(&plain).send())
+            .await
+            .map_err(|_| anyhow::anyhow!("a plain request took over {PLAIN_BUDGET:?}"))??
+            .status();
+        assert_eq!(status, 200, "plain route after {:?}", started.elapsed());
+        if finished {
+            break;
+        }
+        meanwhile += 1;
+    }
+    Ok((task.await??, meanwhile))
+}
+
+/// Asserts resident memory grew by less than `limit` since `before`.
+fn assert_resident_growth_below(before: u64, limit: u64, what: &str) {
+    let after = resident_bytes();
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < limit,
+        "{what}: resident memory grew by {} MiB (limit {} MiB)",
+        grown >> 20,
+        limit >> 20
+    );
+}
+
+/// Resident growth allowed while hostile filters run (the unbounded host
+/// calls grew it by 1–6 GB).
+const RESIDENT_LIMIT: u64 = 256 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_get_is_bounded_and_fills_in_place() -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let up = EchoUpstream::start("echo").await?;
+    // 1 GiB and -1 lie outside memory (EFAULT 21), 2 MiB is over the cap
+    // (EINVAL 28), 1 MiB inside memory is served (0).
+    let body = "(call $grow_to (i32.const 48))
+        (call $note (call $random (i32.const 1024) (i32.const 1073741824)))
+        (call $note (call $random (i32.const 1024) (i32.const -1)))
+        (call $note (call $random (i32.const 0) (i32.const 2097152)))
+        (call $note (call $random (i32.const 65536) (i32.const 1048576)))";
+    let gw = host_call_gateway(&up, "hostile-random", &host_call_wat(body, ""), "").await?;
+    let before = resident_bytes();
+    let (statuses, _) = while_plain_route_answers(&gw, 20, async |url| {
+        let started = Instant::now();
+        let statuses = abi_statuses(&url).await?;
+        anyhow::Ok((statuses, started.elapsed()))
+    })
+    .await?;
+    for (abi, took) in statuses {
+        assert_eq!(abi, "21,21,28,0");
+        assert!(took < PLAIN_BUDGET, "a hostile request took {took:?}");
+    }
+    assert_resident_growth_below(before, RESIDENT_LIMIT, "random_get");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_write_takes_a_bounded_short_write() -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let _ = captured_logs("hostile-fd-write");
+    let up = EchoUpstream::start("echo").await?;
+    // 256 iovecs of 4 MiB each (1 GiB): a short write of 64 KiB (0, then
+    // nwritten 65536); 1025 iovecs: EINVAL (28); an iovec past the end of
+    // memory: EFAULT (21); fd 3: EBADF (8).
+    let body = "(call $grow_to (i32.const 80))
+        (local.set $i (i32.const 0))
+        (loop $fill
+          (i32.store (i32.add (i32.const 1024) (i32.mul (local.get $i) (i32.const 8))) (i32.const 0))
+          (i32.store (i32.add (i32.const 1028) (i32.mul (local.get $i) (i32.const 8))) (i32.const 4194304))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $fill (i32.lt_u (local.get $i) (i32.const 1025))))
+        (call $note (call $fd_write (i32.const 1) (i32.const 1024) (i32.const 256) (i32.const 0)))
+        (call $note (i32.load (i32.const 0)))
+        (call $note (call $fd_write (i32.const 1) (i32.const 1024) (i32.const 1025) (i32.const 0)))
+        (i32.store (i32.const 1028) (i32.const 8388608))
+        (call $note (call $fd_write (i32.const 2) (i32.const 1024) (i32.const 1) (i32.const 0)))
+        (call $note (call $fd_write (i32.const 3) (i32.const 1024) (i32.const 1) (i32.const 0)))";
+    let gw = host_call_gateway(&up, "hostile-fd-write", &host_call_wat(body, ""), "").await?;
+    let before = resident_bytes();
+    let (statuses, _) =
+        while_plain_route_answers(&gw, 20, async |url| abi_statuses(&url).await).await?;
+    for abi in statuses {
+        assert_eq!(abi, "0,65536,28,21,8");
+    }
+    assert_resident_growth_below(before, RESIDENT_LIMIT, "fd_write");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_loop_stops_at_its_deadline() -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    // Logging on (so each call formats a line), but not kept by the capture.
+    let _ = captured_logs("loop-log");
+    let up = EchoUpstream::start("echo").await?;
+    let body = "(loop $spin
+          (drop (call $log (i32.const 3) (i32.const 32) (i32.const 64)))
+          (br $spin))";
+    let wat = host_call_wat(body, &format!("looping-log {}", "x".repeat(52)));
+    let gw = host_call_gateway(&up, "loop-log", &wat, ", callback_deadline: 100ms").await?;
+    let client = http1_client();
+    let (outcomes, _) = while_plain_route_answers(&gw, 5, move |url| {
+        let client = client.clone();
+        async move {
+            let started = Instant::now();
+            let response = hostile_request_with(&client, &url).await?;
+            let took = started.elapsed();
+            let status = response.status();
+            let body = json(response).await?;
+            anyhow::Ok((status, body, took))
+        }
+    })
+    .await?;
+    for (status, body, took) in outcomes {
+        assert_eq!(status, 503);
+        assert_eq!(body["error"]["code"], "plugin_failed");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("plugin `loop-log` failed: exceeded its CPU deadline"),
+            "{message}"
+        );
+        // The unbounded calls overran a 100ms deadline five times over.
+        assert!(
+            took < Duration::from_millis(250),
+            "the request took {took:?} with a 100ms deadline"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_calls_without_a_loop_stop_at_the_deadline() -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let up = EchoUpstream::start("echo").await?;
+    // A thousand 1 MiB random_get calls in straight-line code: no loop for the
+    // epoch interrupt to stop, so only the host calls' own check can; each
+    // takes milliseconds, so together they overrun a 100ms deadline many times.
+    let body = "(call $grow_to (i32.const 32))\n".to_owned()
+        + &"(drop (call $random (i32.const 65536) (i32.const 1048576)))\n".repeat(1000);
+    let gw = host_call_gateway(
+        &up,
+        "straight-line",
+        &host_call_wat(&body, ""),
+        ", callback_deadline: 100ms",
+    )
+    .await?;
+    let client = http1_client();
+    let (outcomes, _) = while_plain_route_answers(&gw, 3, move |url| {
+        let client = client.clone();
+        async move {
+            let started = Instant::now();
+            let response = hostile_request_with(&client, &url).await?;
+            let took = started.elapsed();
+            let status = response.status();
+            let body = json(response).await?;
+            anyhow::Ok((status, body, took))
+        }
+    })
+    .await?;
+    for (status, body, took) in outcomes {
+        assert_eq!(status, 503);
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(
+            message,
+            "plugin `straight-line` failed: exceeded its CPU deadline (during host call `random_get`)"
+        );
+        assert!(
+            took < Duration::from_millis(300),
+            "the request took {took:?} with a 100ms deadline"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_bytes_over_the_rate_are_dropped_with_one_warning() -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let _ = captured_logs("hostile-log-rate");
+    let up = EchoUpstream::start("echo").await?;
+    // Ten 250-byte messages against 1000 bytes per second: four are logged,
+    // every call answers OK (the Rust SDK traps on anything else).
+    let body = "(local.set $i (i32.const 0))
+        (loop $ten
+          (call $note (call $log (i32.const 3) (i32.const 32) (i32.const 250)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $ten (i32.lt_u (local.get $i) (i32.const 10))))";
+    let message = format!("hostile-log-rate-message {}", "x".repeat(225));
+    let gw = host_call_gateway(
+        &up,
+        "hostile-log-rate",
+        &host_call_wat(body, &message),
+        ", log_bytes_per_second: 1000",
+    )
+    .await?;
+    let url = gw.url("main", "/");
+    assert_eq!(abi_statuses(&url).await?, "0,0,0,0,0,0,0,0,0,0");
+    assert_eq!(captured_logs("hostile-log-rate-message").len(), 4);
+    let (statuses, _) =
+        while_plain_route_answers(&gw, 5, async |url| abi_statuses(&url).await).await?;
+    assert!(statuses.iter().all(|s| s == "0,0,0,0,0,0,0,0,0,0"));
+    let warnings = captured_logs("plugin `hostile-log-rate` hit its `log_bytes_per_second` quota");
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_defines_at_most_its_metric_quota() -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let _ = captured_logs("hostile-metrics");
+    let up = EchoUpstream::start("echo").await?;
+    // 1000 new names against `metrics: 3`: 3 are defined, the rest answer
+    // BAD_ARGUMENT; a defined name is still found (0).
+    let body = "(local.set $i (i32.const 0))
+        (local.set $ok (i32.const 0))
+        (loop $names
+          (i32.store (i32.const 32) (call $letters (local.get $i)))
+          (if (i32.eqz (call $define_metric (i32.const 0) (i32.const 32) (i32.const 4) (i32.const 8)))
+            (then (local.set $ok (i32.add (local.get $ok) (i32.const 1)))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $names (i32.lt_u (local.get $i) (i32.const 1000))))
+        (call $note (local.get $ok))
+        (i32.store (i32.const 32) (call $letters (i32.const 0)))
+        (call $note (call $define_metric (i32.const 0) (i32.const 32) (i32.const 4) (i32.const 8)))
+        (i32.store (i32.const 32) (call $letters (i32.const 17000)))
+        (call $note (call $define_metric (i32.const 0) (i32.const 32) (i32.const 4) (i32.const 8)))";
+    let gw = host_call_gateway(
+        &up,
+        "hostile-metrics",
+        &host_call_wat(body, ""),
+        ", metrics: 3",
+    )
+    .await?;
+    let url = gw.url("main", "/");
+    assert_eq!(abi_statuses(&url).await?, "3,0,2");
+    let (statuses, _) =
+        while_plain_route_answers(&gw, 5, async |url| abi_statuses(&url).await).await?;
+    assert!(statuses.iter().all(|s| s == "3,0,2"), "{statuses:?}");
+    let warnings = captured_logs("plugin `hostile-metrics` hit its `metrics` quota");
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_hold_at_most_their_byte_quota() -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let _ = captured_logs("hostile-queues");
+    let up = EchoUpstream::start("echo").await?;
+    // `queues: 1, queue_bytes: 2MiB`: a second queue is refused (2); two 1 MiB
+    // items fit, a third does not (2); an item over the 1 MiB cap is refused (2).
+    let body = "(call $grow_to (i32.const 40))
+        (call $note (call $register_queue (i32.const 32) (i32.const 1) (i32.const 4)))
+        (call $note (call $register_queue (i32.const 33) (i32.const 1) (i32.const 8)))
+        (call $note (call $enqueue (i32.load (i32.const 4)) (i32.const 65536) (i32.const 1048576)))
+        (call $note (call $enqueue (i32.load (i32.const 4)) (i32.const 65536) (i32.const 1048576)))
+        (call $note (call $enqueue (i32.load (i32.const 4)) (i32.const 65536) (i32.const 1048576)))
+        (call $note (call $enqueue (i32.load (i32.const 4)) (i32.const 65536) (i32.const 1048577)))";
+    let gw = host_call_gateway(
+        &up,
+        "hostile-queues",
+        &host_call_wat(body, "ab"),
+        ", queues: 1, queue_bytes: 2MiB",
+    )
+    .await?;
+    let url = gw.url("main", "/");
+    assert_eq!(abi_statuses(&url).await?, "0,2,0,0,2,2");
+    let before = resident_bytes();
+    let (statuses, _) =
+        while_plain_route_answers(&gw, 36, async |url| abi_statuses(&url).await).await?;
+    assert!(statuses.iter().all(|s| s == "0,2,2,2,2,2"), "{statuses:?}");
+    assert_resident_growth_below(before, RESIDENT_LIMIT, "queues");
+    for quota in ["queues", "queue_bytes"] {
+        let warnings = captured_logs(&format!("plugin `hostile-queues` hit its `{quota}` quota"));
+        assert_eq!(warnings.len(), 1, "{quota}: {warnings:#?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_data_holds_at_most_its_byte_quota() -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let _ = captured_logs("hostile-shared");
+    let up = EchoUpstream::start("echo").await?;
+    // `shared_data_bytes: 2MiB`: one 1 MiB value fits (0), a second does not
+    // (2), replacing the first does (0), a value over the 1 MiB cap is refused (2).
+    let body = "(call $grow_to (i32.const 40))
+        (call $note (call $set_shared (i32.const 32) (i32.const 2) (i32.const 65536) (i32.const 1048576) (i32.const 0)))
+        (call $note (call $set_shared (i32.const 34) (i32.const 2) (i32.const 65536) (i32.const 1048576) (i32.const 0)))
+        (call $note (call $set_shared (i32.const 32) (i32.const 2) (i32.const 65536) (i32.const 1048576) (i32.const 0)))
+        (call $note (call $set_shared (i32.const 34) (i32.const 2) (i32.const 65536) (i32.const 1048577) (i32.const 0)))";
+    let gw = host_call_gateway(
+        &up,
+        "hostile-shared",
+        &host_call_wat(body, "k1k2"),
+        ", shared_data_bytes: 2MiB",
+    )
+    .await?;
+    let before = resident_bytes();
+    let (statuses, _) =
+        while_plain_route_answers(&gw, 36, async |url| abi_statuses(&url).await).await?;
+    assert!(statuses.iter().all(|s| s == "0,2,0,2"), "{statuses:?}");
+    assert_resident_growth_below(before, RESIDENT_LIMIT, "shared data");
+    let warnings = captured_logs("plugin `hostile-shared` hit its `shared_data_bytes` quota");
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
     Ok(())
 }

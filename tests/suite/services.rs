@@ -120,7 +120,8 @@ async fn callout_failures_reach_the_filter_and_never_hang() -> anyhow::Result<()
     .await?;
     let response = http1_client().get(gw.url("main", "/")).send().await?;
     assert_eq!(response.status(), 502);
-    assert!(response.text().await?.contains("unavailable"));
+    let text = response.text().await?;
+    assert!(text.contains("unavailable"), "{text}");
 
     let gw = gateway(&app, &[], json!({ "callouts": ["nowhere"] }), 1).await?;
     let response = http1_client().get(gw.url("main", "/")).send().await?;

@@ -106,3 +106,33 @@ fn yaml_error(error: &serde_saphyr::Error) -> Diagnostic {
         message: format!("invalid YAML: {}", error.without_snippet()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::Quotas;
+
+    #[test]
+    fn plugin_quotas_decode_and_unset_ones_take_their_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/manifests/valid/plugin_quotas.yaml");
+        let manifest = load(&path).expect("the golden manifest is valid");
+        assert_eq!(
+            manifest.plugins[0].quotas,
+            Quotas {
+                metrics: 20,
+                queues: 0,
+                queue_bytes: 4 << 20,
+                shared_data_bytes: 1 << 20,
+                log_bytes_per_second: 64 << 10,
+            }
+        );
+        assert_eq!(
+            manifest.plugins[1].quotas,
+            Quotas {
+                metrics: 5,
+                ..Quotas::default()
+            }
+        );
+    }
+}

@@ -190,6 +190,8 @@ pub struct Plugin {
     pub memory_bytes: u64,
     /// CPU time one callback may take.
     pub callback_deadline: Duration,
+    /// What it may hold in the shared services, and how fast it may log.
+    pub quotas: Quotas,
     /// What a failure does to the request.
     pub on_error: OnError,
     /// VMs per filter instance (default: one per worker thread).
@@ -198,6 +200,45 @@ pub struct Plugin {
     pub shared_data_tier: Option<String>,
     /// Where it is written (for messages).
     pub location: crate::config::Location,
+}
+
+/// Default [`Quotas::metrics`].
+pub const DEFAULT_METRICS: usize = 1_000;
+/// Default [`Quotas::queues`].
+pub const DEFAULT_QUEUES: usize = 100;
+/// Default [`Quotas::queue_bytes`].
+pub const DEFAULT_QUEUE_BYTES: u64 = 16 << 20;
+/// Default [`Quotas::shared_data_bytes`].
+pub const DEFAULT_SHARED_DATA_BYTES: u64 = 16 << 20;
+/// Default [`Quotas::log_bytes_per_second`].
+pub const DEFAULT_LOG_BYTES_PER_SECOND: u64 = 1 << 20;
+
+/// What one plugin may hold and do, across all its VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Distinct metrics it may define.
+    pub metrics: usize,
+    /// Shared queues it may register.
+    pub queues: usize,
+    /// Bytes its queues may hold together (items waiting to be dequeued).
+    pub queue_bytes: u64,
+    /// Bytes its shared-data namespace may hold (keys, values and per-entry overhead).
+    pub shared_data_bytes: u64,
+    /// Log bytes per second (a token bucket holding one second's worth);
+    /// messages beyond it are dropped.
+    pub log_bytes_per_second: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            metrics: DEFAULT_METRICS,
+            queues: DEFAULT_QUEUES,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
+            shared_data_bytes: DEFAULT_SHARED_DATA_BYTES,
+            log_bytes_per_second: DEFAULT_LOG_BYTES_PER_SECOND,
+        }
+    }
 }
 
 /// What a plugin failure does to the request.

@@ -732,6 +732,7 @@ pub struct RawPlugin {
     pub file: Option<Located<String>>,
     pub memory: u64,
     pub callback_deadline: std::time::Duration,
+    pub quotas: super::model::Quotas,
     pub on_error: super::model::OnError,
     pub vms: Option<usize>,
     pub shared_data_tier: Option<Located<String>>,
@@ -755,12 +756,14 @@ impl Decode for RawPlugin {
         let limits = limits.unwrap_or(PluginLimitsRaw {
             memory: DEFAULT_PLUGIN_MEMORY,
             callback_deadline: DEFAULT_CALLBACK_DEADLINE,
+            quotas: super::model::Quotas::default(),
         });
         Some(Self {
             name: name?,
             file,
             memory: limits.memory,
             callback_deadline: limits.callback_deadline,
+            quotas: limits.quotas,
             on_error,
             vms: vms.map(|v| v.value.max(1)),
             shared_data_tier,
@@ -768,10 +771,12 @@ impl Decode for RawPlugin {
     }
 }
 
-/// A plugin's `limits` as written.
+/// A plugin's `limits` as written: the sandbox (memory, deadline) and the
+/// quotas on what it may hold in the shared services.
 struct PluginLimitsRaw {
     memory: u64,
     callback_deadline: std::time::Duration,
+    quotas: super::model::Quotas,
 }
 
 impl Decode for PluginLimitsRaw {
@@ -781,6 +786,26 @@ impl Decode for PluginLimitsRaw {
         let deadline = f
             .optional::<Located<HumanDuration>>("callback_deadline", diags)
             .flatten();
+        let defaults = super::model::Quotas::default();
+        let quotas = super::model::Quotas {
+            metrics: f.or("metrics", defaults.metrics, diags),
+            queues: f.or("queues", defaults.queues, diags),
+            queue_bytes: f.or("queue_bytes", ByteSize(defaults.queue_bytes), diags).0,
+            shared_data_bytes: f
+                .or(
+                    "shared_data_bytes",
+                    ByteSize(defaults.shared_data_bytes),
+                    diags,
+                )
+                .0,
+            log_bytes_per_second: f
+                .or(
+                    "log_bytes_per_second",
+                    ByteSize(defaults.log_bytes_per_second),
+                    diags,
+                )
+                .0,
+        };
         f.finish(diags);
         if let Some(m) = &memory
             && m.value.0 < (1 << 20)
@@ -798,6 +823,7 @@ impl Decode for PluginLimitsRaw {
         Some(Self {
             memory: memory.map_or(DEFAULT_PLUGIN_MEMORY, |m| m.value.0),
             callback_deadline: deadline.map_or(DEFAULT_CALLBACK_DEADLINE, |d| d.value.0),
+            quotas,
         })
     }
 }

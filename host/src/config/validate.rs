@@ -200,6 +200,7 @@ fn plugin(
         file: existing_file(&file, "plugin", base_dir, diags),
         memory_bytes: raw.memory,
         callback_deadline: raw.callback_deadline,
+        quotas: raw.quotas,
         on_error: raw.on_error,
         vms: raw.vms,
         shared_data_tier: raw.shared_data_tier.map(|t| t.value),

@@ -1,9 +1,12 @@
 //! Plugin metrics (`proxy_define_metric` …): counters, gauges and histograms
-//! kept per plugin, rendered in the Prometheus text format.
+//! kept per plugin, rendered in the Prometheus text format. A plugin defines
+//! at most its `metrics` quota of distinct names.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
+
+use super::quota::{Quota, QuotaExceeded};
 
 /// A metric's kind, numbered as the ABI numbers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +54,9 @@ pub enum MetricError {
     /// The operation does not suit the metric's kind (or a counter would go down).
     #[error("bad argument")]
     BadArgument,
+    /// The plugin already defines as many metrics as its quota allows.
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
 }
 
 /// The registry of every plugin's metrics.
@@ -66,18 +72,33 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Defines (or finds) `name` of `kind` for `plugin`; returns its id.
-    pub fn define(&self, plugin: &str, kind: Kind, name: &str) -> Result<u32, MetricError> {
+    /// Defines (or finds) `name` of `kind` for `plugin`; returns its id. A new
+    /// name beyond the plugin's `max` metrics is refused.
+    pub fn define(
+        &self,
+        plugin: &str,
+        kind: Kind,
+        name: &str,
+        max: usize,
+    ) -> Result<u32, MetricError> {
         let mut metrics = self.lock();
-        if let Some(i) = metrics
+        let mut defined = 0;
+        for (i, m) in metrics
             .iter()
-            .position(|m| m.plugin == plugin && m.name == name)
+            .enumerate()
+            .filter(|(_, m)| m.plugin == plugin)
         {
-            return if metrics[i].kind == kind {
-                Ok(i as u32)
-            } else {
-                Err(MetricError::BadArgument)
-            };
+            if m.name == name {
+                return if m.kind == kind {
+                    Ok(i as u32)
+                } else {
+                    Err(MetricError::BadArgument)
+                };
+            }
+            defined += 1;
+        }
+        if defined >= max {
+            return Err(QuotaExceeded::from(Quota::Metrics).into());
         }
         metrics.push(Metric {
             plugin: plugin.to_owned(),
@@ -200,19 +221,24 @@ mod tests {
     fn counters_gauges_and_histograms_render_for_prometheus() {
         let m = Metrics::default();
         let c = m
-            .define("auth", Kind::Counter, "requests.denied")
+            .define("auth", Kind::Counter, "requests.denied", 10)
             .expect("define");
-        assert_eq!(m.define("auth", Kind::Counter, "requests.denied"), Ok(c));
         assert_eq!(
-            m.define("auth", Kind::Gauge, "requests.denied"),
+            m.define("auth", Kind::Counter, "requests.denied", 10),
+            Ok(c)
+        );
+        assert_eq!(
+            m.define("auth", Kind::Gauge, "requests.denied", 10),
             Err(MetricError::BadArgument)
         );
         m.increment(c, 2).expect("increment");
         assert_eq!(m.increment(c, -1), Err(MetricError::BadArgument));
-        let g = m.define("auth", Kind::Gauge, "inflight").expect("define");
+        let g = m
+            .define("auth", Kind::Gauge, "inflight", 10)
+            .expect("define");
         m.record(g, 7).expect("record");
         let h = m
-            .define("auth", Kind::Histogram, "latency_ms")
+            .define("auth", Kind::Histogram, "latency_ms", 10)
             .expect("define");
         m.record(h, 3).expect("sample");
         m.record(h, 40).expect("sample");
@@ -240,5 +266,23 @@ mod tests {
             text.contains("weir_plugin_latency_ms_count{plugin=\"auth\"} 2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_plugin_defines_at_most_its_quota_of_names() {
+        let m = Metrics::default();
+        let a = m.define("p", Kind::Counter, "a", 2).expect("1");
+        m.define("p", Kind::Counter, "b", 2).expect("2");
+        assert_eq!(
+            m.define("p", Kind::Counter, "c", 2),
+            Err(MetricError::Quota(Quota::Metrics.into()))
+        );
+        assert_eq!(
+            m.define("p", Kind::Counter, "a", 2),
+            Ok(a),
+            "finding a defined name is not a new one"
+        );
+        m.define("q", Kind::Counter, "c", 2)
+            .expect("another plugin has its own count");
     }
 }

@@ -1,5 +1,6 @@
 //! Services the host offers filters beyond the stream itself: HTTP callouts
-//! to upstream groups, the shared-data cache, shared queues and metrics.
+//! to upstream groups, the shared-data cache, shared queues and metrics, each
+//! holding every plugin to its [`quota::Quotas`].
 //!
 //! Knows neither wasmtime nor hyper: callouts go through the [`HttpCaller`]
 //! trait, which the proxy implements over its upstream groups.
@@ -7,6 +8,7 @@
 pub mod http_call;
 pub mod metrics;
 pub mod queues;
+pub mod quota;
 pub mod redis;
 pub mod shared_data;
 pub mod tier;

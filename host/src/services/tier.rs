@@ -76,8 +76,9 @@ pub fn expire(services: &Arc<Services>, plugin: &str, key: &str, ttl: Duration) 
     );
 }
 
-/// Fetches a missing entry from the tier into the local store, in the background.
-pub fn fetch(services: &Arc<Services>, plugin: &str, key: &str) {
+/// Fetches a missing entry from the tier into the local store, in the
+/// background, if the namespace has `max_bytes` room for it.
+pub fn fetch(services: &Arc<Services>, plugin: &str, key: &str, max_bytes: u64) {
     let args = vec![b"GET".to_vec(), redis_key(plugin, key)];
     let Some((pending, runtime)) = start(services, plugin, args) else {
         return;
@@ -89,7 +90,7 @@ pub fn fetch(services: &Arc<Services>, plugin: &str, key: &str) {
         {
             services
                 .shared_data
-                .insert_if_absent(&plugin, &key, Bytes::from(value));
+                .insert_if_absent(&plugin, &key, Bytes::from(value), max_bytes);
         }
     });
 }

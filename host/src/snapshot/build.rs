@@ -63,6 +63,7 @@ pub fn chains(
             let limits = PluginLimits {
                 memory_bytes: usize::try_from(p.memory_bytes).unwrap_or(usize::MAX),
                 callback_deadline: p.callback_deadline,
+                quotas: p.quotas,
             };
             let loaded = std::fs::read(&p.file)
                 .map_err(|reason| LoadError::Read {

@@ -468,6 +468,7 @@ mod tests {
         let limits = PluginLimits {
             memory_bytes: 1 << 20,
             callback_deadline: Duration::from_secs(1),
+            quotas: crate::services::quota::Quotas::default(),
         };
         let plugin = runtime
             .load("traps", TRAPS_ON_LOG.as_bytes(), limits)

@@ -5,6 +5,7 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::abi::Status;
+use super::abi::caps::MAP_ENTRIES;
 use super::stream::{Phase, StreamData};
 
 /// The maps of the ABI's map-type enum that Weir serves.
@@ -125,6 +126,9 @@ impl StreamData {
             }
             Some(v) => {
                 let value = HeaderValue::from_bytes(v).map_err(|_| Status::BadArgument)?;
+                if !replace && headers.len() >= MAP_ENTRIES {
+                    return Err(Status::BadArgument);
+                }
                 if replace {
                     headers.insert(name, value);
                 } else {

@@ -8,13 +8,15 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine, InstancePre, Linker, Module};
 
 use super::vm::VmState;
+use crate::services::quota::{LogBucket, Quotas, Warnings};
 
 /// How often the epoch advances; CPU deadlines are whole multiples of it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -29,6 +31,8 @@ pub struct PluginLimits {
     pub memory_bytes: usize,
     /// CPU time one callback may use.
     pub callback_deadline: Duration,
+    /// What the plugin may hold in the shared services, and how fast it may log.
+    pub quotas: Quotas,
 }
 
 impl PluginLimits {
@@ -78,6 +82,8 @@ pub struct Runtime {
     linker: Linker<VmState>,
     provided: std::collections::HashSet<(&'static str, &'static str)>,
     modules: Mutex<HashMap<[u8; 32], Module>>,
+    /// Epoch ticks so far (the engine's epoch, readable by host calls).
+    ticks: AtomicU64,
 }
 
 impl Runtime {
@@ -103,6 +109,7 @@ impl Runtime {
             linker,
             provided,
             modules: Mutex::new(HashMap::new()),
+            ticks: AtomicU64::new(0),
         });
         spawn_epoch_ticker(Arc::downgrade(&runtime));
         Ok(runtime)
@@ -169,6 +176,8 @@ impl Runtime {
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         Ok(Arc::new(Plugin {
             name: name.to_owned(),
+            log_bucket: LogBucket::new(limits.quotas.log_bytes_per_second),
+            warnings: Warnings::default(),
             limits,
             pre,
             runtime: self.clone(),
@@ -176,13 +185,24 @@ impl Runtime {
     }
 }
 
-/// Advances the epoch every [`EPOCH_TICK`] while the runtime lives.
+/// Advances the epoch once per [`EPOCH_TICK`] of wall-clock time while the
+/// runtime lives. It counts elapsed time rather than its own wake-ups, so a
+/// ticker that sleeps late (a busy machine) catches up instead of stretching
+/// every deadline.
 fn spawn_epoch_ticker(runtime: Weak<Runtime>) {
     let spawned = std::thread::Builder::new()
         .name("weir-epoch".into())
         .spawn(move || {
+            let start = Instant::now();
             while let Some(runtime) = runtime.upgrade() {
-                runtime.engine.increment_epoch();
+                let due = start.elapsed().as_micros() / EPOCH_TICK.as_micros().max(1);
+                let due = u64::try_from(due).unwrap_or(u64::MAX);
+                let mut done = runtime.ticks.load(Ordering::Relaxed);
+                while done < due {
+                    runtime.engine.increment_epoch();
+                    done += 1;
+                }
+                runtime.ticks.store(done, Ordering::Release);
                 drop(runtime);
                 std::thread::sleep(EPOCH_TICK);
             }
@@ -198,6 +218,10 @@ pub struct Plugin {
     pub name: String,
     /// Sandbox limits of its VMs.
     pub limits: PluginLimits,
+    /// Its log budget, shared by all its VMs.
+    pub(crate) log_bucket: LogBucket,
+    /// When each of its quotas was last warned about.
+    pub(crate) warnings: Warnings,
     pre: InstancePre<VmState>,
     runtime: Arc<Runtime>,
 }
@@ -210,5 +234,10 @@ impl Plugin {
 
     pub(crate) fn instance_pre(&self) -> &InstancePre<VmState> {
         &self.pre
+    }
+
+    /// The engine's epoch now, in [`EPOCH_TICK`]s (what epoch deadlines count).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.runtime.ticks.load(Ordering::Acquire)
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! Every guest call runs under an epoch deadline and the store's memory cap;
 //! a trap comes back as an error, and the filter instance stops binding new
-//! streams to the VM (`filter`, `slot`).
+//! streams to the VM (`filter`, `slot`). Host calls that do work in
+//! proportion to guest input check the same deadline ([`VmState::deadline`])
+//! and fail the callback with [`DeadlineExceeded`].
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
@@ -54,6 +56,19 @@ pub struct VmState {
     pub(crate) redis_response: Option<Bytes>,
     /// What `proxy_get_status` reports.
     pub(crate) status: (u32, String),
+    /// The epoch (see `Plugin::epoch`) at which the running callback's time is up.
+    pub(crate) deadline: u64,
+    /// Callouts started and not yet answered (each holds its request until then).
+    pub(crate) callouts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A host call found the callback's deadline already past; returned from the
+/// host call, it fails the callback as an epoch deadline would.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("exceeded its CPU deadline (during host call `{call}`)")]
+pub struct DeadlineExceeded {
+    /// The host function that noticed.
+    pub call: &'static str,
 }
 
 /// The VM slot a VM lives in, so answers that arrive later find their way back.
@@ -239,6 +254,8 @@ impl Vm {
             call_response: None,
             redis_response: None,
             status: (0, String::new()),
+            deadline: u64::MAX,
+            callouts: Arc::default(),
         };
         let mut store = Store::new(plugin.engine(), state);
         store.limiter(|s| &mut s.limits);
@@ -246,6 +263,9 @@ impl Vm {
         let deadline_ticks = plugin.limits.deadline_ticks();
         // Start-up may compile tables and the like: give it ten callback budgets.
         store.set_epoch_deadline(deadline_ticks.saturating_mul(10));
+        store.data_mut().deadline = plugin
+            .epoch()
+            .saturating_add(deadline_ticks.saturating_mul(10));
         let trap = |e: wasmtime::Error| StartError::Trap(describe_error(&e));
         let instance = plugin
             .instance_pre()
@@ -311,7 +331,9 @@ impl Vm {
         context: u32,
     ) -> wasmtime::Result<R> {
         self.store.set_epoch_deadline(self.deadline_ticks);
-        self.store.data_mut().effective = context;
+        let state = self.store.data_mut();
+        state.deadline = state.plugin.epoch().saturating_add(self.deadline_ticks);
+        state.effective = context;
         let result = f.call(&mut self.store, params);
         self.store.data_mut().effective = ROOT_CONTEXT_ID;
         result
@@ -542,6 +564,9 @@ fn typed<P: WasmParams, R: WasmResults>(
 
 /// A one-line description of a guest failure (trap kind, deadline, or message).
 pub fn describe_error(error: &wasmtime::Error) -> String {
+    if let Some(overrun) = error.downcast_ref::<DeadlineExceeded>() {
+        return overrun.to_string();
+    }
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => "exceeded its CPU deadline".to_owned(),
         Some(trap) => format!("trapped: {trap}"),
@@ -550,5 +575,21 @@ pub fn describe_error(error: &wasmtime::Error) -> String {
             .next()
             .unwrap_or("failed")
             .to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_noticed_in_a_host_call_reads_like_an_epoch_interrupt() {
+        let error = wasmtime::Error::from(DeadlineExceeded { call: "proxy_log" });
+        assert_eq!(
+            describe_error(&error),
+            "exceeded its CPU deadline (during host call `proxy_log`)"
+        );
+        let interrupt = wasmtime::Error::from(wasmtime::Trap::Interrupt);
+        assert_eq!(describe_error(&interrupt), "exceeded its CPU deadline");
     }
 }

@@ -4,7 +4,14 @@
 //! Host functions see a stream only through `StreamData`; they know no hyper
 //! types. A bad pointer, a call in the wrong phase or an unknown id returns the
 //! ABI's status code; only the guest's own allocator can trap.
+//!
+//! Guest input is bounded before the host acts on it: every span goes through
+//! `memory::Span` (inside guest memory, within its cap from `caps`), host calls
+//! whose work grows with guest input first check the callback's deadline
+//! ([`on_time`]), and what a plugin may hold in the services is held to its
+//! quotas ([`refuse`] answers a quota hit).
 
+pub(crate) mod caps;
 mod memory;
 pub(crate) mod pairs;
 mod properties;
@@ -17,11 +24,12 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use wasmtime::{IntoFunc, Linker};
 
-use memory::Ctx;
+use memory::{Ctx, span};
 
 use super::headers::MapType;
 use super::stream::{LocalReply, Phase, StreamData};
-use super::vm::{ROOT_CONTEXT_ID, VmState};
+use super::vm::{DeadlineExceeded, ROOT_CONTEXT_ID, VmState};
+use crate::services::quota::{Quota, QuotaExceeded};
 
 /// Proxy-Wasm status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +60,39 @@ fn code(result: Result<(), Status>) -> i32 {
     match result {
         Ok(()) => Status::Ok as i32,
         Err(status) => status as i32,
+    }
+}
+
+/// Fails the callback once its deadline has passed. Host calls whose work
+/// grows with guest input call this first, so a guest that loops on them stops
+/// at its deadline just as one looping in its own code does.
+fn on_time(state: &VmState, call: &'static str) -> wasmtime::Result<()> {
+    if state.plugin.epoch() >= state.deadline {
+        return Err(DeadlineExceeded { call }.into());
+    }
+    Ok(())
+}
+
+/// Answers a quota hit: warns (at most once per `quota::WARN_INTERVAL` per
+/// plugin and quota) and returns `BAD_ARGUMENT`.
+fn refuse(state: &VmState, exceeded: QuotaExceeded) -> i32 {
+    warn_quota(state, exceeded.quota);
+    Status::BadArgument as i32
+}
+
+/// Logs that the plugin hit `quota`, unless it was warned about recently.
+fn warn_quota(state: &VmState, quota: Quota) {
+    let plugin = &state.plugin;
+    if plugin.warnings.should_warn(quota) {
+        tracing::warn!(
+            plugin = plugin.name.as_str(),
+            quota = quota.name(),
+            limit = quota.limit(&plugin.limits.quotas),
+            "plugin `{}` hit its `{}` quota; refusing what exceeds it (next warning for this quota in {}s at the earliest)",
+            plugin.name,
+            quota.name(),
+            crate::services::quota::WARN_INTERVAL.as_secs(),
+        );
     }
 }
 
@@ -115,18 +156,27 @@ fn add_context_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_log",
         |mut c: Ctx<'_>, level: i32, ptr: i32, len: i32| {
+            on_time(c.data(), "proxy_log")?;
             if !(0..=5).contains(&level) {
                 return Ok(Status::BadArgument as i32);
             }
-            // Reading guest memory costs; skip it when nobody listens at this level.
-            if !plugin_log_enabled(level) {
-                return Ok(code(memory::check(&mut c, ptr, len)));
-            }
-            let message = match memory::read(&mut c, ptr, len) {
-                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            // Any length inside guest memory is accepted (the Rust SDK panics
+            // on any status but OK); only the first `caps::LOG_MESSAGE` bytes
+            // are logged, and nothing is copied when nobody listens.
+            let ([bytes], state) = match memory::borrow(&mut c, [span(ptr, len, usize::MAX)]) {
+                Ok(borrowed) => borrowed,
                 Err(status) => return Ok(status as i32),
             };
-            let plugin = c.data().plugin.name.as_str();
+            if !plugin_log_enabled(level) {
+                return Ok(Status::Ok as i32);
+            }
+            let bytes = &bytes[..bytes.len().min(caps::LOG_MESSAGE)];
+            if !state.plugin.log_bucket.take(bytes.len()) {
+                warn_quota(state, Quota::LogRate);
+                return Ok(Status::Ok as i32);
+            }
+            let message = String::from_utf8_lossy(bytes);
+            let plugin = state.plugin.name.as_str();
             match level {
                 0 => tracing::trace!(target: "weir::plugin", plugin, "{message}"),
                 1 => tracing::debug!(target: "weir::plugin", plugin, "{message}"),
@@ -175,17 +225,14 @@ fn add_context_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_get_property",
         |mut c: Ctx<'_>, ptr: i32, len: i32, ret_ptr: i32, ret_len: i32| {
-            let path = match memory::read(&mut c, ptr, len) {
-                Ok(p) => p,
-                Err(status) => return Ok(status as i32),
-            };
-            let value = {
-                let state = c.data();
-                properties::get(
+            on_time(c.data(), "proxy_get_property")?;
+            let value = match memory::borrow(&mut c, [span(ptr, len, caps::PROPERTY_PATH)]) {
+                Ok(([path], state)) => properties::get(
                     state,
                     state.streams.get(&state.effective).map(|b| &**b),
-                    &path,
-                )
+                    path,
+                ),
+                Err(status) => return Ok(status as i32),
             };
             match value {
                 Some(bytes) => Ok(code(memory::give(&mut c, &bytes, ret_ptr, ret_len)?)),
@@ -196,18 +243,23 @@ fn add_context_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_set_property",
         |mut c: Ctx<'_>, ptr: i32, len: i32, vptr: i32, vlen: i32| {
-            let (path, value) = match (
-                memory::read(&mut c, ptr, len),
-                memory::read(&mut c, vptr, vlen),
-            ) {
-                (Ok(p), Ok(v)) => (p, v),
-                (Err(s), _) | (_, Err(s)) => return Ok(s as i32),
+            on_time(c.data(), "proxy_set_property")?;
+            let spans = [
+                span(ptr, len, caps::PROPERTY_PATH),
+                span(vptr, vlen, caps::PROPERTY_VALUE),
+            ];
+            let ([path, value], state) = match memory::borrow(&mut c, spans) {
+                Ok(borrowed) => borrowed,
+                Err(status) => return Ok(status as i32),
             };
-            let Some(stream) = stream(&mut c) else {
+            let Some(stream) = stream_in(state) else {
                 return Ok(Status::NotFound as i32);
             };
-            stream.properties.retain(|(p, _)| *p != path);
-            stream.properties.push((path, value));
+            stream.properties.retain(|(p, _)| p.as_slice() != path);
+            if stream.properties.len() >= caps::PROPERTIES {
+                return Ok(Status::BadArgument as i32);
+            }
+            stream.properties.push((path.to_vec(), value.to_vec()));
             Ok(Status::Ok as i32)
         },
     )?;
@@ -249,6 +301,7 @@ fn add_buffer_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_get_buffer_bytes",
         |mut c: Ctx<'_>, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_len: i32| {
+            on_time(c.data(), "proxy_get_buffer_bytes")?;
             let Some(bytes) = buffer(c.data(), kind) else {
                 return Ok(Status::NotFound as i32);
             };
@@ -276,8 +329,9 @@ fn add_buffer_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_set_buffer_bytes",
         |mut c: Ctx<'_>, kind: i32, start: i32, size: i32, ptr: i32, len: i32| {
-            let data = match memory::read(&mut c, ptr, len) {
-                Ok(d) => d,
+            on_time(c.data(), "proxy_set_buffer_bytes")?;
+            let ([data], state) = match memory::borrow(&mut c, [span(ptr, len, caps::BODY_BYTES)]) {
+                Ok(borrowed) => borrowed,
                 Err(status) => return Ok(status as i32),
             };
             let phase = match kind {
@@ -285,7 +339,7 @@ fn add_buffer_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                 1 => Phase::ResponseBody,
                 _ => return Ok(Status::BadArgument as i32),
             };
-            let Some(stream) = stream(&mut c).filter(|s| s.phase == phase) else {
+            let Some(stream) = stream_in(state).filter(|s| s.phase == phase) else {
                 return Ok(Status::NotFound as i32);
             };
             let body = &mut stream.body;
@@ -294,9 +348,12 @@ fn add_buffer_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                 return Ok(Status::BadArgument as i32);
             }
             let end = start.saturating_add(size as u32 as usize).min(body.len());
+            if body.len() - (end - start) + data.len() > caps::BODY_BYTES {
+                return Ok(Status::BadArgument as i32);
+            }
             let tail = body.split_off(end);
             body.truncate(start);
-            body.extend_from_slice(&data);
+            body.extend_from_slice(data);
             body.extend_from_slice(&tail);
             Ok(Status::Ok as i32)
         },
@@ -319,6 +376,7 @@ fn add_map_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_get_header_map_pairs",
         |mut c: Ctx<'_>, map: i32, ret_ptr: i32, ret_len: i32| {
+            on_time(c.data(), "proxy_get_header_map_pairs")?;
             let pairs = match call_response_map(c.data(), map) {
                 Some(found) => found.cloned().unwrap_or_default(),
                 None => MapType::from_abi(map)
@@ -336,14 +394,15 @@ fn add_map_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_set_header_map_pairs",
         |mut c: Ctx<'_>, map: i32, ptr: i32, len: i32| {
-            let bytes = match memory::read(&mut c, ptr, len) {
-                Ok(b) => b,
+            on_time(c.data(), "proxy_set_header_map_pairs")?;
+            let ([bytes], state) = match memory::borrow(&mut c, [span(ptr, len, caps::MAP_BYTES)]) {
+                Ok(borrowed) => borrowed,
                 Err(status) => return Ok(status as i32),
             };
-            let Some(pairs) = pairs::decode(&bytes) else {
+            let Some(pairs) = pairs::decode(bytes) else {
                 return Ok(Status::BadArgument as i32);
             };
-            let (Some(map), Some(stream)) = (MapType::from_abi(map), stream(&mut c)) else {
+            let (Some(map), Some(stream)) = (MapType::from_abi(map), stream_in(state)) else {
                 return Ok(Status::BadArgument as i32);
             };
             Ok(code(stream.set_pairs(map, &pairs)))
@@ -357,7 +416,7 @@ fn add_map_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                 Stream(http::HeaderValue),
                 CallResponse(Vec<u8>),
             }
-            let found = match memory::borrow(&mut c, [(kptr, klen)]) {
+            let found = match memory::borrow(&mut c, [span(kptr, klen, caps::HEADER_NAME)]) {
                 Err(status) => return Ok(status as i32),
                 Ok(([key], state)) => match call_response_map(state, map) {
                     Some(pairs) => pairs.and_then(|pairs| {
@@ -397,11 +456,15 @@ fn add_map_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
         r.env(
             name,
             move |mut c: Ctx<'_>, map: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| {
-                let ([key, value], state) =
-                    match memory::borrow(&mut c, [(kptr, klen), (vptr, vlen)]) {
-                        Ok(borrowed) => borrowed,
-                        Err(status) => return Ok(status as i32),
-                    };
+                on_time(c.data(), name)?;
+                let spans = [
+                    span(kptr, klen, caps::HEADER_NAME),
+                    span(vptr, vlen, caps::HEADER_VALUE),
+                ];
+                let ([key, value], state) = match memory::borrow(&mut c, spans) {
+                    Ok(borrowed) => borrowed,
+                    Err(status) => return Ok(status as i32),
+                };
                 let (Some(map), Some(stream)) = (MapType::from_abi(map), stream_in(state)) else {
                     return Ok(Status::BadArgument as i32);
                 };
@@ -415,7 +478,8 @@ fn add_map_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_remove_header_map_value",
         |mut c: Ctx<'_>, map: i32, kptr: i32, klen: i32| {
-            let ([key], state) = match memory::borrow(&mut c, [(kptr, klen)]) {
+            let ([key], state) = match memory::borrow(&mut c, [span(kptr, klen, caps::HEADER_NAME)])
+            {
                 Ok(borrowed) => borrowed,
                 Err(status) => return Ok(status as i32),
             };
@@ -446,16 +510,17 @@ fn add_stream_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
          hptr: i32,
          hlen: i32,
          grpc_status: i32| {
-            let read = |c: &mut Ctx<'_>, p, l| memory::read(c, p, l);
-            let (details, body, headers) = match (
-                read(&mut c, dptr, dlen),
-                read(&mut c, bptr, blen),
-                read(&mut c, hptr, hlen),
-            ) {
-                (Ok(d), Ok(b), Ok(h)) => (d, b, h),
-                (Err(s), _, _) | (_, Err(s), _) | (_, _, Err(s)) => return Ok(s as i32),
+            on_time(c.data(), "proxy_send_local_response")?;
+            let spans = [
+                span(dptr, dlen, caps::LOCAL_REPLY_DETAILS),
+                span(bptr, blen, caps::LOCAL_REPLY_BODY),
+                span(hptr, hlen, caps::MAP_BYTES),
+            ];
+            let ([details, body, headers], state) = match memory::borrow(&mut c, spans) {
+                Ok(borrowed) => borrowed,
+                Err(status) => return Ok(status as i32),
             };
-            let Some(mut headers) = pairs::decode(&headers) else {
+            let Some(mut headers) = pairs::decode(headers) else {
                 return Ok(Status::BadArgument as i32);
             };
             if !(200..=599).contains(&status) {
@@ -467,7 +532,7 @@ fn add_stream_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                     grpc_status.to_string().into_bytes(),
                 ));
             }
-            let Some(stream) = stream(&mut c).filter(|s| !s.response_sent) else {
+            let Some(stream) = stream_in(state).filter(|s| !s.response_sent) else {
                 return Ok(Status::BadArgument as i32);
             };
             stream.local_reply = Some(LocalReply {
@@ -476,8 +541,8 @@ fn add_stream_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                     .into_iter()
                     .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
                     .collect(),
-                body: Bytes::from(body),
-                details: String::from_utf8_lossy(&details).into_owned(),
+                body: Bytes::copy_from_slice(body),
+                details: String::from_utf8_lossy(details).into_owned(),
             });
             stream.resume.wake();
             Ok(Status::Ok as i32)

@@ -1,14 +1,21 @@
 //! Host functions that reach beyond the stream: HTTP callouts, shared data,
 //! shared queues, metrics and Weir's foreign functions.
+//!
+//! Each argument is capped (`caps`), each callout VM may have at most
+//! [`caps::CALLOUTS_IN_FLIGHT`] outstanding, and what a plugin keeps in the
+//! services is held to its quotas; a refusal answers `BAD_ARGUMENT`.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::memory::{self, Ctx};
-use super::{Registry, Status, code, pairs};
+use std::sync::atomic::Ordering;
+
+use super::memory::{self, Ctx, span};
+use super::{Registry, Status, caps, code, on_time, pairs, refuse};
 use crate::services::http_call::{CallRejected, CallRequest};
 use crate::services::metrics::{Kind, MetricError};
+use crate::services::queues::EnqueueError;
 use crate::services::shared_data::SetError;
 use crate::services::tier;
 use crate::wasm::vm::Delivery;
@@ -23,10 +30,11 @@ pub fn add(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// Reads `len` bytes at `ptr` or returns the status from the enclosing host function.
+/// Reads `len` bytes at `ptr` (at most `cap`) or returns the status from the
+/// enclosing host function.
 macro_rules! read_or_return {
-    ($c:expr, $ptr:expr, $len:expr) => {
-        match memory::read($c, $ptr, $len) {
+    ($c:expr, $ptr:expr, $len:expr, $cap:expr) => {
+        match memory::read($c, span($ptr, $len, $cap)) {
             Ok(bytes) => bytes,
             Err(status) => return Ok(status as i32),
         }
@@ -37,20 +45,24 @@ fn add_http_call(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     for name in ["proxy_http_call", "proxy_dispatch_http_call"] {
         r.env(
             name,
-            |mut c: Ctx<'_>,
-             up_ptr: i32,
-             up_len: i32,
-             h_ptr: i32,
-             h_len: i32,
-             b_ptr: i32,
-             b_len: i32,
-             _t_ptr: i32,
-             _t_len: i32,
-             timeout_ms: i32,
-             token_ptr: i32| {
-                let upstream = read_or_return!(&mut c, up_ptr, up_len);
-                let headers = read_or_return!(&mut c, h_ptr, h_len);
-                let body = read_or_return!(&mut c, b_ptr, b_len);
+            move |mut c: Ctx<'_>,
+                  up_ptr: i32,
+                  up_len: i32,
+                  h_ptr: i32,
+                  h_len: i32,
+                  b_ptr: i32,
+                  b_len: i32,
+                  _t_ptr: i32,
+                  _t_len: i32,
+                  timeout_ms: i32,
+                  token_ptr: i32| {
+                on_time(c.data(), name)?;
+                if !callout_room(&c) {
+                    return Ok(Status::BadArgument as i32);
+                }
+                let upstream = read_or_return!(&mut c, up_ptr, up_len, caps::NAME);
+                let headers = read_or_return!(&mut c, h_ptr, h_len, caps::MAP_BYTES);
+                let body = read_or_return!(&mut c, b_ptr, b_len, caps::HTTP_CALL_BODY);
                 let Some(headers) = pairs::decode(&headers) else {
                     return Ok(Status::BadArgument as i32);
                 };
@@ -100,6 +112,12 @@ enum CalloutKind {
     Redis = 3,
 }
 
+/// Whether this VM may start another callout (fewer than
+/// [`caps::CALLOUTS_IN_FLIGHT`] outstanding).
+fn callout_room(c: &Ctx<'_>) -> bool {
+    c.data().callouts.load(Ordering::Acquire) < caps::CALLOUTS_IN_FLIGHT
+}
+
 /// Hands out a token for `pending`, writes it to `token_ptr`, and delivers the
 /// outcome to this VM's root context when it completes. Returns the status.
 fn start_callout<T: Send + 'static>(
@@ -124,8 +142,11 @@ where
         return status as i32;
     }
     c.data_mut().last_token = next;
+    let in_flight = c.data().callouts.clone();
+    in_flight.fetch_add(1, Ordering::AcqRel);
     runtime.spawn(async move {
         let result = pending.await;
+        in_flight.fetch_sub(1, Ordering::AcqRel);
         if let Some(instance) = home.instance.upgrade() {
             instance.deliver(home.slot, home.generation, result.into_delivery(token));
         }
@@ -160,7 +181,9 @@ fn add_shared_data(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_get_shared_data",
         |mut c: Ctx<'_>, k_ptr: i32, k_len: i32, ret_ptr: i32, ret_len: i32, cas_ptr: i32| {
-            let key = read_or_return!(&mut c, k_ptr, k_len);
+            // A miss may start a tier fetch: a guest looping on misses stops at its deadline.
+            on_time(c.data(), "proxy_get_shared_data")?;
+            let key = read_or_return!(&mut c, k_ptr, k_len, caps::SHARED_DATA_KEY);
             let key = String::from_utf8_lossy(&key);
             let found = {
                 let state = c.data();
@@ -168,7 +191,8 @@ fn add_shared_data(r: &mut Registry<'_>) -> wasmtime::Result<()> {
             };
             let Some((value, cas)) = found else {
                 let state = c.data();
-                tier::fetch(&state.services, &state.plugin.name, &key);
+                let max_bytes = state.plugin.limits.quotas.shared_data_bytes;
+                tier::fetch(&state.services, &state.plugin.name, &key, max_bytes);
                 return Ok(Status::NotFound as i32);
             };
             if let Err(s) = memory::write_u32(&mut c, cas_ptr, cas) {
@@ -180,16 +204,20 @@ fn add_shared_data(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_set_shared_data",
         |mut c: Ctx<'_>, k_ptr: i32, k_len: i32, v_ptr: i32, v_len: i32, cas: i32| {
-            let key = read_or_return!(&mut c, k_ptr, k_len);
-            let value = read_or_return!(&mut c, v_ptr, v_len);
+            on_time(c.data(), "proxy_set_shared_data")?;
+            let key = read_or_return!(&mut c, k_ptr, k_len, caps::SHARED_DATA_KEY);
+            let value = read_or_return!(&mut c, v_ptr, v_len, caps::SHARED_DATA_VALUE);
             let state = c.data();
             let key = String::from_utf8_lossy(&key);
+            // One copy out of the guest, shared by the store and the tier.
+            let value = Bytes::from(value);
             let result = state.services.shared_data.set(
                 &state.plugin.name,
                 &key,
-                Bytes::from(value.clone()),
+                value.clone(),
                 cas as u32,
                 None,
+                state.plugin.limits.quotas.shared_data_bytes,
             );
             if result.is_ok() {
                 tier::write_through(&state.services, &state.plugin.name, &key, &value, None);
@@ -198,6 +226,7 @@ fn add_shared_data(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                 Ok(()) => Status::Ok as i32,
                 Err(SetError::CasMismatch) => Status::CasMismatch as i32,
                 Err(SetError::NotFound) => Status::NotFound as i32,
+                Err(SetError::Quota(exceeded)) => refuse(state, exceeded),
             })
         },
     )?;
@@ -208,7 +237,7 @@ fn add_queues(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_register_shared_queue",
         |mut c: Ctx<'_>, n_ptr: i32, n_len: i32, ret: i32| {
-            let name = read_or_return!(&mut c, n_ptr, n_len);
+            let name = read_or_return!(&mut c, n_ptr, n_len, caps::NAME);
             let Some(home) = c.data().home.clone() else {
                 return Ok(Status::InternalFailure as i32);
             };
@@ -218,10 +247,15 @@ fn add_queues(r: &mut Registry<'_>) -> wasmtime::Result<()> {
             let id = {
                 let state = c.data();
                 let name = String::from_utf8_lossy(&name);
-                state
+                let quotas = &state.plugin.limits.quotas;
+                match state
                     .services
                     .queues
-                    .register(&state.plugin.name, &name, hook)
+                    .register(&state.plugin.name, &name, hook, quotas)
+                {
+                    Ok(id) => id,
+                    Err(exceeded) => return Ok(refuse(state, exceeded)),
+                }
             };
             Ok(code(memory::write_u32(&mut c, ret, id)))
         },
@@ -229,8 +263,8 @@ fn add_queues(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_resolve_shared_queue",
         |mut c: Ctx<'_>, vm_ptr: i32, vm_len: i32, n_ptr: i32, n_len: i32, ret: i32| {
-            let vm_id = read_or_return!(&mut c, vm_ptr, vm_len);
-            let name = read_or_return!(&mut c, n_ptr, n_len);
+            let vm_id = read_or_return!(&mut c, vm_ptr, vm_len, caps::NAME);
+            let name = read_or_return!(&mut c, n_ptr, n_len, caps::NAME);
             let id = {
                 let state = c.data();
                 let vm_id = match String::from_utf8_lossy(&vm_id) {
@@ -251,16 +285,14 @@ fn add_queues(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_enqueue_shared_queue",
         |mut c: Ctx<'_>, id: i32, ptr: i32, len: i32| {
-            let item = read_or_return!(&mut c, ptr, len);
+            on_time(c.data(), "proxy_enqueue_shared_queue")?;
+            let item = read_or_return!(&mut c, ptr, len, caps::QUEUE_ITEM);
+            let state = c.data();
             Ok(
-                match c
-                    .data()
-                    .services
-                    .queues
-                    .enqueue(id as u32, Bytes::from(item))
-                {
+                match state.services.queues.enqueue(id as u32, Bytes::from(item)) {
                     Ok(()) => Status::Ok as i32,
-                    Err(_) => Status::NotFound as i32,
+                    Err(EnqueueError::Unknown(_)) => Status::NotFound as i32,
+                    Err(EnqueueError::Quota(exceeded)) => refuse(state, exceeded),
                 },
             )
         },
@@ -283,7 +315,7 @@ fn metric_code(result: Result<(), MetricError>) -> i32 {
     match result {
         Ok(()) => Status::Ok as i32,
         Err(MetricError::NotFound) => Status::NotFound as i32,
-        Err(MetricError::BadArgument) => Status::BadArgument as i32,
+        Err(MetricError::BadArgument | MetricError::Quota(_)) => Status::BadArgument as i32,
     }
 }
 
@@ -291,7 +323,8 @@ fn add_metrics(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_define_metric",
         |mut c: Ctx<'_>, kind: i32, n_ptr: i32, n_len: i32, ret: i32| {
-            let name = read_or_return!(&mut c, n_ptr, n_len);
+            on_time(c.data(), "proxy_define_metric")?;
+            let name = read_or_return!(&mut c, n_ptr, n_len, caps::NAME);
             let Some(kind) = Kind::from_abi(kind) else {
                 return Ok(Status::BadArgument as i32);
             };
@@ -301,10 +334,12 @@ fn add_metrics(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                     &state.plugin.name,
                     kind,
                     &String::from_utf8_lossy(&name),
+                    state.plugin.limits.quotas.metrics,
                 )
             };
             match defined {
                 Ok(id) => Ok(code(memory::write_u32(&mut c, ret, id))),
+                Err(MetricError::Quota(exceeded)) => Ok(refuse(c.data(), exceeded)),
                 Err(e) => Ok(metric_code(Err(e))),
             }
         },
@@ -350,8 +385,8 @@ fn add_foreign_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
          a_len: i32,
          ret_ptr: i32,
          ret_len: i32| {
-            let name = read_or_return!(&mut c, n_ptr, n_len);
-            let args = read_or_return!(&mut c, a_ptr, a_len);
+            let name = read_or_return!(&mut c, n_ptr, n_len, caps::NAME);
+            let args = read_or_return!(&mut c, a_ptr, a_len, caps::FOREIGN_ARGS);
             let result = {
                 let state = c.data();
                 let data = &state.services.shared_data;
@@ -400,7 +435,7 @@ fn add_redis(r: &mut Registry<'_>) -> wasmtime::Result<()> {
          _p_ptr: i32,
          _p_len: i32,
          _timeout: i32| {
-            let name = read_or_return!(&mut c, n_ptr, n_len);
+            let name = read_or_return!(&mut c, n_ptr, n_len, caps::NAME);
             // Credentials and timeouts come from the manifest's service; a
             // `?db=…` style suffix on the name is ignored.
             let name = String::from_utf8_lossy(&name);
@@ -415,8 +450,12 @@ fn add_redis(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_redis_call",
         |mut c: Ctx<'_>, n_ptr: i32, n_len: i32, q_ptr: i32, q_len: i32, token_ptr: i32| {
-            let name = read_or_return!(&mut c, n_ptr, n_len);
-            let query = read_or_return!(&mut c, q_ptr, q_len);
+            on_time(c.data(), "proxy_redis_call")?;
+            if !callout_room(&c) {
+                return Ok(Status::BadArgument as i32);
+            }
+            let name = read_or_return!(&mut c, n_ptr, n_len, caps::NAME);
+            let query = read_or_return!(&mut c, q_ptr, q_len, caps::REDIS_QUERY);
             let name = String::from_utf8_lossy(&name);
             let base = name.split('?').next().unwrap_or_default();
             let pending = match c.data().services.redis.call(base, &query) {

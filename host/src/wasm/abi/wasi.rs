@@ -1,14 +1,100 @@
 //! The WASI preview 1 functions Proxy-Wasm SDKs import, granting nothing: no
 //! files, no sockets, no environment, no arguments. stdout/stderr go to the log.
+//!
+//! Bounded like the Proxy-Wasm calls: a span outside guest memory answers
+//! `EFAULT`, one over its cap `EINVAL`; `fd_write` takes at most
+//! [`caps::FD_WRITE_BYTES`] (a short write, as POSIX allows) under the plugin's
+//! log rate, and `random_get` fills guest memory in place, in chunks, checking
+//! the callback's deadline between them.
 
-use super::memory::{self, Ctx};
-use super::{Registry, unix_nanos};
+use super::memory::{self, Ctx, span};
+use super::{Quota, Registry, Status, caps, on_time, unix_nanos, warn_quota};
 
 /// WASI errno values used here.
 const ERRNO_SUCCESS: i32 = 0;
 const ERRNO_BADF: i32 = 8;
+const ERRNO_FAULT: i32 = 21;
 const ERRNO_INVAL: i32 = 28;
 const ERRNO_NOSYS: i32 = 52;
+
+/// The errno for a refused span: outside memory is `EFAULT`, anything else `EINVAL`.
+fn errno(status: Status) -> i32 {
+    match status {
+        Status::InvalidMemoryAccess => ERRNO_FAULT,
+        _ => ERRNO_INVAL,
+    }
+}
+
+/// Little-endian u32 at `at` in `bytes` (which the caller has sized).
+fn u32_at(bytes: &[u8], at: usize) -> i32 {
+    i32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// `fd_write` to stdout or stderr: checks every iovec, then logs up to
+/// [`caps::FD_WRITE_BYTES`] of them as one line, within the plugin's log rate.
+/// Returns the bytes taken (a short write beyond the cap) or the errno.
+fn fd_write(c: &mut Ctx<'_>, fd: i32, iovs: i32, count: i32) -> Result<usize, i32> {
+    let count = count as u32 as usize;
+    if count > caps::FD_WRITE_IOVECS {
+        return Err(ERRNO_INVAL);
+    }
+    let (data, state) = memory::whole(c).map_err(errno)?;
+    let table = span(iovs, (count * 8) as i32, caps::FD_WRITE_IOVECS * 8);
+    let table = &data[table.range(data.len()).map_err(errno)?];
+    let mut ranges = Vec::with_capacity(count);
+    for entry in table.chunks_exact(8) {
+        let iovec = span(u32_at(entry, 0), u32_at(entry, 4), usize::MAX);
+        ranges.push(iovec.range(data.len()).map_err(errno)?);
+    }
+    let total = ranges
+        .iter()
+        .map(|r| r.len())
+        .fold(0, usize::saturating_add);
+    let taken = total.min(caps::FD_WRITE_BYTES);
+    let stdout = fd == 1;
+    let enabled = if stdout {
+        tracing::enabled!(target: "weir::plugin", tracing::Level::INFO)
+    } else {
+        tracing::enabled!(target: "weir::plugin", tracing::Level::ERROR)
+    };
+    if !enabled || taken == 0 {
+        return Ok(taken);
+    }
+    if !state.plugin.log_bucket.take(taken) {
+        warn_quota(state, Quota::LogRate);
+        return Ok(taken);
+    }
+    let mut text = Vec::with_capacity(taken);
+    for range in ranges {
+        let room = taken - text.len();
+        text.extend_from_slice(&data[range.start..range.start + range.len().min(room)]);
+    }
+    let plugin = state.plugin.name.as_str();
+    let line = String::from_utf8_lossy(&text);
+    let line = line.trim_end();
+    if stdout {
+        tracing::info!(target: "weir::plugin", plugin, stream = "stdout", "{line}");
+    } else {
+        tracing::error!(target: "weir::plugin", plugin, stream = "stderr", "{line}");
+    }
+    Ok(taken)
+}
+
+/// `random_get`: fills the guest's span in place, [`caps::RANDOM_CHUNK`] bytes
+/// at a time, failing the callback if its deadline passes meanwhile.
+fn random_get(c: &mut Ctx<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    let (target, state) = match memory::borrow_mut(c, span(ptr, len, caps::RANDOM_BYTES)) {
+        Ok(borrowed) => borrowed,
+        Err(status) => return Ok(errno(status)),
+    };
+    for chunk in target.chunks_mut(caps::RANDOM_CHUNK) {
+        on_time(state, "random_get")?;
+        if getrandom::fill(chunk).is_err() {
+            return Ok(ERRNO_NOSYS);
+        }
+    }
+    Ok(ERRNO_SUCCESS)
+}
 
 /// Registers the functions under both WASI module names.
 pub fn add(r: &mut Registry<'_>) -> wasmtime::Result<()> {
@@ -23,32 +109,16 @@ fn add_module(r: &mut Registry<'_>, m: &'static str) -> wasmtime::Result<()> {
         m,
         "fd_write",
         |mut c: Ctx<'_>, fd: i32, iovs: i32, count: i32, written: i32| {
+            on_time(c.data(), "fd_write")?;
             if fd != 1 && fd != 2 {
                 return Ok(ERRNO_BADF);
             }
-            let mut text = Vec::new();
-            for i in 0..count {
-                let Ok(entry) = memory::read(&mut c, iovs + i * 8, 8) else {
-                    return Ok(ERRNO_INVAL);
-                };
-                let ptr = i32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
-                let len = i32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
-                match memory::read(&mut c, ptr, len) {
-                    Ok(bytes) => text.extend_from_slice(&bytes),
-                    Err(_) => return Ok(ERRNO_INVAL),
-                }
-            }
-            let plugin = c.data().plugin.name.as_str();
-            let line = String::from_utf8_lossy(&text);
-            let line = line.trim_end();
-            if fd == 1 {
-                tracing::info!(target: "weir::plugin", plugin, stream = "stdout", "{line}");
-            } else {
-                tracing::error!(target: "weir::plugin", plugin, stream = "stderr", "{line}");
-            }
-            match memory::write_u32(&mut c, written, text.len() as u32) {
-                Ok(()) => Ok(ERRNO_SUCCESS),
-                Err(_) => Ok(ERRNO_INVAL),
+            match fd_write(&mut c, fd, iovs, count) {
+                Ok(taken) => Ok(match memory::write_u32(&mut c, written, taken as u32) {
+                    Ok(()) => ERRNO_SUCCESS,
+                    Err(status) => errno(status),
+                }),
+                Err(errno) => Ok(errno),
             }
         },
     )?;
@@ -56,11 +126,7 @@ fn add_module(r: &mut Registry<'_>, m: &'static str) -> wasmtime::Result<()> {
         r.add(m, name, |mut c: Ctx<'_>, count: i32, size: i32| {
             let ok = memory::write_u32(&mut c, count, 0)
                 .and_then(|()| memory::write_u32(&mut c, size, 0));
-            Ok(if ok.is_ok() {
-                ERRNO_SUCCESS
-            } else {
-                ERRNO_INVAL
-            })
+            Ok(ok.map_or_else(errno, |()| ERRNO_SUCCESS))
         })?;
     }
     for name in ["environ_get", "args_get"] {
@@ -70,31 +136,20 @@ fn add_module(r: &mut Registry<'_>, m: &'static str) -> wasmtime::Result<()> {
         m,
         "clock_time_get",
         |mut c: Ctx<'_>, _clock: i32, _precision: i64, ret: i32| {
-            Ok(match memory::write_u64(&mut c, ret, unix_nanos()) {
-                Ok(()) => ERRNO_SUCCESS,
-                Err(_) => ERRNO_INVAL,
-            })
+            let ok = memory::write_u64(&mut c, ret, unix_nanos());
+            Ok(ok.map_or_else(errno, |()| ERRNO_SUCCESS))
         },
     )?;
     r.add(
         m,
         "clock_res_get",
         |mut c: Ctx<'_>, _clock: i32, ret: i32| {
-            Ok(match memory::write_u64(&mut c, ret, 1_000) {
-                Ok(()) => ERRNO_SUCCESS,
-                Err(_) => ERRNO_INVAL,
-            })
+            let ok = memory::write_u64(&mut c, ret, 1_000);
+            Ok(ok.map_or_else(errno, |()| ERRNO_SUCCESS))
         },
     )?;
     r.add(m, "random_get", |mut c: Ctx<'_>, ptr: i32, len: i32| {
-        let mut bytes = vec![0u8; len as u32 as usize];
-        if getrandom::fill(&mut bytes).is_err() {
-            return Ok(ERRNO_NOSYS);
-        }
-        Ok(match memory::write(&mut c, ptr, &bytes) {
-            Ok(()) => ERRNO_SUCCESS,
-            Err(_) => ERRNO_INVAL,
-        })
+        random_get(&mut c, ptr, len)
     })?;
     r.add(
         m,
