@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue};
 use weir::exchange::{RequestHead, ResponseHead, StreamInfo};
 use weir::filters::ProxyWasmFilter;
 use weir::lifecycle::{Chain, Direction, FailMode, HttpFilter, Step};
-use weir::wasm::{self, FilterInstance, PluginLimits, Runtime};
+use weir::wasm::{FilterInstance, PluginLimits, Runtime};
 
 fn request_head() -> RequestHead {
     let mut headers = HeaderMap::new();
@@ -77,8 +77,7 @@ fn bench(c: &mut Criterion) {
         br#"{"deny_when_header":"x-deny","copy_request_header":["user-agent","x-ua"]}"#,
     );
     let services = weir::services::Services::standalone();
-    let instance =
-        FilterInstance::new(plugin, config, wasm::FailMode::Closed, 1, services).expect("start");
+    let instance = FilterInstance::new(plugin, config, 1, services).expect("start");
     let filter: Arc<dyn HttpFilter> = Arc::new(ProxyWasmFilter::new(instance, FailMode::Closed));
     let info = info();
 
@@ -94,7 +93,7 @@ fn bench(c: &mut Criterion) {
                 .load("light", &wasm, limits)
                 .expect("load (cached module)");
             let config = Bytes::from_static(br#"{"add_request_headers":[["x-filtered","1"]]}"#);
-            FilterInstance::new(plugin, config, wasm::FailMode::Closed, 1, services).expect("start")
+            FilterInstance::new(plugin, config, 1, services).expect("start")
         })
     });
     group.finish();

@@ -63,7 +63,7 @@ impl HttpFilter for ProxyWasmFilter {
 
     fn start(&self, data: &mut Lent) -> Result<Box<dyn FilterRun>, FilterFailure> {
         let Some(lent) = data.take() else {
-            return Err(self.lost());
+            return Err(missing_data(&self.instance));
         };
         let (back, bound) = self.instance.bind(lent);
         *data = Some(back);
@@ -74,13 +74,12 @@ impl HttpFilter for ProxyWasmFilter {
     }
 }
 
-impl ProxyWasmFilter {
-    fn lost(&self) -> FilterFailure {
-        Box::new(FilterError::Failed {
-            plugin: self.instance.plugin_name().to_owned(),
-            reason: "the stream data was not available".into(),
-        })
-    }
+/// The failure of a call made while a paused filter still holds the exchange.
+fn missing_data(instance: &FilterInstance) -> FilterFailure {
+    Box::new(FilterError::Failed {
+        plugin: instance.plugin_name().to_owned(),
+        reason: "the stream data was not available".into(),
+    })
 }
 
 /// One request's HTTP context in one VM.
@@ -92,10 +91,7 @@ impl WasmRun {
     /// Runs `callback` with the exchange lent to the VM; the raw action it returned.
     fn callback(&self, data: &mut Lent, callback: Callback) -> Result<i32, FilterFailure> {
         let Some(lent) = data.take() else {
-            return Err(Box::new(FilterError::Failed {
-                plugin: self.stream.instance().plugin_name().to_owned(),
-                reason: "the stream data was not available".into(),
-            }));
+            return Err(missing_data(self.stream.instance()));
         };
         let (back, result) = self.stream.call(lent, callback);
         *data = Some(back);

@@ -11,7 +11,7 @@ use crate::config::{Location, Manifest};
 use crate::filters::ProxyWasmFilter;
 use crate::lifecycle::{Chain, FailMode, HttpFilter};
 use crate::services::Services;
-use crate::wasm::{self, FilterInstance, LoadError, Plugin, PluginLimits, Runtime, StartError};
+use crate::wasm::{FilterInstance, LoadError, Plugin, PluginLimits, Runtime, StartError};
 
 /// One plugin or filter that could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -89,12 +89,12 @@ pub fn chains(
             serde_json::Value::Null => Bytes::new(),
             value => Bytes::from(value.to_string()),
         };
-        let (mode, wasm_mode) = match config.on_error {
-            OnError::FailClosed => (FailMode::Closed, wasm::FailMode::Closed),
-            OnError::FailOpen => (FailMode::Open, wasm::FailMode::Open),
+        let mode = match config.on_error {
+            OnError::FailClosed => FailMode::Closed,
+            OnError::FailOpen => FailMode::Open,
         };
         let vms = config.vms.unwrap_or(vms_default);
-        FilterInstance::new(plugin, json, wasm_mode, vms, services.clone())
+        FilterInstance::new(plugin, json, vms, services.clone())
             .map(|instance| Arc::new(ProxyWasmFilter::new(instance, mode)) as Arc<dyn HttpFilter>)
             .map_err(|source| {
                 errors.push(BuildError::Start {

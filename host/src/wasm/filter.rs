@@ -19,15 +19,6 @@ use super::stream::StreamData;
 use super::vm::{Callback, Delivery, Home, StartError, Vm, describe_error};
 use crate::services::Services;
 
-/// What happens to a request when its filter fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailMode {
-    /// Answer 503 naming the plugin.
-    Closed,
-    /// Skip the filter for the rest of the request.
-    Open,
-}
-
 /// Why a filter could not serve a stream.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FilterError {
@@ -54,7 +45,6 @@ pub struct FilterInstance {
     plugin: Arc<Plugin>,
     configuration: Bytes,
     services: Arc<Services>,
-    fail_mode: FailMode,
     slots: Vec<Mutex<Slot>>,
     next: AtomicUsize,
 }
@@ -65,7 +55,6 @@ impl FilterInstance {
     pub fn new(
         plugin: Arc<Plugin>,
         configuration: Bytes,
-        fail_mode: FailMode,
         vms: usize,
         services: Arc<Services>,
     ) -> Result<Arc<Self>, StartError> {
@@ -90,7 +79,6 @@ impl FilterInstance {
                 plugin,
                 configuration,
                 services,
-                fail_mode,
                 slots,
                 next: AtomicUsize::new(0),
             }
@@ -111,11 +99,6 @@ impl FilterInstance {
     /// The plugin's name.
     pub fn plugin_name(&self) -> &str {
         &self.plugin.name
-    }
-
-    /// What a failure of this filter does to the request.
-    pub fn fail_mode(&self) -> FailMode {
-        self.fail_mode
     }
 
     /// Runs a root callback for something that arrived for a VM of slot
@@ -473,14 +456,8 @@ mod tests {
         let plugin = runtime
             .load("traps", TRAPS_ON_LOG.as_bytes(), limits)
             .expect("plugin loads");
-        FilterInstance::new(
-            plugin,
-            Bytes::new(),
-            FailMode::Closed,
-            1,
-            Services::standalone(),
-        )
-        .expect("instance starts")
+        FilterInstance::new(plugin, Bytes::new(), 1, Services::standalone())
+            .expect("instance starts")
     }
 
     fn data() -> Box<StreamData> {
