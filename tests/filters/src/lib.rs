@@ -111,6 +111,9 @@ impl RootContext for Root {
                 if config.vm_id_header.is_some() {
                     self.vm_id = increment_shared_counter("vm_ids");
                 }
+                if config.count_requests {
+                    seed_shared_counter("counter");
+                }
                 #[cfg(feature = "higress")]
                 if config.redis_incr.is_some() && !redis::init(&config.redis_service) {
                     return false;
@@ -426,6 +429,17 @@ impl HttpContext for Http {
             ),
         )
         .ok();
+    }
+}
+
+/// Stores 0 in the shared-data counter `key` unless it has a value. VMs start
+/// one after another, before traffic, so this runs before any increment: the
+/// ABI has no insert-if-absent, and a CAS of 0 on a missing key means "no
+/// check", so two first increments racing on a missing key would both win.
+fn seed_shared_counter(key: &str) {
+    use proxy_wasm::hostcalls::{get_shared_data, set_shared_data};
+    if let Ok((None, _)) = get_shared_data(key) {
+        let _ = set_shared_data(key, Some(b"0"), None);
     }
 }
 
