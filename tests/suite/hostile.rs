@@ -558,6 +558,18 @@ async fn hostile_request_with(
     Ok(request.send().await?)
 }
 
+/// A hostile request: its status, its JSON body and how long it took.
+async fn timed_hostile_request(
+    client: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value, Duration)> {
+    let started = Instant::now();
+    let response = hostile_request_with(client, url).await?;
+    let took = started.elapsed();
+    let status = response.status();
+    Ok((status, json(response).await?, took))
+}
+
 /// Sends a hostile request; it must pass (200) and the filter's `x-abi` list comes back.
 async fn abi_statuses(url: &str) -> anyhow::Result<String> {
     let response = hostile_request_to(url).await?;
@@ -707,14 +719,7 @@ async fn a_log_loop_stops_at_its_deadline() -> anyhow::Result<()> {
     let client = http1_client();
     let (outcomes, _) = while_plain_route_answers(&gw, 5, move |url| {
         let client = client.clone();
-        async move {
-            let started = Instant::now();
-            let response = hostile_request_with(&client, &url).await?;
-            let took = started.elapsed();
-            let status = response.status();
-            let body = json(response).await?;
-            anyhow::Ok((status, body, took))
-        }
+        async move { timed_hostile_request(&client, &url).await }
     })
     .await?;
     for (status, body, took) in outcomes {
@@ -753,14 +758,7 @@ async fn host_calls_without_a_loop_stop_at_the_deadline() -> anyhow::Result<()> 
     let client = http1_client();
     let (outcomes, _) = while_plain_route_answers(&gw, 3, move |url| {
         let client = client.clone();
-        async move {
-            let started = Instant::now();
-            let response = hostile_request_with(&client, &url).await?;
-            let took = started.elapsed();
-            let status = response.status();
-            let body = json(response).await?;
-            anyhow::Ok((status, body, took))
-        }
+        async move { timed_hostile_request(&client, &url).await }
     })
     .await?;
     for (status, body, took) in outcomes {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use http::StatusCode;
 
 use crate::error::{Fault, HttpError};
+use crate::exchange::StreamData;
 use crate::lifecycle::{FailMode, FilterFailure, FilterRun, Flow, HttpFilter, Lent};
 use crate::wasm::{Callback, FilterError, FilterInstance, FilterStream};
 
@@ -122,6 +123,12 @@ impl WasmRun {
         }
     }
 
+    /// A trailers callback: its action is not read (trailers end the stream).
+    fn trailers(&self, data: &mut Lent, callback: Callback) -> Result<Flow, FilterFailure> {
+        self.callback(data, callback)?;
+        Ok(Flow::Continue)
+    }
+
     /// A body callback: anything but `Continue` holds the body.
     fn body(&self, data: &mut Lent, callback: Callback) -> Result<Flow, FilterFailure> {
         match self.callback(data, callback)? {
@@ -129,6 +136,13 @@ impl WasmRun {
             _ => Ok(Flow::Buffer),
         }
     }
+}
+
+/// The number of trailers `which` picks from the exchange.
+fn trailer_count(data: &Lent, which: fn(&StreamData) -> Option<&http::HeaderMap>) -> usize {
+    data.as_deref()
+        .and_then(which)
+        .map_or(0, http::HeaderMap::len)
 }
 
 /// Header and body counts the ABI's callbacks carry.
@@ -174,12 +188,8 @@ impl FilterRun for WasmRun {
     }
 
     fn on_request_trailers(&mut self, data: &mut Lent) -> Result<Flow, FilterFailure> {
-        let trailers = data
-            .as_ref()
-            .and_then(|d| d.request_trailers.as_ref())
-            .map_or(0, http::HeaderMap::len);
-        self.callback(data, Callback::RequestTrailers { trailers })?;
-        Ok(Flow::Continue)
+        let trailers = trailer_count(data, |d| d.request_trailers.as_ref());
+        self.trailers(data, Callback::RequestTrailers { trailers })
     }
 
     fn on_response_headers(
@@ -213,12 +223,8 @@ impl FilterRun for WasmRun {
     }
 
     fn on_response_trailers(&mut self, data: &mut Lent) -> Result<Flow, FilterFailure> {
-        let trailers = data
-            .as_ref()
-            .and_then(|d| d.response_trailers.as_ref())
-            .map_or(0, http::HeaderMap::len);
-        self.callback(data, Callback::ResponseTrailers { trailers })?;
-        Ok(Flow::Continue)
+        let trailers = trailer_count(data, |d| d.response_trailers.as_ref());
+        self.trailers(data, Callback::ResponseTrailers { trailers })
     }
 
     fn resume(&mut self, data: &mut Lent) -> Result<(), FilterFailure> {
