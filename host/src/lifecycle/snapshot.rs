@@ -62,15 +62,6 @@ impl Snapshot {
         }
     }
 
-    /// A snapshot that serves nothing (what a gateway holds before its first config).
-    pub fn empty() -> Self {
-        Self {
-            generation: 0,
-            routers: FxHashMap::default(),
-            routes: Vec::new(),
-        }
-    }
-
     /// Counts the configs this gateway has run; the first is 1.
     pub fn generation(&self) -> u64 {
         self.generation
