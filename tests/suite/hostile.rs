@@ -456,6 +456,12 @@ fn host_call_wat(body: &str, data: &str) -> String {
         r#"(module
   (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
   (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_replace_header_map_value" (func $replace (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_property" (func $set_property (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $local_reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_call_foreign_function" (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_define_metric" (func $define_metric (param i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_register_shared_queue" (func $register_queue (param i32 i32 i32) (result i32)))
   (import "env" "proxy_enqueue_shared_queue" (func $enqueue (param i32 i32 i32) (result i32)))
@@ -906,5 +912,85 @@ async fn shared_data_holds_at_most_its_byte_quota() -> anyhow::Result<()> {
     assert_resident_growth_below(before, RESIDENT_LIMIT, "shared data");
     let warnings = captured_logs("plugin `hostile-shared` hit its `shared_data_bytes` quota");
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_arguments_get_bad_argument_and_the_gateway_keeps_serving() -> anyhow::Result<()>
+{
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let up = EchoUpstream::start("echo").await?;
+    // 4 MiB + 1 of `a` from 64 KiB on (memory: 72 pages, 4.5 MiB). Each
+    // argument one byte over its cap answers BAD_ARGUMENT (2); where it is
+    // cheap, the same call exactly at the cap is served:
+    // - add/replace header: name over (HEADER_NAME 8 KiB), value over
+    //   (HEADER_VALUE 64 KiB): 2; replace at both caps, then remove it: 0, 0;
+    // - set_property: path over (PROPERTY_PATH 4 KiB), value over
+    //   (PROPERTY_VALUE 64 KiB): 2; at both caps: 0;
+    // - set_shared_data: key over (SHARED_DATA_KEY 4 KiB), value over
+    //   (SHARED_DATA_VALUE 1 MiB): 2; at both caps: 0 (replaced each round);
+    // - register a queue: 0; an item over QUEUE_ITEM (1 MiB): 2; at it: 0
+    //   (six rounds hold 6 MiB of the default 16 MiB `queue_bytes`);
+    // - http_call: a body over HTTP_CALL_BODY (4 MiB): 2; at it (a POST to
+    //   the echo upstream, whose answer the filter ignores): 0;
+    // - call_foreign_function: args over FOREIGN_ARGS (64 KiB) to a known and
+    //   to an unknown function: 2, 2; at the cap, the unknown one is looked
+    //   up: NOT_FOUND (1);
+    // - send_local_response (last; one that succeeds ends the request): a body
+    //   over LOCAL_REPLY_BODY (4 MiB), details over LOCAL_REPLY_DETAILS
+    //   (4 KiB): 2, 2.
+    // Not here: proxy_set_buffer_bytes past BODY_BYTES (64 MiB), since a span
+    // must lie inside guest memory before its cap is considered, and these
+    // VMs are limited to 8 MiB.
+    let body = "(call $grow_to (i32.const 72))
+        (memory.fill (i32.const 65536) (i32.const 97) (i32.const 4194305))
+        (call $note (call $add (i32.const 0) (i32.const 65536) (i32.const 8193) (i32.const 65536) (i32.const 1)))
+        (call $note (call $add (i32.const 0) (i32.const 65536) (i32.const 1) (i32.const 65536) (i32.const 65537)))
+        (call $note (call $replace (i32.const 0) (i32.const 65536) (i32.const 8193) (i32.const 65536) (i32.const 1)))
+        (call $note (call $replace (i32.const 0) (i32.const 65536) (i32.const 1) (i32.const 65536) (i32.const 65537)))
+        (call $note (call $replace (i32.const 0) (i32.const 65536) (i32.const 8192) (i32.const 65536) (i32.const 65536)))
+        (call $note (call $remove (i32.const 0) (i32.const 65536) (i32.const 8192)))
+        (call $note (call $set_property (i32.const 65536) (i32.const 4097) (i32.const 65536) (i32.const 1)))
+        (call $note (call $set_property (i32.const 65536) (i32.const 1) (i32.const 65536) (i32.const 65537)))
+        (call $note (call $set_property (i32.const 65536) (i32.const 4096) (i32.const 65536) (i32.const 65536)))
+        (call $note (call $set_shared (i32.const 65536) (i32.const 4097) (i32.const 65536) (i32.const 1) (i32.const 0)))
+        (call $note (call $set_shared (i32.const 33) (i32.const 1) (i32.const 65536) (i32.const 1048577) (i32.const 0)))
+        (call $note (call $set_shared (i32.const 65536) (i32.const 4096) (i32.const 65536) (i32.const 1048576) (i32.const 0)))
+        (call $note (call $register_queue (i32.const 32) (i32.const 1) (i32.const 4)))
+        (call $note (call $enqueue (i32.load (i32.const 4)) (i32.const 65536) (i32.const 1048577)))
+        (call $note (call $enqueue (i32.load (i32.const 4)) (i32.const 65536) (i32.const 1048576)))
+        (call $note (call $http_call (i32.const 34) (i32.const 4) (i32.const 0) (i32.const 0)
+          (i32.const 65536) (i32.const 4194305) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 8)))
+        (call $note (call $http_call (i32.const 34) (i32.const 4) (i32.const 72) (i32.const 65)
+          (i32.const 65536) (i32.const 4194304) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 8)))
+        (call $note (call $foreign (i32.const 38) (i32.const 23) (i32.const 65536) (i32.const 65537) (i32.const 24) (i32.const 28)))
+        (call $note (call $foreign (i32.const 61) (i32.const 9) (i32.const 65536) (i32.const 65537) (i32.const 24) (i32.const 28)))
+        (call $note (call $foreign (i32.const 61) (i32.const 9) (i32.const 65536) (i32.const 65536) (i32.const 24) (i32.const 28)))
+        (call $note (call $local_reply (i32.const 200) (i32.const 0) (i32.const 0)
+          (i32.const 65536) (i32.const 4194305) (i32.const 0) (i32.const 0) (i32.const -1)))
+        (call $note (call $local_reply (i32.const 200) (i32.const 65536) (i32.const 4097)
+          (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))";
+    // At 32: queue `q`, key `k`, upstream `echo`, a known and an unknown
+    // foreign function; at 72: the callout's headers (`:method POST`,
+    // `:path /`, `:authority echo`) as a Proxy-Wasm map.
+    let data = concat!(
+        "qkechoweir.shared_data_deleteweir.none--",
+        r"\03\00\00\00\07\00\00\00\04\00\00\00\05\00\00\00\01\00\00\00\0a\00\00\00\04\00\00\00",
+        r":method\00POST\00:path\00/\00:authority\00echo\00",
+    );
+    let gw = host_call_gateway(&up, "hostile-caps", &host_call_wat(body, data), "").await?;
+    let expected = "2,2,2,2,0,0,2,2,0,2,2,0,0,2,0,2,0,2,2,1,2,2";
+    let url = gw.url("main", "/");
+    assert_eq!(abi_statuses(&url).await?, expected);
+    let before = resident_bytes();
+    let (statuses, _) =
+        while_plain_route_answers(&gw, 5, async |url| abi_statuses(&url).await).await?;
+    assert!(statuses.iter().all(|s| s == expected), "{statuses:?}");
+    assert_resident_growth_below(before, RESIDENT_LIMIT, "oversized arguments");
+    // A normal request afterwards passes the filter untouched.
+    let response = http1_client().get(&url).send().await?;
+    assert_eq!(response.status(), 200);
+    let body = json(response).await?;
+    assert!(body["headers"]["x-abi"].is_null(), "{body}");
     Ok(())
 }
