@@ -1,6 +1,10 @@
 //! The one body type that flows through Weir in both directions.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 
 /// A boxed error from any body or I/O layer.
@@ -51,4 +55,44 @@ where
             }
         })
         .boxed_unsync()
+}
+
+/// A body that passes `inner` through unchanged and keeps `kept` alive until
+/// the body is dropped: written out, or abandoned. What it keeps decides what
+/// happens then (a filter chain's run finishes; a request stops counting as
+/// open on its connection).
+pub struct Retaining<B, T> {
+    inner: B,
+    _kept: T,
+}
+
+impl<B, T> Retaining<B, T> {
+    /// `inner`, keeping `kept` until it is dropped.
+    pub fn new(inner: B, kept: T) -> Self {
+        Self { inner, _kept: kept }
+    }
+}
+
+impl<B, T> http_body::Body for Retaining<B, T>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    T: Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -1,7 +1,7 @@
 //! Bodies through a filter chain: the first pass that decides whether a body
 //! streams or is held whole ([`lead_body`]), the stream that runs each later
-//! chunk through the chain ([`Filtered`]), and the wrapper that keeps a run
-//! alive until its response body is done ([`Finishing`]).
+//! chunk through the chain ([`Filtered`]). A run is kept alive until its
+//! response body is done by [`crate::body::Retaining`].
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -71,7 +71,7 @@ where
 #[error("a filter answered locally after the stream had started")]
 struct LateReply;
 
-/// Streams a body through the pipeline chunk by chunk.
+/// Streams a body through the chain chunk by chunk.
 pub(super) struct Filtered {
     inner: Body,
     run: SharedRun,
@@ -163,42 +163,5 @@ impl HttpBody for Filtered {
 
     fn is_end_stream(&self) -> bool {
         self.ended && self.prefix.is_none()
-    }
-}
-
-/// A body that keeps the pipeline run alive until the body is done, so
-/// `on_log`/`on_done`/`on_delete` run after the response has been sent.
-pub(super) struct Finishing<B> {
-    inner: B,
-    _run: SharedRun,
-}
-
-impl<B> Finishing<B> {
-    /// `inner`, holding `run` until it is dropped.
-    pub(super) fn new(inner: B, run: SharedRun) -> Self {
-        Self { inner, _run: run }
-    }
-}
-
-impl<B> HttpBody for Finishing<B>
-where
-    B: HttpBody<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }

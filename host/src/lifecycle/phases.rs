@@ -15,13 +15,13 @@ use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use hyper::body::Incoming;
 
-use super::body::{Filtered, Finishing, Lead, lead_body};
+use super::body::{Filtered, Lead, lead_body};
 use super::chain::{self, Direction, SharedRun};
 use super::error::RequestError;
 use super::forward;
 use super::snapshot::{RouteEntry, Target};
 use super::{Connection, declared_length};
-use crate::body::{self, Body};
+use crate::body::{self, Body, Retaining};
 use crate::exchange::{LocalReply, RequestHead, ResponseHead, StreamInfo};
 
 /// How long a paused filter may hold a stream when the route sets no timeout.
@@ -124,14 +124,15 @@ async fn response_phases(
     }
     let body = if end_of_stream {
         apply_response_head(run, &mut parts);
-        body::boxed(Finishing::new(incoming, run.clone()))
+        // The run lives until the body is done: its filters finish then.
+        body::boxed(Retaining::new(incoming, run.clone()))
     } else {
         match lead_body(run, Direction::Response, incoming, limit).await? {
             Lead::Reply(reply) => return Ok(local_response(reply)),
             Lead::Complete(bytes) => {
                 apply_response_head(run, &mut parts);
                 set_content_length(&mut parts.headers, bytes.len());
-                body::boxed(Finishing::new(
+                body::boxed(Retaining::new(
                     http_body_util::Full::new(bytes),
                     run.clone(),
                 ))

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
-use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::body::{Body, BoxError};
+use crate::body::{Body, Retaining};
 use crate::config::model::ListenerLimits;
 use crate::lifecycle::{Connection, Proxy};
 
@@ -323,7 +322,7 @@ struct Handler {
 }
 
 impl hyper::service::Service<Request<Incoming>> for Handler {
-    type Response = Response<Exchange>;
+    type Response = Response<Retaining<Body, Open>>;
     type Error = Infallible;
     // Boxed: hyper keeps room for one pending future per connection, and an
     // inline one would keep several KiB per idle connection.
@@ -334,34 +333,8 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
         let (proxy, conn) = (self.proxy.clone(), self.conn.clone());
         Box::pin(async move {
             let response = proxy.handle(request, &conn).await;
-            Ok(response.map(|body| Exchange { body, _open: open }))
+            Ok(response.map(|body| Retaining::new(body, open)))
         })
-    }
-}
-
-/// A response body that keeps its exchange counted as open until hyper drops it.
-struct Exchange {
-    body: Body,
-    _open: Open,
-}
-
-impl http_body::Body for Exchange {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
