@@ -10,7 +10,8 @@
 use std::time::{Duration, Instant};
 
 use weir_tests::{
-    EchoUpstream, TestGateway, captured_logs, eventually, http1_client, json, resident_bytes,
+    EchoUpstream, TestGateway, WAT_FILTER_BASICS, captured_logs, eventually, http1_client, json,
+    resident_bytes,
 };
 
 /// A filter whose phases run `misbehave` once armed by a request with many headers.
@@ -24,18 +25,8 @@ fn hostile_wat(phase: &str, misbehave: &str) -> String {
   (import "env" "proxy_get_buffer_bytes" (func $buffer (param i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (data (i32.const 16) "x-a")
-  (global $heap (mut i32) (i32.const 1024))
   (global $armed (mut i32) (i32.const 0))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
-    (local.get $p))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_request_headers") (param i32) (param $n i32) (param i32) (result i32)
+{WAT_FILTER_BASICS}  (func (export "proxy_on_request_headers") (param i32) (param $n i32) (param i32) (result i32)
     (if (i32.gt_u (local.get $n) (i32.const 20))
       (then (global.set $armed (i32.const 1)) {}))
     (i32.const 0))

@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use weir_tests::{EchoUpstream, RedisServer, TestGateway, http1_client, json, test_filter_wasm};
+use weir_tests::{
+    EchoUpstream, RedisServer, TestGateway, WAT_FILTER_BASICS, http1_client, json, test_filter_wasm,
+};
 
 /// The filter configuration that INCRs and EXPIREs a key on Redis service `cache`.
 const INCR_CONFIG: &str = "{ redis_incr: hits, redis_service: cache }";
@@ -130,19 +132,9 @@ fn set_then_get_wat(set: &[u8], get: &[u8]) -> String {
   (data (i32.const 16) "cache")
   (data (i32.const 64) "{set}")
   (data (i32.const 512) "{get}")
-  (global $heap (mut i32) (i32.const 1024))
   (global $stream (mut i32) (i32.const 0))
   (global $got_set (mut i32) (i32.const 0))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
-    (local.get $p))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_request_headers") (param $ctx i32) (param i32 i32) (result i32)
+{WAT_FILTER_BASICS}  (func (export "proxy_on_request_headers") (param $ctx i32) (param i32 i32) (result i32)
     (global.set $stream (local.get $ctx))
     (if (call $call (i32.const 16) (i32.const 5) (i32.const 64) (i32.const {set_len}) (i32.const 8))
       (then unreachable))

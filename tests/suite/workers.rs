@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use weir_tests::{EchoUpstream, TestGateway, http1_client, read_response, test_filter_wasm};
+use weir_tests::{
+    EchoUpstream, TestGateway, WAT_FILTER_BASICS, http1_client, read_response, test_filter_wasm,
+};
 
 /// Sends `GET /` on `stream` and returns the echoed `x-vm` request header:
 /// the number of the VM that served the request.
@@ -71,23 +73,17 @@ routes: [{{ name: r, upstream: echo, filters: [{{ plugin: sdk, config: {{ vm_id_
 
 /// A filter that spins in `on_request_headers` (until its CPU deadline stops
 /// it) on requests with more than 20 headers, and lets others pass.
-const SPIN_ON_MANY_HEADERS: &str = r#"(module
+fn spin_on_many_headers() -> String {
+    format!(
+        r#"(module
   (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 1024))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
-    (local.get $p))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_request_headers") (param i32) (param $n i32) (param i32) (result i32)
+{WAT_FILTER_BASICS}  (func (export "proxy_on_request_headers") (param i32) (param $n i32) (param i32) (result i32)
     (if (i32.gt_u (local.get $n) (i32.const 20))
       (then (loop $spin (br $spin))))
     (i32.const 0)))
-"#;
+"#
+    )
+}
 
 /// What a request on a fresh connection met while another worker was stuck.
 enum Probe {
@@ -117,7 +113,7 @@ async fn probe(gw: &TestGateway, patience: Duration) -> anyhow::Result<Probe> {
 async fn a_guest_stuck_on_one_worker_does_not_stall_the_other() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
     let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("spin.wat"), SPIN_ON_MANY_HEADERS)?;
+    std::fs::write(dir.path().join("spin.wat"), spin_on_many_headers())?;
     let deadline = Duration::from_millis(1500);
     let gw = TestGateway::with_workers_in(
         &format!(
