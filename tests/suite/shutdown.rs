@@ -25,20 +25,24 @@ async fn draining_gateway(up: &EchoUpstream) -> anyhow::Result<TestGateway> {
     TestGateway::from_yaml(&draining_manifest(up)).await
 }
 
+/// A request the upstream holds for 700 ms, on a connection of its own: its
+/// status and JSON body.
+async fn slow_request(url: String) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
+    let response = http1_client()
+        .get(url)
+        .header("x-echo-delay-ms", "700")
+        .send()
+        .await?;
+    let status = response.status();
+    Ok((status, json(response).await?))
+}
+
 #[tokio::test]
 async fn finishes_in_flight_requests_then_stops_accepting() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
     let mut gw = draining_gateway(&up).await?;
     let url = gw.url("main", "/slow");
-    let in_flight = tokio::spawn(async move {
-        let response = http1_client()
-            .get(url)
-            .header("x-echo-delay-ms", "700")
-            .send()
-            .await?;
-        let status = response.status();
-        Ok::<_, anyhow::Error>((status, json(response).await?))
-    });
+    let in_flight = tokio::spawn(slow_request(url));
     assert!(eventually(Duration::from_secs(5), async || up.hits() == 1).await);
     let addr = gw.addr("main");
     assert!(gw.shutdown().await, "drained within the deadline");
@@ -77,15 +81,7 @@ async fn every_worker_finishes_its_in_flight_requests() -> anyhow::Result<()> {
     let in_flight: Vec<_> = (0..8)
         .map(|i| {
             let url = gw.url("main", &format!("/slow/{i}"));
-            tokio::spawn(async move {
-                let response = http1_client()
-                    .get(url)
-                    .header("x-echo-delay-ms", "700")
-                    .send()
-                    .await?;
-                let status = response.status();
-                Ok::<_, anyhow::Error>((status, json(response).await?))
-            })
+            tokio::spawn(slow_request(url))
         })
         .collect();
     assert!(eventually(Duration::from_secs(5), async || up.hits() == 8).await);
