@@ -8,7 +8,7 @@
 //! upstream from a bug in Weir. [`respond`] is the only place an error becomes
 //! a response. This module sits at the bottom: it imports no other layer.
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 use crate::body::{self, Body};
 use crate::request_id::REQUEST_ID;
@@ -32,6 +32,9 @@ pub trait HttpError: std::error::Error + Send + Sync + 'static {
     fn code(&self) -> &'static str;
     /// Whose fault it is.
     fn fault(&self) -> Fault;
+    /// Headers the status calls for (`Allow` on a 405, `Retry-After`, …);
+    /// none by default.
+    fn add_headers(&self, _headers: &mut HeaderMap) {}
 }
 
 /// Turns an error into the JSON response every gateway error uses:
@@ -54,6 +57,7 @@ pub fn respond(error: &dyn HttpError, request_id: &HeaderValue) -> Response<Body
         HeaderValue::from_static("application/json"),
     );
     headers.insert(REQUEST_ID, request_id.clone());
+    error.add_headers(headers);
     response
 }
 

@@ -248,7 +248,11 @@ impl Gateway {
     /// balancer state. Returns the new generation. Blocks while plugins
     /// compile and start: call it from a blocking task.
     pub fn reload(&self, manifest: &Manifest) -> Result<u64, StartError> {
-        if manifest.listeners != self.owned.listeners {
+        let same_listeners = manifest.listeners.len() == self.owned.listeners.len()
+            && (manifest.listeners.iter())
+                .zip(&self.owned.listeners)
+                .all(|(new, running)| new.same_socket(running));
+        if !same_listeners {
             return Err(StartError::ListenersChanged);
         }
         // One build at a time, so generations follow the order of swaps.

@@ -11,6 +11,8 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 
+pub use crate::normalize::{EscapedSlashes, PathOptions};
+
 /// Index of a listener in [`Manifest::listeners`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ListenerId(pub usize);
@@ -59,6 +61,19 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// Resource bounds for this listener's connections.
     pub limits: ListenerLimits,
+    /// How request paths are normalized before routing.
+    pub paths: PathOptions,
+}
+
+impl Listener {
+    /// Whether `other` binds and serves its socket the same way (name, address,
+    /// TLS, limits); what only the routing reads (`paths`) may differ.
+    pub fn same_socket(&self, other: &Listener) -> bool {
+        self.name == other.name
+            && self.address == other.address
+            && self.tls == other.tls
+            && self.limits == other.limits
+    }
 }
 
 /// Certificates a TLS listener presents.
@@ -262,18 +277,35 @@ pub struct FilterRef {
 }
 
 /// Conditions of a route; all must hold.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RouteMatch {
     /// Host patterns; empty = any host.
     pub hosts: Vec<HostMatch>,
     /// Path condition.
     pub path: PathMatch,
+    /// Whether `exact` and `prefix` paths compare case-sensitively (regexes
+    /// decide for themselves with `(?i)`).
+    pub path_case_sensitive: bool,
     /// Allowed methods; empty = any method.
     pub methods: Vec<Method>,
     /// Header conditions.
     pub headers: Vec<HeaderMatch>,
     /// Query-parameter conditions.
     pub query: Vec<QueryMatch>,
+}
+
+impl Default for RouteMatch {
+    /// Any host, any path (`prefix: /`, case-sensitive), any method.
+    fn default() -> Self {
+        Self {
+            hosts: Vec::new(),
+            path: PathMatch::default(),
+            path_case_sensitive: true,
+            methods: Vec::new(),
+            headers: Vec::new(),
+            query: Vec::new(),
+        }
+    }
 }
 
 /// A host pattern (lower case, no port).

@@ -14,8 +14,8 @@ use regex::Regex;
 
 use super::decode::{ByteSize, Decode, Diagnostics, Fields, HumanDuration, Located, mismatch};
 use super::model::{
-    FixedResponse, HeaderMatch, HostMatch, LbPolicy, ListenerLimits, PathMatch, PathRewrite,
-    QueryMatch, RouteMatch, UpstreamTimeouts, ValueMatch,
+    EscapedSlashes, FixedResponse, HeaderMatch, HostMatch, LbPolicy, ListenerLimits, PathMatch,
+    PathOptions, PathRewrite, QueryMatch, RouteMatch, UpstreamTimeouts, ValueMatch,
 };
 use super::node::{Location, Node, Value};
 
@@ -79,6 +79,7 @@ pub struct RawListener {
     pub address: Option<SocketAddr>,
     pub tls: Option<RawTls>,
     pub limits: ListenerLimits,
+    pub paths: PathOptions,
 }
 
 impl Decode for RawListener {
@@ -88,12 +89,14 @@ impl Decode for RawListener {
         let address = f.required("address", diags);
         let tls = f.optional("tls", diags).flatten();
         let limits = f.or("limits", ListenerLimits::default(), diags);
+        let paths = f.or("paths", PathOptions::default(), diags);
         f.finish(diags);
         Some(Self {
             name: name?,
             address,
             tls,
             limits,
+            paths,
         })
     }
 }
@@ -299,6 +302,30 @@ fn check_target_address(address: Located<String>, diags: &mut Diagnostics) -> Op
     }
 }
 
+impl Decode for PathOptions {
+    fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
+        let mut f = Fields::of(node, "path options", diags)?;
+        let defaults = PathOptions::default();
+        let options = Self {
+            merge_slashes: f.or("merge_slashes", defaults.merge_slashes, diags),
+            escaped_slashes: f.or("escaped_slashes", defaults.escaped_slashes, diags),
+        };
+        f.finish(diags);
+        Some(options)
+    }
+}
+
+impl Decode for EscapedSlashes {
+    fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
+        match &node.value {
+            Value::Str(s) if s == "reject" => Some(EscapedSlashes::Reject),
+            Value::Str(s) if s == "keep" => Some(EscapedSlashes::Keep),
+            Value::Str(s) if s == "decode" => Some(EscapedSlashes::Decode),
+            _ => mismatch(node, "`reject`, `keep` or `decode`", diags),
+        }
+    }
+}
+
 impl Decode for LbPolicy {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         match &node.value {
@@ -368,9 +395,11 @@ impl Decode for RawRoute {
 impl Decode for RouteMatch {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "route match", diags)?;
+        let path = f.or("path", PathCondition::default(), diags);
         let matcher = Self {
             hosts: f.or("hosts", Vec::new(), diags),
-            path: f.or("path", PathMatch::default(), diags),
+            path: path.matcher,
+            path_case_sensitive: path.case_sensitive,
             methods: f
                 .or::<Vec<MethodName>>("methods", Vec::new(), diags)
                 .into_iter()
@@ -451,9 +480,25 @@ fn one_kind<T>(
     }
 }
 
-impl Decode for PathMatch {
+/// A route's path condition as written: the pattern and how it compares.
+struct PathCondition {
+    matcher: PathMatch,
+    case_sensitive: bool,
+}
+
+impl Default for PathCondition {
+    fn default() -> Self {
+        Self {
+            matcher: PathMatch::default(),
+            case_sensitive: true,
+        }
+    }
+}
+
+impl Decode for PathCondition {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "path match", diags)?;
+        let case_sensitive = f.or("case_sensitive", true, diags);
         let kinds = vec![
             (
                 "exact",
@@ -470,7 +515,7 @@ impl Decode for PathMatch {
         ];
         f.finish(diags);
         let (kind, value) = one_kind(kinds, node.location, "a path match", diags)?;
-        match kind {
+        let matcher = match kind {
             "regex" => compile_regex(&value, diags).map(PathMatch::Regex),
             _ if !value.value.starts_with('/') => {
                 diags.error(
@@ -482,10 +527,37 @@ impl Decode for PathMatch {
                 );
                 None
             }
+            _ if !is_normal_path(kind, &value, diags) => None,
             "exact" => Some(PathMatch::Exact(value.value)),
             _ => Some(PathMatch::Prefix(value.value)),
-        }
+        }?;
+        Some(Self {
+            matcher,
+            case_sensitive,
+        })
     }
+}
+
+/// Whether a route's `exact` or `prefix` path is written as requests look
+/// after normalization (else it could never match); records why not.
+fn is_normal_path(kind: &str, path: &Located<String>, diags: &mut Diagnostics) -> bool {
+    // The loosest listener settings: a path valid under them can match somewhere.
+    let loosest = PathOptions {
+        merge_slashes: false,
+        escaped_slashes: EscapedSlashes::Keep,
+    };
+    let reason = match crate::normalize::normalize_path(&path.value, &loosest) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return true,
+        Ok(std::borrow::Cow::Owned(normal)) => format!(
+            "is not in normal form; requests are routed by their normalized path, so write `{normal}`"
+        ),
+        Err(error) => format!("can never match: {error}"),
+    };
+    diags.error(
+        path.location,
+        format!("the `{kind}` path `{}` {reason}", path.value),
+    );
+    false
 }
 
 /// Compiles a regex, reporting a syntax error on one line at its location.

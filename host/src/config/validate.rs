@@ -140,6 +140,7 @@ fn listener(raw: RawListener, base_dir: &Path, diags: &mut Diagnostics) -> Optio
         address: raw.address?,
         tls,
         limits: raw.limits,
+        paths: raw.paths,
     })
 }
 

@@ -88,6 +88,12 @@ impl HttpError for ChainError {
             _ => Fault::Internal,
         }
     }
+
+    fn add_headers(&self, headers: &mut http::HeaderMap) {
+        if let Self::Filter(e) = self {
+            e.add_headers(headers);
+        }
+    }
 }
 
 /// A direction of the stream.

@@ -1,9 +1,11 @@
 //! The errors of the request lifecycle: its own (no route, a body over the
 //! limit, a request it cannot forward) and those of the layers it drives.
 
-use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode};
 
 use super::chain::ChainError;
+use super::target::TargetError;
 use crate::body::{self, BoxError};
 use crate::error::{Fault, HttpError};
 use crate::upstream::UpstreamError;
@@ -19,6 +21,19 @@ pub enum RequestError {
         /// Request path.
         path: String,
     },
+    /// A route matches the path but not the method.
+    #[error("{method} is not allowed on {path}; allowed: {}", list(allowed))]
+    MethodNotAllowed {
+        /// Request method.
+        method: Method,
+        /// Request path.
+        path: String,
+        /// The methods the matching routes allow.
+        allowed: Vec<Method>,
+    },
+    /// The path or host is malformed.
+    #[error(transparent)]
+    Target(#[from] TargetError),
     /// The request body exceeds the listener's limit.
     #[error("the request body exceeds the limit of {limit} bytes")]
     BodyTooLarge {
@@ -43,6 +58,8 @@ impl HttpError for RequestError {
     fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Target(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Upstream(e) => e.status(),
@@ -53,6 +70,9 @@ impl HttpError for RequestError {
     fn code(&self) -> &'static str {
         match self {
             Self::NoRoute { .. } => "no_route",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Target(TargetError::Path(_)) => "invalid_path",
+            Self::Target(_) => "invalid_host",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BadRequest { .. } => "bad_request",
             Self::Upstream(e) => e.code(),
@@ -62,13 +82,34 @@ impl HttpError for RequestError {
 
     fn fault(&self) -> Fault {
         match self {
-            Self::NoRoute { .. } | Self::BodyTooLarge { .. } | Self::BadRequest { .. } => {
-                Fault::Downstream
-            }
+            Self::NoRoute { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::Target(_)
+            | Self::BodyTooLarge { .. }
+            | Self::BadRequest { .. } => Fault::Downstream,
             Self::Upstream(e) => e.fault(),
             Self::Chain(e) => e.fault(),
         }
     }
+
+    fn add_headers(&self, headers: &mut HeaderMap) {
+        match self {
+            Self::MethodNotAllowed { allowed, .. } => {
+                if let Ok(value) = HeaderValue::from_str(&list(allowed)) {
+                    headers.insert(header::ALLOW, value);
+                }
+            }
+            Self::Upstream(e) => e.add_headers(headers),
+            Self::Chain(e) => e.add_headers(headers),
+            _ => {}
+        }
+    }
+}
+
+/// `GET, HEAD`.
+fn list(methods: &[Method]) -> String {
+    let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+    names.join(", ")
 }
 
 /// Maps a request body read error: past the limit it is the client's 413,

@@ -22,7 +22,13 @@ const HOP_BY_HOP: [&str; 9] = [
     "transfer-encoding",
 ];
 
-/// Removes hop-by-hop headers, including those the `connection` header names.
+/// End-to-end headers that Weir relies on, which a `connection` header cannot
+/// have removed (RFC 9110 §7.6.1 lets a sender name only its own hop-by-hop
+/// headers there; naming these is an attempt to strip what Weir forwards).
+const PROTECTED: [&str; 3] = ["host", "content-length", "x-request-id"];
+
+/// Removes hop-by-hop headers, including those the `connection` header names
+/// (but never the [`PROTECTED`] ones).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names settles it.
     if !headers
@@ -41,6 +47,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter(|token| {
             !token.eq_ignore_ascii_case("close")
                 && !HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(token))
+                && !PROTECTED.iter().any(|h| h.eq_ignore_ascii_case(token))
         })
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok());
     let doomed: Vec<HeaderName> = headers

@@ -23,6 +23,7 @@ mod headers;
 mod phases;
 mod rewrite;
 mod snapshot;
+mod target;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +38,8 @@ pub use chain::{BodyStep, Chain, ChainError, Direction, Run, SharedRun, Step};
 pub use error::RequestError;
 pub use filter::{FailMode, FilterFailure, FilterRun, Flow, HttpFilter, Lent};
 pub use headers::{ClientSide, ip_header_value, strip_hop_by_hop};
-pub use snapshot::{RouteEntry, Snapshot, Target};
+pub use snapshot::{ListenerRoutes, RouteEntry, Snapshot, Target};
+pub use target::TargetError;
 
 use crate::body::Body;
 use crate::config::model::ListenerLimits;
@@ -137,17 +139,31 @@ impl Proxy {
 /// A request's failure, with the route it had matched (if any).
 type Failure<'a> = (Option<&'a RouteEntry>, RequestError);
 
-/// Routes the request and runs its lifecycle.
+/// Makes the target canonical, routes the request and runs its lifecycle.
 async fn serve<'a>(
     snapshot: &'a Snapshot,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     conn: &Connection,
     request_id: &HeaderValue,
 ) -> Result<(&'a RouteEntry, Response<Body>), Failure<'a>> {
-    let Some(entry) = route(snapshot, &request, conn) else {
-        let error = RequestError::NoRoute {
+    let no_route = |request: &Request<Incoming>| RequestError::NoRoute {
+        method: request.method().clone(),
+        path: request.uri().path().to_owned(),
+    };
+    let Some(served) = snapshot.listener(&conn.listener) else {
+        return Err((None, no_route(&request)));
+    };
+    target::canonicalize(&mut request, &served.paths).map_err(|e| (None, e.into()))?;
+    let view = view(&request);
+    let Some(entry) = snapshot.route(served, &view) else {
+        let allowed = served.allowed_methods(&view);
+        if allowed.is_empty() {
+            return Err((None, no_route(&request)));
+        }
+        let error = RequestError::MethodNotAllowed {
             method: request.method().clone(),
             path: request.uri().path().to_owned(),
+            allowed,
         };
         return Err((None, error));
     };
@@ -157,27 +173,19 @@ async fn serve<'a>(
         .map_err(|error| (Some(entry), error))
 }
 
-/// The route for `request` on its listener.
-fn route<'a>(
-    snapshot: &'a Snapshot,
-    request: &Request<Incoming>,
-    conn: &Connection,
-) -> Option<&'a RouteEntry> {
+/// What the router looks at in a canonical request (its host is in `Host`).
+fn view<B>(request: &Request<B>) -> RequestView<'_> {
     let uri = request.uri();
-    let host = uri.authority().map(|a| a.as_str()).or_else(|| {
-        request
+    RequestView {
+        host: request
             .headers()
             .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    });
-    let view = RequestView {
-        host,
+            .and_then(|h| h.to_str().ok()),
         path: uri.path(),
         query: uri.query(),
         method: request.method(),
         headers: request.headers(),
-    };
-    snapshot.route(&conn.listener, &view)
+    }
 }
 
 /// The `content-length` a message declares, if any.

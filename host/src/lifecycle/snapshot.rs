@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use super::chain::Chain;
-use crate::config::model::{FixedResponse, Listener, ListenerId, Route, RouteId};
+use crate::config::model::{FixedResponse, Listener, ListenerId, PathOptions, Route, RouteId};
 use crate::router::{RequestView, Router};
 use crate::upstream::UpstreamGroup;
 
@@ -33,10 +33,17 @@ pub struct RouteEntry {
     pub target: Target,
 }
 
+/// What one listener serves: its routes and how it normalizes paths.
+pub struct ListenerRoutes {
+    /// The listener's path normalization.
+    pub paths: PathOptions,
+    router: Router,
+}
+
 /// One immutable config.
 pub struct Snapshot {
     generation: u64,
-    routers: FxHashMap<String, Router>,
+    listeners: FxHashMap<String, ListenerRoutes>,
     routes: Vec<RouteEntry>,
 }
 
@@ -44,7 +51,7 @@ impl Snapshot {
     /// A snapshot serving `routes` on `listeners` (a route's `listeners` ids
     /// index that slice).
     pub fn new(generation: u64, listeners: &[Listener], routes: Vec<RouteEntry>) -> Self {
-        let routers = listeners
+        let served = listeners
             .iter()
             .enumerate()
             .map(|(l, listener)| {
@@ -52,12 +59,16 @@ impl Snapshot {
                     e.route.listeners.is_empty() || e.route.listeners.contains(&ListenerId(l))
                 });
                 let router = Router::new(served.map(|(i, e)| (RouteId(i), &e.route.matcher)));
-                (listener.name.clone(), router)
+                let routes = ListenerRoutes {
+                    paths: listener.paths,
+                    router,
+                };
+                (listener.name.clone(), routes)
             })
             .collect();
         Self {
             generation,
-            routers,
+            listeners: served,
             routes,
         }
     }
@@ -67,9 +78,22 @@ impl Snapshot {
         self.generation
     }
 
-    /// The route for `request` on the listener named `listener`.
-    pub fn route(&self, listener: &str, request: &RequestView<'_>) -> Option<&RouteEntry> {
-        let id = self.routers.get(listener)?.find(request)?;
+    /// What the listener named `listener` serves.
+    pub fn listener(&self, listener: &str) -> Option<&ListenerRoutes> {
+        self.listeners.get(listener)
+    }
+
+    /// The route for `request` (canonical target) among `served`'s routes.
+    pub fn route(&self, served: &ListenerRoutes, request: &RequestView<'_>) -> Option<&RouteEntry> {
+        let id = served.router.find(request)?;
         self.routes.get(id.0)
+    }
+}
+
+impl ListenerRoutes {
+    /// The methods that would find a route for `request` when its own finds
+    /// none (see [`Router::allowed_methods`]).
+    pub fn allowed_methods(&self, request: &RequestView<'_>) -> Vec<http::Method> {
+        self.router.allowed_methods(request)
     }
 }

@@ -16,11 +16,19 @@
 //!   (`*.example.com`) matches one or more labels in front of the suffix:
 //!   `a.example.com` and `a.b.example.com` match, `example.com` does not. A route
 //!   without host patterns matches any host, and requests without a host.
-//! - **Path.** The path is compared as received (not decoded or normalised,
-//!   without the query). `exact` must equal the whole path. `prefix` matches at a
-//!   segment boundary only: `/v1` matches `/v1`, `/v1/` and `/v1/x` but not
-//!   `/v1x`; `/` matches every path. `regex` must match the *whole* path (it is
-//!   anchored at both ends; `/a|/ab` matches `/ab`).
+//! - **Path.** The path is compared in its normalized form (see
+//!   [`crate::normalize`]; the lifecycle normalizes it before routing), without
+//!   the query. `exact` must equal the whole path. `prefix` matches when the path
+//!   equals it or continues after it with `/`, `;` (path parameters), `.` (an
+//!   extension) or `%` (an escaped character): `/admin` matches `/admin`,
+//!   `/admin/x`, `/admin;jsessionid=1`, `/admin.json` and `/admin%20`, but not
+//!   `/adminx` or `/admin-panel`. Backends that ignore path parameters,
+//!   extensions or trailing whitespace serve `/admin` for those, so its route
+//!   must see them. A prefix ending in `/` matches any path that starts with it;
+//!   `/` matches every path. `regex` must match the *whole* path (it is anchored
+//!   at both ends; `/a|/ab` matches `/ab`). With `path_case_sensitive: false`,
+//!   `exact` and `prefix` compare ASCII case-insensitively and the regex is
+//!   compiled case-insensitive.
 //! - **Methods.** An empty list allows any method; otherwise the request method
 //!   must be listed (`HEAD` is not implied by `GET`).
 //! - **Headers.** Every header condition must hold. A header may occur several
@@ -87,6 +95,7 @@ pub fn matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
     let host = req.host.map(normalize_host);
     compiled.host_rank(host.as_deref()).is_some()
         && compiled.path_matches(req.path)
+        && compiled.method_matches(req.method)
         && compiled.rest_matches(req)
 }
 
@@ -123,7 +132,9 @@ impl Router {
         for (index, (id, m)) in list.into_iter().enumerate() {
             let matcher = CompiledMatch::new(m);
             if matcher.hosts.is_empty() {
-                router.any_host.insert(index, &matcher.path);
+                router
+                    .any_host
+                    .insert(index, &matcher.path, matcher.case_sensitive);
             }
             for host in &matcher.hosts {
                 let bucket = match host {
@@ -135,7 +146,7 @@ impl Router {
                         router.suffix_hosts.entry(s.as_str().into()).or_default()
                     }
                 };
-                bucket.insert(index, &matcher.path);
+                bucket.insert(index, &matcher.path, matcher.case_sensitive);
             }
             router.routes.push(Entry { id, matcher });
         }
@@ -188,41 +199,120 @@ impl Router {
     /// The best route in one host tier: exact path, then prefixes longest first,
     /// then regexes; file order within each group.
     fn search(&self, index: &PathIndex, req: &RequestView<'_>) -> Option<RouteId> {
-        let path = req.path;
-        if let Some(found) = index
-            .exact
-            .get(path)
-            .and_then(|g| self.first_matching(g, req))
-        {
-            return Some(found);
+        let mut found = None;
+        self.candidates(index, req.path, |group| {
+            found = self.first_matching(group, req, true);
+            found.is_some()
+        });
+        found
+    }
+
+    /// Hands `visit` the groups of routes whose host tier is `index` and whose
+    /// path matches `path`, best first (exact, prefixes longest first, regexes),
+    /// until it returns true. Routes within a group are in file order.
+    fn candidates(&self, index: &PathIndex, path: &str, mut visit: impl FnMut(&[usize]) -> bool) {
+        // Case-insensitive patterns are keyed in lower case; the path is lowered
+        // only when such a pattern exists and the path has upper case in it.
+        let lowered = (index.has_caseless && path.bytes().any(|b| b.is_ascii_uppercase()))
+            .then(|| path.to_ascii_lowercase());
+        let caseless_path = lowered.as_deref().unwrap_or(path);
+        let exact = [
+            index.exact.get(path),
+            index.exact_caseless.get(caseless_path),
+        ];
+        if self.visit_pair(exact, &mut visit) {
+            return;
         }
-        if !index.prefix.is_empty() {
-            for prefix in SegmentPrefixes::new(path) {
+        if index.longest_prefix > 0 {
+            for prefix in PrefixCandidates::new(path) {
                 if prefix.len() > index.longest_prefix {
                     continue;
                 }
-                if let Some(found) = index
-                    .prefix
-                    .get(prefix)
-                    .and_then(|g| self.first_matching(g, req))
-                {
-                    return Some(found);
+                let caseless = &caseless_path[..prefix.len()];
+                let groups = [
+                    index.prefix.get(prefix),
+                    index.prefix_caseless.get(caseless),
+                ];
+                if self.visit_pair(groups, &mut visit) {
+                    return;
                 }
             }
         }
-        index.regex.iter().find_map(|&i| {
+        for &i in &index.regex {
+            if self.routes[i].matcher.path_matches(path) && visit(std::slice::from_ref(&i)) {
+                return;
+            }
+        }
+    }
+
+    /// Visits the case-sensitive and the case-insensitive group of one pattern
+    /// as one group in file order (both are sorted; most of the time one is absent).
+    fn visit_pair(
+        &self,
+        groups: [Option<&Vec<usize>>; 2],
+        visit: &mut impl FnMut(&[usize]) -> bool,
+    ) -> bool {
+        match groups {
+            [None, None] => false,
+            [Some(one), None] | [None, Some(one)] => visit(one),
+            [Some(a), Some(b)] => {
+                let mut merged: Vec<usize> = a.iter().chain(b).copied().collect();
+                merged.sort_unstable();
+                visit(&merged)
+            }
+        }
+    }
+
+    /// The first route of `group` (whose host and path already match) whose
+    /// other conditions hold, its methods checked only if `check_method`.
+    fn first_matching(
+        &self,
+        group: &[usize],
+        req: &RequestView<'_>,
+        check_method: bool,
+    ) -> Option<RouteId> {
+        group.iter().find_map(|&i| {
             let entry = &self.routes[i];
-            (entry.matcher.path_matches(path) && entry.matcher.rest_matches(req))
-                .then_some(entry.id)
+            let method_ok = !check_method || entry.matcher.method_matches(req.method);
+            (method_ok && entry.matcher.rest_matches(req)).then_some(entry.id)
         })
     }
 
-    /// The first route of `group` (whose host and path already match) whose other conditions hold.
-    fn first_matching(&self, group: &[usize], req: &RequestView<'_>) -> Option<RouteId> {
-        group.iter().find_map(|&i| {
-            let entry = &self.routes[i];
-            entry.matcher.rest_matches(req).then_some(entry.id)
-        })
+    /// When no route matches `request`: the methods of the routes that would
+    /// match it with another method (for `405` and its `Allow` header), in
+    /// the order first seen. Empty when no route matches it by host, path,
+    /// headers and query either. Walks the same index as [`Router::find`].
+    pub fn allowed_methods(&self, request: &RequestView<'_>) -> Vec<Method> {
+        let mut allowed: Vec<Method> = Vec::new();
+        let mut collect = |index: &PathIndex| {
+            self.candidates(index, request.path, |group| {
+                for &i in group {
+                    let matcher = &self.routes[i].matcher;
+                    if matcher.rest_matches(request) {
+                        for method in &matcher.methods {
+                            if !allowed.contains(method) {
+                                allowed.push(method.clone());
+                            }
+                        }
+                    }
+                }
+                false
+            });
+        };
+        if let Some(raw) = request.host {
+            let host = normalize_host(raw);
+            let host = host.as_ref();
+            if let Some(index) = self.exact_hosts.get(host) {
+                collect(index);
+            }
+            for (suffix, index) in &self.suffix_hosts {
+                if host.len() > suffix.len() && host.ends_with(suffix.as_ref()) {
+                    collect(index);
+                }
+            }
+        }
+        collect(&self.any_host);
+        allowed
     }
 }
 
@@ -238,18 +328,37 @@ struct Entry {
 struct PathIndex {
     exact: HashMap<Box<str>, Vec<usize>, KeyHash>,
     prefix: HashMap<Box<str>, Vec<usize>, KeyHash>,
-    /// Length of the longest key in `prefix` (shorter candidates are skipped cheaply).
+    /// Case-insensitive patterns, keyed in lower case.
+    exact_caseless: HashMap<Box<str>, Vec<usize>, KeyHash>,
+    prefix_caseless: HashMap<Box<str>, Vec<usize>, KeyHash>,
+    has_caseless: bool,
+    /// Length of the longest prefix key (shorter candidates are skipped
+    /// cheaply; 0 when there is none).
     longest_prefix: usize,
     regex: Vec<usize>,
 }
 
 impl PathIndex {
-    fn insert(&mut self, index: usize, path: &CompiledPath) {
+    fn insert(&mut self, index: usize, path: &CompiledPath, case_sensitive: bool) {
+        let key = |p: &str| -> Box<str> {
+            if case_sensitive {
+                p.into()
+            } else {
+                p.to_ascii_lowercase().into()
+            }
+        };
+        self.has_caseless |= !case_sensitive;
         let group = match path {
-            CompiledPath::Exact(p) => self.exact.entry(p.as_str().into()).or_default(),
+            CompiledPath::Exact(p) if case_sensitive => self.exact.entry(key(p)).or_default(),
+            CompiledPath::Exact(p) => self.exact_caseless.entry(key(p)).or_default(),
             CompiledPath::Prefix(p) => {
-                self.longest_prefix = self.longest_prefix.max(p.len());
-                self.prefix.entry(p.as_str().into()).or_default()
+                self.longest_prefix = self.longest_prefix.max(p.len().max(1));
+                let map = if case_sensitive {
+                    &mut self.prefix
+                } else {
+                    &mut self.prefix_caseless
+                };
+                map.entry(key(p)).or_default()
             }
             CompiledPath::Regex(_) => &mut self.regex,
         };
@@ -260,9 +369,11 @@ impl PathIndex {
     }
 }
 
-/// The candidate prefixes a path can match at a segment boundary, longest first:
-/// for `/a/b/c` these are `/a/b/c`, `/a/b/`, `/a/b`, `/a/`, `/a`, `/`, and `` (the empty string).
-struct SegmentPrefixes<'p> {
+/// The candidate prefixes a path can match, longest first: the whole path,
+/// then the path cut before every boundary character (`/ ; . %`), and for a
+/// `/` also cut after it. For `/a/b.c` these are `/a/b.c`, `/a/b`, `/a/`, `/a`,
+/// `/`, and `` (the empty string).
+struct PrefixCandidates<'p> {
     path: &'p str,
     /// Slashes at or after this position have been handled.
     end: usize,
@@ -272,7 +383,7 @@ struct SegmentPrefixes<'p> {
     last: Option<usize>,
 }
 
-impl<'p> SegmentPrefixes<'p> {
+impl<'p> PrefixCandidates<'p> {
     fn new(path: &'p str) -> Self {
         Self {
             path,
@@ -283,7 +394,7 @@ impl<'p> SegmentPrefixes<'p> {
     }
 }
 
-impl<'p> Iterator for SegmentPrefixes<'p> {
+impl<'p> Iterator for PrefixCandidates<'p> {
     type Item = &'p str;
 
     fn next(&mut self) -> Option<&'p str> {
@@ -291,20 +402,24 @@ impl<'p> Iterator for SegmentPrefixes<'p> {
             let len = match self.pending.take() {
                 Some(len) => len,
                 None => {
-                    let slash = self.path.as_bytes()[..self.end]
+                    let cut = self.path.as_bytes()[..self.end]
                         .iter()
-                        .rposition(|&b| b == b'/')?;
-                    self.end = slash;
-                    // `…/` (prefix ending in a slash), then `…` (next char is a slash).
-                    self.pending = Some(slash);
-                    slash + 1
+                        .rposition(|&b| is_prefix_boundary(b))?;
+                    self.end = cut;
+                    if self.path.as_bytes()[cut] == b'/' {
+                        // `…/` (prefix ending in a slash), then `…` (next char is a slash).
+                        self.pending = Some(cut);
+                        cut + 1
+                    } else {
+                        cut
+                    }
                 }
             };
             if self.last.is_some_and(|last| len >= last) {
                 continue;
             }
             self.last = Some(len);
-            // `len` is at a '/' or the end, so it is a char boundary.
+            // `len` is at an ASCII boundary byte or the end, so it is a char boundary.
             return self.path.get(..len);
         }
     }
@@ -315,6 +430,7 @@ impl<'p> Iterator for SegmentPrefixes<'p> {
 struct CompiledMatch {
     hosts: Vec<HostMatch>,
     path: CompiledPath,
+    case_sensitive: bool,
     methods: Vec<Method>,
     headers: Vec<(HeaderName, CompiledValue)>,
     query: Vec<(String, CompiledValue)>,
@@ -343,7 +459,8 @@ impl CompiledMatch {
         let path = match &m.path {
             PathMatch::Exact(p) => CompiledPath::Exact(p.clone()),
             PathMatch::Prefix(p) => CompiledPath::Prefix(p.clone()),
-            PathMatch::Regex(r) => CompiledPath::Regex(anchored(r)),
+            PathMatch::Regex(r) if m.path_case_sensitive => CompiledPath::Regex(anchored(r)),
+            PathMatch::Regex(r) => CompiledPath::Regex(anchored_caseless(r)),
         };
         let headers = m
             .headers
@@ -358,6 +475,7 @@ impl CompiledMatch {
         Self {
             hosts: m.hosts.clone(),
             path,
+            case_sensitive: m.path_case_sensitive,
             methods: m.methods.clone(),
             headers,
             query,
@@ -383,23 +501,26 @@ impl CompiledMatch {
 
     fn path_matches(&self, path: &str) -> bool {
         match &self.path {
-            CompiledPath::Exact(p) => path == p,
-            CompiledPath::Prefix(p) => prefix_matches(p, path),
+            CompiledPath::Exact(p) if self.case_sensitive => path == p,
+            CompiledPath::Exact(p) => path.eq_ignore_ascii_case(p),
+            CompiledPath::Prefix(p) => prefix_matches(p, path, self.case_sensitive),
             CompiledPath::Regex(r) => r.as_ref().is_some_and(|r| r.is_match(path)),
         }
     }
 
-    /// Method, header and query conditions (everything but host and path).
+    fn method_matches(&self, method: &Method) -> bool {
+        self.methods.is_empty() || self.methods.contains(method)
+    }
+
+    /// Header and query conditions (everything but host, path and method).
     fn rest_matches(&self, req: &RequestView<'_>) -> bool {
-        (self.methods.is_empty() || self.methods.contains(req.method))
-            && self.headers.iter().all(|(name, cond)| {
-                let values = req.headers.get_all(name).iter();
-                cond.holds(values.map(|v| std::str::from_utf8(v.as_bytes()).ok()))
-            })
-            && self
-                .query
-                .iter()
-                .all(|(name, cond)| cond.holds(query_values(req.query, name).map(Some)))
+        self.headers.iter().all(|(name, cond)| {
+            let values = req.headers.get_all(name).iter();
+            cond.holds(values.map(|v| std::str::from_utf8(v.as_bytes()).ok()))
+        }) && self
+            .query
+            .iter()
+            .all(|(name, cond)| cond.holds(query_values(req.query, name).map(Some)))
     }
 }
 
@@ -439,18 +560,45 @@ impl CompiledValue {
 /// `None` (the route never matches) only if neither form compiles, e.g. past
 /// the size limit.
 fn anchored(r: &Regex) -> Option<Regex> {
+    anchored_with(r, "")
+}
+
+/// [`anchored`], matching ASCII and Unicode letters case-insensitively.
+fn anchored_caseless(r: &Regex) -> Option<Regex> {
+    anchored_with(r, "(?i)")
+}
+
+fn anchored_with(r: &Regex, flags: &str) -> Option<Regex> {
     let pattern = r.as_str();
-    Regex::new(&format!(r"\A(?:{pattern})\z"))
-        .or_else(|_| Regex::new(&format!("\\A(?:{pattern}\n)\\z")))
+    Regex::new(&format!(r"\A{flags}(?:{pattern})\z"))
+        .or_else(|_| Regex::new(&format!("\\A{flags}(?:{pattern}\n)\\z")))
         .ok()
 }
 
-/// `Prefix(p)` semantics: equal, or `p` followed by a segment boundary.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    path.starts_with(prefix)
+/// `Prefix(p)` semantics: equal, or `p` followed by a boundary character, or
+/// `p` ending in `/` and starting the path.
+fn prefix_matches(prefix: &str, path: &str, case_sensitive: bool) -> bool {
+    let Some(head) = path.get(..prefix.len()) else {
+        return false;
+    };
+    let starts = if case_sensitive {
+        head == prefix
+    } else {
+        head.eq_ignore_ascii_case(prefix)
+    };
+    starts
         && (path.len() == prefix.len()
             || prefix.ends_with('/')
-            || path.as_bytes().get(prefix.len()) == Some(&b'/'))
+            || path
+                .as_bytes()
+                .get(prefix.len())
+                .is_some_and(|&b| is_prefix_boundary(b)))
+}
+
+/// Characters after which a prefix may end: `/`, `;` (path parameters), `.`
+/// (an extension) and `%` (an escaped character).
+fn is_prefix_boundary(b: u8) -> bool {
+    matches!(b, b'/' | b';' | b'.' | b'%')
 }
 
 /// Lower-cases the host and removes a `:port` suffix; allocates only for upper case.
@@ -697,11 +845,27 @@ mod tests {
             });
         let path = req.path;
         let path_ok = match &m.path {
+            PathMatch::Exact(e) if !m.path_case_sensitive => {
+                e.to_lowercase() == path.to_lowercase()
+            }
             PathMatch::Exact(e) => path == e,
             PathMatch::Prefix(p) => {
-                let dir = format!("{}/", p.strip_suffix('/').unwrap_or(p));
-                path == p || path.starts_with(&dir)
+                let (p, path) = if m.path_case_sensitive {
+                    (p.clone(), path.to_owned())
+                } else {
+                    (p.to_lowercase(), path.to_lowercase())
+                };
+                let dir = format!("{}/", p.strip_suffix('/').unwrap_or(&p));
+                path == p
+                    || path.starts_with(&dir)
+                    || [";", ".", "%"]
+                        .iter()
+                        .any(|b| path.starts_with(&format!("{p}{b}")))
             }
+            PathMatch::Regex(r) if !m.path_case_sensitive => naive_whole_match(
+                &Regex::new(&format!("(?i){}", r.as_str())).expect("regex"),
+                path,
+            ),
             PathMatch::Regex(r) => naive_whole_match(r, path),
         };
         let method_ok = m.methods.is_empty() || m.methods.iter().any(|x| x == req.method);
@@ -1003,12 +1167,87 @@ mod tests {
     }
 
     #[test]
-    fn segment_prefixes_longest_first() {
-        let all: Vec<_> = SegmentPrefixes::new("/a/b/c").collect();
+    fn prefix_candidates_longest_first() {
+        let all: Vec<_> = PrefixCandidates::new("/a/b/c").collect();
         assert_eq!(all, ["/a/b/c", "/a/b/", "/a/b", "/a/", "/a", "/", ""]);
-        let all: Vec<_> = SegmentPrefixes::new("/a//b/").collect();
+        let all: Vec<_> = PrefixCandidates::new("/a//b/").collect();
         assert_eq!(all, ["/a//b/", "/a//b", "/a//", "/a/", "/a", "/", ""]);
-        assert_eq!(SegmentPrefixes::new("").collect::<Vec<_>>(), [""]);
+        let all: Vec<_> = PrefixCandidates::new("/a;x/b.c%20").collect();
+        assert_eq!(
+            all,
+            [
+                "/a;x/b.c%20",
+                "/a;x/b.c",
+                "/a;x/b",
+                "/a;x/",
+                "/a;x",
+                "/a",
+                "/",
+                ""
+            ]
+        );
+        assert_eq!(PrefixCandidates::new("").collect::<Vec<_>>(), [""]);
+    }
+
+    #[test]
+    fn a_prefix_covers_parameters_extensions_and_escapes() {
+        let routes = [route(&[], prefix("/admin")), route(&[], prefix("/"))];
+        for path in [
+            "/admin",
+            "/admin/x",
+            "/admin;x",
+            "/admin.",
+            "/admin.json",
+            "/admin%20",
+        ] {
+            assert_eq!(find(&routes, &Req::new(None, path)), Some(0), "{path}");
+        }
+        for path in ["/adminx", "/admin-panel", "/admin_", "/admin~"] {
+            assert_eq!(find(&routes, &Req::new(None, path)), Some(1), "{path}");
+        }
+    }
+
+    #[test]
+    fn caseless_routes_match_any_case_in_file_order() {
+        let caseless = |path: PathMatch| RouteMatch {
+            path_case_sensitive: false,
+            ..route(&[], path)
+        };
+        let routes = [
+            caseless(prefix("/Admin")),
+            route(&[], exact("/ADMIN/x")),
+            caseless(exact("/admin/X")),
+            caseless(regex("/reg[a-z]+")),
+            route(&[], prefix("/other")),
+        ];
+        assert_eq!(find(&routes, &Req::new(None, "/ADMIN")), Some(0));
+        assert_eq!(find(&routes, &Req::new(None, "/aDmIn/y")), Some(0));
+        assert_eq!(find(&routes, &Req::new(None, "/ADMIN/x")), Some(1));
+        assert_eq!(find(&routes, &Req::new(None, "/admin/x")), Some(2));
+        assert_eq!(find(&routes, &Req::new(None, "/REGEX")), Some(3));
+        assert_eq!(find(&routes, &Req::new(None, "/other")), Some(4));
+    }
+
+    #[test]
+    fn allowed_methods_come_from_routes_matching_all_but_the_method() {
+        let with_methods = |path: PathMatch, methods: &[Method]| RouteMatch {
+            methods: methods.to_vec(),
+            ..route(&[], path)
+        };
+        let routes = [
+            with_methods(prefix("/users"), &[Method::GET, Method::HEAD]),
+            with_methods(exact("/users/new"), &[Method::POST, Method::GET]),
+            with_methods(prefix("/other"), &[Method::DELETE]),
+        ];
+        let router = router(&routes);
+        let req = Req::new(None, "/users/new").method(Method::PUT);
+        assert_eq!(router.find(&req.view()), None);
+        assert_eq!(
+            router.allowed_methods(&req.view()),
+            [Method::POST, Method::GET, Method::HEAD]
+        );
+        let req = Req::new(None, "/nowhere").method(Method::PUT);
+        assert!(router.allowed_methods(&req.view()).is_empty());
     }
 
     #[test]
@@ -1023,7 +1262,9 @@ mod tests {
 
     // ----- property: the index agrees with the naive matcher -----
 
-    const SEGMENTS: &[&str] = &["", "v1", "v2", "users", "x", "a", "ab"];
+    const SEGMENTS: &[&str] = &[
+        "", "v1", "v2", "users", "x", "a", "ab", "A", "Users", "a.b", "x;y", "a%20",
+    ];
 
     fn path_strategy(max_segments: usize) -> impl Strategy<Value = String> {
         (
@@ -1085,10 +1326,12 @@ mod tests {
             0.3,
             (prop::sample::select(&["v", "a b"][..]), value_strategy()),
         );
-        (hosts, path, methods, header, query).prop_map(|(hosts, path, methods, header, query)| {
-            RouteMatch {
+        let case_sensitive = prop::bool::weighted(0.7);
+        (hosts, (path, case_sensitive), methods, header, query).prop_map(
+            |(hosts, (path, path_case_sensitive), methods, header, query)| RouteMatch {
                 hosts: hosts.iter().map(|h| host(h)).collect(),
                 path,
+                path_case_sensitive,
                 methods,
                 headers: header
                     .map(|value| HeaderMatch {
@@ -1104,8 +1347,8 @@ mod tests {
                     })
                     .into_iter()
                     .collect(),
-            }
-        })
+            },
+        )
     }
 
     fn request_strategy() -> impl Strategy<Value = Req> {
@@ -1152,8 +1395,60 @@ mod tests {
             })
     }
 
+    /// How a client may spell `path` differently without changing what it
+    /// names: unreserved characters escaped (either hex case), `./` and
+    /// `x/../` inserted, slashes doubled.
+    fn spelling_strategy(path: String) -> impl Strategy<Value = (String, String)> {
+        let n = path.len();
+        prop::collection::vec((0..4u8, any::<bool>()), n).prop_map(move |choices| {
+            let mut out = String::new();
+            // Characters of an escape already in the path stay as they are.
+            let mut escape_left = 0;
+            for (c, (choice, upper)) in path.chars().zip(choices) {
+                if c == '%' || escape_left > 0 {
+                    escape_left = if c == '%' { 2 } else { escape_left - 1 };
+                    out.push(c);
+                    continue;
+                }
+                match (c, choice) {
+                    ('/', 1) => out.push_str("/./"),
+                    ('/', 2) => out.push_str("/zz/../"),
+                    ('/', 3) => out.push_str("//"),
+                    (c, 1 | 2) if c.is_ascii_alphanumeric() => {
+                        let escaped = format!("%{:02x}", c as u32);
+                        out.push_str(&if upper {
+                            escaped.to_uppercase()
+                        } else {
+                            escaped
+                        });
+                    }
+                    (c, _) => out.push(c),
+                }
+            }
+            (path.clone(), out)
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn spellings_of_one_path_normalize_alike_and_pick_the_same_route(
+            routes in prop::collection::vec(route_strategy(), 1..30),
+            (canonical, spelled) in path_strategy(4).prop_flat_map(spelling_strategy),
+        ) {
+            let options = crate::normalize::PathOptions::default();
+            let normal = crate::normalize::normalize_path(&canonical, &options)
+                .expect("generated paths are valid");
+            let respelled = crate::normalize::normalize_path(&spelled, &options)
+                .expect("a respelling is valid");
+            prop_assert_eq!(&normal, &respelled, "{} and {}", canonical, spelled);
+            let again = crate::normalize::normalize_path(&normal, &options).expect("valid");
+            prop_assert_eq!(&again, &normal, "normalizing is idempotent");
+            let router = router(&routes);
+            let find = |path: &str| router.find(&Req::new(None, path).view());
+            prop_assert_eq!(find(&normal), find(&respelled));
+        }
 
         #[test]
         fn router_agrees_with_naive_matcher(
