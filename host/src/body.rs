@@ -39,7 +39,16 @@ where
 #[error("the request body exceeds the limit of {0} bytes")]
 pub struct BodyLimitExceeded(pub u64);
 
-/// Wraps `body` so that reading more than `limit` bytes fails with [`BodyLimitExceeded`].
+/// A request body could not be read from the client: broken framing (an
+/// invalid chunk), or the client went away mid-body. The client's fault.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read: {0}")]
+pub struct ClientBodyError(#[source] pub BoxError);
+
+/// Wraps a client's request `body` so that reading more than `limit` bytes
+/// fails with [`BodyLimitExceeded`] and any other read error is a
+/// [`ClientBodyError`]: layers that send the body on can tell the client's
+/// failure from their own.
 pub fn limited<B>(body: B, limit: u64) -> Body
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -51,10 +60,98 @@ where
             if e.is::<http_body_util::LengthLimitError>() {
                 Box::new(BodyLimitExceeded(limit)) as BoxError
             } else {
-                e
+                Box::new(ClientBodyError(e)) as BoxError
             }
         })
         .boxed_unsync()
+}
+
+/// How much of a request body [`prime`] reads ahead before forwarding.
+pub const PRIME_BYTES: usize = 64 * 1024;
+
+/// A body after [`prime`]: whole, or what arrived so far followed by the rest.
+pub enum Primed {
+    /// It had all arrived: forwarded with an exact length.
+    Complete(Bytes),
+    /// More is on its way.
+    Partial(Body),
+}
+
+/// Reads the frames of `body` that have already arrived (up to `budget`
+/// bytes) without waiting for more, so that a body that is broken from the
+/// start (an invalid chunk in the first packet) fails before anything of it
+/// is forwarded, and a small body that arrived whole is sent with a length.
+pub async fn prime(mut body: Body, budget: usize) -> Result<Primed, BoxError> {
+    let mut head: std::collections::VecDeque<Frame<Bytes>> = std::collections::VecDeque::new();
+    let mut read = 0;
+    while read < budget {
+        let ready =
+            std::future::poll_fn(
+                |cx| match http_body::Body::poll_frame(Pin::new(&mut body), cx) {
+                    Poll::Ready(frame) => Poll::Ready(Some(frame)),
+                    Poll::Pending => Poll::Ready(None),
+                },
+            )
+            .await;
+        match ready {
+            None => break,
+            Some(None) => {
+                return Ok(match whole(&head) {
+                    Some(bytes) => Primed::Complete(bytes),
+                    None => Primed::Partial(
+                        Resumed {
+                            head,
+                            rest: empty(),
+                        }
+                        .boxed_unsync(),
+                    ),
+                });
+            }
+            Some(Some(frame)) => {
+                let frame = frame?;
+                read += frame.data_ref().map_or(0, Bytes::len);
+                head.push_back(frame);
+            }
+        }
+    }
+    if head.is_empty() {
+        return Ok(Primed::Partial(body));
+    }
+    Ok(Primed::Partial(Resumed { head, rest: body }.boxed_unsync()))
+}
+
+/// The data of `frames` in one piece, if they are all data.
+fn whole(frames: &std::collections::VecDeque<Frame<Bytes>>) -> Option<Bytes> {
+    let mut out = bytes::BytesMut::new();
+    for frame in frames {
+        out.extend_from_slice(frame.data_ref()?);
+    }
+    Some(out.freeze())
+}
+
+/// Frames already read, then the rest of the body they came from.
+struct Resumed {
+    head: std::collections::VecDeque<Frame<Bytes>>,
+    rest: Body,
+}
+
+impl http_body::Body for Resumed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(frame) = self.head.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_empty() && self.rest.is_end_stream()
+    }
 }
 
 /// A body that passes `inner` through unchanged and keeps `kept` alive until

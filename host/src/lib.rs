@@ -2,7 +2,7 @@
 //!
 //! Layers, lowest first; a module imports only modules on its left or its own
 //! level's helpers (see `ARCHITECTURE.md` for the request path):
-//! `worker`, `body`, `request_id`, `normalize`, `config` ← `error`, `exchange`, `services`
+//! `worker`, `body`, `request_id`, `normalize` ← `config` ← `error`, `exchange`, `services`
 //! ← `router`, `upstream`, `wasm`
 //! ← `lifecycle` (the `HttpFilter` trait, chains, the snapshot type, the one request path)
 //! ← `filters` (the Proxy-Wasm adapter) ← `snapshot` (manifest → snapshot)

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 /// Lowest first. A module may import modules of earlier layers only.
 const LAYERS: &[&[&str]] = &[
-    &["worker", "body", "request_id", "normalize", "config"],
+    &["worker", "body", "request_id", "normalize"],
+    &["config"],
     &["error", "exchange", "services"],
     &["router", "upstream", "wasm"],
     &["lifecycle"],

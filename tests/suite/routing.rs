@@ -165,7 +165,8 @@ async fn exact_path_beats_regex_and_regex_matches_the_whole_path() -> anyhow::Re
         .delete(gw.url("main", "/items/42"))
         .send()
         .await?;
-    assert_eq!(wrong_method.status(), 404);
+    assert_eq!(wrong_method.status(), 405, "the regex route takes only GET");
+    assert_eq!(wrong_method.headers()["allow"], "GET");
     Ok(())
 }
 

@@ -395,9 +395,10 @@ impl Decode for RawRoute {
 impl Decode for RouteMatch {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "route match", diags)?;
+        let hosts = f.or("hosts", Vec::new(), diags);
         let path = f.or("path", PathCondition::default(), diags);
         let matcher = Self {
-            hosts: f.or("hosts", Vec::new(), diags),
+            hosts,
             path: path.matcher,
             path_case_sensitive: path.case_sensitive,
             methods: f

@@ -117,6 +117,10 @@ fn list(methods: &[Method]) -> String {
 pub(super) fn body_error(error: BoxError, limit: u64) -> RequestError {
     if error.is::<body::BodyLimitExceeded>() {
         RequestError::BodyTooLarge { limit }
+    } else if error.is::<body::ClientBodyError>() {
+        RequestError::BadRequest {
+            reason: error.to_string(),
+        }
     } else {
         RequestError::BadRequest {
             reason: format!("the body could not be read: {error}"),

@@ -4,14 +4,15 @@
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
+use http_body::Body as _;
 
 use super::Connection;
 use super::error::{RequestError, body_error};
 use super::headers::{self, ClientSide, strip_hop_by_hop};
 use super::rewrite;
 use super::snapshot::{RouteEntry, Target};
-use crate::body::{self, Body};
+use crate::body::{self, Body, Primed};
 use crate::config::model::{FixedResponse, Route};
 use crate::upstream::OutgoingBody;
 
@@ -28,15 +29,44 @@ pub(super) async fn exchange(
         Target::Forward(group) => group,
     };
     prepare_upstream(&mut parts, &entry.route, conn)?;
-    let outgoing = if group.retries() > 0 && parts.method.is_idempotent() {
-        OutgoingBody::Replayable(read_bounded(body, conn.limits.max_body_bytes).await?)
+    let limit = conn.limits.max_body_bytes;
+    let replay = group.retries() > 0 && parts.method.is_idempotent();
+    let primed = if body.is_end_stream() {
+        Primed::Partial(body)
     } else {
-        OutgoingBody::Streaming(body)
+        body::prime(body, body::PRIME_BYTES)
+            .await
+            .map_err(|e| body_error(e, limit))?
+    };
+    let outgoing = match primed {
+        Primed::Complete(bytes) if replay => OutgoingBody::Replayable(bytes),
+        Primed::Complete(bytes) => OutgoingBody::Streaming(body::full(bytes)),
+        Primed::Partial(body) if replay => {
+            OutgoingBody::Replayable(read_bounded(body, limit).await?)
+        }
+        Primed::Partial(body) => {
+            let unknown_length = !parts.headers.contains_key(header::CONTENT_LENGTH);
+            if !body.is_end_stream()
+                && unknown_length
+                && matches!(parts.method, Method::GET | Method::HEAD)
+            {
+                // Without this hyper sends a GET or HEAD body of unknown length
+                // as no body at all; a content-length body goes on as sent.
+                parts.headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
+            OutgoingBody::Streaming(body)
+        }
     };
     let response = group
         .send(Request::from_parts(parts, outgoing), entry.route.timeout)
         .await?;
     let (mut parts, body) = response.into_parts();
+    // Weir speaks HTTP/1.1 to its clients whatever the upstream spoke (an
+    // HTTP/1.0 answer would otherwise downgrade and close the client's connection).
+    parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     headers::append_via(&mut parts.headers);
     Ok(Response::from_parts(parts, body))

@@ -58,6 +58,9 @@ pub enum UpstreamError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// The client's body broke (bad framing, or the client left) while it was sent.
+    #[error(transparent)]
+    ClientBody(crate::body::ClientBodyError),
 }
 
 impl HttpError for UpstreamError {
@@ -66,6 +69,7 @@ impl HttpError for UpstreamError {
             Self::Unavailable { .. } | Self::Failed { .. } => http::StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ClientBody(_) => http::StatusCode::BAD_REQUEST,
         }
     }
 
@@ -75,12 +79,13 @@ impl HttpError for UpstreamError {
             Self::Timeout { .. } => "upstream_timeout",
             Self::Failed { .. } => "upstream_failed",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::ClientBody(_) => "bad_request",
         }
     }
 
     fn fault(&self) -> Fault {
         match self {
-            Self::BodyTooLarge { .. } => Fault::Downstream,
+            Self::BodyTooLarge { .. } | Self::ClientBody(_) => Fault::Downstream,
             _ => Fault::Upstream,
         }
     }
@@ -240,12 +245,17 @@ impl UpstreamGroup {
         }
     }
 
-    /// Maps a failure after sending: an over-long request body is the client's fault.
+    /// Maps a failure after sending: an over-long or broken request body is
+    /// the client's fault.
     fn classify_failure(&self, error: SendError) -> UpstreamError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         while let Some(e) = source {
             if let Some(limit) = e.downcast_ref::<crate::body::BodyLimitExceeded>() {
                 return UpstreamError::BodyTooLarge { limit: limit.0 };
+            }
+            if let Some(broken) = e.downcast_ref::<crate::body::ClientBodyError>() {
+                let reason = broken.0.to_string();
+                return UpstreamError::ClientBody(crate::body::ClientBodyError(reason.into()));
             }
             source = e.source();
         }
