@@ -1,5 +1,6 @@
 //! Route lookup among 10,000 routes (hosts, prefixes, exact paths, header
-//! versions), and the Proxy-Wasm header-map encoding that crosses the ABI.
+//! versions), the path and host normalization every request pays before it,
+//! and the Proxy-Wasm header-map encoding that crosses the ABI.
 //! Run with `cargo bench -p weir --bench router`.
 
 use std::hint::black_box;
@@ -7,6 +8,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 use weir::config::model::{HeaderMatch, HostMatch, PathMatch, RouteId, RouteMatch, ValueMatch};
+use weir::normalize::{PathOptions, canonical_host, normalize_path};
 use weir::router::{RequestView, Router};
 
 /// 10,000 routes over 100 tenants' hosts: versioned prefixes, exact health
@@ -74,6 +76,24 @@ fn bench(c: &mut Criterion) {
     let miss = view("unknown.test", "/nothing/here");
     assert!(router.find(&miss).is_none());
     group.bench_function("miss", |b| b.iter(|| router.find(black_box(&miss))));
+    group.finish();
+
+    let options = PathOptions::default();
+    let mut group = c.benchmark_group("normalize");
+    group.bench_function("clean_path", |b| {
+        b.iter(|| normalize_path(black_box("/v1/svc13/users/42"), &options).map(|p| p.len()))
+    });
+    group.bench_function("dirty_path", |b| {
+        b.iter(|| {
+            normalize_path(black_box("/v1/./svc13//%75sers/x/../42"), &options).map(|p| p.len())
+        })
+    });
+    group.bench_function("clean_host", |b| {
+        b.iter(|| canonical_host(black_box("t57.api.example.com")).map(|h| h.len()))
+    });
+    group.bench_function("dirty_host", |b| {
+        b.iter(|| canonical_host(black_box("T57.Api.Example.com.:8443")).map(|h| h.len()))
+    });
     group.finish();
 
     let pairs: Vec<(Vec<u8>, Vec<u8>)> = [

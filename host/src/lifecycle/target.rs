@@ -49,13 +49,22 @@ pub(super) fn canonicalize<B>(
     } else {
         normalize::normalize_path(path, paths)?
     };
-    if matches!(normal, Cow::Owned(_)) || uri.scheme().is_some() || uri.authority().is_some() {
-        let target = match uri.query() {
-            Some(query) => format!("{normal}?{query}"),
-            None => normal.into_owned(),
-        };
-        // Normalizing only removes and decodes characters valid in a path.
-        let target = PathAndQuery::try_from(target).map_err(|_| PathError::InvalidEscape)?;
+    let target = match normal {
+        Cow::Owned(path) => {
+            let target = match uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            // Normalizing only removes and decodes characters valid in a path.
+            Some(PathAndQuery::try_from(target).map_err(|_| PathError::InvalidEscape)?)
+        }
+        // Absolute-form or HTTP/2: keep the path and query (a cheap clone), drop the rest.
+        Cow::Borrowed(_) if uri.scheme().is_some() || uri.authority().is_some() => {
+            uri.path_and_query().cloned()
+        }
+        Cow::Borrowed(_) => None,
+    };
+    if let Some(target) = target {
         *request.uri_mut() = Uri::from(target);
     }
     strip_hop_by_hop(request.headers_mut());
