@@ -13,5 +13,6 @@ mod resilience;
 mod routing;
 mod services;
 mod shutdown;
+mod slots;
 mod tls;
 mod workers;
