@@ -108,9 +108,8 @@ pub async fn accept_loop(
 /// (`None`: close it). Both evicting and refusing warn, at most once per
 /// [`slots::WARN_INTERVAL`] each, with how many happened since the last warning.
 fn admit(listener: &Listener, remote: std::net::SocketAddr) -> Option<slots::Slot> {
-    let name = &listener.name;
-    let limits = &listener.limits;
-    match listener.slots.admit(remote.ip()) {
+    let (name, limits) = (&listener.name, &listener.limits);
+    let refused = match listener.slots.admit(remote.ip()) {
         Ok(admitted) => {
             if admitted.evicted
                 && let Some(count) = listener.slots.warning_due(Event::Evicted)
@@ -118,30 +117,30 @@ fn admit(listener: &Listener, remote: std::net::SocketAddr) -> Option<slots::Slo
                 tracing::warn!(
                     listener = %name,
                     limit = limits.max_connections,
-                    evicted = count,
-                    "connection limit reached; evicting the oldest connections that have sent nothing (count since the last warning)"
+                    evicted_since_last_warning = count,
+                    "connection limit reached; new connections evict the oldest that have sent nothing"
                 );
             }
-            Some(admitted.slot)
+            return Some(admitted.slot);
         }
-        Err(refused) => {
-            let count = listener.slots.warning_due(Event::Refused(refused))?;
-            match refused {
-                Refused::ClientCap => tracing::warn!(
-                    listener = %name,
-                    client = %remote.ip(),
-                    limit = limits.max_connections_per_client,
-                    refused = count,
-                    "a client holds max_connections_per_client connections; closing its new ones (count since the last warning, of all clients)"
-                ),
-                Refused::Full => tracing::warn!(
-                    listener = %name,
-                    limit = limits.max_connections,
-                    refused = count,
-                    "connection limit reached and every connection has sent bytes; closing new connections (count since the last warning)"
-                ),
-            }
-            None
+        Err(refused) => refused,
+    };
+    if let Some(count) = listener.slots.warning_due(Event::Refused(refused)) {
+        match refused {
+            Refused::ClientCap => tracing::warn!(
+                listener = %name,
+                client = %remote.ip(),
+                limit = limits.max_connections_per_client,
+                refused_since_last_warning = count,
+                "client over max_connections_per_client; its new connections are closed"
+            ),
+            Refused::Full => tracing::warn!(
+                listener = %name,
+                limit = limits.max_connections,
+                refused_since_last_warning = count,
+                "connection limit reached and every connection has sent bytes; new connections are closed"
+            ),
         }
     }
+    None
 }

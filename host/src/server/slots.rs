@@ -170,8 +170,8 @@ impl Slots {
 
     /// Marks `ticket` as having sent bytes; false when it has lost its slot.
     /// A connection that the listener had just picked for eviction (its slot
-    /// already handed on) gets a slot back by evicting the next oldest silent
-    /// connection, or a free one; only when there is neither does it lose.
+    /// already handed on) gets a slot back: a free one, or else the slot of
+    /// the next oldest silent connection; only when there is neither does it lose.
     fn establish(&self, ticket: &Ticket) -> bool {
         match ticket.state.compare_exchange(
             AWAITING,
@@ -181,7 +181,7 @@ impl Slots {
         ) {
             Err(EVICTED) => {
                 let mut state = self.lock();
-                if !(state.evict_oldest() || self.take_free()) {
+                if !(self.take_free() || state.evict_oldest()) {
                     return false;
                 }
                 ticket.state.store(ESTABLISHED, Ordering::Release);
@@ -238,7 +238,7 @@ const AWAITING: u8 = 0;
 const ESTABLISHED: u8 = 1;
 /// Picked for eviction.
 const EVICTED: u8 = 2;
-/// Closed before sending a byte.
+/// The connection has ended (its queue entry, if any, is stale).
 const CLOSED: u8 = 3;
 
 /// A connection's place in the queue of silent connections.
@@ -310,7 +310,6 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // A silent connection's queue entry turns stale.
         if self.ticket.state.swap(CLOSED, Ordering::AcqRel) != EVICTED {
             self.slots.open.fetch_sub(1, Ordering::AcqRel);
         }
