@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -187,7 +187,7 @@ impl Gateway {
                 None => None,
             };
             let limits = Arc::new(config.limits.clone());
-            let permits = Arc::new(Semaphore::new(config.limits.max_connections));
+            let slots = Arc::new(server::slots::Slots::new(&config.limits));
             // Worker 0 binds the configured address (port 0 picks a port); the
             // others bind the address it got, beside it.
             let mut address = config.address;
@@ -206,7 +206,7 @@ impl Gateway {
                     socket,
                     tls: tls.clone(),
                     limits: limits.clone(),
-                    permits: permits.clone(),
+                    slots: slots.clone(),
                 });
             }
             tracing::info!(listener = %config.name, %address, tls = tls.is_some(), workers = runtimes.len(), "listening");

@@ -14,5 +14,6 @@ mod resilience;
 mod routing;
 mod services;
 mod shutdown;
+mod slots;
 mod tls;
 mod workers;

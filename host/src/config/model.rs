@@ -105,8 +105,15 @@ pub struct ListenerLimits {
     pub header_read_timeout: Duration,
     /// A keep-alive connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
-    /// Connections served at once; more are accepted and closed at once.
+    /// Connections served at once. When all are taken, a new connection evicts
+    /// the oldest one that has not sent a byte yet, or is closed at once.
     pub max_connections: usize,
+    /// Time a new connection has to send its first byte (at most
+    /// `header_read_timeout`), so that silent sockets give their slot back soon.
+    pub first_byte_timeout: Duration,
+    /// Connections one client may hold at once on this listener: per IPv4
+    /// address, per IPv6 /64. More are closed at once; 0 means no cap.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for ListenerLimits {
@@ -117,6 +124,8 @@ impl Default for ListenerLimits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            first_byte_timeout: Duration::from_secs(5),
+            max_connections_per_client: 1_000,
         }
     }
 }

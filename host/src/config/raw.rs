@@ -153,7 +153,10 @@ impl Decode for ListenerLimits {
         let max_header = f
             .optional::<Located<ByteSize>>("max_header_bytes", diags)
             .flatten();
-        let limits = Self {
+        let first_byte = f
+            .optional::<Located<HumanDuration>>("first_byte_timeout", diags)
+            .flatten();
+        let mut limits = Self {
             max_header_bytes: match max_header {
                 Some(size) if size.value.0 < MIN_HEADER_BYTES => {
                     diags.error(
@@ -182,9 +185,47 @@ impl Decode for ListenerLimits {
                 .or("idle_timeout", HumanDuration(defaults.idle_timeout), diags)
                 .0,
             max_connections: f.or("max_connections", defaults.max_connections, diags),
+            first_byte_timeout: defaults.first_byte_timeout,
+            max_connections_per_client: f.or(
+                "max_connections_per_client",
+                defaults.max_connections_per_client,
+                diags,
+            ),
         };
+        limits.first_byte_timeout =
+            first_byte_timeout(first_byte, limits.header_read_timeout, diags);
         f.finish(diags);
         Some(limits)
+    }
+}
+
+/// The first-byte timeout as written (more than 0, at most the header read
+/// timeout), or else the default, shortened to the header read timeout.
+fn first_byte_timeout(
+    written: Option<Located<HumanDuration>>,
+    header_read_timeout: std::time::Duration,
+    diags: &mut Diagnostics,
+) -> std::time::Duration {
+    let default = ListenerLimits::default()
+        .first_byte_timeout
+        .min(header_read_timeout);
+    let Some(timeout) = written else {
+        return default;
+    };
+    if timeout.value.0.is_zero() {
+        diags.error(timeout.location, "first_byte_timeout must be more than 0ms");
+        default
+    } else if timeout.value.0 > header_read_timeout {
+        diags.error(
+            timeout.location,
+            format!(
+                "first_byte_timeout must not be longer than header_read_timeout ({header_read_timeout:?}), found {:?}",
+                timeout.value.0
+            ),
+        );
+        default
+    } else {
+        timeout.value.0
     }
 }
 

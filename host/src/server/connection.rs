@@ -1,6 +1,10 @@
 //! One client connection: HTTP/1.1 or HTTP/2 (by preface), bounded by the
 //! listener's limits, closed when idle, drained on shutdown.
 //!
+//! A new connection has `first_byte_timeout` to send its first byte (for TLS,
+//! of the ClientHello), and until then the listener may evict it to admit
+//! another (`slots`); once it has spoken it keeps its slot.
+//!
 //! An HTTP/1 connection that has been quiet between requests for a moment is
 //! *parked*: hyper's state for it (its read and write buffers, about 25 KiB)
 //! is dropped and only the socket is kept, until the client sends again. Idle
@@ -25,6 +29,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use super::slots::Slot;
 
 use crate::body::{Body, Retaining};
 use crate::config::model::ListenerLimits;
@@ -91,12 +98,39 @@ impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
-/// Serves one connection until the client closes it, it idles out, or shutdown drains it.
+/// Serves a TLS connection: the first byte of its ClientHello within the
+/// first-byte wait, the handshake within `header_read_timeout`, then [`serve`].
+pub async fn serve_tls(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    http: Arc<Http>,
+    proxy: Arc<Proxy>,
+    mut conn: Connection,
+    slot: Slot,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (limits, remote) = (conn.limits.clone(), conn.remote);
+    if !first_byte(&stream, &slot, &limits, &mut shutdown).await {
+        return;
+    }
+    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            conn.sni = stream.get_ref().1.server_name().map(str::to_owned);
+            serve(stream, http, proxy, conn, slot, shutdown).await;
+        }
+        Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+    }
+}
+
+/// Serves one connection until the client closes it, it idles out, or
+/// shutdown drains it. `slot` is its place in the listener, held until it ends.
 pub async fn serve<I>(
     io: I,
     http: Arc<Http>,
     proxy: Arc<Proxy>,
     conn: Connection,
+    slot: Slot,
     mut shutdown: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
@@ -115,7 +149,7 @@ pub async fn serve<I>(
         conn: Arc::new(conn),
         activity: activity.clone(),
     };
-    if !wait_for_client(&io, &activity, limits.idle_timeout, &mut shutdown).await {
+    if !first_byte(&io.inner.inner, &slot, &limits, &mut shutdown).await {
         return;
     }
     match tokio::time::timeout(limits.header_read_timeout, sniff(&mut io)).await {
@@ -151,8 +185,9 @@ pub async fn serve<I>(
         }
         tracing::trace!(pipelined = io.prefix.len(), "connection parked");
         // Bytes of the next request already read (pipelined) are served at once.
+        let idle_deadline = activity.last() + limits.idle_timeout;
         if io.prefix.is_empty()
-            && !wait_for_client(&io, &activity, limits.idle_timeout, &mut shutdown).await
+            && !wait_for_client(&io.inner.inner, idle_deadline, &mut shutdown).await
         {
             return;
         }
@@ -171,29 +206,72 @@ where
     (io, parts.service)
 }
 
+/// Waits for a new connection's first byte, for `first_byte_timeout` (or
+/// `idle_timeout` when shorter), unless the listener evicts the connection
+/// first. When the byte comes, the connection is established: never evicted.
+async fn first_byte<I: Socket>(
+    io: &I,
+    slot: &Slot,
+    limits: &ListenerLimits,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let deadline = Instant::now() + limits.first_byte_timeout.min(limits.idle_timeout);
+    let wait = slot.unless_evicted(wait_for_client(io, deadline, shutdown), || {
+        has_unread_bytes(io.tcp())
+    });
+    match wait.await {
+        Some(true) if slot.establish() => true,
+        Some(true) => {
+            tracing::debug!("evicted as the first byte came, and no slot was left");
+            false
+        }
+        None => {
+            tracing::debug!("evicted: the listener was full and nothing was sent yet");
+            false
+        }
+        Some(false) => {
+            tracing::debug!("no first byte within the first-byte timeout");
+            false
+        }
+    }
+}
+
+/// Whether bytes wait unread on `tcp`, asked of the kernel (the reactor may
+/// not have seen the socket turn readable yet). Costs three system calls (a
+/// duplicate of the descriptor, a peek, a close): asked only of a connection
+/// picked for eviction.
+fn has_unread_bytes(tcp: &TcpStream) -> bool {
+    use std::os::fd::AsFd;
+    let Ok(fd) = tcp.as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    // The duplicate shares the socket's non-blocking mode, so this never waits.
+    let probe = std::net::TcpStream::from(fd);
+    let mut byte = [0u8; 1];
+    matches!(probe.peek(&mut byte), Ok(n) if n > 0)
+}
+
 /// Waits, holding no buffers, until the client sends something (true), or
-/// closes, idles out or is shut down (false).
+/// closes, `deadline` passes or the gateway shuts down (false).
 async fn wait_for_client<I: Socket>(
-    io: &Prefixed<I>,
-    activity: &Activity,
-    idle_timeout: Duration,
+    io: &I,
+    deadline: Instant,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     if *shutdown.borrow() {
         return false;
     }
-    if io.inner.inner.has_buffered_input() {
+    if io.has_buffered_input() {
         return true;
     }
-    let idle_deadline = activity.last() + idle_timeout;
     let mut byte = [0u8; 1];
     tokio::select! {
-        peeked = io.inner.inner.tcp().peek(&mut byte) => match peeked {
+        peeked = io.tcp().peek(&mut byte) => match peeked {
             Ok(n) => n > 0,
             Err(_) => false,
         },
         _ = shutdown.changed() => false,
-        () = tokio::time::sleep_until(idle_deadline.into()) => false,
+        () = tokio::time::sleep_until(deadline.into()) => false,
     }
 }
 

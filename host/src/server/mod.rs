@@ -1,22 +1,25 @@
-//! Listeners: accept connections (plain or TLS), enforce the connection limit
-//! and hand each connection to `connection::serve`; the worker threads that
+//! Listeners: accept connections (plain or TLS), admit them to a slot of the
+//! listener (`slots`: the connection limits and eviction of silent
+//! connections) and hand each to `connection::serve`; the worker threads that
 //! run the accept loops (`workers`).
 //!
 //! Knows sockets, TLS and hyper's server side; the request logic lives in `proxy`.
 
 mod connection;
+pub mod slots;
 pub mod tls;
 pub mod workers;
 
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::config::model::ListenerLimits;
 use crate::lifecycle::{Connection, Proxy};
+use slots::{Event, Refused, Slots};
 
 /// Pending connections the kernel queues per socket (capped by
 /// `net.core.somaxconn`). The usual 128 drops handshakes in a burst of new
@@ -49,9 +52,8 @@ pub struct Listener {
     pub tls: Option<TlsAcceptor>,
     /// Its limits.
     pub limits: Arc<ListenerLimits>,
-    /// Open connections allowed (`limits.max_connections`), shared by every
-    /// worker's socket of this listener.
-    pub permits: Arc<Semaphore>,
+    /// Its connection slots, shared by every worker's socket of this listener.
+    pub slots: Arc<Slots>,
 }
 
 /// Accepts connections until `shutdown` fires; connections are spawned on `tracker`.
@@ -62,7 +64,6 @@ pub async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let http = Arc::new(connection::http_builder(&listener.limits));
-    let permits = listener.permits.clone();
     let local = listener.socket.local_addr().ok();
     loop {
         let accepted = tokio::select! {
@@ -78,18 +79,12 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(
-                listener = %listener.name,
-                %remote,
-                limit = listener.limits.max_connections,
-                "connection limit reached; closing new connection"
-            );
+        let Some(slot) = admit(&listener, remote) else {
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let mut conn = Connection {
+        let conn = Connection {
             listener: listener.name.clone(),
             remote,
             client_ip: crate::lifecycle::ip_header_value(remote.ip()),
@@ -101,26 +96,51 @@ pub async fn accept_loop(
         let (http, proxy, shutdown) = (http.clone(), proxy.clone(), shutdown.clone());
         // Two spawns, so that a cleartext connection's task is not sized for TLS.
         match listener.tls.clone() {
-            None => {
-                tracker.spawn(async move {
-                    let _permit = permit;
-                    connection::serve(stream, http, proxy, conn, shutdown).await;
-                });
+            None => tracker.spawn(connection::serve(stream, http, proxy, conn, slot, shutdown)),
+            Some(acceptor) => tracker.spawn(connection::serve_tls(
+                stream, acceptor, http, proxy, conn, slot, shutdown,
+            )),
+        };
+    }
+}
+
+/// Admits a connection from `remote` to a slot of `listener`, or says no
+/// (`None`: close it). Both evicting and refusing warn, at most once per
+/// [`slots::WARN_INTERVAL`] each, with how many happened since the last warning.
+fn admit(listener: &Listener, remote: std::net::SocketAddr) -> Option<slots::Slot> {
+    let (name, limits) = (&listener.name, &listener.limits);
+    let refused = match listener.slots.admit(remote.ip()) {
+        Ok(admitted) => {
+            if admitted.evicted
+                && let Some(count) = listener.slots.warning_due(Event::Evicted)
+            {
+                tracing::warn!(
+                    listener = %name,
+                    limit = limits.max_connections,
+                    evicted_since_last_warning = count,
+                    "connection limit reached; new connections evict the oldest that have sent nothing"
+                );
             }
-            Some(acceptor) => {
-                let handshake_timeout = listener.limits.header_read_timeout;
-                tracker.spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            conn.sni = stream.get_ref().1.server_name().map(str::to_owned);
-                            connection::serve(stream, http, proxy, conn, shutdown).await;
-                        }
-                        Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                    }
-                });
-            }
+            return Some(admitted.slot);
+        }
+        Err(refused) => refused,
+    };
+    if let Some(count) = listener.slots.warning_due(Event::Refused(refused)) {
+        match refused {
+            Refused::ClientCap => tracing::warn!(
+                listener = %name,
+                client = %remote.ip(),
+                limit = limits.max_connections_per_client,
+                refused_since_last_warning = count,
+                "client over max_connections_per_client; its new connections are closed"
+            ),
+            Refused::Full => tracing::warn!(
+                listener = %name,
+                limit = limits.max_connections,
+                refused_since_last_warning = count,
+                "connection limit reached and every connection has sent bytes; new connections are closed"
+            ),
         }
     }
+    None
 }
