@@ -235,19 +235,31 @@ pub fn canonical_host(host: &str) -> Result<Cow<'_, str>, HostError> {
             (true, true) => Ok(Cow::Owned(host.to_ascii_lowercase())),
         };
     }
-    let trimmed = name.strip_suffix('.').unwrap_or(name);
-    let valid_label = |label: &str| {
-        !label.is_empty()
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~'))
-    };
-    if !trimmed.split('.').all(valid_label) {
+    // One pass: the characters of host labels, no empty label, and whether
+    // anything needs changing (upper case, a trailing dot).
+    let mut upper = false;
+    let mut previous = b'.';
+    for &b in name.as_bytes() {
+        match b {
+            b'.' if previous == b'.' => return Err(HostError::Invalid),
+            b'A'..=b'Z' => upper = true,
+            b'.' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => {}
+            _ => return Err(HostError::Invalid),
+        }
+        previous = b;
+    }
+    let trailing_dot = previous == b'.';
+    if name.is_empty() {
         return Err(HostError::Invalid);
     }
-    if trimmed.len() == name.len() && !name.bytes().any(|b| b.is_ascii_uppercase()) {
+    if !upper && !trailing_dot {
         return Ok(Cow::Borrowed(host));
     }
+    let trimmed = if trailing_dot {
+        &name[..name.len() - 1]
+    } else {
+        name
+    };
     let mut canonical = trimmed.to_ascii_lowercase();
     if let Some(port) = port {
         canonical.push(':');
