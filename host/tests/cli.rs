@@ -25,6 +25,9 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// needs milliseconds; reading `/dev/zero` or opening a FIFO never ends).
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Routes in the generated large manifest.
+const MANY_ROUTES: usize = 100_000;
+
 /// The directory of this package; commands run from here so paths stay short.
 fn package_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -463,6 +466,51 @@ fn validate_refuses_plugin_files_that_are_fifos_or_over_the_cap() {
              {file}:5:25: plugin file `{dir}/huge.wasm` is {size} bytes, over the 256MiB cap\n"
         ),
     );
+}
+
+/// A manifest of `routes` routes over 100 hosts, each with its own prefix,
+/// every tenth an exact path and methods instead.
+fn many_routes(routes: usize) -> String {
+    let mut text = String::from(
+        "apiVersion: weir/v1\n\
+         listeners: [{ name: main, address: 127.0.0.1:0 }]\n\
+         upstreams: [{ name: app, targets: [127.0.0.1:3001] }]\n\
+         routes:\n",
+    );
+    for i in 0..routes {
+        let path = if i % 10 == 9 {
+            format!("{{ exact: /v1/svc{i}/healthz }}, methods: [GET]")
+        } else {
+            format!("{{ prefix: /v1/svc{i} }}")
+        };
+        text.push_str(&format!(
+            "  - {{ name: r{i}, match: {{ hosts: [t{}.example.com], path: {path} }}, upstream: app }}\n",
+            i % 100
+        ));
+    }
+    text
+}
+
+#[test]
+fn validate_loads_a_manifest_of_100_000_routes() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let manifest = dir.path().join("weir.yaml");
+    std::fs::write(&manifest, many_routes(MANY_ROUTES)).expect("write the manifest");
+    let started = Instant::now();
+    let output = validate(&manifest);
+    assert_eq!(
+        (output.status.code(), stdout(&output)),
+        (
+            Some(0),
+            format!(
+                "{}: ok (1 listener, 1 upstream, {MANY_ROUTES} routes)\n",
+                manifest.display()
+            )
+        ),
+        "stderr:\n{}",
+        stderr(&output)
+    );
+    eprintln!("{MANY_ROUTES} routes validated in {:?}", started.elapsed());
 }
 
 #[test]

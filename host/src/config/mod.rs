@@ -10,6 +10,7 @@ pub mod model;
 mod node;
 mod raw;
 mod validate;
+mod yaml;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,6 @@ pub use node::Location;
 pub use validate::API_VERSION;
 
 use decode::{Decode, Diagnostics};
-use node::Node;
 use raw::RawManifest;
 
 /// Why a manifest could not be loaded.
@@ -100,28 +100,13 @@ pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Manifest, Confi
         path: path.to_path_buf(),
         diagnostics,
     };
-    let node: Node = serde_saphyr::from_str(text).map_err(|e| invalid(vec![yaml_error(&e)]))?;
+    let node = yaml::parse(text).map_err(|d| invalid(vec![d]))?;
     let mut diags = Diagnostics::default();
     let manifest = RawManifest::decode(&node, &mut diags)
         .and_then(|raw| validate::validate(raw, path, base_dir, &mut diags));
     match manifest {
         Some(m) if diags.is_empty() => Ok(m),
         _ => Err(invalid(diags.into_sorted())),
-    }
-}
-
-/// Turns a YAML syntax error into a diagnostic.
-fn yaml_error(error: &serde_saphyr::Error) -> Diagnostic {
-    let location = error
-        .location()
-        .map(|l| Location {
-            line: l.line(),
-            column: l.column(),
-        })
-        .unwrap_or_default();
-    Diagnostic {
-        location,
-        message: format!("invalid YAML: {}", error.without_snippet()),
     }
 }
 
