@@ -4,7 +4,6 @@
 //! and each failure is recorded with its location, so `weir validate` can list
 //! all of them at once.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -288,8 +287,9 @@ pub struct Fields<'a> {
     what: &'static str,
     location: Location,
     entries: Vec<(&'a str, &'a Node, &'a Node)>,
+    /// The keys asked for, in the order first asked (few: a linear search
+    /// beats hashing them).
     known: Vec<&'static str>,
-    taken: HashSet<&'static str>,
 }
 
 impl<'a> Fields<'a> {
@@ -310,13 +310,12 @@ impl<'a> Fields<'a> {
             location: node.location,
             entries,
             known: Vec::new(),
-            taken: HashSet::new(),
         })
     }
 
     /// The node under `key`, if present.
     pub fn node(&mut self, key: &'static str) -> Option<&'a Node> {
-        if self.taken.insert(key) {
+        if !self.known.contains(&key) {
             self.known.push(key);
         }
         self.entries
@@ -396,7 +395,7 @@ impl<'a> Fields<'a> {
     /// Records every key that was never asked for.
     pub fn finish(self, diags: &mut Diagnostics) {
         for (key, key_node, _) in &self.entries {
-            if !self.taken.contains(key) {
+            if !self.known.contains(key) {
                 diags.error(
                     key_node.location,
                     format!(

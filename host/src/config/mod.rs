@@ -100,10 +100,13 @@ pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Manifest, Confi
         path: path.to_path_buf(),
         diagnostics,
     };
-    let node = yaml::parse(text).map_err(|d| invalid(vec![d]))?;
     let mut diags = Diagnostics::default();
-    let manifest = RawManifest::decode(&node, &mut diags)
-        .and_then(|raw| validate::validate(raw, path, base_dir, &mut diags));
+    // The tree goes before validation builds the model (the two would be the peak).
+    let raw = {
+        let node = yaml::parse(text).map_err(|d| invalid(vec![d]))?;
+        RawManifest::decode(&node, &mut diags)
+    };
+    let manifest = raw.and_then(|raw| validate::validate(raw, path, base_dir, &mut diags));
     match manifest {
         Some(m) if diags.is_empty() => Ok(m),
         _ => Err(invalid(diags.into_sorted())),
