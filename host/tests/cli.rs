@@ -21,6 +21,13 @@ const MULTI_ERROR_MANIFEST: &str = "many_errors.yaml";
 /// How long `weir run` may take to give up on a broken manifest.
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long `weir validate` may take to refuse a file it must not read (it
+/// needs milliseconds; reading `/dev/zero` or opening a FIFO never ends).
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Routes in the generated large manifest.
+const MANY_ROUTES: usize = 100_000;
+
 /// The directory of this package; commands run from here so paths stay short.
 fn package_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -224,37 +231,44 @@ fn every_golden_file_has_a_manifest() {
     );
 }
 
-/// Waits for `weir run` to exit, killing it (and failing) if it starts serving instead.
-fn run_to_exit(mut command: Command) -> Output {
+/// Runs `command` to its end: `Ok` with its output, or `Err` with the output
+/// so far when it was still running after `limit` (it is killed then).
+fn output_within(mut command: Command, limit: Duration) -> Result<Output, Output> {
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("the weir binary should start");
-    let deadline = Instant::now() + RUN_TIMEOUT;
+    let deadline = Instant::now() + limit;
     loop {
         if child
             .try_wait()
             .expect("waiting on weir should work")
             .is_some()
         {
-            return child
+            return Ok(child
                 .wait_with_output()
-                .expect("weir's output should be readable");
+                .expect("weir's output should be readable"));
         }
         if Instant::now() > deadline {
             child.kill().expect("a running weir should be killable");
-            let output = child
+            return Err(child
                 .wait_with_output()
-                .expect("weir's output should be readable");
-            panic!(
-                "`weir run` was still running after {RUN_TIMEOUT:?}; it accepted a broken manifest.\n\
-                 stderr:\n{}",
-                stderr(&output)
-            );
+                .expect("weir's output should be readable"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits for `weir run` to exit, killing it (and failing) if it starts serving instead.
+fn run_to_exit(command: Command) -> Output {
+    output_within(command, RUN_TIMEOUT).unwrap_or_else(|output| {
+        panic!(
+            "`weir run` was still running after {RUN_TIMEOUT:?}; it accepted a broken manifest.\n\
+             stderr:\n{}",
+            stderr(&output)
+        )
+    })
 }
 
 /// Asserts that `weir run` failed and printed every line `weir validate` prints for `manifest`.
@@ -339,11 +353,164 @@ fn validate_reports_a_missing_file() {
         "weir validate on a missing file should fail; stdout:\n{}",
         stdout(&output)
     );
-    assert!(
-        err.contains(&missing.display().to_string()) && err.contains("cannot read"),
-        "the error should name {} and say it cannot be read; stderr:\n{err}",
-        missing.display()
+    assert_eq!(
+        err,
+        format!("{}: the manifest does not exist\n", missing.display())
     );
+}
+
+/// Runs `weir validate <path>` and checks it fails within [`REFUSAL_TIMEOUT`]
+/// with exit code 2 and exactly `expected` on stderr.
+fn assert_refused(path: &Path, expected: &str) {
+    let started = Instant::now();
+    let mut command = weir();
+    command.arg("validate").arg(path);
+    let output = output_within(command, REFUSAL_TIMEOUT).unwrap_or_else(|output| {
+        panic!(
+            "`weir validate {}` still ran after {REFUSAL_TIMEOUT:?}; stderr:\n{}",
+            path.display(),
+            stderr(&output)
+        )
+    });
+    assert_eq!(
+        (output.status.code(), stderr(&output).as_str()),
+        (Some(2), expected),
+        "`weir validate {}` after {:?}",
+        path.display(),
+        started.elapsed()
+    );
+}
+
+/// Makes a FIFO at `path` (nothing ever writes to it: opening it would block).
+fn make_fifo(path: &Path) {
+    let status = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo should run");
+    assert!(status.success(), "mkfifo {} failed", path.display());
+}
+
+/// A sparse file of `size` bytes at `path`: no disk used, nothing to read.
+fn make_sparse(path: &Path, size: u64) {
+    std::fs::File::create(path)
+        .and_then(|file| file.set_len(size))
+        .unwrap_or_else(|e| panic!("cannot make the sparse file {}: {e}", path.display()));
+}
+
+#[test]
+fn validate_refuses_dev_zero_without_reading_it() {
+    assert_refused(
+        Path::new("/dev/zero"),
+        "/dev/zero: the manifest is not a regular file (a character device)\n",
+    );
+}
+
+#[test]
+fn validate_refuses_a_fifo_and_a_directory_without_opening_them() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let fifo = dir.path().join("weir.yaml");
+    make_fifo(&fifo);
+    assert_refused(
+        &fifo,
+        &format!(
+            "{}: the manifest is not a regular file (a FIFO)\n",
+            fifo.display()
+        ),
+    );
+    assert_refused(
+        dir.path(),
+        &format!(
+            "{}: the manifest is not a regular file (a directory)\n",
+            dir.path().display()
+        ),
+    );
+}
+
+#[test]
+fn validate_refuses_a_manifest_over_the_size_cap_without_reading_it() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let manifest = dir.path().join("weir.yaml");
+    let size = weir::config::MAX_MANIFEST_BYTES + 1;
+    make_sparse(&manifest, size);
+    assert_refused(
+        &manifest,
+        &format!(
+            "{}: the manifest is {size} bytes, over the 64MiB cap\n",
+            manifest.display()
+        ),
+    );
+}
+
+#[test]
+fn validate_refuses_plugin_files_that_are_fifos_or_over_the_cap() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    make_fifo(&dir.path().join("fifo.wasm"));
+    let size = weir::config::MAX_PLUGIN_BYTES + 1;
+    make_sparse(&dir.path().join("huge.wasm"), size);
+    let manifest = dir.path().join("weir.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: weir/v1\n\
+         listeners: [{ name: main, address: 127.0.0.1:0 }]\n\
+         plugins:\n\
+         \x20 - { name: pipe, file: fifo.wasm }\n\
+         \x20 - { name: huge, file: huge.wasm }\n\
+         routes: [{ name: r, respond: { body: x } }]\n",
+    )
+    .expect("write the manifest");
+    let (file, dir) = (manifest.display(), dir.path().display());
+    assert_refused(
+        &manifest,
+        &format!(
+            "{file}:4:25: plugin file `{dir}/fifo.wasm` is not a regular file (a FIFO)\n\
+             {file}:5:25: plugin file `{dir}/huge.wasm` is {size} bytes, over the 256MiB cap\n"
+        ),
+    );
+}
+
+/// A manifest of `routes` routes over 100 hosts, each with its own prefix,
+/// every tenth an exact path and methods instead.
+fn many_routes(routes: usize) -> String {
+    let mut text = String::from(
+        "apiVersion: weir/v1\n\
+         listeners: [{ name: main, address: 127.0.0.1:0 }]\n\
+         upstreams: [{ name: app, targets: [127.0.0.1:3001] }]\n\
+         routes:\n",
+    );
+    for i in 0..routes {
+        let path = if i % 10 == 9 {
+            format!("{{ exact: /v1/svc{i}/healthz }}, methods: [GET]")
+        } else {
+            format!("{{ prefix: /v1/svc{i} }}")
+        };
+        text.push_str(&format!(
+            "  - {{ name: r{i}, match: {{ hosts: [t{}.example.com], path: {path} }}, upstream: app }}\n",
+            i % 100
+        ));
+    }
+    text
+}
+
+#[test]
+fn validate_loads_a_manifest_of_100_000_routes() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let manifest = dir.path().join("weir.yaml");
+    std::fs::write(&manifest, many_routes(MANY_ROUTES)).expect("write the manifest");
+    let started = Instant::now();
+    let output = validate(&manifest);
+    assert_eq!(
+        (output.status.code(), stdout(&output)),
+        (
+            Some(0),
+            format!(
+                "{}: ok (1 listener, 1 upstream, {MANY_ROUTES} routes)\n",
+                manifest.display()
+            )
+        ),
+        "stderr:\n{}",
+        stderr(&output)
+    );
+    eprintln!("{MANY_ROUTES} routes validated in {:?}", started.elapsed());
 }
 
 #[test]

@@ -4,8 +4,9 @@
 //! and each failure is recorded with its location, so `weir validate` can list
 //! all of them at once.
 
-use std::collections::HashSet;
+use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use super::node::{Location, Node, Value};
@@ -148,7 +149,7 @@ impl Decode for SocketAddr {
 }
 
 /// A duration written as a number and a unit: `250ms`, `5s`, `2m`, `1h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
 impl Decode for HumanDuration {
@@ -170,6 +171,22 @@ impl Decode for HumanDuration {
     }
 }
 
+/// Shows the duration as a manifest would write it: in the largest unit that
+/// divides it (`24h`, `90s`, `250ms`).
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let millis = self.0.as_millis();
+        let units = [(3_600_000, "h"), (60_000, "m"), (1_000, "s")];
+        match units
+            .iter()
+            .find(|(per, _)| millis != 0 && millis.is_multiple_of(*per))
+        {
+            Some((per, unit)) => write!(f, "{}{unit}", millis / per),
+            None => write!(f, "{millis}ms"),
+        }
+    }
+}
+
 /// Parses `<digits><unit>` with unit `ms`, `s`, `m` or `h`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
@@ -187,7 +204,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 /// A byte size: a plain integer, or a number with `B`, `KB`, `KiB`, `MB`, `MiB`, `GB`, `GiB`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
 impl Decode for ByteSize {
@@ -207,6 +224,19 @@ impl Decode for ByteSize {
             );
         }
         parsed.map(ByteSize)
+    }
+}
+
+/// Shows the size as a manifest would write it: `64MiB` when it is a whole
+/// number of KiB, MiB or GiB, otherwise `1000 bytes`.
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let units = [(30, "GiB"), (20, "MiB"), (10, "KiB")];
+        let whole = |shift: &u32| self.0 != 0 && self.0.is_multiple_of(1 << shift);
+        match units.iter().find(|(shift, _)| whole(shift)) {
+            Some((shift, unit)) => write!(f, "{}{unit}", self.0 >> shift),
+            None => write!(f, "{} bytes", self.0),
+        }
     }
 }
 
@@ -257,8 +287,9 @@ pub struct Fields<'a> {
     what: &'static str,
     location: Location,
     entries: Vec<(&'a str, &'a Node, &'a Node)>,
+    /// The keys asked for, in the order first asked (few: a linear search
+    /// beats hashing them).
     known: Vec<&'static str>,
-    taken: HashSet<&'static str>,
 }
 
 impl<'a> Fields<'a> {
@@ -279,13 +310,12 @@ impl<'a> Fields<'a> {
             location: node.location,
             entries,
             known: Vec::new(),
-            taken: HashSet::new(),
         })
     }
 
     /// The node under `key`, if present.
     pub fn node(&mut self, key: &'static str) -> Option<&'a Node> {
-        if self.taken.insert(key) {
+        if !self.known.contains(&key) {
             self.known.push(key);
         }
         self.entries
@@ -326,10 +356,46 @@ impl<'a> Fields<'a> {
         self.optional(key, diags).flatten().unwrap_or(default)
     }
 
+    /// Decodes an optional field that must lie in `range`: `None` when it is
+    /// absent, invalid or out of range (the last two are recorded, out of
+    /// range with the range allowed).
+    pub fn bounded<T: Decode + PartialOrd + fmt::Display + Default>(
+        &mut self,
+        key: &'static str,
+        range: RangeInclusive<T>,
+        diags: &mut Diagnostics,
+    ) -> Option<T> {
+        let value = self.optional::<Located<T>>(key, diags).flatten()?;
+        if range.contains(&value.value) {
+            return Some(value.value);
+        }
+        let allowed = if *range.start() == T::default() {
+            format!("at most {}", range.end())
+        } else {
+            format!("from {} to {}", range.start(), range.end())
+        };
+        diags.error(
+            value.location,
+            format!("{key} must be {allowed}, found {}", value.value),
+        );
+        None
+    }
+
+    /// Like [`Fields::bounded`], falling back to `default`.
+    pub fn within<T: Decode + PartialOrd + fmt::Display + Default>(
+        &mut self,
+        key: &'static str,
+        range: RangeInclusive<T>,
+        default: T,
+        diags: &mut Diagnostics,
+    ) -> T {
+        self.bounded(key, range, diags).unwrap_or(default)
+    }
+
     /// Records every key that was never asked for.
     pub fn finish(self, diags: &mut Diagnostics) {
         for (key, key_node, _) in &self.entries {
-            if !self.taken.contains(key) {
+            if !self.known.contains(key) {
                 diags.error(
                     key_node.location,
                     format!(
@@ -366,5 +432,24 @@ mod tests {
         assert_eq!(parse_size("1 GiB"), Some(1 << 30));
         assert_eq!(parse_size("1TiB"), None);
         assert_eq!(parse_size("lots"), None);
+    }
+
+    #[test]
+    fn shows_sizes_in_the_largest_whole_unit() {
+        assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
+        assert_eq!(ByteSize(4 << 30).to_string(), "4GiB");
+        assert_eq!(ByteSize(3072).to_string(), "3KiB");
+        assert_eq!(ByteSize(1536).to_string(), "1536 bytes");
+        assert_eq!(ByteSize(0).to_string(), "0 bytes");
+    }
+
+    #[test]
+    fn shows_durations_in_the_largest_whole_unit() {
+        let shown = |ms| HumanDuration(Duration::from_millis(ms)).to_string();
+        assert_eq!(shown(86_400_000), "24h");
+        assert_eq!(shown(90_000), "90s");
+        assert_eq!(shown(120_000), "2m");
+        assert_eq!(shown(250), "250ms");
+        assert_eq!(shown(0), "0ms");
     }
 }

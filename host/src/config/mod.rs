@@ -5,33 +5,36 @@
 //! with file, line, column and reason. Depends on nothing else in Weir.
 
 mod decode;
+mod file;
 pub mod model;
 mod node;
 mod raw;
 mod validate;
+mod yaml;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use decode::{Diagnostic, parse_duration, parse_size};
+pub use file::{FileError, MAX_MANIFEST_BYTES, MAX_PEM_BYTES, MAX_PLUGIN_BYTES, read as read_file};
 pub use model::Manifest;
 pub use node::Location;
 pub use validate::API_VERSION;
 
 use decode::{Decode, Diagnostics};
-use node::Node;
 use raw::RawManifest;
 
 /// Why a manifest could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{}: cannot read the manifest: {reason}", path.display())]
+    /// The file could not be read, or is not one Weir reads (not a regular
+    /// file, or over [`MAX_MANIFEST_BYTES`]).
+    #[error("{}: the manifest {reason}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error (shown in the message, so not chained as a source).
-        reason: std::io::Error,
+        /// Why (shown in the message, so not chained as a source).
+        reason: FileError,
     },
     /// The manifest has one or more problems.
     #[error("{}", Problems(path, diagnostics))]
@@ -65,45 +68,61 @@ impl fmt::Display for Problems<'_> {
     }
 }
 
-/// Reads and validates the manifest at `path`.
+/// Reads and validates the manifest at `path`: a regular file of at most
+/// [`MAX_MANIFEST_BYTES`], checked before it is read.
 pub fn load(path: &Path) -> Result<Manifest, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
+    let bytes = file::read(path, MAX_MANIFEST_BYTES).map_err(|reason| ConfigError::Read {
         path: path.to_path_buf(),
         reason,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        diagnostics: vec![not_utf8(e.as_bytes(), e.utf8_error().valid_up_to())],
     })?;
     let base_dir = path.parent().unwrap_or(Path::new("."));
     parse(&text, path, base_dir)
 }
 
 /// Validates manifest `text`; `path` names it in messages and `base_dir` resolves
-/// the files it refers to.
+/// the files it refers to. Text over [`MAX_MANIFEST_BYTES`] is refused unparsed.
 pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Manifest, ConfigError> {
+    let size = text.len() as u64;
+    if size > MAX_MANIFEST_BYTES {
+        return Err(ConfigError::Read {
+            path: path.to_path_buf(),
+            reason: FileError::TooLarge {
+                size,
+                cap: MAX_MANIFEST_BYTES,
+            },
+        });
+    }
     let invalid = |diagnostics| ConfigError::Invalid {
         path: path.to_path_buf(),
         diagnostics,
     };
-    let node: Node = serde_saphyr::from_str(text).map_err(|e| invalid(vec![yaml_error(&e)]))?;
     let mut diags = Diagnostics::default();
-    let manifest = RawManifest::decode(&node, &mut diags)
-        .and_then(|raw| validate::validate(raw, path, base_dir, &mut diags));
+    // The tree goes before validation builds the model (the two would be the peak).
+    let raw = {
+        let node = yaml::parse(text).map_err(|d| invalid(vec![d]))?;
+        RawManifest::decode(&node, &mut diags)
+    };
+    let manifest = raw.and_then(|raw| validate::validate(raw, path, base_dir, &mut diags));
     match manifest {
         Some(m) if diags.is_empty() => Ok(m),
         _ => Err(invalid(diags.into_sorted())),
     }
 }
 
-/// Turns a YAML syntax error into a diagnostic.
-fn yaml_error(error: &serde_saphyr::Error) -> Diagnostic {
-    let location = error
-        .location()
-        .map(|l| Location {
-            line: l.line(),
-            column: l.column(),
-        })
-        .unwrap_or_default();
+/// The diagnostic for bytes that are not UTF-8 from `valid_up_to` on.
+fn not_utf8(bytes: &[u8], valid_up_to: usize) -> Diagnostic {
+    let before = String::from_utf8_lossy(&bytes[..valid_up_to]);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     Diagnostic {
-        location,
-        message: format!("invalid YAML: {}", error.without_snippet()),
+        location: Location {
+            line: before.matches('\n').count() as u64 + 1,
+            column: before[line_start..].chars().count() as u64 + 1,
+        },
+        message: "the manifest is not UTF-8 text".to_owned(),
     }
 }
 
@@ -111,6 +130,26 @@ fn yaml_error(error: &serde_saphyr::Error) -> Diagnostic {
 mod tests {
     use super::*;
     use crate::config::model::Quotas;
+
+    #[test]
+    fn names_where_a_manifest_stops_being_utf8() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("weir.yaml");
+        std::fs::write(&path, b"apiVersion: weir/v1\nlisteners: \xff\n").expect("write");
+        let Err(ConfigError::Invalid { diagnostics, .. }) = load(&path) else {
+            panic!("a manifest that is not UTF-8 must be invalid");
+        };
+        assert_eq!(
+            diagnostics,
+            vec![Diagnostic {
+                location: Location {
+                    line: 2,
+                    column: 12
+                },
+                message: "the manifest is not UTF-8 text".to_owned(),
+            }]
+        );
+    }
 
     #[test]
     fn plugin_quotas_decode_and_unset_ones_take_their_defaults() {

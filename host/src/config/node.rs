@@ -152,6 +152,8 @@ impl<'de> Visitor<'de> for ValueVisitor {
         while let Some(item) = seq.next_element::<Node>()? {
             items.push(item);
         }
+        // Most lists in a manifest are short: give back what growing reserved.
+        items.shrink_to_fit();
         Ok(Value::Seq(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
@@ -159,6 +161,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
         while let Some(entry) = map.next_entry::<Node, Node>()? {
             entries.push(entry);
         }
+        entries.shrink_to_fit();
         Ok(Value::Map(entries))
     }
 }

@@ -7,6 +7,8 @@
 //! and every problem is reported in one go.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -19,8 +21,41 @@ use super::model::{
 };
 use super::node::{Location, Node, Value};
 
-/// The smallest header limit hyper's HTTP/1 parser accepts.
-pub const MIN_HEADER_BYTES: u64 = 8 * 1024;
+// The allowed range of every numeric setting, each documented in
+// `docs/manifest.md` beside its default.
+
+/// A request head: hyper's HTTP/1 parser needs at least 8KiB; a head over
+/// 1MiB is an attack, not a request.
+pub const HEADER_BYTES: RangeInclusive<ByteSize> = ByteSize(8 << 10)..=ByteSize(1 << 20);
+/// A request body: up to 1TiB (bodies are streamed; a retry or a filter that
+/// buffers one holds it in memory).
+pub const BODY_BYTES: RangeInclusive<ByteSize> = ByteSize(0)..=ByteSize(1 << 40);
+/// Every timeout: up to a day (a longer wait is a typo; much longer would
+/// overflow the clock).
+pub const TIMEOUT: RangeInclusive<HumanDuration> =
+    HumanDuration(Duration::ZERO)..=HumanDuration(Duration::from_secs(24 * 3600));
+/// Connections one listener serves at once (each costs a file descriptor).
+pub const CONNECTIONS: RangeInclusive<usize> = 1..=1_000_000;
+/// `max_connections_per_client`: `0` is no cap.
+pub const CONNECTIONS_PER_CLIENT: RangeInclusive<usize> = 0..=1_000_000;
+/// Extra attempts of an idempotent request on another target.
+pub const RETRIES: RangeInclusive<u32> = 0..=10;
+/// A plugin VM's linear memory: wasm32 addresses at most 4GiB.
+pub const PLUGIN_MEMORY: RangeInclusive<ByteSize> = ByteSize(1 << 20)..=ByteSize(4 << 30);
+/// CPU time of one callback: at least one epoch tick; beyond a minute the
+/// worker it runs on has stalled every other request.
+pub const CALLBACK_DEADLINE: RangeInclusive<HumanDuration> =
+    HumanDuration(Duration::from_millis(1))..=HumanDuration(Duration::from_secs(60));
+/// VMs per filter (each holds up to the plugin's memory).
+pub const VMS: RangeInclusive<usize> = 1..=1024;
+/// Metrics one plugin may define.
+pub const METRICS: RangeInclusive<usize> = 0..=100_000;
+/// Shared queues one plugin may register.
+pub const QUEUES: RangeInclusive<usize> = 0..=10_000;
+/// Bytes a plugin's queues, or its shared data, may hold.
+pub const SHARED_BYTES: RangeInclusive<ByteSize> = ByteSize(0)..=ByteSize(4 << 30);
+/// Plugin log output per second.
+pub const LOG_BYTES_PER_SECOND: RangeInclusive<ByteSize> = ByteSize(0)..=ByteSize(1 << 30);
 
 /// The top level of a manifest.
 #[derive(Debug)]
@@ -52,7 +87,7 @@ impl Decode for RawManifest {
             listeners: f.required("listeners", diags),
             upstreams: f.or("upstreams", Vec::new(), diags),
             routes: f.or("routes", Vec::new(), diags),
-            shutdown_timeout: f.optional("shutdown_timeout", diags).flatten(),
+            shutdown_timeout: f.bounded("shutdown_timeout", TIMEOUT, diags),
             plugins: f.or("plugins", Vec::new(), diags),
             global_filters: f.or("global_filters", Vec::new(), diags),
             redis: f.or("redis", Vec::new(), diags),
@@ -150,44 +185,49 @@ impl Decode for ListenerLimits {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "listener limits", diags)?;
         let defaults = ListenerLimits::default();
-        let max_header = f
-            .optional::<Located<ByteSize>>("max_header_bytes", diags)
-            .flatten();
         let first_byte = f
             .optional::<Located<HumanDuration>>("first_byte_timeout", diags)
             .flatten();
+        let header = ByteSize(defaults.max_header_bytes as u64);
         let mut limits = Self {
-            max_header_bytes: match max_header {
-                Some(size) if size.value.0 < MIN_HEADER_BYTES => {
-                    diags.error(
-                        size.location,
-                        format!(
-                            "max_header_bytes must be at least 8KiB, found {} bytes",
-                            size.value.0
-                        ),
-                    );
-                    defaults.max_header_bytes
-                }
-                Some(size) => usize::try_from(size.value.0).unwrap_or(usize::MAX),
-                None => defaults.max_header_bytes,
-            },
+            max_header_bytes: usize::try_from(
+                f.within("max_header_bytes", HEADER_BYTES, header, diags).0,
+            )
+            .unwrap_or(defaults.max_header_bytes),
             max_body_bytes: f
-                .or("max_body_bytes", ByteSize(defaults.max_body_bytes), diags)
+                .within(
+                    "max_body_bytes",
+                    BODY_BYTES,
+                    ByteSize(defaults.max_body_bytes),
+                    diags,
+                )
                 .0,
             header_read_timeout: f
-                .or(
+                .within(
                     "header_read_timeout",
+                    TIMEOUT,
                     HumanDuration(defaults.header_read_timeout),
                     diags,
                 )
                 .0,
             idle_timeout: f
-                .or("idle_timeout", HumanDuration(defaults.idle_timeout), diags)
+                .within(
+                    "idle_timeout",
+                    TIMEOUT,
+                    HumanDuration(defaults.idle_timeout),
+                    diags,
+                )
                 .0,
-            max_connections: f.or("max_connections", defaults.max_connections, diags),
+            max_connections: f.within(
+                "max_connections",
+                CONNECTIONS,
+                defaults.max_connections,
+                diags,
+            ),
             first_byte_timeout: defaults.first_byte_timeout,
-            max_connections_per_client: f.or(
+            max_connections_per_client: f.within(
                 "max_connections_per_client",
+                CONNECTIONS_PER_CLIENT,
                 defaults.max_connections_per_client,
                 diags,
             ),
@@ -256,7 +296,7 @@ impl Decode for RawUpstream {
             targets: f.required("targets", diags),
             lb: f.or("lb", LbPolicy::RoundRobin, diags),
             timeouts: f.or("timeouts", UpstreamTimeouts::default(), diags),
-            retries: f.or("retries", 0, diags),
+            retries: f.within("retries", RETRIES, 0, diags),
         };
         f.finish(diags);
         Some(Self {
@@ -381,10 +421,11 @@ impl Decode for UpstreamTimeouts {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "upstream timeouts", diags)?;
         let defaults = UpstreamTimeouts::default();
+        let mut timeout = |key, default| f.within(key, TIMEOUT, HumanDuration(default), diags).0;
         let timeouts = Self {
-            connect: f.or("connect", HumanDuration(defaults.connect), diags).0,
-            request: f.or("request", HumanDuration(defaults.request), diags).0,
-            idle: f.or("idle", HumanDuration(defaults.idle), diags).0,
+            connect: timeout("connect", defaults.connect),
+            request: timeout("request", defaults.request),
+            idle: timeout("idle", defaults.idle),
         };
         f.finish(diags);
         Some(timeouts)
@@ -422,7 +463,7 @@ impl Decode for RawRoute {
             upstream: f.optional("upstream", diags).flatten(),
             respond: respond_given.then(|| f.optional("respond", diags).flatten()),
             rewrite: f.or("rewrite", RawRewrite::default(), diags),
-            timeout: f.optional("timeout", diags).flatten(),
+            timeout: f.bounded("timeout", TIMEOUT, diags),
             filters: f.or("filters", Vec::new(), diags),
         };
         f.finish(diags);
@@ -859,14 +900,9 @@ impl Decode for RawPlugin {
         let file = f.required("file", diags);
         let limits = f.optional::<PluginLimitsRaw>("limits", diags).flatten();
         let on_error = f.or("on_error", super::model::OnError::FailClosed, diags);
-        let vms = f.optional::<Located<usize>>("vms", diags).flatten();
+        let vms = f.bounded("vms", VMS, diags);
         let shared_data_tier = f.optional("shared_data_tier", diags).flatten();
         f.finish(diags);
-        if let Some(v) = &vms
-            && v.value == 0
-        {
-            diags.error(v.location, "vms must be at least 1");
-        }
         let limits = limits.unwrap_or(PluginLimitsRaw {
             memory: DEFAULT_PLUGIN_MEMORY,
             callback_deadline: DEFAULT_CALLBACK_DEADLINE,
@@ -879,7 +915,7 @@ impl Decode for RawPlugin {
             callback_deadline: limits.callback_deadline,
             quotas: limits.quotas,
             on_error,
-            vms: vms.map(|v| v.value.max(1)),
+            vms,
             shared_data_tier,
         })
     }
@@ -896,47 +932,41 @@ struct PluginLimitsRaw {
 impl Decode for PluginLimitsRaw {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "plugin limits", diags)?;
-        let memory = f.optional::<Located<ByteSize>>("memory", diags).flatten();
-        let deadline = f
-            .optional::<Located<HumanDuration>>("callback_deadline", diags)
-            .flatten();
+        let memory = f.within(
+            "memory",
+            PLUGIN_MEMORY,
+            ByteSize(DEFAULT_PLUGIN_MEMORY),
+            diags,
+        );
+        let deadline = f.within(
+            "callback_deadline",
+            CALLBACK_DEADLINE,
+            HumanDuration(DEFAULT_CALLBACK_DEADLINE),
+            diags,
+        );
         let defaults = super::model::Quotas::default();
+        let metrics = f.within("metrics", METRICS, defaults.metrics, diags);
+        let queues = f.within("queues", QUEUES, defaults.queues, diags);
+        let mut bytes = |key, range, default| f.within(key, range, ByteSize(default), diags).0;
         let quotas = super::model::Quotas {
-            metrics: f.or("metrics", defaults.metrics, diags),
-            queues: f.or("queues", defaults.queues, diags),
-            queue_bytes: f.or("queue_bytes", ByteSize(defaults.queue_bytes), diags).0,
-            shared_data_bytes: f
-                .or(
-                    "shared_data_bytes",
-                    ByteSize(defaults.shared_data_bytes),
-                    diags,
-                )
-                .0,
-            log_bytes_per_second: f
-                .or(
-                    "log_bytes_per_second",
-                    ByteSize(defaults.log_bytes_per_second),
-                    diags,
-                )
-                .0,
+            metrics,
+            queues,
+            queue_bytes: bytes("queue_bytes", SHARED_BYTES, defaults.queue_bytes),
+            shared_data_bytes: bytes(
+                "shared_data_bytes",
+                SHARED_BYTES,
+                defaults.shared_data_bytes,
+            ),
+            log_bytes_per_second: bytes(
+                "log_bytes_per_second",
+                LOG_BYTES_PER_SECOND,
+                defaults.log_bytes_per_second,
+            ),
         };
         f.finish(diags);
-        if let Some(m) = &memory
-            && m.value.0 < (1 << 20)
-        {
-            diags.error(
-                m.location,
-                format!("memory must be at least 1MiB, found {} bytes", m.value.0),
-            );
-        }
-        if let Some(d) = &deadline
-            && d.value.0.is_zero()
-        {
-            diags.error(d.location, "callback_deadline must be more than 0ms");
-        }
         Some(Self {
-            memory: memory.map_or(DEFAULT_PLUGIN_MEMORY, |m| m.value.0),
-            callback_deadline: deadline.map_or(DEFAULT_CALLBACK_DEADLINE, |d| d.value.0),
+            memory: memory.0,
+            callback_deadline: deadline.0,
             quotas,
         })
     }
@@ -991,7 +1021,12 @@ impl Decode for RawRedis {
         let name = f.required("name", diags);
         let url = f.required::<Located<String>>("url", diags);
         let timeout = f
-            .or("timeout", HumanDuration(DEFAULT_REDIS_TIMEOUT), diags)
+            .within(
+                "timeout",
+                TIMEOUT,
+                HumanDuration(DEFAULT_REDIS_TIMEOUT),
+                diags,
+            )
             .0;
         f.finish(diags);
         let url = url.and_then(|u| {

@@ -1,13 +1,15 @@
 //! Checks what needs the whole manifest and builds the validated [`Manifest`].
 //!
 //! Names must be unique, references must resolve, each route must do exactly one
-//! thing, and files it names must exist. Every problem is recorded, not just the first.
+//! thing, and files it names must be regular files within their size caps.
+//! Every problem is recorded, not just the first.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::decode::{Diagnostics, Located};
+use super::file::{self, MAX_PEM_BYTES, MAX_PLUGIN_BYTES};
 use super::model::{
     Certificate, FilterRef, Listener, ListenerId, ListenerTls, Manifest, PathMatch, PathRewrite,
     Plugin, PluginId, Redis, Rewrite, Route, RouteAction, Target, Upstream, UpstreamId,
@@ -124,8 +126,8 @@ fn listener(raw: RawListener, base_dir: &Path, diags: &mut Diagnostics) -> Optio
             .certificates
             .into_iter()
             .map(|c| Certificate {
-                cert: existing_file(&c.cert, "certificate", base_dir, diags),
-                key: existing_file(&c.key, "key", base_dir, diags),
+                cert: checked_file(&c.cert, "certificate", MAX_PEM_BYTES, base_dir, diags),
+                key: checked_file(&c.key, "key", MAX_PEM_BYTES, base_dir, diags),
                 server_names: c
                     .server_names
                     .into_iter()
@@ -144,18 +146,20 @@ fn listener(raw: RawListener, base_dir: &Path, diags: &mut Diagnostics) -> Optio
     })
 }
 
-/// Resolves `path` against `base_dir`, recording it when it is not a readable file.
-fn existing_file(
+/// Resolves `path` against `base_dir`, recording it when it is not a regular
+/// file of at most `cap` bytes (checked without opening it).
+fn checked_file(
     path: &Located<String>,
     kind: &str,
+    cap: u64,
     base_dir: &Path,
     diags: &mut Diagnostics,
 ) -> PathBuf {
     let resolved = base_dir.join(&path.value);
-    if !resolved.is_file() {
+    if let Err(reason) = file::check(&resolved, cap) {
         diags.error(
             path.location,
-            format!("{kind} file `{}` does not exist", resolved.display()),
+            format!("{kind} file `{}` {reason}", resolved.display()),
         );
     }
     resolved
@@ -198,7 +202,7 @@ fn plugin(
     let file = raw.file?;
     Some(Plugin {
         name: raw.name.value,
-        file: existing_file(&file, "plugin", base_dir, diags),
+        file: checked_file(&file, "plugin", MAX_PLUGIN_BYTES, base_dir, diags),
         memory_bytes: raw.memory,
         callback_deadline: raw.callback_deadline,
         quotas: raw.quotas,

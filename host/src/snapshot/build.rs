@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::config::model::{FilterRef, OnError};
-use crate::config::{Location, Manifest};
+use crate::config::model::{FilterRef, OnError, Plugin as PluginConfig};
+use crate::config::{FileError, Location, MAX_PLUGIN_BYTES, Manifest};
 use crate::filters::ProxyWasmFilter;
 use crate::lifecycle::{Chain, FailMode, HttpFilter};
 use crate::services::Services;
@@ -16,6 +16,18 @@ use crate::wasm::{FilterInstance, LoadError, Plugin, PluginLimits, Runtime, Star
 /// One plugin or filter that could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The plugin's file cannot be read (it changed since validation).
+    #[error("plugin `{plugin}`: file `{}` {source}", path.display())]
+    Read {
+        /// Plugin name.
+        plugin: String,
+        /// Where the plugin is written.
+        location: Location,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: FileError,
+    },
     /// The plugin's module cannot be used.
     #[error("plugin `{plugin}`: {source}")]
     Load {
@@ -42,7 +54,9 @@ impl BuildError {
     /// Where in the manifest the problem is.
     pub fn location(&self) -> Location {
         match self {
-            Self::Load { location, .. } | Self::Start { location, .. } => *location,
+            Self::Read { location, .. }
+            | Self::Load { location, .. }
+            | Self::Start { location, .. } => *location,
         }
     }
 }
@@ -59,28 +73,7 @@ pub fn chains(
     let plugins: Vec<Option<Arc<Plugin>>> = manifest
         .plugins
         .iter()
-        .map(|p| {
-            let limits = PluginLimits {
-                memory_bytes: usize::try_from(p.memory_bytes).unwrap_or(usize::MAX),
-                callback_deadline: p.callback_deadline,
-                quotas: p.quotas,
-            };
-            let loaded = std::fs::read(&p.file)
-                .map_err(|reason| LoadError::Read {
-                    path: p.file.clone(),
-                    reason,
-                })
-                .and_then(|bytes| runtime.load(&p.name, &bytes, limits));
-            loaded
-                .map_err(|source| {
-                    errors.push(BuildError::Load {
-                        plugin: p.name.clone(),
-                        location: p.location,
-                        source,
-                    })
-                })
-                .ok()
-        })
+        .map(|p| load(p, runtime).map_err(|e| errors.push(e)).ok())
         .collect();
     let mut instance = |filter: &FilterRef| -> Option<Arc<dyn HttpFilter>> {
         let config = &manifest.plugins[filter.plugin.0];
@@ -128,4 +121,28 @@ pub fn chains(
             )
         })
         .collect())
+}
+
+/// Reads (within [`MAX_PLUGIN_BYTES`]) and compiles one plugin.
+fn load(plugin: &PluginConfig, runtime: &Arc<Runtime>) -> Result<Arc<Plugin>, BuildError> {
+    let limits = PluginLimits {
+        memory_bytes: usize::try_from(plugin.memory_bytes).unwrap_or(usize::MAX),
+        callback_deadline: plugin.callback_deadline,
+        quotas: plugin.quotas,
+    };
+    let bytes = crate::config::read_file(&plugin.file, MAX_PLUGIN_BYTES).map_err(|source| {
+        BuildError::Read {
+            plugin: plugin.name.clone(),
+            location: plugin.location,
+            path: plugin.file.clone(),
+            source,
+        }
+    })?;
+    runtime
+        .load(&plugin.name, &bytes, limits)
+        .map_err(|source| BuildError::Load {
+            plugin: plugin.name.clone(),
+            location: plugin.location,
+            source,
+        })
 }

@@ -46,14 +46,6 @@ impl PluginLimits {
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The file could not be read.
-    #[error("cannot read {}: {reason}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        reason: std::io::Error,
-    },
     /// Not a valid Wasm module.
     #[error("not a valid Wasm module: {0}")]
     Compile(String),
