@@ -3,7 +3,23 @@
 //! our own (WAT, or the SDK test filter) through the gateway and checks the
 //! behaviour Envoy has (`PLUGIN_GUIDE.md`, "Compatibility with Envoy").
 
-use weir_tests::{EchoUpstream, TestGateway, WAT_FILTER_BASICS, http1_client};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use weir_tests::{
+    EchoUpstream, TestGateway, WAT_FILTER_BASICS, http1_client, json, test_filter_wasm,
+};
+
+/// A helper every WAT filter below shares (it needs the `$add` import):
+/// `$number(name, name_len, value)` adds request header `name` with `value`
+/// as two decimal digits (`"07"`), written at offset 1000.
+const WAT_NUMBER_HEADER: &str = r#"  (func $number (param $name i32) (param $len i32) (param $value i32)
+    (i32.store8 (i32.const 1000) (i32.add (i32.const 48) (i32.div_u (local.get $value) (i32.const 10))))
+    (i32.store8 (i32.const 1001) (i32.add (i32.const 48) (i32.rem_u (local.get $value) (i32.const 10))))
+    (drop (call $add (i32.const 0) (local.get $name) (local.get $len) (i32.const 1000) (i32.const 2))))
+"#;
+
+const ADD_HEADER_IMPORT: &str = r#"  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))"#;
 
 /// Starts a gateway from `yaml` after writing each `(file, text)` next to it.
 async fn gateway_with_files(yaml: &str, files: &[(&str, &str)]) -> anyhow::Result<TestGateway> {
@@ -12,6 +28,13 @@ async fn gateway_with_files(yaml: &str, files: &[(&str, &str)]) -> anyhow::Resul
         std::fs::write(dir.path().join(name), text)?;
     }
     TestGateway::from_yaml_in(yaml, dir).await
+}
+
+/// The request headers the echo upstream saw for `GET /`.
+async fn echoed_headers(gw: &TestGateway) -> anyhow::Result<serde_json::Value> {
+    let response = http1_client().get(gw.url("main", "/")).send().await?;
+    assert_eq!(response.status(), 200);
+    Ok(json(response).await?["headers"].clone())
 }
 
 /// At the end of the request body, prepends `<` and appends `>` the way the
@@ -65,5 +88,99 @@ routes: [{{ name: r, upstream: echo, filters: [{{ plugin: edits }}] }}]
         .unwrap_or_else(|| panic!("the response body was appended to: {text}"));
     let echoed: serde_json::Value = serde_json::from_str(echoed)?;
     assert_eq!(echoed["body"], "<payload>");
+    Ok(())
+}
+
+/// Calls WASI `poll_oneoff` the way Go's runtime sleeps (`usleep`: one
+/// relative clock subscription on the monotonic clock, here of 10 s) and
+/// reports in request headers: `x-poll-errno`, `x-poll-events` (events
+/// written), `x-poll-userdata` (01 when the event carries the subscription's
+/// userdata), `x-poll-type` and `x-poll-error` (the event's type and error);
+/// then polls an `fd_read` subscription and reports its errno in
+/// `x-poll-fd-errno`.
+fn poll_wat() -> String {
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "x-poll-errno")
+  (data (i32.const 80) "x-poll-events")
+  (data (i32.const 96) "x-poll-userdata")
+  (data (i32.const 112) "x-poll-type")
+  (data (i32.const 128) "x-poll-error")
+  (data (i32.const 144) "x-poll-fd-errno")
+{WAT_FILTER_BASICS}{WAT_NUMBER_HEADER}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    ;; subscription at 256: userdata, tag 0 (clock), clock id 1 (monotonic), timeout 10 s, relative
+    (i64.store (i32.const 256) (i64.const 0x1122334455667788))
+    (i32.store8 (i32.const 264) (i32.const 0))
+    (i32.store (i32.const 272) (i32.const 1))
+    (i64.store (i32.const 280) (i64.const 10000000000))
+    (i64.store (i32.const 288) (i64.const 1000))
+    (i32.store16 (i32.const 296) (i32.const 0))
+    (call $number (i32.const 64) (i32.const 12)
+      (call $poll (i32.const 256) (i32.const 512) (i32.const 1) (i32.const 600)))
+    (call $number (i32.const 80) (i32.const 13) (i32.load (i32.const 600)))
+    (call $number (i32.const 96) (i32.const 15)
+      (i64.eq (i64.load (i32.const 512)) (i64.const 0x1122334455667788)))
+    (call $number (i32.const 112) (i32.const 11) (i32.load8_u (i32.const 522)))
+    (call $number (i32.const 128) (i32.const 12) (i32.load16_u (i32.const 520)))
+    ;; the same subscription as fd_read (tag 1) on fd 0
+    (i32.store8 (i32.const 264) (i32.const 1))
+    (i32.store (i32.const 272) (i32.const 0))
+    (call $number (i32.const 144) (i32.const 15)
+      (call $poll (i32.const 256) (i32.const 512) (i32.const 1) (i32.const 600)))
+    (i32.const 0)))
+"#
+    )
+}
+
+#[tokio::test]
+async fn poll_oneoff_fires_clock_subscriptions_at_once() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let yaml = format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+plugins: [{{ name: poll, file: poll.wat, vms: 1 }}]
+routes: [{{ name: r, upstream: echo, filters: [{{ plugin: poll }}] }}]
+"#,
+        up.addr
+    );
+    let gw = gateway_with_files(&yaml, &[("poll.wat", &poll_wat())]).await?;
+    let started = Instant::now();
+    let headers = echoed_headers(&gw).await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a 10 s sleep must not hold the worker"
+    );
+    assert_eq!(headers["x-poll-errno"], json!(["00"]));
+    assert_eq!(headers["x-poll-events"], json!(["01"]));
+    assert_eq!(headers["x-poll-userdata"], json!(["01"]));
+    assert_eq!(headers["x-poll-type"], json!(["00"]), "a clock event");
+    assert_eq!(headers["x-poll-error"], json!(["00"]));
+    assert_eq!(
+        headers["x-poll-fd-errno"],
+        json!(["58"]),
+        "fd subscriptions are not supported (ENOTSUP)"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn std_thread_sleep_in_a_rust_filter_returns() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+plugins: [{{ name: sdk, file: "{}", vms: 1 }}]
+routes: [{{ name: r, upstream: echo, filters: [{{ plugin: sdk, config: {{ sleep_ms: 50 }} }}] }}]
+"#,
+        up.addr,
+        test_filter_wasm()
+    ))
+    .await?;
+    assert_eq!(echoed_headers(&gw).await?["x-slept"], json!(["yes"]));
     Ok(())
 }
