@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use weir_tests::{
-    EchoUpstream, TestGateway, WAT_FILTER_BASICS, http1_client, json, test_filter_wasm,
+    EchoUpstream, TestGateway, WAT_ABI_AND_ALLOCATOR, WAT_FILTER_BASICS, http1_client, json,
+    test_filter_wasm,
 };
 
 /// A helper every WAT filter below shares (it needs the `$add` import):
@@ -182,5 +183,111 @@ routes: [{{ name: r, upstream: echo, filters: [{{ plugin: sdk, config: {{ sleep_
     ))
     .await?;
     assert_eq!(echoed_headers(&gw).await?["x-slept"], json!(["yes"]));
+    Ok(())
+}
+
+/// Registers shared queue `jobs` in `proxy_on_configure`; on each request
+/// reports the queue's id in `x-queue-id` and the item it dequeues, if any,
+/// in `x-dequeued`.
+fn queue_owner_wat() -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_register_shared_queue" (func $register (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_dequeue_shared_queue" (func $dequeue (param i32 i32 i32) (result i32)))
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "jobs")
+  (data (i32.const 80) "x-queue-id")
+  (data (i32.const 96) "x-dequeued")
+  (global $queue (mut i32) (i32.const 0))
+{WAT_ABI_AND_ALLOCATOR}{WAT_NUMBER_HEADER}  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (if (call $register (i32.const 64) (i32.const 4) (i32.const 0)) (then unreachable))
+    (global.set $queue (i32.load (i32.const 0)))
+    (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $number (i32.const 80) (i32.const 10) (global.get $queue))
+    (if (i32.eqz (call $dequeue (global.get $queue) (i32.const 0) (i32.const 4)))
+      (then (drop (call $add (i32.const 0) (i32.const 96) (i32.const 10)
+        (i32.load (i32.const 0)) (i32.load (i32.const 4))))))
+    (i32.const 0)))
+"#
+    )
+}
+
+/// A plugin without queues of its own. On each request: resolves `jobs` in
+/// its own vm_id (`x-resolve-own`: the status), enqueues `stray` on whatever
+/// id that left (the zero default when the resolve failed, as a filter that
+/// ignores the status would; `x-enqueue-default`), then resolves `jobs` in
+/// vm_id `owner` (`x-resolve-owner`, and the id in `x-owner-queue`).
+fn queue_stranger_wat() -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_resolve_shared_queue" (func $resolve (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_enqueue_shared_queue" (func $enqueue (param i32 i32 i32) (result i32)))
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "jobs")
+  (data (i32.const 72) "owner")
+  (data (i32.const 80) "stray")
+  (data (i32.const 96) "x-resolve-own")
+  (data (i32.const 112) "x-enqueue-default")
+  (data (i32.const 144) "x-resolve-owner")
+  (data (i32.const 160) "x-owner-queue")
+{WAT_FILTER_BASICS}{WAT_NUMBER_HEADER}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (i32.store (i32.const 0) (i32.const 0))
+    (call $number (i32.const 96) (i32.const 13)
+      (call $resolve (i32.const 0) (i32.const 0) (i32.const 64) (i32.const 4) (i32.const 0)))
+    (call $number (i32.const 112) (i32.const 17)
+      (call $enqueue (i32.load (i32.const 0)) (i32.const 80) (i32.const 5)))
+    (call $number (i32.const 144) (i32.const 15)
+      (call $resolve (i32.const 72) (i32.const 5) (i32.const 64) (i32.const 4) (i32.const 0)))
+    (call $number (i32.const 160) (i32.const 13) (i32.load (i32.const 0)))
+    (i32.const 0)))
+"#
+    )
+}
+
+#[tokio::test]
+async fn shared_queue_ids_start_at_1_so_a_failed_resolve_reaches_no_queue() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let yaml = format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+plugins:
+  - {{ name: owner, file: owner.wat, vms: 1 }}
+  - {{ name: stranger, file: stranger.wat, vms: 1 }}
+routes: [{{ name: r, upstream: echo, filters: [{{ plugin: stranger }}, {{ plugin: owner }}] }}]
+"#,
+        up.addr
+    );
+    let gw = gateway_with_files(
+        &yaml,
+        &[
+            ("owner.wat", &queue_owner_wat()),
+            ("stranger.wat", &queue_stranger_wat()),
+        ],
+    )
+    .await?;
+    let headers = echoed_headers(&gw).await?;
+    assert_eq!(headers["x-queue-id"], json!(["01"]), "ids start at 1");
+    assert_eq!(
+        headers["x-resolve-own"],
+        json!(["01"]),
+        "NOT_FOUND: queues are found by vm_id and name"
+    );
+    assert_eq!(
+        headers["x-enqueue-default"],
+        json!(["01"]),
+        "NOT_FOUND: id 0 is no queue"
+    );
+    assert!(
+        headers.get("x-dequeued").is_none(),
+        "nothing reached the owner's queue: {headers}"
+    );
+    assert_eq!(headers["x-resolve-owner"], json!(["00"]));
+    assert_eq!(headers["x-owner-queue"], json!(["01"]));
     Ok(())
 }
