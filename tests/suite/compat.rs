@@ -291,3 +291,137 @@ routes: [{{ name: r, upstream: echo, filters: [{{ plugin: stranger }}, {{ plugin
     assert_eq!(headers["x-owner-queue"], json!(["01"]));
     Ok(())
 }
+
+/// Reflects its start-up into request headers: `x-root-id` (the
+/// `plugin_root_id` property read when its root context is created, as the C++
+/// and AssemblyScript SDKs do to pick a root context), `x-vm-config` (buffer 6
+/// in `proxy_on_vm_start`) and `x-plugin-config` (buffer 7 in
+/// `proxy_on_configure`). It traps when a call fails or when the size passed
+/// to a start-up callback is not the size of its buffer.
+fn reflect_wat() -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_get_buffer_bytes" (func $buffer (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_property" (func $property (param i32 i32 i32 i32) (result i32)))
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "plugin_root_id")
+  (data (i32.const 96) "x-root-id")
+  (data (i32.const 112) "x-vm-config")
+  (data (i32.const 128) "x-plugin-config")
+{WAT_ABI_AND_ALLOCATOR}  ;; Keeps the (ptr, len) the last call wrote at 0 and 4 in the 8 bytes at $at.
+  (func $keep (param $at i32)
+    (i32.store (local.get $at) (i32.load (i32.const 0)))
+    (i32.store offset=4 (local.get $at) (i32.load (i32.const 4))))
+  (func $config (param $kind i32) (param $len i32) (param $at i32) (result i32)
+    (if (call $buffer (local.get $kind) (i32.const 0) (local.get $len) (i32.const 0) (i32.const 4))
+      (then unreachable))
+    (if (i32.ne (i32.load (i32.const 4)) (local.get $len)) (then unreachable))
+    (call $keep (local.get $at))
+    (i32.const 1))
+  (func (export "proxy_on_context_create") (param i32) (param $parent i32)
+    (if (i32.eqz (local.get $parent))
+      (then
+        (if (call $property (i32.const 64) (i32.const 14) (i32.const 0) (i32.const 4))
+          (then unreachable))
+        (call $keep (i32.const 8)))))
+  (func (export "proxy_on_vm_start") (param i32) (param $len i32) (result i32)
+    (call $config (i32.const 6) (local.get $len) (i32.const 16)))
+  (func (export "proxy_on_configure") (param i32) (param $len i32) (result i32)
+    (call $config (i32.const 7) (local.get $len) (i32.const 24)))
+  (func $header (param $name i32) (param $len i32) (param $at i32)
+    (drop (call $add (i32.const 0) (local.get $name) (local.get $len)
+      (i32.load (local.get $at)) (i32.load offset=4 (local.get $at)))))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $header (i32.const 96) (i32.const 9) (i32.const 8))
+    (call $header (i32.const 112) (i32.const 11) (i32.const 16))
+    (call $header (i32.const 128) (i32.const 15) (i32.const 24))
+    (i32.const 0)))
+"#
+    )
+}
+
+/// A gateway whose only route runs `filters` of plugin `reflect` (declared
+/// with `plugin_extra` fields) in front of an echo upstream.
+async fn reflect_gateway(
+    up: &EchoUpstream,
+    plugin_extra: &str,
+    filters: &str,
+) -> anyhow::Result<TestGateway> {
+    let yaml = format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+plugins:
+  - {{ name: reflect, file: reflect.wat, vms: 1{plugin_extra} }}
+routes:
+  - name: r
+    upstream: echo
+    filters: {filters}
+"#,
+        up.addr
+    );
+    gateway_with_files(&yaml, &[("reflect.wat", &reflect_wat())]).await
+}
+
+#[tokio::test]
+async fn a_string_configuration_arrives_as_its_bytes_and_a_mapping_as_json() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = reflect_gateway(
+        &up,
+        "",
+        r#"[{ plugin: reflect, config: my-value }, { plugin: reflect, config: { a: [1, two] } }, { plugin: reflect, config: 42 }, { plugin: reflect }]"#,
+    )
+    .await?;
+    let headers = echoed_headers(&gw).await?;
+    assert_eq!(
+        headers["x-plugin-config"],
+        json!(["my-value", r#"{"a":[1,"two"]}"#, "42", ""]),
+        "Envoy hands over a StringValue's bytes, without JSON quotes"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn vm_config_reaches_on_vm_start_in_buffer_6() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = reflect_gateway(&up, ", vm_config: vm-value", "[{ plugin: reflect }]").await?;
+    assert_eq!(
+        echoed_headers(&gw).await?["x-vm-config"],
+        json!(["vm-value"])
+    );
+    let gw = reflect_gateway(&up, ", vm_config: { cache: 10 }", "[{ plugin: reflect }]").await?;
+    assert_eq!(
+        echoed_headers(&gw).await?["x-vm-config"],
+        json!([r#"{"cache":10}"#])
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn filters_of_one_plugin_pick_their_root_context_by_root_id() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = reflect_gateway(
+        &up,
+        "",
+        r#"[{ plugin: reflect, root_id: add_header }, { plugin: reflect, root_id: "" }, { plugin: reflect }]"#,
+    )
+    .await?;
+    assert_eq!(
+        echoed_headers(&gw).await?["x-root-id"],
+        json!(["add_header", "", "reflect"]),
+        "each filter's root_id; without one, the plugin's name"
+    );
+    let gw = reflect_gateway(
+        &up,
+        ", root_id: shared_root",
+        r#"[{ plugin: reflect }, { plugin: reflect, root_id: own }]"#,
+    )
+    .await?;
+    assert_eq!(
+        echoed_headers(&gw).await?["x-root-id"],
+        json!(["shared_root", "own"]),
+        "the plugin's root_id is its filters' default"
+    );
+    Ok(())
+}

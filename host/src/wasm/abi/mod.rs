@@ -290,8 +290,9 @@ fn buffer(state: &VmState, kind: i32) -> Option<Bytes> {
             .map(|s| Bytes::copy_from_slice(&s.body)),
         4 => state.call_response.as_ref().map(|r| r.body.clone()),
         9 => state.redis_response.clone(),
-        // The VM configuration is empty; it exists only during start-up.
-        6 => state.configuration.as_ref().map(|_| Bytes::new()),
+        // As in Envoy: the VM configuration at any time, the plugin
+        // configuration only during start-up.
+        6 => Some(state.plugin.vm_configuration.clone()),
         7 => state.configuration.clone(),
         _ => None,
     }
