@@ -41,7 +41,9 @@ async fn echoed_headers(gw: &TestGateway) -> anyhow::Result<serde_json::Value> {
 /// At the end of the request body, prepends `<` and appends `>` the way the
 /// Go SDK does (`PrependHttpRequestBody`: start 0, size 0;
 /// `AppendHttpRequestBody`: start `MaxInt32`); at the end of the response body
-/// appends `!`. Traps when a call does not answer OK.
+/// appends `!`. Traps when a call does not answer OK, or when writing the
+/// request body in the headers phase (no body there) answers anything but
+/// `BAD_ARGUMENT`, as in Envoy.
 fn body_edits_wat() -> String {
     format!(
         r#"(module
@@ -51,6 +53,10 @@ fn body_edits_wat() -> String {
 {WAT_FILTER_BASICS}  (func $edit (param $buffer i32) (param $start i32) (param $size i32) (param $byte i32)
     (if (call $set (local.get $buffer) (local.get $start) (local.get $size) (local.get $byte) (i32.const 1))
       (then unreachable)))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (i32.ne (call $set (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 16) (i32.const 1)) (i32.const 2))
+      (then unreachable))
+    (i32.const 0))
   (func (export "proxy_on_request_body") (param i32 i32) (param $eos i32) (result i32)
     (if (i32.eqz (local.get $eos)) (then (return (i32.const 1))))
     (call $edit (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 16))

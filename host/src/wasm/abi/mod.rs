@@ -340,8 +340,10 @@ fn add_buffer_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                 1 => Phase::ResponseBody,
                 _ => return Ok(Status::BadArgument as i32),
             };
+            // A body that is not available now cannot be written: BAD_ARGUMENT,
+            // as Envoy answers (its buffer is null then, and refuses writes).
             let Some(stream) = stream_in(state).filter(|s| s.phase == phase) else {
-                return Ok(Status::NotFound as i32);
+                return Ok(Status::BadArgument as i32);
             };
             let span = (start as u32 as usize, size as u32 as usize);
             Ok(code(splice(&mut stream.body, span, data)))
