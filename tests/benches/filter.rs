@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue};
 use weir::exchange::{RequestHead, ResponseHead, StreamInfo};
 use weir::filters::ProxyWasmFilter;
 use weir::lifecycle::{Chain, Direction, FailMode, HttpFilter, Step};
-use weir::wasm::{FilterInstance, PluginLimits, Runtime};
+use weir::wasm::{FilterInstance, FilterSettings, PluginLimits, Runtime};
 
 fn request_head() -> RequestHead {
     let mut headers = HeaderMap::new();
@@ -64,6 +64,14 @@ fn one_request(chain: &Chain, info: &Arc<StreamInfo>) {
     // Dropping the run calls on_log, on_done and on_delete.
 }
 
+/// The filter `light` with `configuration`.
+fn settings(configuration: Bytes) -> FilterSettings {
+    FilterSettings {
+        root_id: "light".into(),
+        configuration,
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let runtime = Runtime::new(None).expect("runtime");
     let wasm = std::fs::read(weir_tests::test_filter_wasm()).expect("test filter built");
@@ -72,12 +80,14 @@ fn bench(c: &mut Criterion) {
         callback_deadline: Duration::from_millis(100),
         quotas: weir::services::quota::Quotas::default(),
     };
-    let plugin = runtime.load("light", &wasm, limits).expect("load");
+    let plugin = runtime
+        .load("light", &wasm, limits, Bytes::new())
+        .expect("load");
     let config = Bytes::from_static(
         br#"{"deny_when_header":"x-deny","copy_request_header":["user-agent","x-ua"]}"#,
     );
     let services = weir::services::Services::standalone();
-    let instance = FilterInstance::new(plugin, config, 1, services).expect("start");
+    let instance = FilterInstance::new(plugin, settings(config), 1, services).expect("start");
     let filter: Arc<dyn HttpFilter> = Arc::new(ProxyWasmFilter::new(instance, FailMode::Closed));
     let info = info();
 
@@ -90,10 +100,10 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let services = weir::services::Services::standalone();
             let plugin = runtime
-                .load("light", &wasm, limits)
+                .load("light", &wasm, limits, Bytes::new())
                 .expect("load (cached module)");
             let config = Bytes::from_static(br#"{"add_request_headers":[["x-filtered","1"]]}"#);
-            FilterInstance::new(plugin, config, 1, services).expect("start")
+            FilterInstance::new(plugin, settings(config), 1, services).expect("start")
         })
     });
     group.finish();

@@ -18,21 +18,37 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-/// What every hand-written WAT filter of the suite shares: the ABI version
-/// export, a bump allocator over `$heap` (from offset 1024), and root
-/// callbacks that accept every context, VM start and configuration. Splice it
-/// into a `(module …)` beside the filter's own imports, data and callbacks.
-pub const WAT_FILTER_BASICS: &str = r#"  (global $heap (mut i32) (i32.const 1024))
+/// The text of [`WAT_ABI_AND_ALLOCATOR`], as a literal `concat!` can splice.
+macro_rules! wat_abi_and_allocator {
+    () => {
+        r#"  (global $heap (mut i32) (i32.const 1024))
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
     (local $p i32)
     (local.set $p (global.get $heap))
     (global.set $heap (i32.add (global.get $heap) (local.get $n)))
     (local.get $p))
-  (func (export "proxy_on_context_create") (param i32 i32))
+"#
+    };
+}
+
+/// The ABI version export and a bump allocator over `$heap` (from offset
+/// 1024): what a hand-written WAT filter needs before any callback. Filters
+/// with root callbacks of their own splice this; the others use
+/// [`WAT_FILTER_BASICS`].
+pub const WAT_ABI_AND_ALLOCATOR: &str = wat_abi_and_allocator!();
+
+/// What every hand-written WAT filter of the suite shares:
+/// [`WAT_ABI_AND_ALLOCATOR`] and root callbacks that accept every context, VM
+/// start and configuration. Splice it into a `(module …)` beside the filter's
+/// own imports, data and callbacks.
+pub const WAT_FILTER_BASICS: &str = concat!(
+    wat_abi_and_allocator!(),
+    r#"  (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
   (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-"#;
+"#
+);
 
 /// An upstream server that answers every request with a JSON description of it.
 ///

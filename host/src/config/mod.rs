@@ -174,4 +174,27 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn configurations_become_the_bytes_filters_receive_and_root_ids_resolve() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/manifests/valid/plugins.yaml");
+        let manifest = load(&path).expect("the golden manifest is valid");
+        let (noop, strict) = (&manifest.plugins[0], &manifest.plugins[1]);
+        assert_eq!(noop.vm_config, "", "no vm_config: empty");
+        assert_eq!(strict.vm_config, r#"{"cache_entries":100}"#);
+        let [plain, own] = &manifest.global_filters[..] else {
+            panic!("two global filters");
+        };
+        assert_eq!(plain.config, "", "no config: empty");
+        assert_eq!(plain.root_id, "noop", "the plugin's name by default");
+        assert_eq!(own.config, "a plain string, handed over as its bytes");
+        assert_eq!(own.root_id, "", "a root_id of its own, even empty");
+        let route_filter = &manifest.routes[0].filters[0];
+        assert_eq!(route_filter.root_id, "strict_root", "the plugin's root_id");
+        assert_eq!(
+            route_filter.config, r#"{"allow":["a","b"],"header":"x-tenant","limits":{"rate":10}}"#,
+            "a mapping as JSON text, keys sorted"
+        );
+    }
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 
@@ -222,6 +223,9 @@ pub struct Plugin {
     pub vms: Option<usize>,
     /// The Redis service its shared data is tiered onto, if any.
     pub shared_data_tier: Option<String>,
+    /// The VM configuration handed to `proxy_on_vm_start` (`vm_config`): a
+    /// string's bytes, JSON text for anything else, empty when absent.
+    pub vm_config: Bytes,
     /// Where it is written (for messages).
     pub location: crate::config::Location,
 }
@@ -279,8 +283,12 @@ pub enum OnError {
 pub struct FilterRef {
     /// The plugin.
     pub plugin: PluginId,
-    /// Its configuration, handed to `proxy_on_configure` as JSON.
-    pub config: serde_json::Value,
+    /// Its configuration, handed to `proxy_on_configure`: a string's bytes,
+    /// JSON text for anything else, empty when absent.
+    pub config: Bytes,
+    /// The root context it uses (`plugin_root_id`): its own `root_id`, else
+    /// its plugin's `root_id`, else the plugin's name.
+    pub root_id: String,
     /// Where it is written (for messages).
     pub location: crate::config::Location,
 }

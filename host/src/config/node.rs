@@ -80,6 +80,19 @@ impl Node {
         }
     }
 
+    /// The node as the bytes a Proxy-Wasm filter receives as its
+    /// configuration (`config`, `vm_config`): a string's own bytes, as Envoy
+    /// hands over a `StringValue`; nothing for null; JSON text for anything
+    /// else (a mapping, a list, a number, a boolean), which is what JSON-reading
+    /// filters expect.
+    pub fn to_configuration(&self) -> bytes::Bytes {
+        match &self.value {
+            Value::Null => bytes::Bytes::new(),
+            Value::Str(s) => bytes::Bytes::from(s.clone().into_bytes()),
+            _ => bytes::Bytes::from(self.to_json().to_string()),
+        }
+    }
+
     /// The text of a scalar node (used for mapping keys).
     pub fn scalar_text(&self) -> String {
         match &self.value {

@@ -891,6 +891,10 @@ pub struct RawPlugin {
     pub on_error: super::model::OnError,
     pub vms: Option<usize>,
     pub shared_data_tier: Option<Located<String>>,
+    /// `vm_config` as bytes (`Node::to_configuration`); empty when absent.
+    pub vm_config: Bytes,
+    /// The root id of filters that name none.
+    pub root_id: Option<Located<String>>,
 }
 
 impl Decode for RawPlugin {
@@ -902,6 +906,8 @@ impl Decode for RawPlugin {
         let on_error = f.or("on_error", super::model::OnError::FailClosed, diags);
         let vms = f.bounded("vms", VMS, diags);
         let shared_data_tier = f.optional("shared_data_tier", diags).flatten();
+        let vm_config = configuration(f.node("vm_config"));
+        let root_id = f.optional("root_id", diags).flatten();
         f.finish(diags);
         let limits = limits.unwrap_or(PluginLimitsRaw {
             memory: DEFAULT_PLUGIN_MEMORY,
@@ -917,6 +923,8 @@ impl Decode for RawPlugin {
             on_error,
             vms,
             shared_data_tier,
+            vm_config,
+            root_id,
         })
     }
 }
@@ -986,22 +994,31 @@ impl Decode for super::model::OnError {
 #[derive(Debug)]
 pub struct RawFilter {
     pub plugin: Located<String>,
-    pub config: serde_json::Value,
+    /// `config` as bytes (`Node::to_configuration`); empty when absent.
+    pub config: Bytes,
+    /// Its own root id, if it names one.
+    pub root_id: Option<Located<String>>,
 }
 
 impl Decode for RawFilter {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "filter", diags)?;
         let plugin = f.required("plugin", diags);
-        let config = f
-            .node("config")
-            .map_or(serde_json::Value::Null, Node::to_json);
+        let config = configuration(f.node("config"));
+        let root_id = f.optional("root_id", diags).flatten();
         f.finish(diags);
         Some(Self {
             plugin: plugin?,
             config,
+            root_id,
         })
     }
+}
+
+/// A configuration field (`config`, `vm_config`) as the bytes the filter
+/// receives; empty when the field is absent.
+fn configuration(node: Option<&Node>) -> Bytes {
+    node.map_or_else(Bytes::new, Node::to_configuration)
 }
 
 /// Default timeout of a Redis service.

@@ -44,7 +44,10 @@ pub fn validate(
     let listener_ids = index_names(raw_listeners.iter().map(|l| &l.name), "listener", diags);
     let upstream_ids = index_names(raw.upstreams.iter().map(|u| &u.name), "upstream", diags);
     index_names(raw.routes.iter().map(|r| &r.name), "route", diags);
-    let plugin_ids = index_names(raw.plugins.iter().map(|p| &p.name), "plugin", diags);
+    let plugins_by_name = PluginIndex {
+        ids: index_names(raw.plugins.iter().map(|p| &p.name), "plugin", diags),
+        root_ids: raw.plugins.iter().map(default_root_id).collect(),
+    };
     let redis_ids = index_names(raw.redis.iter().map(|r| &r.name), "Redis service", diags);
     let redis: Vec<Option<Redis>> = raw
         .redis
@@ -57,7 +60,7 @@ pub fn validate(
             })
         })
         .collect();
-    let global_filters = filters(raw.global_filters, &plugin_ids, diags);
+    let global_filters = filters(raw.global_filters, &plugins_by_name, diags);
     let plugins: Vec<Option<Plugin>> = raw
         .plugins
         .into_iter()
@@ -72,7 +75,7 @@ pub fn validate(
     let routes: Vec<Option<Route>> = raw
         .routes
         .into_iter()
-        .map(|r| route(r, &listener_ids, &upstream_ids, &plugin_ids, diags))
+        .map(|r| route(r, &listener_ids, &upstream_ids, &plugins_by_name, diags))
         .collect();
     let routes: Option<Vec<Route>> = routes.into_iter().collect();
 
@@ -209,21 +212,39 @@ fn plugin(
         on_error: raw.on_error,
         vms: raw.vms,
         shared_data_tier: raw.shared_data_tier.map(|t| t.value),
+        vm_config: raw.vm_config,
         location: raw.name.location,
     })
 }
 
-/// Resolves filters' plugin names.
-fn filters(
-    raw: Vec<RawFilter>,
-    plugin_ids: &HashMap<String, usize>,
-    diags: &mut Diagnostics,
-) -> Vec<FilterRef> {
+/// The plugins filters can name: each one's index, and the root id its
+/// filters use when they name none.
+struct PluginIndex {
+    ids: HashMap<String, usize>,
+    root_ids: Vec<String>,
+}
+
+/// A plugin's `root_id`, else its name. Envoy's default is the empty root id;
+/// Weir's is the name, so a module whose root context is registered under its
+/// plugin's name (as plugins were named before `root_id` existed) keeps it.
+fn default_root_id(plugin: &RawPlugin) -> String {
+    plugin
+        .root_id
+        .as_ref()
+        .map_or_else(|| plugin.name.value.clone(), |r| r.value.clone())
+}
+
+/// Resolves filters' plugin names and root ids.
+fn filters(raw: Vec<RawFilter>, plugins: &PluginIndex, diags: &mut Diagnostics) -> Vec<FilterRef> {
     raw.into_iter()
-        .filter_map(|f| match plugin_ids.get(&f.plugin.value) {
+        .filter_map(|f| match plugins.ids.get(&f.plugin.value) {
             Some(&i) => Some(FilterRef {
                 plugin: PluginId(i),
                 config: f.config,
+                root_id: f.root_id.map_or_else(
+                    || plugins.root_ids.get(i).cloned().unwrap_or_default(),
+                    |r| r.value,
+                ),
                 location: f.plugin.location,
             }),
             None => {
@@ -241,10 +262,10 @@ fn route(
     raw: RawRoute,
     listener_ids: &HashMap<String, usize>,
     upstream_ids: &HashMap<String, usize>,
-    plugin_ids: &HashMap<String, usize>,
+    plugins: &PluginIndex,
     diags: &mut Diagnostics,
 ) -> Option<Route> {
-    let route_filters = filters(raw.filters, plugin_ids, diags);
+    let route_filters = filters(raw.filters, plugins, diags);
     let mut listeners = Vec::with_capacity(raw.listeners.len());
     for name in &raw.listeners {
         match listener_ids.get(&name.value) {

@@ -2,6 +2,10 @@
 //! per `vm_id` (the plugin name); the registering VM is told of new items
 //! through `proxy_on_queue_ready`.
 //!
+//! As in Envoy (cpp-host `SharedQueue`), ids are process-wide and start at 1:
+//! 0 is no queue, so a filter that ignores a failed resolve and uses the zero
+//! it left behind reaches nothing (`NOT_FOUND`), not another plugin's queue.
+//!
 //! Each `vm_id` is held to its plugin's quotas: how many queues it may register
 //! and how many bytes its queues may hold together, whoever enqueues them.
 
@@ -51,8 +55,15 @@ struct Usage {
 #[derive(Default)]
 struct Inner {
     ids: HashMap<(String, String), u32>,
+    /// Queue `id` is at index `id - 1`.
     queues: Vec<Queue>,
     usage: HashMap<String, Usage>,
+}
+
+/// The queue with id `id` in `queues` (ids start at 1; 0 is none).
+fn queue_mut(queues: &mut [Queue], id: u32) -> Result<&mut Queue, UnknownQueue> {
+    let index = (id as usize).checked_sub(1).ok_or(UnknownQueue)?;
+    queues.get_mut(index).ok_or(UnknownQueue)
 }
 
 /// Every shared queue of the process.
@@ -79,8 +90,10 @@ impl Queues {
     ) -> Result<u32, QuotaExceeded> {
         let mut inner = self.lock();
         let key = (vm_id.to_owned(), name.to_owned());
-        if let Some(&id) = inner.ids.get(&key) {
-            inner.queues[id as usize].ready = Some(ready);
+        if let Some(&id) = inner.ids.get(&key)
+            && let Ok(queue) = queue_mut(&mut inner.queues, id)
+        {
+            queue.ready = Some(ready);
             return Ok(id);
         }
         let usage = inner.usage.entry(vm_id.to_owned()).or_insert(Usage {
@@ -93,7 +106,7 @@ impl Queues {
             return Err(Quota::Queues.into());
         }
         usage.queues += 1;
-        let id = inner.queues.len() as u32;
+        let id = u32::try_from(inner.queues.len() + 1).unwrap_or(u32::MAX);
         inner.queues.push(Queue {
             owner: vm_id.to_owned(),
             items: VecDeque::new(),
@@ -117,7 +130,7 @@ impl Queues {
         let hook = {
             let mut inner = self.lock();
             let Inner { queues, usage, .. } = &mut *inner;
-            let queue = queues.get_mut(id as usize).ok_or(UnknownQueue)?;
+            let queue = queue_mut(queues, id)?;
             let usage = usage.get_mut(&queue.owner).ok_or(UnknownQueue)?;
             let dropped = if queue.items.len() >= MAX_ITEMS {
                 queue.items.front().map_or(0, |b| b.len() as u64)
@@ -145,7 +158,7 @@ impl Queues {
     pub fn dequeue(&self, id: u32) -> Result<Option<Bytes>, UnknownQueue> {
         let mut inner = self.lock();
         let Inner { queues, usage, .. } = &mut *inner;
-        let queue = queues.get_mut(id as usize).ok_or(UnknownQueue)?;
+        let queue = queue_mut(queues, id)?;
         let item = queue.items.pop_front();
         if let (Some(item), Some(usage)) = (&item, usage.get_mut(&queue.owner)) {
             usage.bytes = usage.bytes.saturating_sub(item.len() as u64);
@@ -191,6 +204,22 @@ mod tests {
         assert_eq!(queues.dequeue(id), Ok(Some(Bytes::from_static(b"b"))));
         assert_eq!(queues.dequeue(id), Ok(None));
         assert_eq!(queues.dequeue(99), Err(UnknownQueue));
+    }
+
+    #[test]
+    fn ids_start_at_1_and_0_is_no_queue() {
+        let queues = Queues::default();
+        let hook: ReadyHook = Arc::new(|_| {});
+        let quotas = Quotas::default();
+        let first = queues.register("p", "a", hook.clone(), &quotas);
+        assert_eq!(first, Ok(1));
+        assert_eq!(queues.register("q", "a", hook, &quotas), Ok(2));
+        assert_eq!(
+            queues.enqueue(0, Bytes::from_static(b"stray")),
+            Err(EnqueueError::Unknown(UnknownQueue))
+        );
+        assert_eq!(queues.dequeue(0), Err(UnknownQueue));
+        assert_eq!(queues.dequeue(1), Ok(None), "nothing reached queue 1");
     }
 
     fn quotas(queues: usize, queue_bytes: u64) -> Quotas {

@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use crate::config::model::{FilterRef, OnError, Plugin as PluginConfig};
 use crate::config::{FileError, Location, MAX_PLUGIN_BYTES, Manifest};
 use crate::filters::ProxyWasmFilter;
 use crate::lifecycle::{Chain, FailMode, HttpFilter};
 use crate::services::Services;
-use crate::wasm::{FilterInstance, LoadError, Plugin, PluginLimits, Runtime, StartError};
+use crate::wasm::{
+    FilterInstance, FilterSettings, LoadError, Plugin, PluginLimits, Runtime, StartError,
+};
 
 /// One plugin or filter that could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -78,16 +78,16 @@ pub fn chains(
     let mut instance = |filter: &FilterRef| -> Option<Arc<dyn HttpFilter>> {
         let config = &manifest.plugins[filter.plugin.0];
         let plugin = plugins[filter.plugin.0].clone()?;
-        let json = match &filter.config {
-            serde_json::Value::Null => Bytes::new(),
-            value => Bytes::from(value.to_string()),
+        let settings = FilterSettings {
+            root_id: filter.root_id.as_str().into(),
+            configuration: filter.config.clone(),
         };
         let mode = match config.on_error {
             OnError::FailClosed => FailMode::Closed,
             OnError::FailOpen => FailMode::Open,
         };
         let vms = config.vms.unwrap_or(vms_default);
-        FilterInstance::new(plugin, json, vms, services.clone())
+        FilterInstance::new(plugin, settings, vms, services.clone())
             .map(|instance| Arc::new(ProxyWasmFilter::new(instance, mode)) as Arc<dyn HttpFilter>)
             .map_err(|source| {
                 errors.push(BuildError::Start {
@@ -139,7 +139,7 @@ fn load(plugin: &PluginConfig, runtime: &Arc<Runtime>) -> Result<Arc<Plugin>, Bu
         }
     })?;
     runtime
-        .load(&plugin.name, &bytes, limits)
+        .load(&plugin.name, &bytes, limits, plugin.vm_config.clone())
         .map_err(|source| BuildError::Load {
             plugin: plugin.name.clone(),
             location: plugin.location,

@@ -40,21 +40,32 @@ pub enum FilterError {
     },
 }
 
+/// What one filter (one use of a plugin) hands each of its VMs.
+#[derive(Debug, Clone)]
+pub struct FilterSettings {
+    /// The root context its VMs create, as the `plugin_root_id` property
+    /// returns it; the C++ and AssemblyScript SDKs build the root context
+    /// registered under this id.
+    pub root_id: Arc<str>,
+    /// The plugin configuration, read in `proxy_on_configure` (buffer 7).
+    pub configuration: Bytes,
+}
+
 /// A plugin bound to one configuration, with its VMs.
 pub struct FilterInstance {
     plugin: Arc<Plugin>,
-    configuration: Bytes,
+    settings: FilterSettings,
     services: Arc<Services>,
     slots: Vec<Mutex<Slot>>,
     next: AtomicUsize,
 }
 
 impl FilterInstance {
-    /// Starts `vms` VMs of `plugin` with `configuration` (JSON bytes). Fails when
-    /// the first VM cannot start: the plugin or its configuration is rejected.
+    /// Starts `vms` VMs of `plugin` with `settings`. Fails when the first VM
+    /// cannot start: the plugin or its configuration is rejected.
     pub fn new(
         plugin: Arc<Plugin>,
-        configuration: Bytes,
+        settings: FilterSettings,
         vms: usize,
         services: Arc<Services>,
     ) -> Result<Arc<Self>, StartError> {
@@ -67,7 +78,7 @@ impl FilterInstance {
                     slot,
                     generation: 0,
                 };
-                match Vm::start(&plugin, configuration.clone(), services.clone(), home) {
+                match Vm::start(&plugin, &settings, services.clone(), home) {
                     Ok(vm) => slots.push(Mutex::new(Slot::new(Some(vm)))),
                     Err(error) => {
                         failure = Some(error);
@@ -77,7 +88,7 @@ impl FilterInstance {
             }
             Self {
                 plugin,
-                configuration,
+                settings,
                 services,
                 slots,
                 next: AtomicUsize::new(0),
@@ -197,12 +208,7 @@ impl FilterInstance {
             slot: index,
             generation,
         };
-        match Vm::start(
-            &self.plugin,
-            self.configuration.clone(),
-            self.services.clone(),
-            home,
-        ) {
+        match Vm::start(&self.plugin, &self.settings, self.services.clone(), home) {
             Ok(vm) => {
                 tracing::info!(plugin = %self.plugin.name, slot = index, "started a fresh VM");
                 let mut bound = Bound::new(vm, generation);
@@ -454,10 +460,13 @@ mod tests {
             quotas: crate::services::quota::Quotas::default(),
         };
         let plugin = runtime
-            .load("traps", TRAPS_ON_LOG.as_bytes(), limits)
+            .load("traps", TRAPS_ON_LOG.as_bytes(), limits, Bytes::new())
             .expect("plugin loads");
-        FilterInstance::new(plugin, Bytes::new(), 1, Services::standalone())
-            .expect("instance starts")
+        let settings = FilterSettings {
+            root_id: "traps".into(),
+            configuration: Bytes::new(),
+        };
+        FilterInstance::new(plugin, settings, 1, Services::standalone()).expect("instance starts")
     }
 
     fn data() -> Box<StreamData> {

@@ -20,7 +20,7 @@ use crate::exchange as stream;
 
 pub use abi::pairs::{decode as decode_pairs, encode as encode_pairs};
 pub use abi::unix_nanos;
-pub use filter::{FilterError, FilterInstance, FilterStream};
+pub use filter::{FilterError, FilterInstance, FilterSettings, FilterStream};
 pub use headers::MapType;
 pub use plugin::{LoadError, Plugin, PluginLimits, Runtime};
 pub use vm::{Callback, Delivery, StartError};

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine, InstancePre, Linker, Module};
 
@@ -128,12 +129,14 @@ impl Runtime {
         &self.engine
     }
 
-    /// Compiles (or reuses) `bytes` and checks it is a Proxy-Wasm module Weir can link.
+    /// Compiles (or reuses) `bytes` and checks it is a Proxy-Wasm module Weir
+    /// can link. Its VMs get `vm_configuration` (see [`Plugin::vm_configuration`]).
     pub fn load(
         self: &Arc<Self>,
         name: &str,
         bytes: &[u8],
         limits: PluginLimits,
+        vm_configuration: Bytes,
     ) -> Result<Arc<Plugin>, LoadError> {
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         let cached = self.modules.lock().ok().and_then(|m| m.get(&hash).cloned());
@@ -168,6 +171,7 @@ impl Runtime {
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         Ok(Arc::new(Plugin {
             name: name.to_owned(),
+            vm_configuration,
             log_bucket: LogBucket::new(limits.quotas.log_bytes_per_second),
             warnings: Warnings::default(),
             limits,
@@ -210,6 +214,10 @@ pub struct Plugin {
     pub name: String,
     /// Sandbox limits of its VMs.
     pub limits: PluginLimits,
+    /// The VM configuration (the manifest's `vm_config`, as bytes): its size
+    /// goes to `proxy_on_vm_start`, and buffer 6 (`VmConfiguration`) reads it
+    /// at any time, as in Envoy.
+    pub vm_configuration: Bytes,
     /// Its log budget, shared by all its VMs.
     pub(crate) log_bucket: LogBucket,
     /// When each of its quotas was last warned about.

@@ -18,7 +18,7 @@ use wasmtime::{
 
 use std::sync::Weak;
 
-use super::filter::FilterInstance;
+use super::filter::{FilterInstance, FilterSettings};
 use super::plugin::Plugin;
 use super::stream::StreamData;
 use crate::services::{CallResponse, Services};
@@ -33,6 +33,8 @@ pub struct VmState {
     /// The guest's exported memory (looked up once, not per host call).
     pub(crate) memory: Option<wasmtime::Memory>,
     pub(crate) plugin: Arc<Plugin>,
+    /// The filter's root id (the `plugin_root_id` property).
+    pub(crate) root_id: Arc<str>,
     /// The plugin configuration, readable only during start-up callbacks.
     pub(crate) configuration: Option<Bytes>,
     /// Streams lent to this VM: the one in a callback and those paused here.
@@ -224,10 +226,12 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Instantiates `plugin`, runs its start-up, `on_vm_start` and `on_configure` with `configuration`.
+    /// Instantiates `plugin`, runs its start-up, creates the root context of
+    /// `settings.root_id`, and runs `on_vm_start` (with the plugin's VM
+    /// configuration) and `on_configure` (with `settings.configuration`).
     pub fn start(
         plugin: &Arc<Plugin>,
-        configuration: Bytes,
+        settings: &FilterSettings,
         services: Arc<Services>,
         home: Home,
     ) -> Result<Self, StartError> {
@@ -243,7 +247,8 @@ impl Vm {
             allocator: None,
             memory: None,
             plugin: plugin.clone(),
-            configuration: Some(configuration.clone()),
+            root_id: settings.root_id.clone(),
+            configuration: Some(settings.configuration.clone()),
             streams: FxHashMap::default(),
             live_contexts: FxHashSet::default(),
             effective: ROOT_CONTEXT_ID,
@@ -305,12 +310,16 @@ impl Vm {
         if let Some(f) = &c.on_context_create {
             vm.call(f, (root, 0), ROOT_CONTEXT_ID).map_err(trap)?;
         }
+        let vm_config_len = size_arg(plugin.vm_configuration.len());
         if let Some(f) = &c.on_vm_start
-            && vm.call(f, (root, 0), ROOT_CONTEXT_ID).map_err(trap)? == 0
+            && vm
+                .call(f, (root, vm_config_len), ROOT_CONTEXT_ID)
+                .map_err(trap)?
+                == 0
         {
             return Err(StartError::VmStartRejected);
         }
-        let config_len = configuration.len() as i32;
+        let config_len = size_arg(settings.configuration.len());
         if let Some(f) = &c.on_configure
             && vm
                 .call(f, (root, config_len), ROOT_CONTEXT_ID)
@@ -371,7 +380,7 @@ impl Vm {
         self.store.data_mut().streams.insert(id, data);
         let ctx = id as i32;
         let flag = |b: bool| i32::from(b);
-        let size = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        let size = size_arg;
         let c = self.callbacks.clone();
         let result = match callback {
             Callback::RequestHeaders {
@@ -525,6 +534,11 @@ impl Vm {
             None => unreachable_stream(id),
         }
     }
+}
+
+/// A size as a callback argument (sizes past `i32::MAX` are capped there).
+fn size_arg(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 #[cold]

@@ -74,6 +74,10 @@ struct Config {
     /// number from the shared-data counter `vm_ids` when it is configured, so
     /// responses show which VM served them.
     vm_id_header: Option<String>,
+    /// `std::thread::sleep` this many milliseconds in the request-headers
+    /// callback (WASI `poll_oneoff` with a clock subscription), then set
+    /// `x-slept: yes`.
+    sleep_ms: Option<u64>,
 }
 
 thread_local! {
@@ -282,6 +286,10 @@ impl HttpContext for Http {
         }
         if let Some(path) = &config.set_path {
             self.set_http_request_header(":path", Some(path));
+        }
+        if let Some(ms) = config.sleep_ms {
+            std::thread::sleep(Duration::from_millis(ms));
+            self.set_http_request_header("x-slept", Some("yes"));
         }
         if let Some(name) = &config.vm_id_header {
             self.set_http_request_header(name, Some(&self.vm_id.to_string()));

@@ -12,6 +12,8 @@ pub const LOG_MESSAGE: usize = 64 << 10;
 pub const FD_WRITE_BYTES: usize = 64 << 10;
 /// iovecs one `fd_write` accepts (POSIX `IOV_MAX`).
 pub const FD_WRITE_IOVECS: usize = 1024;
+/// Subscriptions one `poll_oneoff` accepts.
+pub const POLL_SUBSCRIPTIONS: usize = 1024;
 /// Bytes one `random_get` fills.
 pub const RANDOM_BYTES: usize = 1 << 20;
 /// `random_get` fills guest memory this many bytes at a time, checking the

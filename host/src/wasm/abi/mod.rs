@@ -290,8 +290,9 @@ fn buffer(state: &VmState, kind: i32) -> Option<Bytes> {
             .map(|s| Bytes::copy_from_slice(&s.body)),
         4 => state.call_response.as_ref().map(|r| r.body.clone()),
         9 => state.redis_response.clone(),
-        // The VM configuration is empty; it exists only during start-up.
-        6 => state.configuration.as_ref().map(|_| Bytes::new()),
+        // As in Envoy: the VM configuration at any time, the plugin
+        // configuration only during start-up.
+        6 => Some(state.plugin.vm_configuration.clone()),
         7 => state.configuration.clone(),
         _ => None,
     }
@@ -339,25 +340,39 @@ fn add_buffer_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                 1 => Phase::ResponseBody,
                 _ => return Ok(Status::BadArgument as i32),
             };
+            // A body that is not available now cannot be written: BAD_ARGUMENT,
+            // as Envoy answers (its buffer is null then, and refuses writes).
             let Some(stream) = stream_in(state).filter(|s| s.phase == phase) else {
-                return Ok(Status::NotFound as i32);
+                return Ok(Status::BadArgument as i32);
             };
-            let body = &mut stream.body;
-            let start = start as u32 as usize;
-            if start > body.len() {
-                return Ok(Status::BadArgument as i32);
-            }
-            let end = start.saturating_add(size as u32 as usize).min(body.len());
-            if body.len() - (end - start) + data.len() > caps::BODY_BYTES {
-                return Ok(Status::BadArgument as i32);
-            }
-            let tail = body.split_off(end);
-            body.truncate(start);
-            body.extend_from_slice(data);
-            body.extend_from_slice(&tail);
-            Ok(Status::Ok as i32)
+            let span = (start as u32 as usize, size as u32 as usize);
+            Ok(code(splice(&mut stream.body, span, data)))
         },
     )?;
+    Ok(())
+}
+
+/// `proxy_set_buffer_bytes` on a body: replaces `size` bytes at `start` with
+/// `data`. Envoy's cases behave as in Envoy (`Buffer::copyFrom`): `(0, 0)`
+/// prepends, `(0, n ≥ len)` replaces the whole body, and a `start` at or past
+/// the end appends (the Go SDK's `Append…Body` passes `MaxInt32`). Envoy
+/// refuses any other range with `BAD_ARGUMENT`; Weir replaces it (`size`
+/// clipped to the end). `BAD_ARGUMENT` when the result would exceed
+/// [`caps::BODY_BYTES`].
+fn splice(
+    body: &mut bytes::BytesMut,
+    (start, size): (usize, usize),
+    data: &[u8],
+) -> Result<(), Status> {
+    let start = start.min(body.len());
+    let end = start.saturating_add(size).min(body.len());
+    if body.len() - (end - start) + data.len() > caps::BODY_BYTES {
+        return Err(Status::BadArgument);
+    }
+    let tail = body.split_off(end);
+    body.truncate(start);
+    body.extend_from_slice(data);
+    body.extend_from_slice(&tail);
     Ok(())
 }
 
@@ -639,4 +654,44 @@ fn add_unserved(r: &mut Registry<'_>) -> wasmtime::Result<()> {
         Ok(Status::NotFound as i32)
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spliced(body: &str, span: (usize, usize), data: &str) -> Result<String, Status> {
+        let mut buffer = bytes::BytesMut::from(body);
+        splice(&mut buffer, span, data.as_bytes())?;
+        Ok(String::from_utf8_lossy(&buffer).into_owned())
+    }
+
+    #[test]
+    fn set_buffer_bytes_prepends_replaces_and_appends_as_envoy_does() {
+        let max = i32::MAX as usize;
+        assert_eq!(spliced("body", (0, 0), "<"), Ok("<body".into()));
+        assert_eq!(spliced("body", (0, max), "new"), Ok("new".into()));
+        assert_eq!(spliced("body", (0, 4), "new"), Ok("new".into()));
+        assert_eq!(spliced("body", (max, 0), ">"), Ok("body>".into()));
+        assert_eq!(spliced("body", (4, 0), ">"), Ok("body>".into()));
+        assert_eq!(spliced("", (u32::MAX as usize, max), "x"), Ok("x".into()));
+    }
+
+    #[test]
+    fn set_buffer_bytes_splices_ranges_envoy_refuses() {
+        assert_eq!(spliced("body", (1, 2), "OD"), Ok("bODy".into()));
+        assert_eq!(spliced("body", (0, 2), "n"), Ok("ndy".into()));
+        assert_eq!(spliced("body", (2, 99), "!"), Ok("bo!".into()));
+    }
+
+    #[test]
+    fn set_buffer_bytes_keeps_the_body_cap() {
+        let mut buffer = bytes::BytesMut::from(&b"x"[..]);
+        let big = vec![0; caps::BODY_BYTES];
+        assert_eq!(
+            splice(&mut buffer, (i32::MAX as usize, 0), &big),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(splice(&mut buffer, (0, 1), &big), Ok(()));
+    }
 }

@@ -1,5 +1,7 @@
 //! The WASI preview 1 functions Proxy-Wasm SDKs import, granting nothing: no
 //! files, no sockets, no environment, no arguments. stdout/stderr go to the log.
+//! `poll_oneoff` serves clock subscriptions only, and never sleeps: every clock
+//! fires at once (see [`poll_oneoff`]).
 //!
 //! Bounded like the Proxy-Wasm calls: a span outside guest memory answers
 //! `EFAULT`, one over its cap `EINVAL`; `fd_write` takes at most
@@ -16,6 +18,15 @@ const ERRNO_BADF: i32 = 8;
 const ERRNO_FAULT: i32 = 21;
 const ERRNO_INVAL: i32 = 28;
 const ERRNO_NOSYS: i32 = 52;
+const ERRNO_NOTSUP: i32 = 58;
+
+/// Bytes of one WASI `subscription` (userdata u64, then the tagged union: tag
+/// u8 at 8, the clock or fd fields from 16).
+const SUBSCRIPTION_BYTES: usize = 48;
+/// Bytes of one WASI `event` (userdata u64, error u16 at 8, type u8 at 10).
+const EVENT_BYTES: usize = 32;
+/// `eventtype::clock`; `fd_read` is 1 and `fd_write` 2.
+const EVENTTYPE_CLOCK: u8 = 0;
 
 /// The errno for a refused span: outside memory is `EFAULT`, anything else `EINVAL`.
 fn errno(status: Status) -> i32 {
@@ -96,6 +107,65 @@ fn random_get(c: &mut Ctx<'_>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
     Ok(ERRNO_SUCCESS)
 }
 
+/// `poll_oneoff` for clock subscriptions: each one fires at once, as if its
+/// time had passed, and its event (its userdata, type clock, no error) is
+/// written. It does not sleep: the guest runs on a worker thread that serves
+/// other requests, and a blocked callback would stall them all. Go's runtime
+/// calls it to sleep (`usleep`, e.g. while printing a panic) and needs
+/// success; Rust's `std::thread::sleep` needs the clock event back. A guest
+/// that sleeps until the clock has really moved (Go's timers) spins, and
+/// stops at its callback deadline. cpp-host (Envoy) also returns at once, but
+/// with no events. `fd_read`/`fd_write` subscriptions answer `ENOTSUP` (there
+/// are no descriptors to wait on); an unknown tag, or no subscriptions,
+/// `EINVAL`.
+fn poll_oneoff(
+    c: &mut Ctx<'_>,
+    subscriptions: i32,
+    events: i32,
+    count: i32,
+    nevents: i32,
+) -> wasmtime::Result<i32> {
+    on_time(c.data(), "poll_oneoff")?;
+    let count = count as u32 as usize;
+    if count == 0 || count > caps::POLL_SUBSCRIPTIONS {
+        return Ok(ERRNO_INVAL);
+    }
+    let table = span(
+        subscriptions,
+        (count * SUBSCRIPTION_BYTES) as i32,
+        caps::POLL_SUBSCRIPTIONS * SUBSCRIPTION_BYTES,
+    );
+    let fired = match memory::borrow(c, [table]) {
+        Ok(([table], _)) => match fired_clocks(table) {
+            Ok(fired) => fired,
+            Err(errno) => return Ok(errno),
+        },
+        Err(status) => return Ok(errno(status)),
+    };
+    let written = memory::write(c, events, &fired)
+        .and_then(|()| memory::write_u32(c, nevents, (fired.len() / EVENT_BYTES) as u32));
+    Ok(written.map_or_else(errno, |()| ERRNO_SUCCESS))
+}
+
+/// The events of a subscription table whose subscriptions are all clocks: one
+/// fired clock event per subscription, in order. `ENOTSUP` for an fd
+/// subscription, `EINVAL` for an unknown tag.
+fn fired_clocks(table: &[u8]) -> Result<Vec<u8>, i32> {
+    let mut events = Vec::with_capacity(table.len() / SUBSCRIPTION_BYTES * EVENT_BYTES);
+    for subscription in table.chunks_exact(SUBSCRIPTION_BYTES) {
+        match subscription[8] {
+            EVENTTYPE_CLOCK => {}
+            1 | 2 => return Err(ERRNO_NOTSUP),
+            _ => return Err(ERRNO_INVAL),
+        }
+        let mut event = [0; EVENT_BYTES];
+        event[..8].copy_from_slice(&subscription[..8]);
+        event[10] = EVENTTYPE_CLOCK;
+        events.extend_from_slice(&event);
+    }
+    Ok(events)
+}
+
 /// Registers the functions under both WASI module names.
 pub fn add(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     for module in ["wasi_snapshot_preview1", "wasi_unstable"] {
@@ -164,7 +234,9 @@ fn add_module(r: &mut Registry<'_>, m: &'static str) -> wasmtime::Result<()> {
     r.add(
         m,
         "poll_oneoff",
-        |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| Ok(ERRNO_NOSYS),
+        |mut c: Ctx<'_>, subscriptions: i32, events: i32, count: i32, nevents: i32| {
+            poll_oneoff(&mut c, subscriptions, events, count, nevents)
+        },
     )?;
     r.add(m, "fd_close", |_: Ctx<'_>, _: i32| Ok(ERRNO_BADF))?;
     r.add(m, "fd_fdstat_get", |_: Ctx<'_>, _: i32, _: i32| {
@@ -192,4 +264,35 @@ fn add_module(r: &mut Registry<'_>, m: &'static str) -> wasmtime::Result<()> {
         |_: Ctx<'_>, _: i32, _: i64, _: i32, _: i32| Ok(ERRNO_BADF),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscription(userdata: u64, tag: u8) -> Vec<u8> {
+        let mut bytes = vec![0; SUBSCRIPTION_BYTES];
+        bytes[..8].copy_from_slice(&userdata.to_le_bytes());
+        bytes[8] = tag;
+        bytes
+    }
+
+    #[test]
+    fn every_clock_subscription_fires_with_its_userdata() {
+        let table = [subscription(7, 0), subscription(9, 0)].concat();
+        let events = fired_clocks(&table).expect("clocks only");
+        assert_eq!(events.len(), 2 * EVENT_BYTES);
+        let second = &events[EVENT_BYTES..];
+        assert_eq!(&second[..8], &9u64.to_le_bytes());
+        assert_eq!(&second[8..10], &[0, 0], "no error");
+        assert_eq!(second[10], EVENTTYPE_CLOCK);
+    }
+
+    #[test]
+    fn fd_subscriptions_are_not_supported_and_unknown_tags_are_invalid() {
+        let table = [subscription(7, 0), subscription(9, 1)].concat();
+        assert_eq!(fired_clocks(&table), Err(ERRNO_NOTSUP));
+        assert_eq!(fired_clocks(&subscription(1, 2)), Err(ERRNO_NOTSUP));
+        assert_eq!(fired_clocks(&subscription(1, 3)), Err(ERRNO_INVAL));
+    }
 }
