@@ -217,72 +217,100 @@ fn is_unreserved(b: u8) -> bool {
 /// Refuses what no host contains: spaces, `@` (user info), `/`, empty labels,
 /// a port that is not a number.
 pub fn canonical_host(host: &str) -> Result<Cow<'_, str>, HostError> {
-    let (name, port) = split_port(host)?;
-    if let Some(port) = port
-        && (port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(HostError::Invalid);
+    if host.starts_with('[') {
+        return canonical_ip_literal(host);
     }
-    if name.starts_with('[') {
-        let inner = &name[1..name.len() - 1];
-        let valid = !inner.is_empty()
-            && inner
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-        return match (valid, name.bytes().any(|b| b.is_ascii_uppercase())) {
-            (false, _) => Err(HostError::Invalid),
-            (true, false) => Ok(Cow::Borrowed(host)),
-            (true, true) => Ok(Cow::Owned(host.to_ascii_lowercase())),
-        };
-    }
-    // One pass: the characters of host labels, no empty label, and whether
-    // anything needs changing (upper case, a trailing dot).
+    // One pass over the name (host label characters, no empty label, and
+    // whether anything needs changing), stopping at the port's `:`.
+    let bytes = host.as_bytes();
     let mut upper = false;
-    let mut previous = b'.';
-    for &b in name.as_bytes() {
-        match b {
-            b'.' if previous == b'.' => return Err(HostError::Invalid),
-            b'A'..=b'Z' => upper = true,
-            b'.' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => {}
-            _ => return Err(HostError::Invalid),
+    let mut previous = HostChar::Dot;
+    let mut name_end = bytes.len();
+    for (i, &b) in bytes.iter().enumerate() {
+        let class = HOST_CHARS[usize::from(b)];
+        match class {
+            HostChar::Label => {}
+            HostChar::Upper => upper = true,
+            HostChar::Dot if previous == HostChar::Dot => return Err(HostError::Invalid),
+            HostChar::Dot => {}
+            HostChar::Colon => {
+                name_end = i;
+                break;
+            }
+            HostChar::Invalid => return Err(HostError::Invalid),
         }
-        previous = b;
+        previous = class;
     }
-    let trailing_dot = previous == b'.';
-    if name.is_empty() {
+    let (name, port) = host.split_at(name_end);
+    if name.is_empty() || !valid_port(port) {
         return Err(HostError::Invalid);
     }
+    let trailing_dot = previous == HostChar::Dot;
     if !upper && !trailing_dot {
         return Ok(Cow::Borrowed(host));
     }
-    let trimmed = if trailing_dot {
-        &name[..name.len() - 1]
-    } else {
-        name
-    };
-    let mut canonical = trimmed.to_ascii_lowercase();
-    if let Some(port) = port {
-        canonical.push(':');
-        canonical.push_str(port);
-    }
+    let mut canonical = name[..name.len() - usize::from(trailing_dot)].to_ascii_lowercase();
+    canonical.push_str(port);
     Ok(Cow::Owned(canonical))
 }
 
-/// `name` and the port after its `:`, if any; an IPv6 literal keeps its brackets.
-fn split_port(host: &str) -> Result<(&str, Option<&str>), HostError> {
-    if host.starts_with('[') {
-        let end = host.find(']').ok_or(HostError::Invalid)?;
-        let (name, rest) = host.split_at(end + 1);
-        return match rest.strip_prefix(':') {
-            Some(port) => Ok((name, Some(port))),
-            None if rest.is_empty() => Ok((name, None)),
-            None => Err(HostError::Invalid),
+/// What a byte of a `Host` value is, for the one-pass scan.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HostChar {
+    /// Lower-case letter, digit, `-`, `_`, `~`.
+    Label,
+    /// Upper-case letter.
+    Upper,
+    Dot,
+    Colon,
+    Invalid,
+}
+
+/// [`HostChar`] of every byte.
+static HOST_CHARS: [HostChar; 256] = {
+    let mut table = [HostChar::Invalid; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = match c {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => HostChar::Label,
+            b'A'..=b'Z' => HostChar::Upper,
+            b'.' => HostChar::Dot,
+            b':' => HostChar::Colon,
+            _ => HostChar::Invalid,
         };
+        b += 1;
     }
-    Ok(match host.split_once(':') {
-        Some((name, port)) => (name, Some(port)),
-        None => (host, None),
+    table
+};
+
+/// `[v6]` or `[v6]:port`, lower-cased.
+fn canonical_ip_literal(host: &str) -> Result<Cow<'_, str>, HostError> {
+    let end = host.find(']').ok_or(HostError::Invalid)?;
+    let (literal, port) = host.split_at(end + 1);
+    let inner = &literal[1..end];
+    let valid = !inner.is_empty()
+        && inner
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+    if !valid || !valid_port(port) {
+        return Err(HostError::Invalid);
+    }
+    Ok(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
     })
+}
+
+/// Nothing, or `:` and one to five digits.
+fn valid_port(port: &str) -> bool {
+    match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some(digits) => {
+            (1..=5).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+        }
+    }
 }
 
 #[cfg(test)]

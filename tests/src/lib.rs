@@ -174,6 +174,26 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
+    /// A gateway with one listener, `main` (with `limits` when not empty, as
+    /// YAML: `{ max_body_bytes: 1KiB }`), whose one route forwards everything
+    /// to `up` with no filters.
+    pub async fn proxying(up: &EchoUpstream, limits: &str) -> anyhow::Result<Self> {
+        let limits = if limits.is_empty() {
+            String::new()
+        } else {
+            format!(", limits: {limits}")
+        };
+        Self::from_yaml(&format!(
+            r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0{limits} }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+routes: [{{ name: all, upstream: echo }}]
+"#,
+            up.addr
+        ))
+        .await
+    }
+
     /// Validates `yaml` and starts the gateway; relative paths resolve in a fresh temp dir.
     pub async fn from_yaml(yaml: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;

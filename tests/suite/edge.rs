@@ -247,24 +247,11 @@ async fn a_client_cannot_strip_the_request_id_or_host_with_connection() -> anyho
     Ok(())
 }
 
-/// A gateway whose one route has no filters (the body streams straight through).
-async fn plain_gateway(up: &EchoUpstream) -> anyhow::Result<TestGateway> {
-    TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: echo, targets: ["{}"] }}]
-routes: [{{ name: all, upstream: echo }}]
-"#,
-        up.addr
-    ))
-    .await
-}
-
 #[tokio::test]
 async fn bad_chunk_framing_is_a_400_and_nothing_reaches_the_upstream() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
     let filtered = admin_gateway(&up, "").await?;
-    let plain = plain_gateway(&up).await?;
+    let plain = TestGateway::proxying(&up, "").await?;
     // A bad size, a chunk longer than its size, data not ended by CRLF.
     let cases: [&[u8]; 3] = [
         b"POST /x HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n",
@@ -291,7 +278,7 @@ async fn bad_chunk_framing_is_a_400_and_nothing_reaches_the_upstream() -> anyhow
 async fn get_bodies_are_forwarded_alike_in_both_framings() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
     let filtered = admin_gateway(&up, "").await?;
-    let plain = plain_gateway(&up).await?;
+    let plain = TestGateway::proxying(&up, "").await?;
     for gw in [&filtered, &plain] {
         get_bodies_arrive(gw).await?;
     }

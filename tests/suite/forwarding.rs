@@ -2,22 +2,10 @@
 
 use weir_tests::{EchoUpstream, TestGateway, h2c_client, http1_client, json};
 
-async fn gateway_to(up: &EchoUpstream) -> anyhow::Result<TestGateway> {
-    TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: echo, targets: ["{}"] }}]
-routes: [{{ name: all, upstream: echo }}]
-"#,
-        up.addr
-    ))
-    .await
-}
-
 #[tokio::test]
 async fn adds_forwarding_headers_and_strips_hop_by_hop() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = gateway_to(&up).await?;
+    let gw = TestGateway::proxying(&up, "").await?;
     let response = http1_client()
         .get(gw.url("main", "/headers"))
         .header("host", "shop.example.com")
@@ -45,7 +33,7 @@ async fn adds_forwarding_headers_and_strips_hop_by_hop() -> anyhow::Result<()> {
 #[tokio::test]
 async fn generates_a_request_id_or_keeps_the_clients() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = gateway_to(&up).await?;
+    let gw = TestGateway::proxying(&up, "").await?;
     let client = http1_client();
     let generated = client.get(gw.url("main", "/")).send().await?;
     let id = generated.headers()["x-request-id"].to_str()?.to_owned();
@@ -66,7 +54,7 @@ async fn generates_a_request_id_or_keeps_the_clients() -> anyhow::Result<()> {
 #[tokio::test]
 async fn streams_request_and_response_bodies() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = gateway_to(&up).await?;
+    let gw = TestGateway::proxying(&up, "").await?;
     let payload = "x".repeat(300_000);
     let echoed = json(
         http1_client()
@@ -85,7 +73,7 @@ async fn streams_request_and_response_bodies() -> anyhow::Result<()> {
 #[tokio::test]
 async fn serves_h2c_and_forwards_over_http1() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = gateway_to(&up).await?;
+    let gw = TestGateway::proxying(&up, "").await?;
     let response = h2c_client().get(gw.url("main", "/h2")).send().await?;
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     let echoed = json(response).await?;

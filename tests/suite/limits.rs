@@ -6,22 +6,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir_tests::{EchoUpstream, TestGateway, http1_client, json, read_response, read_until_closed};
 
-async fn limited_gateway(up: &EchoUpstream, limits: &str) -> anyhow::Result<TestGateway> {
-    TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0, limits: {limits} }}]
-upstreams: [{{ name: echo, targets: ["{}"] }}]
-routes: [{{ name: all, upstream: echo }}]
-"#,
-        up.addr
-    ))
-    .await
-}
-
 #[tokio::test]
 async fn declared_body_over_the_limit_is_a_json_413() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = limited_gateway(&up, "{ max_body_bytes: 1KiB }").await?;
+    let gw = TestGateway::proxying(&up, "{ max_body_bytes: 1KiB }").await?;
     let response = http1_client()
         .post(gw.url("main", "/"))
         .body("x".repeat(2048))
@@ -43,7 +31,7 @@ async fn declared_body_over_the_limit_is_a_json_413() -> anyhow::Result<()> {
 #[tokio::test]
 async fn chunked_body_over_the_limit_is_a_json_413() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = limited_gateway(&up, "{ max_body_bytes: 1KiB }").await?;
+    let gw = TestGateway::proxying(&up, "{ max_body_bytes: 1KiB }").await?;
     let mut stream = TcpStream::connect(gw.addr("main")).await?;
     let chunk = "a".repeat(800);
     let request = format!(
@@ -61,7 +49,7 @@ async fn chunked_body_over_the_limit_is_a_json_413() -> anyhow::Result<()> {
 #[tokio::test]
 async fn oversized_headers_are_refused_with_431() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = limited_gateway(&up, "{ max_header_bytes: 8KiB }").await?;
+    let gw = TestGateway::proxying(&up, "{ max_header_bytes: 8KiB }").await?;
     // A head that reaches the limit unfinished. hyper answers 431 once its read
     // buffer holds `max_header_bytes` without a complete head. Exactly that many
     // bytes are sent, so the server has read them all when it closes, and the
@@ -90,7 +78,8 @@ async fn oversized_headers_are_refused_with_431() -> anyhow::Result<()> {
 #[tokio::test]
 async fn slow_header_senders_are_disconnected() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = limited_gateway(&up, "{ header_read_timeout: 300ms, idle_timeout: 30s }").await?;
+    let gw =
+        TestGateway::proxying(&up, "{ header_read_timeout: 300ms, idle_timeout: 30s }").await?;
     let mut stream = TcpStream::connect(gw.addr("main")).await?;
     stream
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ")
@@ -109,7 +98,7 @@ async fn slow_header_senders_are_disconnected() -> anyhow::Result<()> {
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = limited_gateway(&up, "{ idle_timeout: 300ms }").await?;
+    let gw = TestGateway::proxying(&up, "{ idle_timeout: 300ms }").await?;
     let mut stream = TcpStream::connect(gw.addr("main")).await?;
     stream
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -127,7 +116,8 @@ async fn idle_keep_alive_connections_are_closed() -> anyhow::Result<()> {
 #[tokio::test]
 async fn idle_keep_alive_connections_outlive_the_header_read_timeout() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = limited_gateway(&up, "{ header_read_timeout: 300ms, idle_timeout: 30s }").await?;
+    let gw =
+        TestGateway::proxying(&up, "{ header_read_timeout: 300ms, idle_timeout: 30s }").await?;
     let mut stream = TcpStream::connect(gw.addr("main")).await?;
     stream
         .write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -148,7 +138,7 @@ async fn idle_keep_alive_connections_outlive_the_header_read_timeout() -> anyhow
 #[tokio::test]
 async fn a_pipelined_request_sent_in_two_parts_is_served_after_a_pause() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = limited_gateway(&up, "{ idle_timeout: 30s }").await?;
+    let gw = TestGateway::proxying(&up, "{ idle_timeout: 30s }").await?;
     let mut stream = TcpStream::connect(gw.addr("main")).await?;
     stream
         .write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\nGET /two HTTP/1.1\r\nho")
@@ -167,7 +157,8 @@ async fn a_pipelined_request_sent_in_two_parts_is_served_after_a_pause() -> anyh
 #[tokio::test]
 async fn a_slow_head_after_a_kept_alive_request_is_cut_off() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = limited_gateway(&up, "{ header_read_timeout: 300ms, idle_timeout: 30s }").await?;
+    let gw =
+        TestGateway::proxying(&up, "{ header_read_timeout: 300ms, idle_timeout: 30s }").await?;
     let mut stream = TcpStream::connect(gw.addr("main")).await?;
     stream
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -196,7 +187,7 @@ async fn a_slow_head_after_a_kept_alive_request_is_cut_off() -> anyhow::Result<(
 #[tokio::test]
 async fn connections_over_the_limit_are_closed_at_once() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = limited_gateway(&up, "{ max_connections: 2 }").await?;
+    let gw = TestGateway::proxying(&up, "{ max_connections: 2 }").await?;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(gw.addr("main")).await?;
@@ -230,7 +221,7 @@ async fn connections_over_the_limit_are_closed_at_once() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_burst_of_new_connections_is_queued_not_dropped() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = limited_gateway(&up, "{ max_connections: 10000 }").await?;
+    let gw = TestGateway::proxying(&up, "{ max_connections: 10000 }").await?;
     let addr = gw.addr("main");
     // Blocking connects on the test's only thread: the gateway cannot accept
     // meanwhile, so every handshake must wait in the kernel's listen queue.

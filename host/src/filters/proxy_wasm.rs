@@ -101,26 +101,25 @@ impl WasmRun {
 
     /// A headers callback: continue, or pause with the exchange parked in the VM.
     fn headers(&self, data: &mut Lent, callback: Callback) -> Result<Flow, FilterFailure> {
-        let action = self.callback(data, callback)?;
-        if HEADERS_CONTINUE.contains(&action) {
-            return Ok(Flow::Continue);
-        }
         let Some(lent) = data.take() else {
-            return Ok(Flow::Continue);
+            return Err(missing_data(self.stream.instance()));
         };
-        // A local reply or a reset ends the phase; the chain acts on it.
-        if lent.local_reply.is_some() || lent.closed {
-            *data = Some(lent);
-            return Ok(Flow::Continue);
-        }
         let resume = lent.resume.clone();
-        match self.stream.park(lent) {
-            Ok(()) => Ok(Flow::Pause(resume)),
-            Err((back, error)) => {
-                *data = Some(back);
-                Err(Box::new(error))
-            }
-        }
+        // A pause parks the exchange in the VM before the VM is let go (see
+        // `call_then_park_if`). A local reply or a reset ends the phase
+        // instead: the chain acts on it.
+        let pauses = |action: i32, lent: &StreamData| {
+            !HEADERS_CONTINUE.contains(&action) && lent.local_reply.is_none() && !lent.closed
+        };
+        let (back, result) = self.stream.call_then_park_if(lent, callback, pauses);
+        let parked = back.is_none();
+        *data = back;
+        result.map_err(|e| Box::new(e) as FilterFailure)?;
+        Ok(if parked {
+            Flow::Pause(resume)
+        } else {
+            Flow::Continue
+        })
     }
 
     /// A trailers callback: its action is not read (trailers end the stream).

@@ -28,7 +28,9 @@ pub(super) async fn exchange(
         Target::Respond(fixed) => return Ok(fixed_response(fixed)),
         Target::Forward(group) => group,
     };
-    prepare_upstream(&mut parts, &entry.route, conn)?;
+    // Hop-by-hop headers left on receipt; only filters can have added some since.
+    let filtered = !entry.chain.is_empty();
+    prepare_upstream(&mut parts, &entry.route, conn, filtered)?;
     let limit = conn.limits.max_body_bytes;
     let replay = group.retries() > 0 && parts.method.is_idempotent();
     let primed = if body.is_end_stream() {
@@ -77,6 +79,7 @@ fn prepare_upstream(
     parts: &mut http::request::Parts,
     route: &Route,
     conn: &Connection,
+    filtered: bool,
 ) -> Result<(), RequestError> {
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -84,7 +87,9 @@ fn prepare_upstream(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    strip_hop_by_hop(&mut parts.headers);
+    if filtered {
+        strip_hop_by_hop(&mut parts.headers);
+    }
     headers::add_forwarding(
         &mut parts.headers,
         ClientSide {

@@ -78,16 +78,24 @@ fn canonicalize_host<B>(request: &mut Request<B>) -> Result<(), TargetError> {
     if hosts.next().is_some() {
         return Err(TargetError::SeveralHosts);
     }
-    let raw = match (request.uri().authority(), header) {
-        (Some(authority), _) => authority.as_str(),
-        (None, Some(value)) => value.to_str().map_err(|_| HostError::Invalid)?,
+    let (raw, from_header) = match (request.uri().authority(), header) {
+        (Some(authority), _) => (authority.as_str(), false),
+        (None, Some(value)) => {
+            // `canonical_host` refuses every byte a host cannot hold.
+            let text = std::str::from_utf8(value.as_bytes()).map_err(|_| HostError::Invalid)?;
+            (text, true)
+        }
         (None, None) if request.version() == Version::HTTP_11 => {
             return Err(TargetError::MissingHost);
         }
         (None, None) => return Ok(()),
     };
     let canonical = normalize::canonical_host(raw)?;
-    if header.is_some_and(|h| h.as_bytes() == canonical.as_bytes()) {
+    let unchanged = match &canonical {
+        Cow::Borrowed(_) if from_header => true,
+        _ => header.is_some_and(|h| h.as_bytes() == canonical.as_bytes()),
+    };
+    if unchanged {
         return Ok(());
     }
     // Only valid host characters remain, so this cannot fail.

@@ -218,7 +218,7 @@ impl Router {
         let caseless_path = lowered.as_deref().unwrap_or(path);
         let exact = [
             index.exact.get(path),
-            index.exact_caseless.get(caseless_path),
+            index.caseless(&index.exact_caseless, caseless_path),
         ];
         if self.visit_pair(exact, &mut visit) {
             return;
@@ -228,10 +228,9 @@ impl Router {
                 if prefix.len() > index.longest_prefix {
                     continue;
                 }
-                let caseless = &caseless_path[..prefix.len()];
                 let groups = [
                     index.prefix.get(prefix),
-                    index.prefix_caseless.get(caseless),
+                    index.caseless(&index.prefix_caseless, &caseless_path[..prefix.len()]),
                 ];
                 if self.visit_pair(groups, &mut visit) {
                     return;
@@ -339,6 +338,20 @@ struct PathIndex {
 }
 
 impl PathIndex {
+    /// `map`'s group for `key`, looked up only when some pattern is
+    /// case-insensitive (each lookup hashes the path again).
+    fn caseless<'i>(
+        &self,
+        map: &'i HashMap<Box<str>, Vec<usize>, KeyHash>,
+        key: &str,
+    ) -> Option<&'i Vec<usize>> {
+        if self.has_caseless {
+            map.get(key)
+        } else {
+            None
+        }
+    }
+
     fn insert(&mut self, index: usize, path: &CompiledPath, case_sensitive: bool) {
         let key = |p: &str| -> Box<str> {
             if case_sensitive {

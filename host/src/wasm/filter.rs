@@ -357,29 +357,55 @@ impl FilterStream {
         data: Box<StreamData>,
         callback: Callback,
     ) -> (Box<StreamData>, Result<i32, FilterError>) {
+        match self.call_then_park_if(data, callback, |_, _| false) {
+            (Some(data), result) => (data, result),
+            // Never parked: `park_if` said no.
+            (None, _) => unreachable!("a stream parked without being asked to"),
+        }
+    }
+
+    /// [`FilterStream::call`], then, still holding the VM, parks the data in
+    /// it when `park_if(action, data)` says so (a headers callback that
+    /// paused). Holding the VM throughout matters: a callout answer for this
+    /// stream, delivered from another worker, must find the data parked, or
+    /// the filter's answer to it (resume, a local reply) would be lost.
+    /// Returns `None` for the data when it was parked.
+    pub fn call_then_park_if(
+        &self,
+        data: Box<StreamData>,
+        callback: Callback,
+        park_if: impl FnOnce(i32, &StreamData) -> bool,
+    ) -> (Option<Box<StreamData>>, Result<i32, FilterError>) {
         if self.failed.load(Ordering::Relaxed) {
             let reason = "an earlier callback of this stream failed".to_owned();
-            return (data, Err(self.instance.failed(reason)));
+            return (Some(data), Err(self.instance.failed(reason)));
         }
         let Some(mut slot) = self.instance.lock(self.slot) else {
-            return (data, Err(self.instance.failed("no such VM slot".into())));
+            return (
+                Some(data),
+                Err(self.instance.failed("no such VM slot".into())),
+            );
         };
         let Some(bound) = slot.vm(self.generation) else {
             let reason = slot.lost_reason(self.generation);
-            return (data, Err(self.instance.failed(reason)));
+            return (Some(data), Err(self.instance.failed(reason)));
         };
         let (data, result) = bound.vm.callback(self.context, data, callback);
         match result {
             Ok(action) => {
                 self.instance.sync_ticker(self.slot, bound);
-                (data, Ok(action))
+                if park_if(action, &data) {
+                    bound.vm.park(self.context, data);
+                    return (None, Ok(action));
+                }
+                (Some(data), Ok(action))
             }
             Err(error) => {
                 self.failed.store(true, Ordering::Relaxed);
                 let reason = describe_error(&error);
                 self.instance
                     .fail_vm(self.slot, &mut slot, self.generation, &reason);
-                (data, Err(self.instance.failed(reason)))
+                (Some(data), Err(self.instance.failed(reason)))
             }
         }
     }
