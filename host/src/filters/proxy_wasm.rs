@@ -95,7 +95,7 @@ impl WasmRun {
             return Err(missing_data(self.stream.instance()));
         };
         let (back, result) = self.stream.call(lent, callback);
-        *data = Some(back);
+        *data = back;
         result.map_err(|e| Box::new(e) as FilterFailure)
     }
 

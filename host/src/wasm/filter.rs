@@ -348,20 +348,16 @@ impl FilterStream {
         &self.instance
     }
 
-    /// Runs a callback with `data` lent to the VM; returns the data and the raw
-    /// action. The VM may be draining (it failed in another stream): the
-    /// stream still finishes on it. It fails when this stream's own callback
-    /// failed, or when its VM was dropped.
+    /// Runs a callback with `data` lent to the VM; returns the data (always
+    /// `Some`: nothing parks it) and the raw action. The VM may be draining (it
+    /// failed in another stream): the stream still finishes on it. It fails
+    /// when this stream's own callback failed, or when its VM was dropped.
     pub fn call(
         &self,
         data: Box<StreamData>,
         callback: Callback,
-    ) -> (Box<StreamData>, Result<i32, FilterError>) {
-        match self.call_then_park_if(data, callback, |_, _| false) {
-            (Some(data), result) => (data, result),
-            // Never parked: `park_if` said no.
-            (None, _) => unreachable!("a stream parked without being asked to"),
-        }
+    ) -> (Option<Box<StreamData>>, Result<i32, FilterError>) {
+        self.call_then_park_if(data, callback, |_, _| false)
     }
 
     /// [`FilterStream::call`], then, still holding the VM, parks the data in
@@ -406,23 +402,6 @@ impl FilterStream {
                 self.instance
                     .fail_vm(self.slot, &mut slot, self.generation, &reason);
                 (Some(data), Err(self.instance.failed(reason)))
-            }
-        }
-    }
-
-    /// Leaves `data` with the VM while the filter holds the stream paused.
-    pub fn park(&self, data: Box<StreamData>) -> Result<(), (Box<StreamData>, FilterError)> {
-        let Some(mut slot) = self.instance.lock(self.slot) else {
-            return Err((data, self.instance.failed("no such VM slot".into())));
-        };
-        match slot.vm(self.generation) {
-            Some(bound) => {
-                bound.vm.park(self.context, data);
-                Ok(())
-            }
-            None => {
-                let reason = slot.lost_reason(self.generation);
-                Err((data, self.instance.failed(reason)))
             }
         }
     }
