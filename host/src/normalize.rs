@@ -159,10 +159,9 @@ fn decode(path: &[u8], action: EscapedSlashes) -> Result<Vec<u8>, PathError> {
 fn remove_dot_segments(path: &[u8], merge_slashes: bool) -> String {
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut trailing_slash = false;
-    let segments = path[1..].split(|&b| b == b'/');
-    let count = path[1..].iter().filter(|&&b| b == b'/').count() + 1;
-    for (index, segment) in segments.enumerate() {
-        let last = index + 1 == count;
+    let mut segments = path[1..].split(|&b| b == b'/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
         match segment {
             b"." => trailing_slash = last,
             b".." => {

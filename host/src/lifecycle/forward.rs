@@ -81,12 +81,8 @@ fn prepare_upstream(
     conn: &Connection,
     filtered: bool,
 ) -> Result<(), RequestError> {
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The target is canonical: the authority, if any, is in `host`.
+    let original_host = parts.headers.get(header::HOST).cloned();
     if filtered {
         strip_hop_by_hop(&mut parts.headers);
     }

@@ -155,15 +155,23 @@ impl Router {
 
     /// The best route for the request, or None.
     pub fn find(&self, request: &RequestView<'_>) -> Option<RouteId> {
-        if let Some(raw) = request.host {
+        let mut found = None;
+        self.visit_host_tiers(request.host, |index| {
+            found = self.search(index, request);
+            found.is_some()
+        });
+        found
+    }
+
+    /// Hands `visit` the host tiers that apply to `host`, best first (its exact
+    /// host, its wildcard suffixes longest first, then the routes without
+    /// hosts), until it returns true.
+    fn visit_host_tiers(&self, host: Option<&str>, mut visit: impl FnMut(&PathIndex) -> bool) {
+        if let Some(raw) = host {
             let host = normalize_host(raw);
             let host = host.as_ref();
-            if let Some(found) = self
-                .exact_hosts
-                .get(host)
-                .and_then(|b| self.search(b, request))
-            {
-                return Some(found);
+            if self.exact_hosts.get(host).is_some_and(&mut visit) {
+                return;
             }
             if !self.suffix_hosts.is_empty() {
                 // Longest suffix first: cut the host at increasing positions.
@@ -173,17 +181,13 @@ impl Router {
                     if !(at_dot || self.suffix_anywhere) || cut == 0 {
                         continue;
                     }
-                    let found = self
-                        .suffix_hosts
-                        .get(&host[cut..])
-                        .and_then(|b| self.search(b, request));
-                    if found.is_some() {
-                        return found;
+                    if self.suffix_hosts.get(&host[cut..]).is_some_and(&mut visit) {
+                        return;
                     }
                 }
             }
         }
-        self.search(&self.any_host, request)
+        visit(&self.any_host);
     }
 
     /// Number of routes indexed.
@@ -283,7 +287,7 @@ impl Router {
     /// headers and query either. Walks the same index as [`Router::find`].
     pub fn allowed_methods(&self, request: &RequestView<'_>) -> Vec<Method> {
         let mut allowed: Vec<Method> = Vec::new();
-        let mut collect = |index: &PathIndex| {
+        self.visit_host_tiers(request.host, |index| {
             self.candidates(index, request.path, |group| {
                 for &i in group {
                     let matcher = &self.routes[i].matcher;
@@ -297,20 +301,8 @@ impl Router {
                 }
                 false
             });
-        };
-        if let Some(raw) = request.host {
-            let host = normalize_host(raw);
-            let host = host.as_ref();
-            if let Some(index) = self.exact_hosts.get(host) {
-                collect(index);
-            }
-            for (suffix, index) in &self.suffix_hosts {
-                if host.len() > suffix.len() && host.ends_with(suffix.as_ref()) {
-                    collect(index);
-                }
-            }
-        }
-        collect(&self.any_host);
+            false
+        });
         allowed
     }
 }
@@ -1260,6 +1252,16 @@ mod tests {
             [Method::POST, Method::GET, Method::HEAD]
         );
         let req = Req::new(None, "/nowhere").method(Method::PUT);
+        assert!(router.allowed_methods(&req.view()).is_empty());
+
+        let wildcard = RouteMatch {
+            methods: vec![Method::GET],
+            ..route(&["*.example.com"], prefix("/w"))
+        };
+        let router = super::tests::router(&[wildcard]);
+        let req = Req::new(Some("a.b.example.com"), "/w").method(Method::PUT);
+        assert_eq!(router.allowed_methods(&req.view()), [Method::GET]);
+        let req = Req::new(Some("example.com"), "/w").method(Method::PUT);
         assert!(router.allowed_methods(&req.view()).is_empty());
     }
 
