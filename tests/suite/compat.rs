@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use weir_tests::{
-    EchoUpstream, TestGateway, WAT_ABI_AND_ALLOCATOR, WAT_FILTER_BASICS, http1_client, json,
-    test_filter_wasm,
+    EchoUpstream, TestGateway, WAT_ABI_AND_ALLOCATOR, WAT_FILTER_BASICS, dead_address,
+    http1_client, json, test_filter_wasm,
 };
 
 /// A helper every WAT filter below shares (it needs the `$add` import):
@@ -429,5 +429,162 @@ async fn filters_of_one_plugin_pick_their_root_context_by_root_id() -> anyhow::R
         json!(["shared_root", "own"]),
         "the plugin's root_id is its filters' default"
     );
+    Ok(())
+}
+
+/// A gateway running three SDK test filters on route `r`: `outer` adds
+/// response header `x-order: outer`, `deny` answers 403 when the request has
+/// `x-deny` (and adds `x-order: deny`), `inner` adds `x-order: inner`. The
+/// route goes to `upstream`.
+async fn three_filter_gateway(upstream: &str) -> anyhow::Result<TestGateway> {
+    TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: up, targets: ["{upstream}"] }}]
+plugins: [{{ name: sdk, file: "{}", vms: 1 }}]
+routes:
+  - name: r
+    upstream: up
+    filters:
+      - {{ plugin: sdk, config: {{ add_response_headers: [[x-order, outer]] }} }}
+      - {{ plugin: sdk, config: {{ deny_when_header: x-deny, add_response_headers: [[x-order, deny]] }} }}
+      - {{ plugin: sdk, config: {{ add_response_headers: [[x-order, inner]] }} }}
+"#,
+        test_filter_wasm()
+    ))
+    .await
+}
+
+/// The values of response header `name`, in order.
+fn values(response: &reqwest::Response, name: &str) -> Vec<String> {
+    response
+        .headers()
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_response_goes_back_through_the_filters_in_reverse_order() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = three_filter_gateway(&up.addr.to_string()).await?;
+    let response = http1_client().get(gw.url("main", "/")).send().await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        values(&response, "x-order"),
+        ["inner", "deny", "outer"],
+        "Envoy's encoder filters run in reverse order"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn response_callbacks_run_on_a_local_reply_for_the_filters_the_request_reached()
+-> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = three_filter_gateway(&up.addr.to_string()).await?;
+    let response = http1_client()
+        .get(gw.url("main", "/"))
+        .header("x-deny", "1")
+        .send()
+        .await?;
+    assert_eq!(response.status(), 403);
+    assert_eq!(values(&response, "x-denied-by"), ["test-filter"]);
+    assert_eq!(
+        values(&response, "x-order"),
+        ["deny", "outer"],
+        "the replying filter and the one before it see the reply; the one after never saw the request"
+    );
+    assert_eq!(response.text().await?, "denied by filter");
+    assert_eq!(up.hits(), 0, "a local reply never reaches the upstream");
+    Ok(())
+}
+
+#[tokio::test]
+async fn response_callbacks_run_on_weirs_own_error_when_the_upstream_is_down() -> anyhow::Result<()>
+{
+    let gw = three_filter_gateway(&dead_address().await?.to_string()).await?;
+    let response = http1_client().get(gw.url("main", "/")).send().await?;
+    assert_eq!(response.status(), 502);
+    assert_eq!(values(&response, "x-order"), ["inner", "deny", "outer"]);
+    assert_eq!(values(&response, "content-type"), ["application/json"]);
+    let body = json(response).await?;
+    assert_eq!(body["error"]["code"], "upstream_unavailable");
+    Ok(())
+}
+
+/// Answers every request locally with `hello` and no headers.
+fn plain_reply_wat() -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hello")
+{WAT_FILTER_BASICS}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $reply (i32.const 200) (i32.const 0) (i32.const 0) (i32.const 16) (i32.const 5)
+      (i32.const 0) (i32.const 0) (i32.const -1)))
+    (i32.const 1)))
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_local_reply_with_a_body_and_no_content_type_is_text_plain() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let yaml = format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+plugins: [{{ name: hello, file: hello.wat, vms: 1 }}]
+routes: [{{ name: r, upstream: echo, filters: [{{ plugin: hello }}] }}]
+"#,
+        up.addr
+    );
+    let gw = gateway_with_files(&yaml, &[("hello.wat", &plain_reply_wat())]).await?;
+    let response = http1_client().get(gw.url("main", "/")).send().await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(values(&response, "content-type"), ["text/plain"]);
+    assert_eq!(values(&response, "content-length"), ["5"]);
+    assert_eq!(response.text().await?, "hello");
+    Ok(())
+}
+
+#[tokio::test]
+async fn filters_see_the_host_as_authority_only_and_x_forwarded_host_keeps_the_clients()
+-> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+plugins: [{{ name: sdk, file: "{}", vms: 1 }}]
+routes:
+  - name: r
+    upstream: echo
+    filters:
+      - plugin: sdk
+        config:
+          copy_request_header: [host, x-host-seen]
+          replace_request_headers: [[":authority", "internal.example"]]
+"#,
+        up.addr,
+        test_filter_wasm()
+    ))
+    .await?;
+    let response = http1_client()
+        .get(gw.url("main", "/"))
+        .header("host", "shop.example.com")
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let headers = json(response).await?["headers"].clone();
+    assert_eq!(
+        headers["x-host-seen"],
+        json!(["<absent>"]),
+        "over HTTP/1 as over HTTP/2 the map has :authority and no host"
+    );
+    assert_eq!(headers["host"], json!(["internal.example"]));
+    assert_eq!(headers["x-forwarded-host"], json!(["shop.example.com"]));
     Ok(())
 }

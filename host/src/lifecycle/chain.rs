@@ -1,6 +1,12 @@
 //! A route's filter chain and one request's pass through it: phases in
 //! Envoy's order, pause and resume, body buffering, fail open or closed.
 //!
+//! The request goes through the filters in their order, the response back
+//! through them in reverse (Envoy's decoder and encoder order), and only
+//! through the filters the request reached: a filter that answered locally or
+//! paused past its limit sees the answer, the filters after it never saw the
+//! request and see nothing.
+//!
 //! Knows filters only through the [`HttpFilter`] trait: no wasmtime, no hyper.
 
 use std::sync::{Arc, Mutex};
@@ -112,10 +118,10 @@ pub enum Step {
     Continue,
     /// A filter answered locally.
     Reply(LocalReply),
-    /// Filter `filter` paused; await `resume`, then call [`Run::unpause`].
+    /// The filter at `position` paused; await `resume`, then call [`Run::unpause`].
     Paused {
-        /// Index of the pausing filter.
-        filter: usize,
+        /// Where the pausing filter is in the direction's order.
+        position: usize,
         /// Woken by the filter.
         resume: Arc<Resume>,
     },
@@ -153,6 +159,7 @@ impl Chain {
             data: Some(Box::new(StreamData::new(info, request))),
             request_body: BodyState::default(),
             response_body: BodyState::default(),
+            reached: 0,
             finished: false,
         };
         for filter in self.filters.iter() {
@@ -174,7 +181,7 @@ impl Chain {
 /// Per-direction body buffering state.
 #[derive(Debug, Default)]
 struct BodyState {
-    /// The filter holding the buffer, if one is.
+    /// The position of the filter holding the buffer, if one is.
     paused_at: Option<usize>,
     pending: BytesMut,
 }
@@ -194,6 +201,8 @@ pub struct Run {
     data: Lent,
     request_body: BodyState,
     response_body: BodyState,
+    /// How many filters, from the first, the request headers phase reached.
+    reached: usize,
     finished: bool,
 }
 
@@ -213,6 +222,27 @@ impl Run {
         if let Some(data) = self.data.as_mut() {
             data.response = Some(head);
         }
+    }
+
+    /// How many filters the phases of `direction` go through.
+    fn span(&self, direction: Direction) -> usize {
+        match direction {
+            Direction::Request => self.runs.len(),
+            Direction::Response => self.reached,
+        }
+    }
+
+    /// The index of the filter at `position` in the order of `direction`.
+    fn at(&self, direction: Direction, position: usize) -> usize {
+        match direction {
+            Direction::Request => position,
+            Direction::Response => self.reached.saturating_sub(position + 1),
+        }
+    }
+
+    /// The name of the filter at `position` in the order of `direction`.
+    fn name_at(&self, direction: Direction, position: usize) -> String {
+        self.name(self.at(direction, position))
     }
 
     fn name(&self, i: usize) -> String {
@@ -278,14 +308,18 @@ impl Run {
         Ok(None)
     }
 
-    /// Runs the headers phase of `direction` from filter `from` on.
+    /// Runs the headers phase of `direction` from position `from` on.
     pub fn headers(
         &mut self,
         direction: Direction,
         end_of_stream: bool,
         from: usize,
     ) -> Result<Step, ChainError> {
-        for i in from..self.runs.len() {
+        for position in from..self.span(direction) {
+            let i = self.at(direction, position);
+            if direction == Direction::Request {
+                self.reached = self.reached.max(i + 1);
+            }
             let Some(data) = self.data.as_mut() else {
                 break;
             };
@@ -299,14 +333,20 @@ impl Run {
                 return Ok(Step::Reply(reply));
             }
             if let Some(Flow::Pause(resume)) = flow {
-                return Ok(Step::Paused { filter: i, resume });
+                return Ok(Step::Paused { position, resume });
             }
         }
         Ok(Step::Continue)
     }
 
-    /// Takes the exchange back from paused filter `i`; a local reply it set while paused is returned.
-    pub fn unpause(&mut self, i: usize) -> Result<Option<LocalReply>, ChainError> {
+    /// Takes the exchange back from the filter paused at `position`; a local
+    /// reply it set while paused is returned.
+    pub fn unpause(
+        &mut self,
+        direction: Direction,
+        position: usize,
+    ) -> Result<Option<LocalReply>, ChainError> {
+        let i = self.at(direction, position);
         let Some(Some(run)) = self.runs.get_mut(i) else {
             return Ok(None);
         };
@@ -343,7 +383,8 @@ impl Run {
             Direction::Request => Phase::RequestBody,
             Direction::Response => Phase::ResponseBody,
         };
-        for i in start..self.runs.len() {
+        for position in start..self.span(direction) {
+            let i = self.at(direction, position);
             let Some(data) = self.data.as_mut() else {
                 break;
             };
@@ -366,7 +407,7 @@ impl Run {
                     });
                 }
                 let state = self.body_state(direction);
-                state.paused_at = Some(i);
+                state.paused_at = Some(position);
                 state.pending = buffer;
                 return Ok(BodyStep::Buffering);
             }
@@ -394,7 +435,8 @@ impl Run {
             }
         }
         let mut reply = None;
-        for i in 0..self.runs.len() {
+        for position in 0..self.span(direction) {
+            let i = self.at(direction, position);
             let Some(data) = self.data.as_mut() else {
                 break;
             };
@@ -464,22 +506,22 @@ pub async fn headers(
         match step {
             Step::Continue => return Ok(None),
             Step::Reply(reply) => return Ok(Some(reply)),
-            Step::Paused { filter, resume } => {
+            Step::Paused { position, resume } => {
                 let woke = tokio::time::timeout(pause_limit, resume.wait())
                     .await
                     .is_ok();
                 let mut guard = lock(run);
-                let reply = guard.unpause(filter)?;
+                let reply = guard.unpause(direction, position)?;
                 if reply.is_some() {
                     return Ok(reply);
                 }
                 if !woke {
                     return Err(ChainError::PauseTimeout {
-                        plugin: guard.name(filter),
+                        plugin: guard.name_at(direction, position),
                         timeout: pause_limit,
                     });
                 }
-                from = filter + 1;
+                from = position + 1;
             }
         }
     }
@@ -673,10 +715,40 @@ mod tests {
             [
                 "a:request_headers",
                 "b:request_headers",
-                "a:response_headers",
                 "b:response_headers",
+                "a:response_headers",
                 "a:finish",
                 "b:finish"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_answer_to_a_local_reply_goes_back_through_the_filters_the_request_reached() {
+        let (chain, log) = chain(&[
+            ("first", Act::AddHeader, FailMode::Closed),
+            ("deny", Act::Reply, FailMode::Closed),
+            ("never", Act::AddHeader, FailMode::Closed),
+        ]);
+        let run = shared(chain.start(info(), RequestHead::default()).expect("start"));
+        let reply = headers(&run, Direction::Request, true, LIMIT).await;
+        assert!(matches!(reply, Ok(Some(_))));
+        lock(&run).set_response(ResponseHead::default());
+        assert!(matches!(
+            headers(&run, Direction::Response, true, LIMIT).await,
+            Ok(None)
+        ));
+        drop(run);
+        assert_eq!(
+            journal(&log),
+            [
+                "first:request_headers",
+                "deny:request_headers",
+                "deny:response_headers",
+                "first:response_headers",
+                "first:finish",
+                "deny:finish",
+                "never:finish"
             ]
         );
     }

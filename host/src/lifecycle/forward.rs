@@ -17,12 +17,14 @@ use crate::config::model::{FixedResponse, Route};
 use crate::upstream::OutgoingBody;
 
 /// Sends the request where its route goes and returns the response with
-/// hop-by-hop headers removed and `via` added.
+/// hop-by-hop headers removed and `via` added. `client_host` is the host the
+/// client asked for (`x-forwarded-host`), whatever filters made of it.
 pub(super) async fn exchange(
     entry: &RouteEntry,
     mut parts: http::request::Parts,
     body: Body,
     conn: &Connection,
+    client_host: Option<HeaderValue>,
 ) -> Result<Response<Body>, RequestError> {
     let group = match &entry.target {
         Target::Respond(fixed) => return Ok(fixed_response(fixed)),
@@ -30,7 +32,7 @@ pub(super) async fn exchange(
     };
     // Hop-by-hop headers left on receipt; only filters can have added some since.
     let filtered = !entry.chain.is_empty();
-    prepare_upstream(&mut parts, &entry.route, conn, filtered)?;
+    prepare_upstream(&mut parts, &entry.route, conn, client_host, filtered)?;
     let limit = conn.limits.max_body_bytes;
     let replay = group.retries() > 0 && parts.method.is_idempotent();
     let primed = if body.is_end_stream() {
@@ -79,10 +81,9 @@ fn prepare_upstream(
     parts: &mut http::request::Parts,
     route: &Route,
     conn: &Connection,
+    client_host: Option<HeaderValue>,
     filtered: bool,
 ) -> Result<(), RequestError> {
-    // The target is canonical: the authority, if any, is in `host`.
-    let original_host = parts.headers.get(header::HOST).cloned();
     if filtered {
         strip_hop_by_hop(&mut parts.headers);
     }
@@ -91,14 +92,14 @@ fn prepare_upstream(
         ClientSide {
             ip: &conn.client_ip,
             scheme: if conn.tls { "https" } else { "http" },
-            host: original_host.as_ref(),
+            host: client_host.as_ref(),
         },
     );
-    let host = match &route.rewrite.host {
-        Some(h) => HeaderValue::from_str(h).ok(),
-        None => original_host,
-    };
-    if let Some(host) = host {
+    // The target is canonical: the authority, if any, is in `Host` (as the
+    // filters left it); a route's host rewrite has the last word.
+    if let Some(host) = route.rewrite.host.as_deref()
+        && let Ok(host) = HeaderValue::from_str(host)
+    {
         parts.headers.insert(header::HOST, host);
     }
     parts.uri = forwarded_uri(&parts.uri, route)?;

@@ -105,17 +105,7 @@ impl Proxy {
         let snapshot = self.snapshot.load_full();
         let (route, mut response) = match serve(&snapshot, request, conn, &request_id).await {
             Ok((route, response)) => (Some(route), response),
-            Err((route, error)) => {
-                tracing::warn!(
-                    request_id = %request_id::text(&request_id),
-                    route = route.map_or("-", |r| r.route.name.as_str()),
-                    code = error.code(),
-                    fault = ?error.fault(),
-                    %error,
-                    "request failed"
-                );
-                (route, respond_error::respond(&error, &request_id))
-            }
+            Err((route, error)) => (route, failed(route, &error, &request_id)),
         };
         response
             .headers_mut()
@@ -134,6 +124,23 @@ impl Proxy {
         }
         response
     }
+}
+
+/// Logs a request's failure and answers it with Weir's JSON error.
+fn failed(
+    route: Option<&RouteEntry>,
+    error: &RequestError,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    tracing::warn!(
+        request_id = %request_id::text(request_id),
+        route = route.map_or("-", |r| r.route.name.as_str()),
+        code = error.code(),
+        fault = ?error.fault(),
+        %error,
+        "request failed"
+    );
+    respond_error::respond(error, request_id)
 }
 
 /// A request's failure, with the route it had matched (if any).

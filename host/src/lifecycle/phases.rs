@@ -28,6 +28,12 @@ use crate::exchange::{LocalReply, RequestHead, ResponseHead, StreamInfo};
 const DEFAULT_PAUSE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs a routed request to its response.
+///
+/// Once the filters have started, every answer goes back through their
+/// response phases, as in Envoy: the upstream's, a filter's local reply, and
+/// Weir's own error (upstream down, a filter failing closed), so filters can
+/// add their headers (CORS, tracing) to every answer. An error in the
+/// response phases themselves is answered directly.
 pub(super) async fn run(
     entry: &RouteEntry,
     request: Request<Incoming>,
@@ -40,13 +46,16 @@ pub(super) async fn run(
     }
     if entry.chain.is_empty() {
         let (parts, incoming) = request.into_parts();
-        return forward::exchange(entry, parts, body::limited(incoming, limit), conn).await;
+        let client_host = parts.headers.get(header::HOST).cloned();
+        let body = body::limited(incoming, limit);
+        return forward::exchange(entry, parts, body, conn, client_host).await;
     }
     let (mut parts, incoming) = request.into_parts();
+    // Filters see the host as `:authority` only; it goes back into `Host` on the way out.
+    let client_host = parts.headers.remove(header::HOST);
     let info = Arc::new(stream_info(entry, &parts, conn, request_id));
-    let run: SharedRun = Arc::new(Mutex::new(
-        entry.chain.start(info, request_head(&mut parts, conn))?,
-    ));
+    let head = request_head(&mut parts, conn, client_host.as_ref());
+    let run: SharedRun = Arc::new(Mutex::new(entry.chain.start(info, head)?));
     let pause_limit = entry
         .route
         .timeout
@@ -56,11 +65,20 @@ pub(super) async fn run(
         })
         .unwrap_or(DEFAULT_PAUSE_LIMIT);
 
-    let outgoing = match request_phases(&run, &mut parts, incoming, limit, pause_limit).await? {
-        Ok(body) => body,
-        Err(reply) => return Ok(local_response(reply)),
+    let phases = request_phases(
+        &run,
+        &mut parts,
+        incoming,
+        client_host.as_ref(),
+        limit,
+        pause_limit,
+    );
+    let answer = match phases.await {
+        Ok(Ok(body)) => forward::exchange(entry, parts, body, conn, client_host).await,
+        Ok(Err(reply)) => Ok(local_response(reply)),
+        Err(error) => Err(error),
     };
-    let response = forward::exchange(entry, parts, outgoing, conn).await?;
+    let response = answer.unwrap_or_else(|error| super::failed(Some(entry), &error, request_id));
     response_phases(&run, response, limit, pause_limit).await
 }
 
@@ -69,6 +87,7 @@ async fn request_phases(
     run: &SharedRun,
     parts: &mut http::request::Parts,
     incoming: Incoming,
+    client_host: Option<&HeaderValue>,
     limit: u64,
     pause_limit: Duration,
 ) -> Result<Result<Body, LocalReply>, RequestError> {
@@ -77,7 +96,7 @@ async fn request_phases(
     {
         return Ok(Err(reply));
     }
-    apply_request_head(run, parts)?;
+    apply_request_head(run, parts, client_host)?;
     let body = body::limited(incoming, limit);
     let outgoing = if end_of_stream {
         body::empty()
@@ -184,20 +203,18 @@ fn protocol(version: http::Version) -> &'static str {
 }
 
 /// The request head as filters see it (the headers move into it; what the
-/// filters make of them is copied back by `apply_request_head`).
-fn request_head(parts: &mut http::request::Parts, conn: &Connection) -> RequestHead {
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+/// filters make of them is copied back by `apply_request_head`). The host is
+/// its `:authority`, as in Envoy: the header map has no `host`.
+fn request_head(
+    parts: &mut http::request::Parts,
+    conn: &Connection,
+    host: Option<&HeaderValue>,
+) -> RequestHead {
+    // The target is canonical: the authority, if any, was in `Host`.
+    let authority = host
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     RequestHead {
         method: parts.method.as_str().to_owned(),
         path: parts
@@ -214,6 +231,7 @@ fn request_head(parts: &mut http::request::Parts, conn: &Connection) -> RequestH
 fn apply_request_head(
     run: &SharedRun,
     parts: &mut http::request::Parts,
+    client_host: Option<&HeaderValue>,
 ) -> Result<(), RequestError> {
     let guard = chain::lock(run);
     let Some(data) = guard.data() else {
@@ -232,14 +250,13 @@ fn apply_request_head(
         parts.uri = http::Uri::try_from(head.path.as_str()).map_err(|_| bad(":path"))?;
     }
     parts.headers = head.headers.clone();
-    let host_unchanged = parts
-        .headers
-        .get(header::HOST)
-        .is_some_and(|h| h.as_bytes() == head.authority.as_bytes());
-    if !head.authority.is_empty() && !host_unchanged {
-        let host = HeaderValue::from_str(&head.authority).map_err(|_| bad(":authority"))?;
-        parts.headers.insert(header::HOST, host);
-    }
+    // `:authority` goes back into `Host` (the client's value when unchanged).
+    let host = match client_host {
+        Some(host) if host.as_bytes() == head.authority.as_bytes() => host.clone(),
+        _ if head.authority.is_empty() => return Ok(()),
+        _ => HeaderValue::from_str(&head.authority).map_err(|_| bad(":authority"))?,
+    };
+    parts.headers.insert(header::HOST, host);
     Ok(())
 }
 
@@ -263,17 +280,23 @@ fn set_content_length(headers: &mut HeaderMap, len: usize) {
     }
 }
 
-/// A filter's local reply as a response.
+/// A filter's local reply as a response, with the `content-type` Envoy gives
+/// one that has a body and names none.
 fn local_response(reply: LocalReply) -> Response<Body> {
+    let has_body = !reply.body.is_empty();
     let mut response = Response::new(body::full(reply.body));
     *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::FORBIDDEN);
+    let headers = response.headers_mut();
     for (name, value) in reply.headers {
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_bytes(&value),
         ) {
-            response.headers_mut().append(n, v);
+            headers.append(n, v);
         }
+    }
+    if has_body && !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
     response
 }
