@@ -16,6 +16,8 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use tokio::sync::Notify;
 
+use crate::config::model::Metadata;
+
 /// Facts about a request that do not change while it runs (properties read them).
 #[derive(Debug, Clone)]
 pub struct StreamInfo {
@@ -37,6 +39,10 @@ pub struct StreamInfo {
     pub protocol: &'static str,
     /// When the request started (ns since the Unix epoch).
     pub start_unix_nanos: u64,
+    /// The route's metadata (`route_metadata`).
+    pub route_metadata: Metadata,
+    /// The upstream's metadata (`cluster_metadata`), when the route forwards.
+    pub cluster_metadata: Option<Metadata>,
 }
 
 /// A request head with the pseudo-headers Proxy-Wasm exposes.

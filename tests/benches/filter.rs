@@ -42,6 +42,8 @@ fn info() -> Arc<StreamInfo> {
         sni: None,
         protocol: "HTTP/1.1",
         start_unix_nanos: 0,
+        route_metadata: Default::default(),
+        cluster_metadata: None,
     })
 }
 

@@ -588,3 +588,129 @@ routes:
     assert_eq!(headers["x-forwarded-host"], json!(["shop.example.com"]));
     Ok(())
 }
+
+#[tokio::test]
+async fn route_and_upstream_metadata_xds_names_and_filter_state_read_as_in_envoy()
+-> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams:
+  - name: echo
+    targets: ["{}"]
+    metadata: {{ weir: {{ tier: gold, weight: 5, zones: [a, b] }} }}
+plugins: [{{ name: sdk, file: "{}", vms: 1 }}]
+routes:
+  - name: checkout
+    upstream: echo
+    metadata: {{ weir: {{ team: payments, canary: true }} }}
+    filters:
+      - plugin: sdk
+        config:
+          set_properties:
+            - [[my_state], from-first]
+            - [[metadata, filter_metadata, envoy.filters.http.lua, who], first]
+            - [[source, address], "203.0.113.9:1"]
+      - plugin: sdk
+        config:
+          properties_to_request_headers:
+            - route_metadata.filter_metadata.weir.team
+            - route_metadata.filter_metadata.weir.canary
+            - xds.route_metadata.filter_metadata.weir.team
+            - cluster_metadata.filter_metadata.weir.tier
+            - cluster_metadata.filter_metadata.weir.weight
+            - cluster_metadata.filter_metadata.weir.zones
+            - cluster_metadata.filter_metadata.weir.zones.1
+            - route_metadata.filter_metadata.weir.missing
+            - xds.route_name
+            - xds.cluster_name
+            - my_state
+            - source.address
+"#,
+        up.addr,
+        test_filter_wasm()
+    ))
+    .await?;
+    let headers = echoed_headers(&gw).await?;
+    let prop = |path: &str| headers[format!("x-prop-{path}")].clone();
+    assert_eq!(
+        prop("route_metadata.filter_metadata.weir.team"),
+        json!(["payments"])
+    );
+    assert_eq!(
+        prop("route_metadata.filter_metadata.weir.canary"),
+        json!(["hex:01"]),
+        "a boolean is one byte"
+    );
+    assert_eq!(
+        prop("xds.route_metadata.filter_metadata.weir.team"),
+        json!(["payments"])
+    );
+    assert_eq!(
+        prop("cluster_metadata.filter_metadata.weir.tier"),
+        json!(["gold"])
+    );
+    assert_eq!(
+        prop("cluster_metadata.filter_metadata.weir.weight"),
+        json!([format!(
+            "hex:{}",
+            5.0f64
+                .to_le_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )]),
+        "a number is an 8-byte little-endian double"
+    );
+    assert_eq!(
+        prop("cluster_metadata.filter_metadata.weir.zones"),
+        json!([r#"["a","b"]"#])
+    );
+    assert_eq!(
+        prop("cluster_metadata.filter_metadata.weir.zones.1"),
+        json!(["b"])
+    );
+    assert_eq!(
+        prop("route_metadata.filter_metadata.weir.missing"),
+        json!(["<none>"])
+    );
+    assert_eq!(prop("xds.route_name"), json!(["checkout"]));
+    assert_eq!(prop("xds.cluster_name"), json!(["echo"]));
+    assert_eq!(
+        prop("my_state"),
+        json!(["from-first"]),
+        "filter state reaches later filters"
+    );
+    assert!(
+        prop("source.address")[0]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "a filter cannot forge an attribute for later filters: {}",
+        prop("source.address")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn metadata_that_is_not_a_mapping_of_namespaces_is_rejected_with_its_line()
+-> anyhow::Result<()> {
+    let yaml = r#"apiVersion: weir/v1
+listeners: [{ name: main, address: 127.0.0.1:0 }]
+routes:
+  - name: r
+    respond: { status: 200 }
+    metadata:
+      weir: just-a-string
+"#;
+    let error = TestGateway::from_yaml(yaml)
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(
+        error.contains("7:13") && error.contains("metadata namespace `weir` must be a mapping"),
+        "{error}"
+    );
+    Ok(())
+}

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -144,7 +145,18 @@ pub struct Upstream {
     pub timeouts: UpstreamTimeouts,
     /// Extra attempts for idempotent requests whose connection failed.
     pub retries: u32,
+    /// What filters read as `cluster_metadata`.
+    pub metadata: Metadata,
 }
+
+/// Metadata a route or an upstream carries for its filters to read (the
+/// `route_metadata` and `cluster_metadata` properties): namespace → keys →
+/// any value, as in Envoy's `filter_metadata`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metadata(pub Arc<serde_json::Map<String, serde_json::Value>>);
+
+// JSON numbers are never NaN, so equality is total.
+impl Eq for Metadata {}
 
 /// One upstream server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +214,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// The route's own filters, in order (after the global ones).
     pub filters: Vec<FilterRef>,
+    /// What filters read as `route_metadata`.
+    pub metadata: Metadata,
 }
 
 /// A Wasm plugin: a module and the sandbox its VMs run in.

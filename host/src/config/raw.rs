@@ -16,8 +16,8 @@ use regex::Regex;
 
 use super::decode::{ByteSize, Decode, Diagnostics, Fields, HumanDuration, Located, mismatch};
 use super::model::{
-    EscapedSlashes, FixedResponse, HeaderMatch, HostMatch, LbPolicy, ListenerLimits, PathMatch,
-    PathOptions, PathRewrite, QueryMatch, RouteMatch, UpstreamTimeouts, ValueMatch,
+    EscapedSlashes, FixedResponse, HeaderMatch, HostMatch, LbPolicy, ListenerLimits, Metadata,
+    PathMatch, PathOptions, PathRewrite, QueryMatch, RouteMatch, UpstreamTimeouts, ValueMatch,
 };
 use super::node::{Location, Node, Value};
 
@@ -277,6 +277,7 @@ pub struct RawUpstream {
     pub lb: LbPolicy,
     pub timeouts: UpstreamTimeouts,
     pub retries: u32,
+    pub metadata: Metadata,
 }
 
 impl Decode for RawUpstream {
@@ -297,6 +298,7 @@ impl Decode for RawUpstream {
             lb: f.or("lb", LbPolicy::RoundRobin, diags),
             timeouts: f.or("timeouts", UpstreamTimeouts::default(), diags),
             retries: f.within("retries", RETRIES, 0, diags),
+            metadata: f.or("metadata", Metadata::default(), diags),
         };
         f.finish(diags);
         Some(Self {
@@ -445,6 +447,7 @@ pub struct RawRoute {
     pub rewrite: RawRewrite,
     pub timeout: Option<HumanDuration>,
     pub filters: Vec<RawFilter>,
+    pub metadata: Metadata,
 }
 
 impl Decode for RawRoute {
@@ -465,12 +468,40 @@ impl Decode for RawRoute {
             rewrite: f.or("rewrite", RawRewrite::default(), diags),
             timeout: f.bounded("timeout", TIMEOUT, diags),
             filters: f.or("filters", Vec::new(), diags),
+            metadata: f.or("metadata", Metadata::default(), diags),
         };
         f.finish(diags);
         Some(Self {
             name: name?,
             ..route
         })
+    }
+}
+
+/// `metadata`: a mapping of namespaces, each a mapping of keys to any value.
+impl Decode for Metadata {
+    fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
+        let Value::Map(namespaces) = &node.value else {
+            return mismatch(node, "a mapping of namespaces", diags);
+        };
+        let mut metadata = serde_json::Map::new();
+        let mut valid = true;
+        for (namespace, keys) in namespaces {
+            if !matches!(keys.value, Value::Map(_)) {
+                diags.error(
+                    keys.location,
+                    format!(
+                        "metadata namespace `{}` must be a mapping of keys to values, found {}",
+                        namespace.scalar_text(),
+                        keys.value.kind()
+                    ),
+                );
+                valid = false;
+                continue;
+            }
+            metadata.insert(namespace.scalar_text(), keys.to_json());
+        }
+        valid.then(|| Metadata(std::sync::Arc::new(metadata)))
     }
 }
 

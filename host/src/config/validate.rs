@@ -182,6 +182,7 @@ fn upstream(raw: RawUpstream) -> Option<Upstream> {
         lb: raw.lb,
         timeouts: raw.timeouts,
         retries: raw.retries,
+        metadata: raw.metadata,
     })
 }
 
@@ -341,5 +342,6 @@ fn route(
         },
         timeout: raw.timeout.map(|d| d.0),
         filters: route_filters,
+        metadata: raw.metadata,
     })
 }

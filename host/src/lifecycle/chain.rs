@@ -678,6 +678,8 @@ mod tests {
             sni: None,
             protocol: "HTTP/1.1",
             start_unix_nanos: 0,
+            route_metadata: Default::default(),
+            cluster_metadata: None,
         })
     }
 

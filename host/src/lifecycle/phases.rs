@@ -184,6 +184,11 @@ fn stream_info(
             Target::Forward(group) => Some(group.name().to_owned()),
             Target::Respond(_) => None,
         },
+        route_metadata: entry.route.metadata.clone(),
+        cluster_metadata: match &entry.target {
+            Target::Forward(group) => Some(group.config().metadata.clone()),
+            Target::Respond(_) => None,
+        },
         request_id: crate::request_id::text(request_id).to_owned(),
         source: conn.remote,
         destination: conn.local,

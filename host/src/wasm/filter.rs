@@ -485,6 +485,8 @@ mod tests {
             sni: None,
             protocol: "HTTP/1.1",
             start_unix_nanos: 0,
+            route_metadata: Default::default(),
+            cluster_metadata: None,
         };
         Box::new(StreamData::new(Arc::new(info), RequestHead::default()))
     }

@@ -42,6 +42,10 @@ struct Config {
     properties_to_request_headers: Vec<String>,
     /// Set `:path` to this.
     set_path: Option<String>,
+    /// Write these properties (path segments, value) with `proxy_set_property`
+    /// before reading any, reporting each status in `x-set-<first segment>`
+    /// when it is not OK.
+    set_properties: Vec<(Vec<String>, String)>,
     /// Record every callback in the `x-callbacks` response header.
     trace_callbacks: bool,
     /// Log every callback of the stream in `on_log`.
@@ -276,6 +280,13 @@ impl HttpContext for Http {
         if let Some(name) = &config.config_to_request_header {
             self.set_http_request_header(name, Some(&self.raw_config));
         }
+        for (path, value) in &config.set_properties {
+            let segments: Vec<&str> = path.iter().map(String::as_str).collect();
+            if let Err(status) = proxy_wasm::hostcalls::set_property(segments, Some(value.as_bytes())) {
+                let name = format!("x-set-{}", path.first().map_or("", String::as_str));
+                self.set_http_request_header(&name, Some(&format!("{status:?}")));
+            }
+        }
         for path in &config.properties_to_request_headers {
             let segments: Vec<&str> = path.split('.').collect();
             let value = match self.get_property(segments) {
@@ -476,7 +487,17 @@ fn property_text(path: &str, bytes: &[u8]) -> String {
     let numeric = path.ends_with(".port") || path == "plugin_root_id_number";
     match (numeric, <[u8; 8]>::try_from(bytes)) {
         (true, Ok(le)) => u64::from_le_bytes(le).to_string(),
-        _ => String::from_utf8_lossy(bytes).into_owned(),
+        _ => match std::str::from_utf8(bytes) {
+            Ok(text) if !text.chars().any(char::is_control) => text.to_owned(),
+            // Binary values (a double, a boolean) as hex, so they fit a header.
+            _ => bytes.iter().map(|b| format!("{b:02x}")).fold(
+                String::from("hex:"),
+                |mut out, byte| {
+                    out.push_str(&byte);
+                    out
+                },
+            ),
+        },
     }
 }
 
