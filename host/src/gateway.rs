@@ -15,7 +15,7 @@ use crate::config::Manifest;
 use crate::config::model::Listener;
 use crate::lifecycle::{Chain, Proxy};
 use crate::services::{RedisService, RedisServices, Services};
-use crate::snapshot::{self, BuildError, MissingGroup};
+use crate::snapshot::{self, BuildError, MissingGroup, Started};
 use crate::upstream::{self, Directory, InvalidTarget, UpstreamCaller};
 use crate::wasm::{LoadError, Runtime};
 
@@ -61,14 +61,26 @@ pub fn build_chains(
     options: &Options,
     services: &Arc<Services>,
 ) -> Result<Vec<Chain>, StartError> {
+    build_chains_over(manifest, options, services, &Started::default()).map(|(chains, _)| chains)
+}
+
+/// [`build_chains`], taking over the filters of `running` that did not change.
+fn build_chains_over(
+    manifest: &Manifest,
+    options: &Options,
+    services: &Arc<Services>,
+    running: &Started,
+) -> Result<(Vec<Chain>, Started), StartError> {
     if manifest.plugins.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Started::default()));
     }
     let runtime = Runtime::shared(options.cache_dir.clone())?;
     let vms = options.vms.unwrap_or_else(|| options.worker_count());
-    snapshot::chains(manifest, &runtime, vms, services).map_err(|errors| StartError::Plugins {
-        manifest: manifest.source.clone(),
-        errors,
+    snapshot::chains(manifest, &runtime, vms, services, running).map_err(|errors| {
+        StartError::Plugins {
+            manifest: manifest.source.clone(),
+            errors,
+        }
     })
 }
 use crate::server::{self, tls::TlsError, workers::WorkerError};
@@ -128,8 +140,14 @@ struct Owned {
     directory: Arc<Directory>,
     /// The listeners as configured (bound at start; a reload may not change them).
     listeners: Vec<Listener>,
-    /// The generation the last built snapshot got.
-    generation: std::sync::Mutex<u64>,
+    /// The last build that was swapped in (held while the next one builds).
+    build: std::sync::Mutex<Build>,
+}
+
+/// The running build: its generation and the filters it started.
+struct Build {
+    generation: u64,
+    started: Started,
 }
 
 /// A serving gateway: its workers, and what stops them.
@@ -170,7 +188,8 @@ impl Gateway {
             .filter_map(|p| Some((p.name.clone(), p.shared_data_tier.clone()?)));
         let services = Services::new(Arc::new(UpstreamCaller::new(directory.clone())), redis)
             .with_tiers(tiers);
-        let chains = build_chains(&manifest, options, &services)?;
+        let (chains, started) =
+            build_chains_over(&manifest, options, &services, &Started::default())?;
         let snapshot = snapshot::assemble(&manifest, 1, chains, &groups)?;
         let runtimes = server::workers::Runtimes::build(options.worker_count())?;
         let mut listeners: Vec<Vec<server::Listener>> =
@@ -222,7 +241,10 @@ impl Gateway {
             services,
             directory,
             listeners: manifest.listeners.clone(),
-            generation: std::sync::Mutex::new(1),
+            build: std::sync::Mutex::new(Build {
+                generation: 1,
+                started,
+            }),
         };
         Ok(Self {
             proxy,
@@ -256,22 +278,32 @@ impl Gateway {
             return Err(StartError::ListenersChanged);
         }
         // One build at a time, so generations follow the order of swaps.
-        let mut generation = self
+        let mut build = self
             .owned
-            .generation
+            .build
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let groups = Arc::new(upstream::build_groups(
             &manifest.upstreams,
             &self.owned.directory.current(),
         )?);
-        let chains = build_chains(manifest, &self.owned.options, &self.owned.services)?;
-        let snapshot = snapshot::assemble(manifest, *generation + 1, chains, &groups)?;
-        *generation += 1;
+        let (chains, started) = build_chains_over(
+            manifest,
+            &self.owned.options,
+            &self.owned.services,
+            &build.started,
+        )?;
+        let generation = build.generation + 1;
+        let snapshot = snapshot::assemble(manifest, generation, chains, &groups)?;
+        let kept = started.taken_over();
+        *build = Build {
+            generation,
+            started,
+        };
         self.owned.directory.publish(groups);
         self.proxy.swap(snapshot);
-        tracing::info!(generation = *generation, "config reloaded");
-        Ok(*generation)
+        tracing::info!(generation, filters_kept = kept, "config reloaded");
+        Ok(generation)
     }
 
     /// The bound address of the listener named `name`.

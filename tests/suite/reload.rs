@@ -114,3 +114,75 @@ async fn a_config_that_cannot_be_built_is_refused_and_the_running_one_stays() ->
     assert_eq!(greeting(&gw, &client).await?, "one");
     Ok(())
 }
+
+/// A manifest whose route `r` runs the SDK test filter with one VM that
+/// reports its number in `x-vm` (plus `extra` config), and whose route `other`
+/// answers `other_body`.
+fn numbered_vm_manifest(upstream: &EchoUpstream, extra: &str, other_body: &str) -> String {
+    format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: backend, targets: [{addr}] }}]
+plugins: [{{ name: sdk, file: "{wasm}", vms: 1 }}]
+routes:
+  - name: r
+    match: {{ path: {{ prefix: /r }} }}
+    upstream: backend
+    filters: [{{ plugin: sdk, config: {{ vm_id_header: x-vm{extra} }} }}]
+  - name: other
+    match: {{ path: {{ exact: /other }} }}
+    respond: {{ status: 200, body: "{other_body}" }}
+"#,
+        addr = upstream.addr,
+        wasm = weir_tests::test_filter_wasm(),
+    )
+}
+
+/// The number of the VM that served `/r`.
+async fn vm_number(gw: &TestGateway, client: &reqwest::Client) -> anyhow::Result<String> {
+    let response = client.get(gw.url("main", "/r")).send().await?;
+    assert_eq!(response.status(), 200);
+    Ok(json(response).await?["headers"]["x-vm"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_vms_of_filters_that_did_not_change() -> anyhow::Result<()> {
+    let upstream = EchoUpstream::start("backend").await?;
+    let gw = TestGateway::from_yaml(&numbered_vm_manifest(&upstream, "", "one")).await?;
+    let client = http1_client();
+    let first = vm_number(&gw, &client).await?;
+    assert!(!first.is_empty());
+
+    // Another route changes; the filter on `r` is the same: its VM lives on.
+    gw.reload(&numbered_vm_manifest(&upstream, "", "two"))?;
+    assert_eq!(
+        client
+            .get(gw.url("main", "/other"))
+            .send()
+            .await?
+            .text()
+            .await?,
+        "two"
+    );
+    assert_eq!(
+        vm_number(&gw, &client).await?,
+        first,
+        "root-context state survives"
+    );
+
+    // The filter's configuration changes: a new VM starts, with a new number.
+    gw.reload(&numbered_vm_manifest(
+        &upstream,
+        ", add_request_headers: [[x-new, \"1\"]]",
+        "two",
+    ))?;
+    let after_change = vm_number(&gw, &client).await?;
+    assert_ne!(
+        after_change, first,
+        "a changed configuration starts fresh VMs"
+    );
+    Ok(())
+}

@@ -256,7 +256,7 @@ pub const DEFAULT_SHARED_DATA_BYTES: u64 = 16 << 20;
 pub const DEFAULT_LOG_BYTES_PER_SECOND: u64 = 1 << 20;
 
 /// What one plugin may hold and do, across all its VMs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Quotas {
     /// Distinct metrics it may define.
     pub metrics: usize,
@@ -284,7 +284,7 @@ impl Default for Quotas {
 }
 
 /// What a plugin failure does to the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OnError {
     /// Answer 503 naming the plugin.
     FailClosed,

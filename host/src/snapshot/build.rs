@@ -1,10 +1,18 @@
 //! Builds every route's chain from the manifest: loads each plugin once,
 //! starts one filter instance per filter entry (global filters are shared by
 //! every route), and reports every plugin that cannot load or start.
+//!
+//! A reload takes over the filters of the running build that did not change
+//! ([`Started`]), so their VMs, and the state their root contexts keep, live on.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::model::{FilterRef, OnError, Plugin as PluginConfig};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::config::model::{FilterRef, OnError, Plugin as PluginConfig, Quotas};
 use crate::config::{FileError, Location, MAX_PLUGIN_BYTES, Manifest};
 use crate::filters::ProxyWasmFilter;
 use crate::lifecycle::{Chain, FailMode, HttpFilter};
@@ -61,42 +69,95 @@ impl BuildError {
     }
 }
 
+/// Everything that shapes a started filter: two filters with equal keys
+/// behave alike, so a reload may hand one's VMs to the other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FilterKey {
+    plugin: String,
+    module: [u8; 32],
+    memory_bytes: u64,
+    callback_deadline: Duration,
+    quotas: Quotas,
+    on_error: OnError,
+    vms: usize,
+    vm_config: Bytes,
+    root_id: String,
+    config: Bytes,
+}
+
+/// The filters one build started, by key, for the next build to take over.
+#[derive(Default)]
+pub struct Started {
+    filters: HashMap<FilterKey, Vec<Arc<dyn HttpFilter>>>,
+    taken_over: usize,
+}
+
+impl Started {
+    /// How many of its filters it took over from the build before.
+    pub fn taken_over(&self) -> usize {
+        self.taken_over
+    }
+}
+
+/// A loaded plugin and the digest of its module.
+struct Loaded {
+    plugin: Arc<Plugin>,
+    module: [u8; 32],
+}
+
 /// Loads plugins and starts filter instances; the chain of every route, in
-/// manifest order. `vms_default` is the pool size for plugins that do not set `vms`.
+/// manifest order, and what was started. A filter whose key matches one of
+/// `running` is taken over instead of started (each running filter at most
+/// once). `vms_default` is the pool size for plugins that do not set `vms`.
 pub fn chains(
     manifest: &Manifest,
     runtime: &Arc<Runtime>,
     vms_default: usize,
     services: &Arc<Services>,
-) -> Result<Vec<Chain>, Vec<BuildError>> {
+    running: &Started,
+) -> Result<(Vec<Chain>, Started), Vec<BuildError>> {
     let mut errors = Vec::new();
-    let plugins: Vec<Option<Arc<Plugin>>> = manifest
+    let plugins: Vec<Option<Loaded>> = manifest
         .plugins
         .iter()
         .map(|p| load(p, runtime).map_err(|e| errors.push(e)).ok())
         .collect();
+    let mut started = Started::default();
+    let mut taken: HashMap<FilterKey, usize> = HashMap::new();
     let mut instance = |filter: &FilterRef| -> Option<Arc<dyn HttpFilter>> {
         let config = &manifest.plugins[filter.plugin.0];
-        let plugin = plugins[filter.plugin.0].clone()?;
-        let settings = FilterSettings {
-            root_id: filter.root_id.as_str().into(),
-            configuration: filter.config.clone(),
-        };
-        let mode = match config.on_error {
-            OnError::FailClosed => FailMode::Closed,
-            OnError::FailOpen => FailMode::Open,
-        };
+        let loaded = plugins[filter.plugin.0].as_ref()?;
         let vms = config.vms.unwrap_or(vms_default);
-        FilterInstance::new(plugin, settings, vms, services.clone())
-            .map(|instance| Arc::new(ProxyWasmFilter::new(instance, mode)) as Arc<dyn HttpFilter>)
-            .map_err(|source| {
-                errors.push(BuildError::Start {
-                    plugin: config.name.clone(),
-                    location: filter.location,
-                    source,
-                })
-            })
-            .ok()
+        let key = FilterKey {
+            plugin: config.name.clone(),
+            module: loaded.module,
+            memory_bytes: config.memory_bytes,
+            callback_deadline: config.callback_deadline,
+            quotas: config.quotas,
+            on_error: config.on_error,
+            vms,
+            vm_config: config.vm_config.clone(),
+            root_id: filter.root_id.clone(),
+            config: filter.config.clone(),
+        };
+        let uses = taken.entry(key.clone()).or_default();
+        let reused = running
+            .filters
+            .get(&key)
+            .and_then(|f| f.get(*uses))
+            .cloned();
+        *uses += 1;
+        let filter = match reused {
+            Some(filter) => {
+                started.taken_over += 1;
+                filter
+            }
+            None => start(loaded, config, filter, vms, services)
+                .map_err(|e| errors.push(e))
+                .ok()?,
+        };
+        started.filters.entry(key).or_default().push(filter.clone());
+        Some(filter)
     };
     let global: Vec<Option<Arc<dyn HttpFilter>>> =
         manifest.global_filters.iter().map(&mut instance).collect();
@@ -109,7 +170,7 @@ pub fn chains(
         return Err(errors);
     }
     let global: Vec<Arc<dyn HttpFilter>> = global.into_iter().flatten().collect();
-    Ok(routes
+    let chains = routes
         .into_iter()
         .map(|own| {
             Chain::new(
@@ -120,11 +181,38 @@ pub fn chains(
                     .collect(),
             )
         })
-        .collect())
+        .collect();
+    Ok((chains, started))
 }
 
-/// Reads (within [`MAX_PLUGIN_BYTES`]) and compiles one plugin.
-fn load(plugin: &PluginConfig, runtime: &Arc<Runtime>) -> Result<Arc<Plugin>, BuildError> {
+/// Starts one filter instance of a loaded plugin.
+fn start(
+    loaded: &Loaded,
+    config: &PluginConfig,
+    filter: &FilterRef,
+    vms: usize,
+    services: &Arc<Services>,
+) -> Result<Arc<dyn HttpFilter>, BuildError> {
+    let settings = FilterSettings {
+        root_id: filter.root_id.as_str().into(),
+        configuration: filter.config.clone(),
+    };
+    let mode = match config.on_error {
+        OnError::FailClosed => FailMode::Closed,
+        OnError::FailOpen => FailMode::Open,
+    };
+    FilterInstance::new(loaded.plugin.clone(), settings, vms, services.clone())
+        .map(|instance| Arc::new(ProxyWasmFilter::new(instance, mode)) as Arc<dyn HttpFilter>)
+        .map_err(|source| BuildError::Start {
+            plugin: config.name.clone(),
+            location: filter.location,
+            source,
+        })
+}
+
+/// Reads (within [`MAX_PLUGIN_BYTES`]) and compiles one plugin (the runtime
+/// compiles a module once, whatever the builds).
+fn load(plugin: &PluginConfig, runtime: &Arc<Runtime>) -> Result<Loaded, BuildError> {
     let limits = PluginLimits {
         memory_bytes: usize::try_from(plugin.memory_bytes).unwrap_or(usize::MAX),
         callback_deadline: plugin.callback_deadline,
@@ -138,8 +226,10 @@ fn load(plugin: &PluginConfig, runtime: &Arc<Runtime>) -> Result<Arc<Plugin>, Bu
             source,
         }
     })?;
+    let module = Sha256::digest(&bytes).into();
     runtime
         .load(&plugin.name, &bytes, limits, plugin.vm_config.clone())
+        .map(|plugin| Loaded { plugin, module })
         .map_err(|source| BuildError::Load {
             plugin: plugin.name.clone(),
             location: plugin.location,

@@ -9,7 +9,7 @@ mod build;
 
 use std::sync::Arc;
 
-pub use build::{BuildError, chains};
+pub use build::{BuildError, Started, chains};
 
 use crate::config::Manifest;
 use crate::config::model::RouteAction;
