@@ -6,10 +6,11 @@
 //! ← `router`, `upstream`, `wasm`
 //! ← `lifecycle` (the `HttpFilter` trait, chains, the snapshot type, the one request path)
 //! ← `filters` (the Proxy-Wasm adapter) ← `snapshot` (manifest → snapshot)
-//! ← `server` ← `gateway` ← the `weir` binary.
+//! ← `server` ← `gateway` ← `control` (reloads from outside) ← the `weir` binary.
 
 mod body;
 pub mod config;
+pub mod control;
 mod error;
 pub mod exchange;
 pub mod filters;

@@ -1,7 +1,9 @@
-//! The `weir` command: `weir run --config weir.yaml` and `weir validate weir.yaml`.
+//! The `weir` command: `weir run --config weir.yaml` (SIGHUP or an edit of
+//! the file reloads it) and `weir validate weir.yaml`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -74,6 +76,10 @@ enum Command {
         /// connections (default: one per core).
         #[arg(long, env = "WEIR_WORKERS", value_parser = clap::value_parser!(usize))]
         workers: Option<usize>,
+        /// Reload when the manifest file changes (`--watch false` reloads on
+        /// SIGHUP only).
+        #[arg(long, env = "WEIR_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
+        watch: bool,
     },
     /// Check a manifest without serving; lists every problem.
     Validate {
@@ -103,7 +109,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config, workers } => match run(config.clone(), cli.options(*workers)) {
+        Command::Run {
+            config,
+            workers,
+            watch,
+        } => match run(config.clone(), cli.options(*workers), *watch) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("{error:#}");
@@ -132,33 +142,23 @@ fn validate(
     Ok(manifest)
 }
 
-fn run(config: PathBuf, options: weir::gateway::Options) -> anyhow::Result<()> {
+fn run(config: PathBuf, options: weir::gateway::Options, watch: bool) -> anyhow::Result<()> {
     let manifest = weir::config::load(&config)?;
     // The workers run their own runtimes (`Gateway::start_with` starts them);
-    // this one only waits for signals and runs start-up and shutdown.
+    // this one only runs start-up, reloads and shutdown.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the control runtime")?;
     runtime.block_on(async {
-        let gateway = Gateway::start_with(manifest, &options).await?;
-        wait_for_signal().await?;
+        let gateway = Arc::new(Gateway::start_with(manifest, &options).await?);
+        weir::control::run_until_stopped(&gateway, &config, watch).await?;
         tracing::info!("shutting down: draining in-flight requests");
+        let gateway = Arc::into_inner(gateway).context("a reload still holds the gateway")?;
         let drained = gateway.shutdown().await;
         tracing::info!(drained, "stopped");
         Ok(())
     })
-}
-
-/// Waits for SIGTERM or Ctrl-C.
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
-    }
-    Ok(())
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
