@@ -431,3 +431,83 @@ async fn filters_of_one_plugin_pick_their_root_context_by_root_id() -> anyhow::R
     );
     Ok(())
 }
+
+/// On request headers answers 403 `denied` itself; on response headers adds
+/// `x-replier: ran`.
+fn replier_wat() -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "denied")
+  (data (i32.const 80) "x-replier")
+  (data (i32.const 96) "ran")
+  (data (i32.const 112) "\00\00\00\00")
+{WAT_FILTER_BASICS}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (call $reply (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 64) (i32.const 6)
+          (i32.const 112) (i32.const 4) (i32.const -1))
+      (then unreachable))
+    (i32.const 1))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 80) (i32.const 9) (i32.const 96) (i32.const 3)))
+    (i32.const 0)))
+"#
+    )
+}
+
+/// Lets requests through; on response headers adds `x-tagger: ran`.
+fn tagger_wat() -> String {
+    format!(
+        r#"(module
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 80) "x-tagger")
+  (data (i32.const 96) "ran")
+{WAT_FILTER_BASICS}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 80) (i32.const 8) (i32.const 96) (i32.const 3)))
+    (i32.const 0)))
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_local_reply_runs_the_response_callbacks_as_in_envoy() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let yaml = format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+plugins:
+  - {{ name: tagger, file: tagger.wat, vms: 1 }}
+  - {{ name: replier, file: replier.wat, vms: 1 }}
+routes: [{{ name: r, upstream: echo, filters: [{{ plugin: tagger }}, {{ plugin: replier }}] }}]
+"#,
+        up.addr
+    );
+    let gw = gateway_with_files(
+        &yaml,
+        &[
+            ("tagger.wat", &tagger_wat()),
+            ("replier.wat", &replier_wat()),
+        ],
+    )
+    .await?;
+    let response = http1_client().get(gw.url("main", "/")).send().await?;
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        response.headers()["x-replier"],
+        "ran",
+        "the replying filter's own response callback"
+    );
+    assert_eq!(
+        response.headers()["x-tagger"],
+        "ran",
+        "an earlier filter's response callback"
+    );
+    assert_eq!(response.text().await?, "denied");
+    assert_eq!(up.hits(), 0, "the upstream was never asked");
+    Ok(())
+}

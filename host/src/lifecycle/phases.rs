@@ -58,7 +58,12 @@ pub(super) async fn run(
 
     let outgoing = match request_phases(&run, &mut parts, incoming, limit, pause_limit).await? {
         Ok(body) => body,
-        Err(reply) => return Ok(local_response(reply)),
+        // As in Envoy, a local reply goes back through every filter's
+        // response phases (the replying filter's too), so filters can add
+        // headers to every answer.
+        Err(reply) => {
+            return response_phases(&run, local_response(reply), limit, pause_limit).await;
+        }
     };
     let response = forward::exchange(entry, parts, outgoing, conn).await?;
     response_phases(&run, response, limit, pause_limit).await
@@ -263,8 +268,10 @@ fn set_content_length(headers: &mut HeaderMap, len: usize) {
     }
 }
 
-/// A filter's local reply as a response.
+/// A filter's local reply as a response, with its `content-length` (as
+/// Envoy's, so the response phases see it).
 fn local_response(reply: LocalReply) -> Response<Body> {
+    let length = HeaderValue::from(reply.body.len());
     let mut response = Response::new(body::full(reply.body));
     *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::FORBIDDEN);
     for (name, value) in reply.headers {
@@ -275,5 +282,9 @@ fn local_response(reply: LocalReply) -> Response<Body> {
             response.headers_mut().append(n, v);
         }
     }
+    // The body's own length, whatever the filter wrote.
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, length);
     response
 }
