@@ -511,3 +511,53 @@ routes: [{{ name: r, upstream: echo, filters: [{{ plugin: tagger }}, {{ plugin: 
     assert_eq!(up.hits(), 0, "the upstream was never asked");
     Ok(())
 }
+
+/// The filter basics with Higress's ABI version marker instead of 0.2.1's.
+fn higress_basics() -> String {
+    WAT_FILTER_BASICS.replace("proxy_abi_version_0_2_1", "proxy_abi_version_0_2_100")
+}
+
+/// A module marked `proxy_abi_version_0_2_100`, as Higress's Go SDK builds
+/// every plugin; adds `x-abi: 0.2.100` to each request.
+fn higress_abi_wat() -> String {
+    format!(
+        r#"(module
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "x-abi")
+  (data (i32.const 80) "0.2.100")
+{}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 0) (i32.const 64) (i32.const 5) (i32.const 80) (i32.const 7)))
+    (i32.const 0)))
+"#,
+        higress_basics()
+    )
+}
+
+/// A gateway whose only route runs plugin `file` (written from `wat`) in
+/// front of `targets` (echo upstreams, round robin).
+async fn gateway_with_plugin(
+    targets: &[&EchoUpstream],
+    file: &str,
+    wat: &str,
+) -> anyhow::Result<TestGateway> {
+    let targets: Vec<String> = targets.iter().map(|t| format!("\"{}\"", t.addr)).collect();
+    let yaml = format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: echo, targets: [{}] }}]
+plugins: [{{ name: p, file: {file}, vms: 1 }}]
+routes: [{{ name: r, upstream: echo, filters: [{{ plugin: p }}] }}]
+"#,
+        targets.join(", ")
+    );
+    gateway_with_files(&yaml, &[(file, wat)]).await
+}
+
+#[tokio::test]
+async fn a_module_of_higress_abi_0_2_100_loads_and_runs() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = gateway_with_plugin(&[&up], "higress.wat", &higress_abi_wat()).await?;
+    assert_eq!(echoed_headers(&gw).await?["x-abi"], json!(["0.2.100"]));
+    Ok(())
+}
