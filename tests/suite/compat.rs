@@ -561,3 +561,78 @@ async fn a_module_of_higress_abi_0_2_100_loads_and_runs() -> anyhow::Result<()> 
     assert_eq!(echoed_headers(&gw).await?["x-abi"], json!(["0.2.100"]));
     Ok(())
 }
+
+/// Calls the foreign functions Higress's plugin library calls and reports
+/// each status in a request header: `get_log_level` (`x-log-level-status`,
+/// the result's length in `x-log-level-len`, and in `x-log-level-same` 01
+/// when it equals what `proxy_get_log_level` gives),
+/// `set_global_max_requests_per_io_cycle` with 8 bytes (`x-cap-status`) and
+/// with 4 (`x-cap-short-status`), `inject_encoded_data_to_filter_chain_on_header`
+/// (`x-unknown-status`), and the `proxy_inject_encoded_data_to_filter_chain`
+/// import (`x-inject-status`).
+fn higress_foreign_wat() -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_call_foreign_function" (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_log_level" (func $level (param i32) (result i32)))
+  (import "env" "proxy_inject_encoded_data_to_filter_chain" (func $inject (param i32 i32 i32) (result i32)))
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "get_log_level")
+  (data (i32.const 80) "set_global_max_requests_per_io_cycle")
+  (data (i32.const 128) "inject_encoded_data_to_filter_chain_on_header")
+  (data (i32.const 176) "\14\00\00\00\00\00\00\00")
+  (data (i32.const 200) "x-log-level-status")
+  (data (i32.const 224) "x-log-level-len")
+  (data (i32.const 240) "x-log-level-same")
+  (data (i32.const 260) "x-cap-status")
+  (data (i32.const 280) "x-cap-short-status")
+  (data (i32.const 300) "x-unknown-status")
+  (data (i32.const 320) "x-inject-status")
+{}{WAT_NUMBER_HEADER}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $number (i32.const 200) (i32.const 18)
+      (call $foreign (i32.const 64) (i32.const 13) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 4)))
+    (call $number (i32.const 224) (i32.const 15) (i32.load (i32.const 4)))
+    (drop (call $level (i32.const 8)))
+    (call $number (i32.const 240) (i32.const 16)
+      (i32.eq (i32.load (i32.load (i32.const 0))) (i32.load (i32.const 8))))
+    (call $number (i32.const 260) (i32.const 12)
+      (call $foreign (i32.const 80) (i32.const 36) (i32.const 176) (i32.const 8) (i32.const 0) (i32.const 4)))
+    (call $number (i32.const 280) (i32.const 18)
+      (call $foreign (i32.const 80) (i32.const 36) (i32.const 176) (i32.const 4) (i32.const 0) (i32.const 4)))
+    (call $number (i32.const 300) (i32.const 16)
+      (call $foreign (i32.const 128) (i32.const 45) (i32.const 176) (i32.const 0) (i32.const 0) (i32.const 4)))
+    (call $number (i32.const 320) (i32.const 15)
+      (call $inject (i32.const 176) (i32.const 1) (i32.const 1)))
+    (i32.const 0)))
+"#,
+        higress_basics()
+    )
+}
+
+#[tokio::test]
+async fn higress_foreign_functions_answer_as_its_plugin_library_expects() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = gateway_with_plugin(&[&up], "foreign.wat", &higress_foreign_wat()).await?;
+    let headers = echoed_headers(&gw).await?;
+    assert_eq!(headers["x-log-level-status"], json!(["00"]));
+    assert_eq!(headers["x-log-level-len"], json!(["04"]), "a u32");
+    assert_eq!(
+        headers["x-log-level-same"],
+        json!(["01"]),
+        "the level proxy_get_log_level gives"
+    );
+    assert_eq!(headers["x-cap-status"], json!(["00"]), "accepted");
+    assert_eq!(
+        headers["x-cap-short-status"],
+        json!(["02"]),
+        "BAD_ARGUMENT: not a u64"
+    );
+    assert_eq!(
+        headers["x-unknown-status"],
+        json!(["01"]),
+        "NOT_FOUND, so the MCP wrapper falls back to answering at once"
+    );
+    assert_eq!(headers["x-inject-status"], json!(["12"]), "UNIMPLEMENTED");
+    Ok(())
+}
