@@ -636,3 +636,143 @@ async fn higress_foreign_functions_answer_as_its_plugin_library_expects() -> any
     assert_eq!(headers["x-inject-status"], json!(["12"]), "UNIMPLEMENTED");
     Ok(())
 }
+
+/// Reports the route's upstream hosts (`proxy_get_upstream_hosts`): its
+/// status in `x-hosts-status`, each host's address in `x-upstream-host` and
+/// its info in `x-upstream-host-info`. Then, when the request has `x-pick`,
+/// makes that address the request's target
+/// (`proxy_set_upstream_override_host`; the status in `x-override-status`).
+fn higress_hosts_wat() -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_get_upstream_hosts" (func $hosts (param i32 i32) (result i32)))
+  (import "env" "proxy_set_upstream_override_host" (func $override (param i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "x-pick")
+  (data (i32.const 80) "x-upstream-host")
+  (data (i32.const 96) "x-upstream-host-info")
+  (data (i32.const 128) "x-hosts-status")
+  (data (i32.const 144) "x-override-status")
+{}{WAT_NUMBER_HEADER}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (local $status i32) (local $n i32) (local $i i32) (local $lens i32) (local $data i32) (local $len i32)
+    (local.set $status (call $hosts (i32.const 0) (i32.const 4)))
+    (call $number (i32.const 128) (i32.const 14) (local.get $status))
+    (if (i32.eqz (local.get $status))
+      (then
+        (local.set $n (i32.load (i32.load (i32.const 0))))
+        (local.set $lens (i32.add (i32.load (i32.const 0)) (i32.const 4)))
+        (local.set $data (i32.add (local.get $lens) (i32.mul (local.get $n) (i32.const 8))))
+        (block $done
+          (loop $next
+            (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+            (local.set $len (i32.load (i32.add (local.get $lens) (i32.mul (local.get $i) (i32.const 8)))))
+            (drop (call $add (i32.const 0) (i32.const 80) (i32.const 15) (local.get $data) (local.get $len)))
+            (local.set $data (i32.add (local.get $data) (i32.add (local.get $len) (i32.const 1))))
+            (local.set $len (i32.load offset=4 (i32.add (local.get $lens) (i32.mul (local.get $i) (i32.const 8)))))
+            (drop (call $add (i32.const 0) (i32.const 96) (i32.const 20) (local.get $data) (local.get $len)))
+            (local.set $data (i32.add (local.get $data) (i32.add (local.get $len) (i32.const 1))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $next)))))
+    (if (i32.eqz (call $get (i32.const 0) (i32.const 64) (i32.const 6) (i32.const 8) (i32.const 12)))
+      (then
+        (call $number (i32.const 144) (i32.const 17)
+          (call $override (i32.load (i32.const 8)) (i32.load (i32.const 12))))))
+    (i32.const 0)))
+"#,
+        higress_basics()
+    )
+}
+
+#[tokio::test]
+async fn a_filter_reads_the_upstream_hosts_and_picks_one_as_in_higress() -> anyhow::Result<()> {
+    let one = EchoUpstream::start("one").await?;
+    let two = EchoUpstream::start("two").await?;
+    let gw = gateway_with_plugin(&[&one, &two], "hosts.wat", &higress_hosts_wat()).await?;
+    let headers = echoed_headers(&gw).await?;
+    assert_eq!(headers["x-hosts-status"], json!(["00"]));
+    assert_eq!(
+        headers["x-upstream-host"],
+        json!([one.addr.to_string(), two.addr.to_string()])
+    );
+    assert_eq!(
+        headers["x-upstream-host-info"],
+        json!([
+            r#"{"health_status":"Healthy"}"#,
+            r#"{"health_status":"Healthy"}"#
+        ])
+    );
+    assert!(headers.get("x-override-status").is_none());
+
+    let client = http1_client();
+    for _ in 0..4 {
+        let response = client
+            .get(gw.url("main", "/"))
+            .header("x-pick", two.addr.to_string())
+            .send()
+            .await?;
+        let echoed = json(response).await?;
+        assert_eq!(echoed["headers"]["x-override-status"], json!(["00"]));
+        assert_eq!(echoed["upstream"], "two", "the filter's pick, every time");
+    }
+    let response = client
+        .get(gw.url("main", "/"))
+        .header("x-pick", "127.0.0.1:1")
+        .send()
+        .await?;
+    let echoed = json(response).await?;
+    assert_eq!(
+        echoed["headers"]["x-override-status"],
+        json!(["02"]),
+        "BAD_ARGUMENT: not a host of the route's upstream"
+    );
+    assert_eq!(one.hits() + two.hits(), 6, "every request was served");
+    Ok(())
+}
+
+/// Copies the `response.code_details` property into response header
+/// `x-code-details`.
+fn code_details_wat() -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_get_property" (func $property (param i32 i32 i32 i32) (result i32)))
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "response\00code_details")
+  (data (i32.const 96) "x-code-details")
+{WAT_FILTER_BASICS}  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (if (i32.eqz (call $property (i32.const 64) (i32.const 21) (i32.const 0) (i32.const 4)))
+      (then (drop (call $add (i32.const 2) (i32.const 96) (i32.const 14)
+        (i32.load (i32.const 0)) (i32.load (i32.const 4))))))
+    (i32.const 0)))
+"#
+    )
+}
+
+#[tokio::test]
+async fn response_code_details_tells_an_upstream_answer_from_a_fixed_one() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let yaml = format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+plugins: [{{ name: details, file: details.wat, vms: 1 }}]
+routes:
+  - {{ name: fixed, match: {{ path: {{ prefix: /fixed }} }}, respond: {{ status: 200 }}, filters: [{{ plugin: details }}] }}
+  - {{ name: r, upstream: echo, filters: [{{ plugin: details }}] }}
+"#,
+        up.addr
+    );
+    let gw = gateway_with_files(&yaml, &[("details.wat", &code_details_wat())]).await?;
+    let client = http1_client();
+    let response = client.get(gw.url("main", "/")).send().await?;
+    assert_eq!(
+        response.headers()["x-code-details"],
+        "via_upstream",
+        "what Higress's IsResponseFromUpstream checks"
+    );
+    let response = client.get(gw.url("main", "/fixed")).send().await?;
+    assert_eq!(response.headers()["x-code-details"], "direct_response");
+    Ok(())
+}

@@ -16,12 +16,14 @@ use crate::body::{self, Body, Primed};
 use crate::config::model::{FixedResponse, Route};
 use crate::upstream::OutgoingBody;
 
-/// Sends the request where its route goes and returns the response with
-/// hop-by-hop headers removed and `via` added.
+/// Sends the request where its route goes (to target `prefer` of its group
+/// when a filter chose one) and returns the response with hop-by-hop headers
+/// removed and `via` added.
 pub(super) async fn exchange(
     entry: &RouteEntry,
     mut parts: http::request::Parts,
     body: Body,
+    prefer: Option<&str>,
     conn: &Connection,
 ) -> Result<Response<Body>, RequestError> {
     let group = match &entry.target {
@@ -63,7 +65,11 @@ pub(super) async fn exchange(
         }
     };
     let response = group
-        .send(Request::from_parts(parts, outgoing), entry.route.timeout)
+        .send_to(
+            Request::from_parts(parts, outgoing),
+            entry.route.timeout,
+            prefer,
+        )
         .await?;
     let (mut parts, body) = response.into_parts();
     // Weir speaks HTTP/1.1 to its clients whatever the upstream spoke (an

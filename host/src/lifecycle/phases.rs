@@ -40,7 +40,8 @@ pub(super) async fn run(
     }
     if entry.chain.is_empty() {
         let (parts, incoming) = request.into_parts();
-        return forward::exchange(entry, parts, body::limited(incoming, limit), conn).await;
+        let body = body::limited(incoming, limit);
+        return forward::exchange(entry, parts, body, None, conn).await;
     }
     let (mut parts, incoming) = request.into_parts();
     let info = Arc::new(stream_info(entry, &parts, conn, request_id));
@@ -62,11 +63,20 @@ pub(super) async fn run(
         // response phases (the replying filter's too), so filters can add
         // headers to every answer.
         Err(reply) => {
-            return response_phases(&run, local_response(reply), limit, pause_limit).await;
+            let details = reply.details.clone();
+            let response = local_response(reply);
+            return response_phases(&run, response, details, limit, pause_limit).await;
         }
     };
-    let response = forward::exchange(entry, parts, outgoing, conn).await?;
-    response_phases(&run, response, limit, pause_limit).await
+    let target = chain::lock(&run)
+        .data()
+        .and_then(|d| d.upstream_override.clone());
+    let response = forward::exchange(entry, parts, outgoing, target.as_deref(), conn).await?;
+    let details = match entry.target {
+        Target::Forward(_) => "via_upstream",
+        Target::Respond(_) => "direct_response",
+    };
+    response_phases(&run, response, details.to_owned(), limit, pause_limit).await
 }
 
 /// The chain's request phases; the body to send on, or a filter's local reply.
@@ -108,11 +118,13 @@ async fn request_phases(
     Ok(Ok(outgoing))
 }
 
-/// The chain's response phases; the response that goes to the client. The
-/// run lives until its body is done, then the filters finish.
+/// The chain's response phases over `response` (from where `details` says);
+/// the response that goes to the client. The run lives until its body is
+/// done, then the filters finish.
 async fn response_phases(
     run: &SharedRun,
     response: Response<Body>,
+    details: String,
     limit: u64,
     pause_limit: Duration,
 ) -> Result<Response<Body>, RequestError> {
@@ -121,6 +133,7 @@ async fn response_phases(
     chain::lock(run).set_response(ResponseHead {
         status: parts.status.as_u16(),
         headers: std::mem::take(&mut parts.headers),
+        details,
     });
     if let Some(reply) =
         chain::headers(run, Direction::Response, end_of_stream, pause_limit).await?
@@ -169,6 +182,10 @@ fn stream_info(
         upstream_name: match &entry.target {
             Target::Forward(group) => Some(group.name().to_owned()),
             Target::Respond(_) => None,
+        },
+        upstream_hosts: match &entry.target {
+            Target::Forward(group) => group.addresses(),
+            Target::Respond(_) => Arc::from([]),
         },
         request_id: crate::request_id::text(request_id).to_owned(),
         source: conn.remote,

@@ -13,6 +13,7 @@
 
 pub(crate) mod caps;
 mod foreign;
+mod higress;
 mod memory;
 pub(crate) mod pairs;
 mod properties;
@@ -137,6 +138,7 @@ pub fn add_to_linker(
     add_map_functions(&mut r)?;
     add_stream_functions(&mut r)?;
     services::add(&mut r)?;
+    higress::add(&mut r)?;
     add_unserved(&mut r)?;
     wasi::add(&mut r)?;
     Ok(r.names)
