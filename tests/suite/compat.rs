@@ -31,6 +31,39 @@ async fn gateway_with_files(yaml: &str, files: &[(&str, &str)]) -> anyhow::Resul
     TestGateway::from_yaml_in(yaml, dir).await
 }
 
+/// A gateway whose only route runs a filter of each of `plugins` (`(name,
+/// WAT text)`, written as `<name>.wat`), in order, in front of `targets`
+/// (round robin).
+async fn gateway_with_plugins(
+    targets: &[&EchoUpstream],
+    plugins: &[(&str, &str)],
+) -> anyhow::Result<TestGateway> {
+    let targets: Vec<String> = targets.iter().map(|t| format!("\"{}\"", t.addr)).collect();
+    let files: Vec<(String, &str)> = plugins
+        .iter()
+        .map(|(name, wat)| (format!("{name}.wat"), *wat))
+        .collect();
+    let declared: String = plugins
+        .iter()
+        .map(|(name, _)| format!("  - {{ name: {name}, file: {name}.wat, vms: 1 }}\n"))
+        .collect();
+    let filters: Vec<String> = plugins
+        .iter()
+        .map(|(name, _)| format!("{{ plugin: {name} }}"))
+        .collect();
+    let yaml = format!(
+        "apiVersion: weir/v1\n\
+         listeners: [{{ name: main, address: 127.0.0.1:0 }}]\n\
+         upstreams: [{{ name: echo, targets: [{}] }}]\n\
+         plugins:\n{declared}\
+         routes: [{{ name: r, upstream: echo, filters: [{}] }}]\n",
+        targets.join(", "),
+        filters.join(", ")
+    );
+    let files: Vec<(&str, &str)> = files.iter().map(|(f, w)| (f.as_str(), *w)).collect();
+    gateway_with_files(&yaml, &files).await
+}
+
 /// The request headers the echo upstream saw for `GET /`.
 async fn echoed_headers(gw: &TestGateway) -> anyhow::Result<serde_json::Value> {
     let response = http1_client().get(gw.url("main", "/")).send().await?;
@@ -258,22 +291,11 @@ fn queue_stranger_wat() -> String {
 #[tokio::test]
 async fn shared_queue_ids_start_at_1_so_a_failed_resolve_reaches_no_queue() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let yaml = format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: echo, targets: ["{}"] }}]
-plugins:
-  - {{ name: owner, file: owner.wat, vms: 1 }}
-  - {{ name: stranger, file: stranger.wat, vms: 1 }}
-routes: [{{ name: r, upstream: echo, filters: [{{ plugin: stranger }}, {{ plugin: owner }}] }}]
-"#,
-        up.addr
-    );
-    let gw = gateway_with_files(
-        &yaml,
+    let gw = gateway_with_plugins(
+        &[&up],
         &[
-            ("owner.wat", &queue_owner_wat()),
-            ("stranger.wat", &queue_stranger_wat()),
+            ("stranger", &queue_stranger_wat()),
+            ("owner", &queue_owner_wat()),
         ],
     )
     .await?;
@@ -476,23 +498,9 @@ fn tagger_wat() -> String {
 #[tokio::test]
 async fn a_local_reply_runs_the_response_callbacks_as_in_envoy() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let yaml = format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: echo, targets: ["{}"] }}]
-plugins:
-  - {{ name: tagger, file: tagger.wat, vms: 1 }}
-  - {{ name: replier, file: replier.wat, vms: 1 }}
-routes: [{{ name: r, upstream: echo, filters: [{{ plugin: tagger }}, {{ plugin: replier }}] }}]
-"#,
-        up.addr
-    );
-    let gw = gateway_with_files(
-        &yaml,
-        &[
-            ("tagger.wat", &tagger_wat()),
-            ("replier.wat", &replier_wat()),
-        ],
+    let gw = gateway_with_plugins(
+        &[&up],
+        &[("tagger", &tagger_wat()), ("replier", &replier_wat())],
     )
     .await?;
     let response = http1_client().get(gw.url("main", "/")).send().await?;
@@ -534,30 +542,10 @@ fn higress_abi_wat() -> String {
     )
 }
 
-/// A gateway whose only route runs plugin `file` (written from `wat`) in
-/// front of `targets` (echo upstreams, round robin).
-async fn gateway_with_plugin(
-    targets: &[&EchoUpstream],
-    file: &str,
-    wat: &str,
-) -> anyhow::Result<TestGateway> {
-    let targets: Vec<String> = targets.iter().map(|t| format!("\"{}\"", t.addr)).collect();
-    let yaml = format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: echo, targets: [{}] }}]
-plugins: [{{ name: p, file: {file}, vms: 1 }}]
-routes: [{{ name: r, upstream: echo, filters: [{{ plugin: p }}] }}]
-"#,
-        targets.join(", ")
-    );
-    gateway_with_files(&yaml, &[(file, wat)]).await
-}
-
 #[tokio::test]
 async fn a_module_of_higress_abi_0_2_100_loads_and_runs() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = gateway_with_plugin(&[&up], "higress.wat", &higress_abi_wat()).await?;
+    let gw = gateway_with_plugins(&[&up], &[("higress", &higress_abi_wat())]).await?;
     assert_eq!(echoed_headers(&gw).await?["x-abi"], json!(["0.2.100"]));
     Ok(())
 }
@@ -613,7 +601,7 @@ fn higress_foreign_wat() -> String {
 #[tokio::test]
 async fn higress_foreign_functions_answer_as_its_plugin_library_expects() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let gw = gateway_with_plugin(&[&up], "foreign.wat", &higress_foreign_wat()).await?;
+    let gw = gateway_with_plugins(&[&up], &[("foreign", &higress_foreign_wat())]).await?;
     let headers = echoed_headers(&gw).await?;
     assert_eq!(headers["x-log-level-status"], json!(["00"]));
     assert_eq!(headers["x-log-level-len"], json!(["04"]), "a u32");
@@ -689,7 +677,7 @@ fn higress_hosts_wat() -> String {
 async fn a_filter_reads_the_upstream_hosts_and_picks_one_as_in_higress() -> anyhow::Result<()> {
     let one = EchoUpstream::start("one").await?;
     let two = EchoUpstream::start("two").await?;
-    let gw = gateway_with_plugin(&[&one, &two], "hosts.wat", &higress_hosts_wat()).await?;
+    let gw = gateway_with_plugins(&[&one, &two], &[("hosts", &higress_hosts_wat())]).await?;
     let headers = echoed_headers(&gw).await?;
     assert_eq!(headers["x-hosts-status"], json!(["00"]));
     assert_eq!(

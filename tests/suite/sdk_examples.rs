@@ -26,6 +26,37 @@ fn example_plugin(name: &str, example: &str) -> String {
     )
 }
 
+/// A gateway with one listener, `main`, as in the examples' `envoy.yaml`:
+/// `upstreams` (a YAML flow list), `plugins` and `routes` (YAML block list
+/// items), with each `(file, text)` of `files` written next to the manifest.
+async fn example_gateway(
+    upstreams: &str,
+    plugins: &[String],
+    routes: &str,
+    files: &[(&str, &str)],
+) -> anyhow::Result<TestGateway> {
+    let dir = tempfile::tempdir()?;
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text)?;
+    }
+    let plugins: String = plugins.iter().map(|p| format!("  - {p}\n")).collect();
+    let yaml = format!(
+        "apiVersion: weir/v1\n\
+         listeners: [{{ name: main, address: 127.0.0.1:0 }}]\n\
+         upstreams: {upstreams}\n\
+         plugins:\n{plugins}\
+         routes:\n{routes}"
+    );
+    TestGateway::from_yaml_in(&yaml, dir).await
+}
+
+/// Route `r` (a YAML block list item): `body` as a fixed 200 answer (an
+/// Envoy `direct_response`, written in YAML's double quotes), behind `filters`
+/// (a YAML flow list).
+fn respond_route(body: &str, filters: &str) -> String {
+    format!("  - {{ name: r, respond: {{ status: 200, body: {body:?} }}, filters: {filters} }}\n")
+}
+
 /// The messages plugin `plugin` logged that contain `needle`.
 fn logged(plugin: &str, needle: &str) -> Vec<String> {
     let field = format!(" plugin=\"{plugin}\"");
@@ -52,14 +83,12 @@ async fn logs_eventually(plugin: &str, needle: &str, count: usize, timeout: Dura
 async fn hello_world_logs_hello_then_the_time_and_a_lucky_number_every_5s() -> anyhow::Result<()> {
     capture_logs_of("hello_world");
     let started = Instant::now();
-    let _gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-plugins: [{}]
-routes: [{{ name: r, respond: {{ status: 204 }}, filters: [{{ plugin: hello_world }}] }}]
-"#,
-        example_plugin("hello_world", "hello_world")
-    ))
+    let _gw = example_gateway(
+        "[]",
+        &[example_plugin("hello_world", "hello_world")],
+        "  - { name: r, respond: { status: 204 }, filters: [{ plugin: hello_world }] }\n",
+        &[],
+    )
     .await?;
     assert!(
         logs_eventually("hello_world", "Hello, World!", 1, Duration::from_secs(5)).await,
@@ -194,16 +223,12 @@ fn httpbin<B>(
 /// A gateway configured as `http_auth_random`'s `envoy.yaml`: every request
 /// goes to cluster `httpbin`, behind the example's filter.
 async fn auth_random_gateway(httpbin: &Httpbin) -> anyhow::Result<TestGateway> {
-    TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: httpbin, targets: ["{}"] }}]
-plugins: [{}]
-routes: [{{ name: r, upstream: httpbin, filters: [{{ plugin: http_auth_random }}] }}]
-"#,
-        httpbin.addr,
-        example_plugin("http_auth_random", "http_auth_random")
-    ))
+    example_gateway(
+        &format!(r#"[{{ name: httpbin, targets: ["{}"] }}]"#, httpbin.addr),
+        &[example_plugin("http_auth_random", "http_auth_random")],
+        "  - { name: r, upstream: httpbin, filters: [{ plugin: http_auth_random }] }\n",
+        &[],
+    )
     .await
 }
 
@@ -278,21 +303,19 @@ async fn http_auth_random_lets_through_on_an_even_byte_and_forbids_on_an_odd_one
 /// `http_body`'s `envoy.yaml`: two direct responses, behind the example's filter.
 #[tokio::test]
 async fn http_body_redacts_a_response_that_mentions_a_secret() -> anyhow::Result<()> {
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-plugins: [{}]
-routes:
-  - name: secret
-    match: {{ path: {{ prefix: /secret }} }}
-    respond: {{ status: 200, body: "This secret message should not be read by anyone.\n" }}
-    filters: [{{ plugin: http_body }}]
+    let gw = example_gateway(
+        "[]",
+        &[example_plugin("http_body", "http_body")],
+        r#"  - name: secret
+    match: { path: { prefix: /secret } }
+    respond: { status: 200, body: "This secret message should not be read by anyone.\n" }
+    filters: [{ plugin: http_body }]
   - name: hello
-    respond: {{ status: 200, body: "Everyone may read this message.\n" }}
-    filters: [{{ plugin: http_body }}]
+    respond: { status: 200, body: "Everyone may read this message.\n" }
+    filters: [{ plugin: http_body }]
 "#,
-        example_plugin("http_body", "http_body")
-    ))
+        &[],
+    )
     .await?;
     let client = http1_client();
     let response = client.get(gw.url("main", "/hello")).send().await?;
@@ -319,17 +342,15 @@ routes:
 #[tokio::test]
 async fn http_config_adds_its_configuration_as_a_response_header() -> anyhow::Result<()> {
     let secret = "The secret to life is meaningless unless you discover it yourself";
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-plugins: [{}]
-routes:
-  - name: r
-    respond: {{ status: 200, body: "Inspect the HTTP header: custom-header.\n" }}
-    filters: [{{ plugin: http_config, config: {secret} }}]
-"#,
-        example_plugin("http_config", "http_config")
-    ))
+    let gw = example_gateway(
+        "[]",
+        &[example_plugin("http_config", "http_config")],
+        &respond_route(
+            "Inspect the HTTP header: custom-header.\n",
+            &format!("[{{ plugin: http_config, config: {secret} }}]"),
+        ),
+        &[],
+    )
     .await?;
     let response = http1_client().get(gw.url("main", "/hello")).send().await?;
     assert_eq!(response.status(), 200);
@@ -349,17 +370,15 @@ routes:
 #[tokio::test]
 async fn http_headers_answers_hello_and_logs_both_header_maps() -> anyhow::Result<()> {
     capture_logs_of("http_headers");
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-plugins: [{}]
-routes:
-  - name: r
-    respond: {{ status: 200, body: "Request /hello and be welcomed!\n" }}
-    filters: [{{ plugin: http_headers }}]
-"#,
-        example_plugin("http_headers", "http_headers")
-    ))
+    let gw = example_gateway(
+        "[]",
+        &[example_plugin("http_headers", "http_headers")],
+        &respond_route(
+            "Request /hello and be welcomed!\n",
+            "[{ plugin: http_headers }]",
+        ),
+        &[],
+    )
     .await?;
     let client = http1_client();
     let response = client.get(gw.url("main", "/hello")).send().await?;
@@ -449,23 +468,17 @@ fn lua_stand_in_wat() -> String {
 #[tokio::test]
 async fn envoy_filter_metadata_answers_with_the_metadata_an_earlier_filter_set()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("lua.wat"), lua_stand_in_wat())?;
-    let gw = TestGateway::from_yaml_in(
-        &format!(
-            r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-plugins:
-  - {{ name: lua, file: lua.wat, vms: 1 }}
-  - {}
-routes:
-  - name: r
-    respond: {{ status: 200, body: "Welcome, set the `x-custom-metadata` header to change the response!\n" }}
-    filters: [{{ plugin: lua }}, {{ plugin: envoy_metadata_filter }}]
-"#,
-            example_plugin("envoy_metadata_filter", "envoy_filter_metadata")
+    let gw = example_gateway(
+        "[]",
+        &[
+            "{ name: lua, file: lua.wat, vms: 1 }".to_owned(),
+            example_plugin("envoy_metadata_filter", "envoy_filter_metadata"),
+        ],
+        &respond_route(
+            "Welcome, set the `x-custom-metadata` header to change the response!\n",
+            "[{ plugin: lua }, { plugin: envoy_metadata_filter }]",
         ),
-        dir,
+        &[("lua.wat", &lua_stand_in_wat())],
     )
     .await?;
     let client = http1_client();
@@ -550,6 +563,18 @@ async fn grpcbin(
     Ok((addr, task))
 }
 
+/// A gateway configured as `grpc_auth_random`'s `envoy.yaml`: every request
+/// goes to cluster `grpcbin` (at `addr`), behind the example's filter.
+async fn grpc_auth_gateway(addr: std::net::SocketAddr) -> anyhow::Result<TestGateway> {
+    example_gateway(
+        &format!(r#"[{{ name: grpcbin, targets: ["{addr}"]{GRPC_UPSTREAM_FIELDS} }}]"#),
+        &[example_plugin("grpc_auth_random", "grpc_auth_random")],
+        "  - { name: r, upstream: grpcbin, filters: [{ plugin: grpc_auth_random }] }\n",
+        &[],
+    )
+    .await
+}
+
 /// `grpc_auth_random`'s `envoy.yaml`: everything goes to cluster `grpcbin`
 /// (h2), behind the example's filter. README: a gRPC call is let through when
 /// `grpcbin.GRPCBin/RandomError` answers an even status (`Access granted.`),
@@ -572,16 +597,7 @@ async fn grpc_auth_random_lets_grpc_calls_through_on_an_even_status() -> anyhow:
     for (status, granted) in [(0u8, true), (3, false)] {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let (addr, task) = grpcbin(status, calls.clone()).await?;
-        let gw = TestGateway::from_yaml(&format!(
-            r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: grpcbin, targets: ["{addr}"]{GRPC_UPSTREAM_FIELDS} }}]
-plugins: [{}]
-routes: [{{ name: r, upstream: grpcbin, filters: [{{ plugin: grpc_auth_random }}] }}]
-"#,
-            example_plugin("grpc_auth_random", "grpc_auth_random")
-        ))
-        .await?;
+        let gw = grpc_auth_gateway(addr).await?;
         let response = say_hello(&gw).await?;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["powered-by"], "proxy-wasm");
@@ -627,16 +643,7 @@ routes: [{{ name: r, upstream: grpcbin, filters: [{{ plugin: grpc_auth_random }}
 
     let calls = Arc::new(Mutex::new(Vec::new()));
     let (addr, task) = grpcbin(0, calls.clone()).await?;
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: grpcbin, targets: ["{addr}"]{GRPC_UPSTREAM_FIELDS} }}]
-plugins: [{}]
-routes: [{{ name: r, upstream: grpcbin, filters: [{{ plugin: grpc_auth_random }}] }}]
-"#,
-        example_plugin("grpc_auth_random", "grpc_auth_random")
-    ))
-    .await?;
+    let gw = grpc_auth_gateway(addr).await?;
     let response = http1_client().get(gw.url("main", "/")).send().await?;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["powered-by"], "proxy-wasm");
