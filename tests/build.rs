@@ -1,7 +1,8 @@
-//! Compiles the test filter in `filters/` and the built-in plugins in
-//! `../plugins/` for `wasm32-wasip1` with the public proxy-wasm SDK, exactly as
-//! a filter author would, and tells the tests where the `.wasm` files are
-//! (`WEIR_TEST_FILTER_WASM`, `WEIR_PLUGINS_DIR`).
+//! Compiles the test filter in `filters/`, the built-in plugins in
+//! `../plugins/` and the proxy-wasm SDK's own examples in `sdk-examples/` for
+//! `wasm32-wasip1` with the public proxy-wasm SDK, exactly as a filter author
+//! would, and tells the tests where the `.wasm` files are
+//! (`WEIR_TEST_FILTER_WASM`, `WEIR_PLUGINS_DIR`, `WEIR_SDK_EXAMPLES_DIR`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,6 +24,14 @@ fn main() {
         &out_dir.join("plugins-target"),
     );
     println!("cargo:rustc-env=WEIR_PLUGINS_DIR={}", plugins.display());
+    let examples = build_wasm_workspace(
+        &manifest_dir.join("sdk-examples"),
+        &out_dir.join("sdk-examples-target"),
+    );
+    println!(
+        "cargo:rustc-env=WEIR_SDK_EXAMPLES_DIR={}",
+        examples.display()
+    );
 }
 
 /// Builds the Cargo workspace at `dir` for wasm32-wasip1; returns where the `.wasm` files are.

@@ -25,6 +25,8 @@ pub struct StreamInfo {
     pub route_name: String,
     /// The upstream group's name, when the route forwards.
     pub upstream_name: Option<String>,
+    /// The addresses of that group's targets (none for a fixed response).
+    pub upstream_hosts: Arc<[String]>,
     /// The request id.
     pub request_id: String,
     /// Client address.
@@ -67,6 +69,10 @@ pub struct ResponseHead {
     pub status: u16,
     /// Regular headers.
     pub headers: HeaderMap,
+    /// Where it came from, as Envoy's response code details name it (the
+    /// `response.code_details` property): `via_upstream`, `direct_response`
+    /// (a route's fixed response), or a filter's local reply's details.
+    pub details: String,
 }
 
 /// A response a filter asked to send instead of going on.
@@ -159,6 +165,9 @@ pub struct StreamData {
     pub closed: bool,
     /// Values written with `proxy_set_property`, by path.
     pub properties: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The target (one of `info.upstream_hosts`) a filter chose for the
+    /// request (Higress's `proxy_set_upstream_override_host`).
+    pub upstream_override: Option<String>,
 }
 
 impl StreamData {
@@ -178,6 +187,7 @@ impl StreamData {
             resume: Arc::new(Resume::default()),
             closed: false,
             properties: Vec::new(),
+            upstream_override: None,
         }
     }
 }

@@ -35,6 +35,7 @@ fn info() -> Arc<StreamInfo> {
     Arc::new(StreamInfo {
         route_name: "bench".into(),
         upstream_name: Some("users".into()),
+        upstream_hosts: Arc::from(["127.0.0.1:8080".to_owned()]),
         request_id: "bench".into(),
         source: "127.0.0.1:40000".parse().expect("address"),
         destination: None,
@@ -57,6 +58,7 @@ fn one_request(chain: &Chain, info: &Arc<StreamInfo>) {
     run.set_response(ResponseHead {
         status: 200,
         headers: HeaderMap::new(),
+        details: "via_upstream".to_owned(),
     });
     let step = run
         .headers(Direction::Response, true, 0)

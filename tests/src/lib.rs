@@ -50,6 +50,32 @@ pub const WAT_FILTER_BASICS: &str = concat!(
 "#
 );
 
+/// Serves HTTP/1.1 and h2c (prior knowledge) on `listener`, answering each
+/// request with `handler`, until the returned task is aborted.
+pub fn serve<F, Fut, B>(listener: TcpListener, handler: F) -> JoinHandle<()>
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let answer = handler(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
 /// An upstream server that answers every request with a JSON description of it.
 ///
 /// Request headers steer it: `x-echo-delay-ms: N` waits before answering,
@@ -68,23 +94,10 @@ impl EchoUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
-        let (task_name, task_hits) = (name.to_owned(), hits.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (name, hits) = (task_name.clone(), task_hits.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let (name, hits) = (name.clone(), hits.clone());
-                        async move { Ok::<_, Infallible>(echo(req, &name, &hits).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let (task_name, task_hits) = (Arc::new(name.to_owned()), hits.clone());
+        let task = serve(listener, move |req| {
+            let (name, hits) = (task_name.clone(), task_hits.clone());
+            async move { echo(req, &name, &hits).await }
         });
         Ok(Self {
             addr,
@@ -356,14 +369,39 @@ pub fn resident_bytes() -> u64 {
 ///
 /// The first call installs a process-wide subscriber (plugin output at info,
 /// Weir's own warnings) that keeps only lines mentioning a plugin whose name
-/// starts with `hostile`, so the capture stays small; give each test's plugin
-/// its own such name and search for it.
+/// starts with `hostile`, or a plugin named in [`capture_logs_of`], so the
+/// capture stays small; give each test's plugin its own such name and search
+/// for it.
 pub fn captured_logs(needle: &str) -> Vec<String> {
-    static LINES: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<String>>>> =
-        std::sync::OnceLock::new();
-    let lines = LINES.get_or_init(|| {
-        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = lines.clone();
+    log_capture()
+        .lines
+        .lock()
+        .map(|l| l.iter().filter(|l| l.contains(needle)).cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Keeps, from now on, the log lines of the plugin named `plugin` (its
+/// `plugin="…"` field) for [`captured_logs`]. Call it before the gateway
+/// starts to see what the plugin logs while starting.
+pub fn capture_logs_of(plugin: &str) {
+    if let Ok(mut watched) = log_capture().watched.lock() {
+        watched.push(format!("plugin=\"{plugin}\""));
+    }
+}
+
+/// What the log capture keeps, and for which plugins besides `hostile…`.
+#[derive(Default)]
+struct LogCapture {
+    lines: std::sync::Mutex<Vec<String>>,
+    watched: std::sync::Mutex<Vec<String>>,
+}
+
+/// The process-wide capture, installing its subscriber on first use.
+fn log_capture() -> &'static Arc<LogCapture> {
+    static CAPTURE: std::sync::OnceLock<Arc<LogCapture>> = std::sync::OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = Arc::new(LogCapture::default());
+        let sink = capture.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(
                 "weir::plugin=info,weir::wasm=warn",
@@ -372,22 +410,24 @@ pub fn captured_logs(needle: &str) -> Vec<String> {
             .with_writer(move || LineSink(sink.clone()))
             .finish();
         let _ = tracing::subscriber::set_global_default(subscriber);
-        lines
-    });
-    lines
-        .lock()
-        .map(|l| l.iter().filter(|l| l.contains(needle)).cloned().collect())
-        .unwrap_or_default()
+        capture
+    })
 }
 
-/// Keeps each formatted log line that mentions a `hostile…` plugin.
-struct LineSink(Arc<std::sync::Mutex<Vec<String>>>);
+/// Keeps each formatted log line that mentions a `hostile…` or a watched plugin.
+struct LineSink(Arc<LogCapture>);
 
 impl std::io::Write for LineSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
-        if text.contains("hostile")
-            && let Ok(mut lines) = self.0.lock()
+        let watched = |text: &str| {
+            self.0
+                .watched
+                .lock()
+                .is_ok_and(|w| w.iter().any(|name| text.contains(name.as_str())))
+        };
+        if (text.contains("hostile") || watched(&text))
+            && let Ok(mut lines) = self.0.lines.lock()
         {
             lines.extend(text.lines().map(|l| l.chars().take(512).collect()));
         }
@@ -478,6 +518,15 @@ pub fn plugin_wasm(name: &str) -> String {
     )
 }
 
+/// The proxy-wasm SDK's example `name` (e.g. `http_headers`), built from
+/// `tests/sdk-examples`.
+pub fn sdk_example_wasm(name: &str) -> String {
+    format!(
+        "{}/proxy_wasm_example_{name}.wasm",
+        env!("WEIR_SDK_EXAMPLES_DIR")
+    )
+}
+
 /// An upstream that answers every request with the same status and body,
 /// optionally after a delay.
 pub struct FixedUpstream {
@@ -494,26 +543,15 @@ impl FixedUpstream {
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
         let task_hits = hits.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let hits = task_hits.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        let hits = hits.clone();
-                        async move {
-                            hits.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(delay).await;
-                            let mut response =
-                                Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-                            *response.status_mut() = hyper::StatusCode::from_u16(status)
-                                .unwrap_or(hyper::StatusCode::OK);
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        let task = serve(listener, move |_req| {
+            let hits = task_hits.clone();
+            async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                *response.status_mut() =
+                    hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+                response
             }
         });
         Ok(Self { addr, hits, task })

@@ -31,6 +31,39 @@ async fn gateway_with_files(yaml: &str, files: &[(&str, &str)]) -> anyhow::Resul
     TestGateway::from_yaml_in(yaml, dir).await
 }
 
+/// A gateway whose only route runs a filter of each of `plugins` (`(name,
+/// WAT text)`, written as `<name>.wat`), in order, in front of `targets`
+/// (round robin).
+async fn gateway_with_plugins(
+    targets: &[&EchoUpstream],
+    plugins: &[(&str, &str)],
+) -> anyhow::Result<TestGateway> {
+    let targets: Vec<String> = targets.iter().map(|t| format!("\"{}\"", t.addr)).collect();
+    let files: Vec<(String, &str)> = plugins
+        .iter()
+        .map(|(name, wat)| (format!("{name}.wat"), *wat))
+        .collect();
+    let declared: String = plugins
+        .iter()
+        .map(|(name, _)| format!("  - {{ name: {name}, file: {name}.wat, vms: 1 }}\n"))
+        .collect();
+    let filters: Vec<String> = plugins
+        .iter()
+        .map(|(name, _)| format!("{{ plugin: {name} }}"))
+        .collect();
+    let yaml = format!(
+        "apiVersion: weir/v1\n\
+         listeners: [{{ name: main, address: 127.0.0.1:0 }}]\n\
+         upstreams: [{{ name: echo, targets: [{}] }}]\n\
+         plugins:\n{declared}\
+         routes: [{{ name: r, upstream: echo, filters: [{}] }}]\n",
+        targets.join(", "),
+        filters.join(", ")
+    );
+    let files: Vec<(&str, &str)> = files.iter().map(|(f, w)| (f.as_str(), *w)).collect();
+    gateway_with_files(&yaml, &files).await
+}
+
 /// The request headers the echo upstream saw for `GET /`.
 async fn echoed_headers(gw: &TestGateway) -> anyhow::Result<serde_json::Value> {
     let response = http1_client().get(gw.url("main", "/")).send().await?;
@@ -258,22 +291,11 @@ fn queue_stranger_wat() -> String {
 #[tokio::test]
 async fn shared_queue_ids_start_at_1_so_a_failed_resolve_reaches_no_queue() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let yaml = format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: echo, targets: ["{}"] }}]
-plugins:
-  - {{ name: owner, file: owner.wat, vms: 1 }}
-  - {{ name: stranger, file: stranger.wat, vms: 1 }}
-routes: [{{ name: r, upstream: echo, filters: [{{ plugin: stranger }}, {{ plugin: owner }}] }}]
-"#,
-        up.addr
-    );
-    let gw = gateway_with_files(
-        &yaml,
+    let gw = gateway_with_plugins(
+        &[&up],
         &[
-            ("owner.wat", &queue_owner_wat()),
-            ("stranger.wat", &queue_stranger_wat()),
+            ("stranger", &queue_stranger_wat()),
+            ("owner", &queue_owner_wat()),
         ],
     )
     .await?;
@@ -429,6 +451,317 @@ async fn filters_of_one_plugin_pick_their_root_context_by_root_id() -> anyhow::R
         json!(["shared_root", "own"]),
         "the plugin's root_id is its filters' default"
     );
+    Ok(())
+}
+
+/// On request headers answers 403 `denied` itself; on response headers adds
+/// `x-replier: ran`.
+fn replier_wat() -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "denied")
+  (data (i32.const 80) "x-replier")
+  (data (i32.const 96) "ran")
+  (data (i32.const 112) "\00\00\00\00")
+{WAT_FILTER_BASICS}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (call $reply (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 64) (i32.const 6)
+          (i32.const 112) (i32.const 4) (i32.const -1))
+      (then unreachable))
+    (i32.const 1))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 80) (i32.const 9) (i32.const 96) (i32.const 3)))
+    (i32.const 0)))
+"#
+    )
+}
+
+/// Lets requests through; on response headers adds `x-tagger: ran`.
+fn tagger_wat() -> String {
+    format!(
+        r#"(module
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 80) "x-tagger")
+  (data (i32.const 96) "ran")
+{WAT_FILTER_BASICS}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 80) (i32.const 8) (i32.const 96) (i32.const 3)))
+    (i32.const 0)))
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_local_reply_runs_the_response_callbacks_as_in_envoy() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = gateway_with_plugins(
+        &[&up],
+        &[("tagger", &tagger_wat()), ("replier", &replier_wat())],
+    )
+    .await?;
+    let response = http1_client().get(gw.url("main", "/")).send().await?;
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        response.headers()["x-replier"],
+        "ran",
+        "the replying filter's own response callback"
+    );
+    assert_eq!(
+        response.headers()["x-tagger"],
+        "ran",
+        "an earlier filter's response callback"
+    );
+    assert_eq!(response.text().await?, "denied");
+    assert_eq!(up.hits(), 0, "the upstream was never asked");
+    Ok(())
+}
+
+/// The filter basics with Higress's ABI version marker instead of 0.2.1's.
+fn higress_basics() -> String {
+    WAT_FILTER_BASICS.replace("proxy_abi_version_0_2_1", "proxy_abi_version_0_2_100")
+}
+
+/// A module marked `proxy_abi_version_0_2_100`, as Higress's Go SDK builds
+/// every plugin; adds `x-abi: 0.2.100` to each request.
+fn higress_abi_wat() -> String {
+    format!(
+        r#"(module
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "x-abi")
+  (data (i32.const 80) "0.2.100")
+{}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 0) (i32.const 64) (i32.const 5) (i32.const 80) (i32.const 7)))
+    (i32.const 0)))
+"#,
+        higress_basics()
+    )
+}
+
+#[tokio::test]
+async fn a_module_of_higress_abi_0_2_100_loads_and_runs() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = gateway_with_plugins(&[&up], &[("higress", &higress_abi_wat())]).await?;
+    assert_eq!(echoed_headers(&gw).await?["x-abi"], json!(["0.2.100"]));
+    Ok(())
+}
+
+/// Calls the foreign functions Higress's plugin library calls and reports
+/// each status in a request header: `get_log_level` (`x-log-level-status`,
+/// the result's length in `x-log-level-len`, and in `x-log-level-same` 01
+/// when it equals what `proxy_get_log_level` gives),
+/// `set_global_max_requests_per_io_cycle` with 8 bytes (`x-cap-status`) and
+/// with 4 (`x-cap-short-status`), `inject_encoded_data_to_filter_chain_on_header`
+/// (`x-unknown-status`), and the `proxy_inject_encoded_data_to_filter_chain`
+/// import (`x-inject-status`).
+fn higress_foreign_wat() -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_call_foreign_function" (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_log_level" (func $level (param i32) (result i32)))
+  (import "env" "proxy_inject_encoded_data_to_filter_chain" (func $inject (param i32 i32 i32) (result i32)))
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "get_log_level")
+  (data (i32.const 80) "set_global_max_requests_per_io_cycle")
+  (data (i32.const 128) "inject_encoded_data_to_filter_chain_on_header")
+  (data (i32.const 176) "\14\00\00\00\00\00\00\00")
+  (data (i32.const 200) "x-log-level-status")
+  (data (i32.const 224) "x-log-level-len")
+  (data (i32.const 240) "x-log-level-same")
+  (data (i32.const 260) "x-cap-status")
+  (data (i32.const 280) "x-cap-short-status")
+  (data (i32.const 300) "x-unknown-status")
+  (data (i32.const 320) "x-inject-status")
+{}{WAT_NUMBER_HEADER}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $number (i32.const 200) (i32.const 18)
+      (call $foreign (i32.const 64) (i32.const 13) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 4)))
+    (call $number (i32.const 224) (i32.const 15) (i32.load (i32.const 4)))
+    (drop (call $level (i32.const 8)))
+    (call $number (i32.const 240) (i32.const 16)
+      (i32.eq (i32.load (i32.load (i32.const 0))) (i32.load (i32.const 8))))
+    (call $number (i32.const 260) (i32.const 12)
+      (call $foreign (i32.const 80) (i32.const 36) (i32.const 176) (i32.const 8) (i32.const 0) (i32.const 4)))
+    (call $number (i32.const 280) (i32.const 18)
+      (call $foreign (i32.const 80) (i32.const 36) (i32.const 176) (i32.const 4) (i32.const 0) (i32.const 4)))
+    (call $number (i32.const 300) (i32.const 16)
+      (call $foreign (i32.const 128) (i32.const 45) (i32.const 176) (i32.const 0) (i32.const 0) (i32.const 4)))
+    (call $number (i32.const 320) (i32.const 15)
+      (call $inject (i32.const 176) (i32.const 1) (i32.const 1)))
+    (i32.const 0)))
+"#,
+        higress_basics()
+    )
+}
+
+#[tokio::test]
+async fn higress_foreign_functions_answer_as_its_plugin_library_expects() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = gateway_with_plugins(&[&up], &[("foreign", &higress_foreign_wat())]).await?;
+    let headers = echoed_headers(&gw).await?;
+    assert_eq!(headers["x-log-level-status"], json!(["00"]));
+    assert_eq!(headers["x-log-level-len"], json!(["04"]), "a u32");
+    assert_eq!(
+        headers["x-log-level-same"],
+        json!(["01"]),
+        "the level proxy_get_log_level gives"
+    );
+    assert_eq!(headers["x-cap-status"], json!(["00"]), "accepted");
+    assert_eq!(
+        headers["x-cap-short-status"],
+        json!(["02"]),
+        "BAD_ARGUMENT: not a u64"
+    );
+    assert_eq!(
+        headers["x-unknown-status"],
+        json!(["01"]),
+        "NOT_FOUND, so the MCP wrapper falls back to answering at once"
+    );
+    assert_eq!(headers["x-inject-status"], json!(["12"]), "UNIMPLEMENTED");
+    Ok(())
+}
+
+/// Reports the route's upstream hosts (`proxy_get_upstream_hosts`): its
+/// status in `x-hosts-status`, each host's address in `x-upstream-host` and
+/// its info in `x-upstream-host-info`. Then, when the request has `x-pick`,
+/// makes that address the request's target
+/// (`proxy_set_upstream_override_host`; the status in `x-override-status`).
+fn higress_hosts_wat() -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_get_upstream_hosts" (func $hosts (param i32 i32) (result i32)))
+  (import "env" "proxy_set_upstream_override_host" (func $override (param i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "x-pick")
+  (data (i32.const 80) "x-upstream-host")
+  (data (i32.const 96) "x-upstream-host-info")
+  (data (i32.const 128) "x-hosts-status")
+  (data (i32.const 144) "x-override-status")
+{}{WAT_NUMBER_HEADER}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (local $status i32) (local $n i32) (local $i i32) (local $lens i32) (local $data i32) (local $len i32)
+    (local.set $status (call $hosts (i32.const 0) (i32.const 4)))
+    (call $number (i32.const 128) (i32.const 14) (local.get $status))
+    (if (i32.eqz (local.get $status))
+      (then
+        (local.set $n (i32.load (i32.load (i32.const 0))))
+        (local.set $lens (i32.add (i32.load (i32.const 0)) (i32.const 4)))
+        (local.set $data (i32.add (local.get $lens) (i32.mul (local.get $n) (i32.const 8))))
+        (block $done
+          (loop $next
+            (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+            (local.set $len (i32.load (i32.add (local.get $lens) (i32.mul (local.get $i) (i32.const 8)))))
+            (drop (call $add (i32.const 0) (i32.const 80) (i32.const 15) (local.get $data) (local.get $len)))
+            (local.set $data (i32.add (local.get $data) (i32.add (local.get $len) (i32.const 1))))
+            (local.set $len (i32.load offset=4 (i32.add (local.get $lens) (i32.mul (local.get $i) (i32.const 8)))))
+            (drop (call $add (i32.const 0) (i32.const 96) (i32.const 20) (local.get $data) (local.get $len)))
+            (local.set $data (i32.add (local.get $data) (i32.add (local.get $len) (i32.const 1))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $next)))))
+    (if (i32.eqz (call $get (i32.const 0) (i32.const 64) (i32.const 6) (i32.const 8) (i32.const 12)))
+      (then
+        (call $number (i32.const 144) (i32.const 17)
+          (call $override (i32.load (i32.const 8)) (i32.load (i32.const 12))))))
+    (i32.const 0)))
+"#,
+        higress_basics()
+    )
+}
+
+#[tokio::test]
+async fn a_filter_reads_the_upstream_hosts_and_picks_one_as_in_higress() -> anyhow::Result<()> {
+    let one = EchoUpstream::start("one").await?;
+    let two = EchoUpstream::start("two").await?;
+    let gw = gateway_with_plugins(&[&one, &two], &[("hosts", &higress_hosts_wat())]).await?;
+    let headers = echoed_headers(&gw).await?;
+    assert_eq!(headers["x-hosts-status"], json!(["00"]));
+    assert_eq!(
+        headers["x-upstream-host"],
+        json!([one.addr.to_string(), two.addr.to_string()])
+    );
+    assert_eq!(
+        headers["x-upstream-host-info"],
+        json!([
+            r#"{"health_status":"Healthy"}"#,
+            r#"{"health_status":"Healthy"}"#
+        ])
+    );
+    assert!(headers.get("x-override-status").is_none());
+
+    let client = http1_client();
+    for _ in 0..4 {
+        let response = client
+            .get(gw.url("main", "/"))
+            .header("x-pick", two.addr.to_string())
+            .send()
+            .await?;
+        let echoed = json(response).await?;
+        assert_eq!(echoed["headers"]["x-override-status"], json!(["00"]));
+        assert_eq!(echoed["upstream"], "two", "the filter's pick, every time");
+    }
+    let response = client
+        .get(gw.url("main", "/"))
+        .header("x-pick", "127.0.0.1:1")
+        .send()
+        .await?;
+    let echoed = json(response).await?;
+    assert_eq!(
+        echoed["headers"]["x-override-status"],
+        json!(["02"]),
+        "BAD_ARGUMENT: not a host of the route's upstream"
+    );
+    assert_eq!(one.hits() + two.hits(), 6, "every request was served");
+    Ok(())
+}
+
+/// Copies the `response.code_details` property into response header
+/// `x-code-details`.
+fn code_details_wat() -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_get_property" (func $property (param i32 i32 i32 i32) (result i32)))
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "response\00code_details")
+  (data (i32.const 96) "x-code-details")
+{WAT_FILTER_BASICS}  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (if (i32.eqz (call $property (i32.const 64) (i32.const 21) (i32.const 0) (i32.const 4)))
+      (then (drop (call $add (i32.const 2) (i32.const 96) (i32.const 14)
+        (i32.load (i32.const 0)) (i32.load (i32.const 4))))))
+    (i32.const 0)))
+"#
+    )
+}
+
+#[tokio::test]
+async fn response_code_details_tells_an_upstream_answer_from_a_fixed_one() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let yaml = format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+plugins: [{{ name: details, file: details.wat, vms: 1 }}]
+routes:
+  - {{ name: fixed, match: {{ path: {{ prefix: /fixed }} }}, respond: {{ status: 200 }}, filters: [{{ plugin: details }}] }}
+  - {{ name: r, upstream: echo, filters: [{{ plugin: details }}] }}
+"#,
+        up.addr
+    );
+    let gw = gateway_with_files(&yaml, &[("details.wat", &code_details_wat())]).await?;
+    let client = http1_client();
+    let response = client.get(gw.url("main", "/")).send().await?;
+    assert_eq!(
+        response.headers()["x-code-details"],
+        "via_upstream",
+        "what Higress's IsResponseFromUpstream checks"
+    );
+    let response = client.get(gw.url("main", "/fixed")).send().await?;
+    assert_eq!(response.headers()["x-code-details"], "direct_response");
     Ok(())
 }
 

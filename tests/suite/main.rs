@@ -13,6 +13,7 @@ mod redis;
 mod reload;
 mod resilience;
 mod routing;
+mod sdk_examples;
 mod services;
 mod shutdown;
 mod slots;

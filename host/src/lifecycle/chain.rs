@@ -671,6 +671,7 @@ mod tests {
         Arc::new(StreamInfo {
             route_name: "r".into(),
             upstream_name: None,
+            upstream_hosts: Arc::from([]),
             request_id: "id".into(),
             source: "127.0.0.1:1".parse().expect("address"),
             destination: None,

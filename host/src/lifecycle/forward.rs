@@ -16,13 +16,15 @@ use crate::body::{self, Body, Primed};
 use crate::config::model::{FixedResponse, Route};
 use crate::upstream::OutgoingBody;
 
-/// Sends the request where its route goes and returns the response with
-/// hop-by-hop headers removed and `via` added. `client_host` is the host the
-/// client asked for (`x-forwarded-host`), whatever filters made of it.
+/// Sends the request where its route goes (to target `prefer` of its group
+/// when a filter chose one) and returns the response with hop-by-hop headers
+/// removed and `via` added. `client_host` is the host the client asked for
+/// (`x-forwarded-host`), whatever filters made of it.
 pub(super) async fn exchange(
     entry: &RouteEntry,
     mut parts: http::request::Parts,
     body: Body,
+    prefer: Option<&str>,
     conn: &Connection,
     client_host: Option<HeaderValue>,
 ) -> Result<Response<Body>, RequestError> {
@@ -65,7 +67,11 @@ pub(super) async fn exchange(
         }
     };
     let response = group
-        .send(Request::from_parts(parts, outgoing), entry.route.timeout)
+        .send_to(
+            Request::from_parts(parts, outgoing),
+            entry.route.timeout,
+            prefer,
+        )
         .await?;
     let (mut parts, body) = response.into_parts();
     // Weir speaks HTTP/1.1 to its clients whatever the upstream spoke (an

@@ -22,6 +22,7 @@ use super::forward;
 use super::snapshot::{RouteEntry, Target};
 use super::{Connection, declared_length};
 use crate::body::{self, Body, Retaining};
+use crate::error::HttpError;
 use crate::exchange::{LocalReply, RequestHead, ResponseHead, StreamInfo};
 
 /// How long a paused filter may hold a stream when the route sets no timeout.
@@ -48,7 +49,7 @@ pub(super) async fn run(
         let (parts, incoming) = request.into_parts();
         let client_host = parts.headers.get(header::HOST).cloned();
         let body = body::limited(incoming, limit);
-        return forward::exchange(entry, parts, body, conn, client_host).await;
+        return forward::exchange(entry, parts, body, None, conn, client_host).await;
     }
     let (mut parts, incoming) = request.into_parts();
     // Filters see the host as `:authority` only; it goes back into `Host` on the way out.
@@ -74,12 +75,29 @@ pub(super) async fn run(
         pause_limit,
     );
     let answer = match phases.await {
-        Ok(Ok(body)) => forward::exchange(entry, parts, body, conn, client_host).await,
-        Ok(Err(reply)) => Ok(local_response(reply)),
+        Ok(Ok(body)) => {
+            let target = chain::lock(&run)
+                .data()
+                .and_then(|d| d.upstream_override.clone());
+            let details = match entry.target {
+                Target::Forward(_) => "via_upstream",
+                Target::Respond(_) => "direct_response",
+            };
+            forward::exchange(entry, parts, body, target.as_deref(), conn, client_host)
+                .await
+                .map(|response| (response, details.to_owned()))
+        }
+        Ok(Err(reply)) => {
+            let details = reply.details.clone();
+            Ok((local_response(reply), details))
+        }
         Err(error) => Err(error),
     };
-    let response = answer.unwrap_or_else(|error| super::failed(Some(entry), &error, request_id));
-    response_phases(&run, response, limit, pause_limit).await
+    let (response, details) = answer.unwrap_or_else(|error| {
+        let response = super::failed(Some(entry), &error, request_id);
+        (response, error.code().to_owned())
+    });
+    response_phases(&run, response, details, limit, pause_limit).await
 }
 
 /// The chain's request phases; the body to send on, or a filter's local reply.
@@ -122,11 +140,13 @@ async fn request_phases(
     Ok(Ok(outgoing))
 }
 
-/// The chain's response phases; the response that goes to the client. The
-/// run lives until its body is done, then the filters finish.
+/// The chain's response phases over `response` (from where `details` says);
+/// the response that goes to the client. The run lives until its body is
+/// done, then the filters finish.
 async fn response_phases(
     run: &SharedRun,
     response: Response<Body>,
+    details: String,
     limit: u64,
     pause_limit: Duration,
 ) -> Result<Response<Body>, RequestError> {
@@ -135,6 +155,7 @@ async fn response_phases(
     chain::lock(run).set_response(ResponseHead {
         status: parts.status.as_u16(),
         headers: std::mem::take(&mut parts.headers),
+        details,
     });
     if let Some(reply) =
         chain::headers(run, Direction::Response, end_of_stream, pause_limit).await?
@@ -188,6 +209,10 @@ fn stream_info(
         cluster_metadata: match &entry.target {
             Target::Forward(group) => Some(group.config().metadata.clone()),
             Target::Respond(_) => None,
+        },
+        upstream_hosts: match &entry.target {
+            Target::Forward(group) => group.addresses(),
+            Target::Respond(_) => Arc::from([]),
         },
         request_id: crate::request_id::text(request_id).to_owned(),
         source: conn.remote,
@@ -285,10 +310,12 @@ fn set_content_length(headers: &mut HeaderMap, len: usize) {
     }
 }
 
-/// A filter's local reply as a response, with the `content-type` Envoy gives
-/// one that has a body and names none.
+/// A filter's local reply as a response, with the `content-length` and (for
+/// a body that names none) the `content-type: text/plain` Envoy gives one, so
+/// the response phases see them.
 fn local_response(reply: LocalReply) -> Response<Body> {
     let has_body = !reply.body.is_empty();
+    let length = HeaderValue::from(reply.body.len());
     let mut response = Response::new(body::full(reply.body));
     *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::FORBIDDEN);
     let headers = response.headers_mut();
@@ -303,5 +330,7 @@ fn local_response(reply: LocalReply) -> Response<Body> {
     if has_body && !headers.contains_key(header::CONTENT_TYPE) {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
+    // The body's own length, whatever the filter wrote.
+    headers.insert(header::CONTENT_LENGTH, length);
     response
 }

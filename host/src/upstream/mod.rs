@@ -120,6 +120,8 @@ pub struct UpstreamGroup {
     config: Upstream,
     name: String,
     targets: Vec<TargetState>,
+    /// The targets' addresses, as configured, in `targets`' order.
+    addresses: Arc<[String]>,
     balancer: Balancer,
     request_timeout: Duration,
     retries: u32,
@@ -147,6 +149,7 @@ impl UpstreamGroup {
             config: config.clone(),
             name: config.name.clone(),
             targets,
+            addresses: config.targets.iter().map(|t| t.address.clone()).collect(),
             balancer: Balancer::new(config.lb, config.targets.iter().map(|t| t.weight).collect()),
             request_timeout: config.timeouts.request,
             retries: config.retries,
@@ -161,6 +164,11 @@ impl UpstreamGroup {
     /// The group's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The addresses of the group's targets, as configured.
+    pub fn addresses(&self) -> Arc<[String]> {
+        self.addresses.clone()
     }
 
     /// The group's request timeout.
@@ -182,13 +190,29 @@ impl UpstreamGroup {
         request: Request<OutgoingBody>,
         timeout: Option<Duration>,
     ) -> Result<Response<Body>, UpstreamError> {
+        self.send_to(request, timeout, None).await
+    }
+
+    /// [`UpstreamGroup::send`], first to the target at address `prefer` when
+    /// it is one of the group's (a filter's choice); a retry, or an address
+    /// the group does not have, goes where the balancer picks.
+    pub async fn send_to(
+        self: &Arc<Self>,
+        request: Request<OutgoingBody>,
+        timeout: Option<Duration>,
+        prefer: Option<&str>,
+    ) -> Result<Response<Body>, UpstreamError> {
         let timeout = timeout.unwrap_or(self.request_timeout);
+        let prefer = prefer.and_then(|p| self.addresses.iter().position(|a| a == p));
         let (parts, body) = request.into_parts();
         let (attempts, replay) = match body {
             OutgoingBody::Replayable(bytes) => (1 + self.retries, Some(bytes)),
             OutgoingBody::Streaming(b) => {
                 let req = Request::from_parts(parts, b);
-                return self.attempt(req, None, timeout).await.map_err(|(e, _)| e);
+                return self
+                    .attempt(req, prefer, None, timeout)
+                    .await
+                    .map_err(|(e, _)| e);
             }
         };
         let mut avoid = None;
@@ -196,7 +220,7 @@ impl UpstreamGroup {
         for _ in 0..attempts {
             let body = replay.clone().map_or_else(body::empty, body::full);
             let req = Request::from_parts(parts.clone(), body);
-            match self.attempt(req, avoid, timeout).await {
+            match self.attempt(req, prefer, avoid, timeout).await {
                 Ok(response) => return Ok(response),
                 Err((error, Some(failed))) => {
                     tracing::debug!(upstream = %self.name, %error, "connect failed, retrying");
@@ -212,17 +236,22 @@ impl UpstreamGroup {
         }))
     }
 
-    /// One attempt on one target. On a connect failure the error carries the
+    /// One attempt on one target: `prefer` unless it is the one to `avoid`,
+    /// else the balancer's pick. On a connect failure the error carries the
     /// target index, meaning a retry is safe.
     async fn attempt(
         &self,
         request: Request<Body>,
+        prefer: Option<usize>,
         avoid: Option<usize>,
         timeout: Duration,
     ) -> Result<Response<Body>, (UpstreamError, Option<usize>)> {
-        let index = self
-            .balancer
-            .pick(|i| self.targets[i].in_flight.load(Ordering::Relaxed), avoid);
+        let index = match prefer {
+            Some(i) if avoid.is_none() => i,
+            _ => self
+                .balancer
+                .pick(|i| self.targets[i].in_flight.load(Ordering::Relaxed), avoid),
+        };
         let target = &self.targets[index];
         let _guard = InFlight::enter(&target.in_flight);
         match tokio::time::timeout(timeout, target.pool.send(request)).await {

@@ -478,6 +478,7 @@ mod tests {
         let info = StreamInfo {
             route_name: "r".into(),
             upstream_name: None,
+            upstream_hosts: Arc::from([]),
             request_id: "id".into(),
             source: ([127, 0, 0, 1], 1).into(),
             destination: None,

@@ -22,8 +22,15 @@ use crate::services::quota::{LogBucket, Quotas, Warnings};
 /// How often the epoch advances; CPU deadlines are whole multiples of it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// The ABI versions Weir serves, by their marker export.
-const ABI_MARKERS: [&str; 2] = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0"];
+/// The ABI versions Weir serves, by their marker export. `0_2_100` is
+/// Higress's: ABI 0.2.1 plus Higress's extensions (Redis, upstream hosts,
+/// injected data), exported by every module its Go SDK builds with Go 1.24
+/// (and by TinyGo builds with the `proxy_wasm_version_0_2_100` tag).
+const ABI_MARKERS: [&str; 3] = [
+    "proxy_abi_version_0_2_1",
+    "proxy_abi_version_0_2_0",
+    "proxy_abi_version_0_2_100",
+];
 
 /// Sandbox limits of one plugin's VMs.
 #[derive(Debug, Clone, Copy)]

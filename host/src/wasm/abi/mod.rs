@@ -12,6 +12,8 @@
 //! quotas ([`refuse`] answers a quota hit).
 
 pub(crate) mod caps;
+mod foreign;
+mod higress;
 mod memory;
 pub(crate) mod pairs;
 mod properties;
@@ -136,6 +138,7 @@ pub fn add_to_linker(
     add_map_functions(&mut r)?;
     add_stream_functions(&mut r)?;
     services::add(&mut r)?;
+    higress::add(&mut r)?;
     add_unserved(&mut r)?;
     wasi::add(&mut r)?;
     Ok(r.names)
@@ -189,16 +192,7 @@ fn add_context_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
         },
     )?;
     r.env("proxy_get_log_level", |mut c: Ctx<'_>, ret: i32| {
-        use tracing::level_filters::LevelFilter;
-        let level = match LevelFilter::current() {
-            LevelFilter::TRACE => 0,
-            LevelFilter::DEBUG => 1,
-            LevelFilter::INFO => 2,
-            LevelFilter::WARN => 3,
-            LevelFilter::ERROR => 4,
-            _ => 5,
-        };
-        Ok(code(memory::write_u32(&mut c, ret, level)))
+        Ok(code(memory::write_u32(&mut c, ret, log_level())))
     })?;
     r.env(
         "proxy_get_current_time_nanoseconds",
@@ -264,6 +258,20 @@ fn add_context_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// The ABI log level (0 trace … 4 error, 5 critical: nothing is kept) below
+/// which plugin messages are dropped.
+fn log_level() -> u32 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => 0,
+        LevelFilter::DEBUG => 1,
+        LevelFilter::INFO => 2,
+        LevelFilter::WARN => 3,
+        LevelFilter::ERROR => 4,
+        _ => 5,
+    }
 }
 
 /// Whether a plugin log line at ABI `level` would be recorded.

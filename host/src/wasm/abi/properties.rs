@@ -88,6 +88,7 @@ pub fn get(state: &VmState, stream: Option<&StreamData>, path: &[u8]) -> Option<
         ["request", "headers"] => Some(header_pairs(&request.headers)),
         ["request", "headers", name] => header(&request.headers, name),
         ["response", "code"] => int(u64::from(stream.response.as_ref()?.status)),
+        ["response", "code_details"] => string(&stream.response.as_ref()?.details),
         ["response", "headers"] => Some(header_pairs(&stream.response.as_ref()?.headers)),
         ["response", "headers", name] => header(&stream.response.as_ref()?.headers, name),
         ["source", "address"] => string(&info.source.to_string()),

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use std::sync::atomic::Ordering;
 
 use super::memory::{self, Ctx, span};
-use super::{Registry, Status, caps, code, on_time, pairs, refuse};
+use super::{Registry, Status, caps, code, foreign, on_time, pairs, refuse};
 use crate::services::http_call::{CallRejected, CallRequest};
 use crate::services::metrics::{Kind, MetricError};
 use crate::services::queues::EnqueueError;
@@ -367,14 +367,6 @@ fn add_metrics(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// Arguments of `weir.shared_data_set_ttl` / `weir.shared_data_delete` (JSON).
-#[derive(serde::Deserialize)]
-struct KeyArgs {
-    key: String,
-    #[serde(default)]
-    ttl_ms: Option<u64>,
-}
-
 fn add_foreign_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     r.env(
         "proxy_call_foreign_function",
@@ -385,37 +377,11 @@ fn add_foreign_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
          a_len: i32,
          ret_ptr: i32,
          ret_len: i32| {
+            on_time(c.data(), "proxy_call_foreign_function")?;
             let name = read_or_return!(&mut c, n_ptr, n_len, caps::NAME);
             let args = read_or_return!(&mut c, a_ptr, a_len, caps::FOREIGN_ARGS);
-            let result = {
-                let state = c.data();
-                let data = &state.services.shared_data;
-                let vm_id = state.plugin.name.as_str();
-                let parsed = serde_json::from_slice::<KeyArgs>(&args);
-                match (name.as_slice(), parsed) {
-                    (
-                        b"weir.shared_data_set_ttl",
-                        Ok(KeyArgs {
-                            key,
-                            ttl_ms: Some(ms),
-                        }),
-                    ) => {
-                        let ttl = Duration::from_millis(ms);
-                        tier::expire(&state.services, vm_id, &key, ttl);
-                        data.set_ttl(vm_id, &key, ttl).map_err(|_| Status::NotFound)
-                    }
-                    (b"weir.shared_data_delete", Ok(KeyArgs { key, .. })) => {
-                        tier::delete(&state.services, vm_id, &key);
-                        data.delete(vm_id, &key).map_err(|_| Status::NotFound)
-                    }
-                    (b"weir.shared_data_set_ttl" | b"weir.shared_data_delete", _) => {
-                        Err(Status::BadArgument)
-                    }
-                    _ => Err(Status::NotFound),
-                }
-            };
-            match result {
-                Ok(()) => Ok(code(memory::give(&mut c, &[], ret_ptr, ret_len)?)),
+            match foreign::call(c.data(), &name, &args) {
+                Ok(result) => Ok(code(memory::give(&mut c, &result, ret_ptr, ret_len)?)),
                 Err(status) => Ok(status as i32),
             }
         },
