@@ -1,0 +1,493 @@
+//! gRPC callouts from a filter (`proxy_grpc_call`, `proxy_grpc_stream`) to a
+//! real tonic server, through the real gateway: the request pauses until the
+//! answer, the callbacks come in Envoy's order with Envoy's statuses, and a
+//! cancelled call is never heard of again.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use weir_tests::{EchoUpstream, dead_address, eventually, h2c_client, http1_client, json};
+
+use crate::services::gateway;
+use server::GrpcServer;
+
+/// The filter's `grpc` configuration for method `method` of the test server.
+fn call(method: &str, message: &str, timeout_ms: u64) -> serde_json::Value {
+    json!({
+        "upstream": "grpc",
+        "service": "weir.test.Echo",
+        "method": method,
+        "message": message,
+        "metadata": [["x-test-meta", "from-filter"]],
+        "timeout_ms": timeout_ms,
+    })
+}
+
+/// The upstream's echo of a request through the gateway.
+async fn echoed(gw: &weir_tests::TestGateway) -> anyhow::Result<serde_json::Value> {
+    json(http1_client().get(gw.url("main", "/in")).send().await?).await
+}
+
+#[tokio::test]
+async fn a_unary_call_pauses_the_request_until_its_reply() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let grpc = GrpcServer::start().await?;
+    let config = json!({ "grpc": call("Say", "weir", 2000) });
+    let gw = gateway(&app, &[("grpc", grpc.addr.to_string())], config, 1).await?;
+    let echoed = echoed(&gw).await?;
+    let headers = &echoed["headers"];
+    assert_eq!(headers["x-grpc-reply"][0], "hello weir");
+    assert_eq!(headers["x-grpc-status"][0], "0");
+    assert_eq!(
+        headers["x-grpc-events"][0], "call_response:0",
+        "a unary call gets one callback, proxy_on_grpc_receive, as from Envoy"
+    );
+    let request = grpc.seen.last_request();
+    assert_eq!(request.path, "/weir.test.Echo/Say");
+    assert_eq!(request.meta.as_deref(), Some("from-filter"));
+    assert_eq!(request.grpc_timeout.as_deref(), Some("2000m"));
+    assert_eq!(request.te.as_deref(), Some("trailers"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_non_ok_status_closes_the_call_with_its_message() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let grpc = GrpcServer::start().await?;
+    let config = json!({ "grpc": call("Say", "deny", 2000) });
+    let gw = gateway(&app, &[("grpc", grpc.addr.to_string())], config, 1).await?;
+    let headers = &echoed(&gw).await?["headers"];
+    assert_eq!(headers["x-grpc-status"][0], "7", "PERMISSION_DENIED");
+    assert_eq!(headers["x-grpc-message"][0], server::DENIED);
+    assert_eq!(headers["x-grpc-events"][0], "call_response:7");
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_dead_and_slow_upstreams_answer_envoys_statuses() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let grpc = GrpcServer::start().await?;
+    let dead = dead_address().await?;
+    let upstreams = [("grpc", grpc.addr.to_string()), ("dead", dead.to_string())];
+
+    let mut unknown = call("Say", "x", 2000);
+    unknown["upstream"] = json!("nowhere");
+    let gw = gateway(&app, &upstreams, json!({ "grpc": unknown }), 1).await?;
+    let headers = &echoed(&gw).await?["headers"];
+    assert_eq!(
+        headers["x-grpc-refused"][0], "ParseFailure",
+        "refused at once, as Envoy refuses an unknown cluster"
+    );
+
+    let mut down = call("Say", "x", 2000);
+    down["upstream"] = json!("dead");
+    let gw = gateway(&app, &upstreams, json!({ "grpc": down }), 1).await?;
+    let headers = &echoed(&gw).await?["headers"];
+    assert_eq!(headers["x-grpc-status"][0], "14", "UNAVAILABLE");
+
+    let gw = gateway(
+        &app,
+        &upstreams,
+        json!({ "grpc": call("Say", "slow", 200) }),
+        1,
+    )
+    .await?;
+    let started = Instant::now();
+    let headers = &echoed(&gw).await?["headers"];
+    assert_eq!(headers["x-grpc-status"][0], "4", "DEADLINE_EXCEEDED");
+    let message = headers["x-grpc-message"][0].as_str().unwrap_or_default();
+    assert!(message.contains("did not answer within 200ms"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bidirectional_stream_delivers_each_reply_then_closes() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let grpc = GrpcServer::start().await?;
+    let mut stream = call("Chat", "", 0);
+    stream["stream"] = json!(["a", "b"]);
+    let gw = gateway(
+        &app,
+        &[("grpc", grpc.addr.to_string())],
+        json!({ "grpc": stream }),
+        1,
+    )
+    .await?;
+    let headers = &echoed(&gw).await?["headers"];
+    let events = headers["x-grpc-events"][0].as_str().unwrap_or_default();
+    let events: Vec<&str> = events.split(',').collect();
+    assert_eq!(events.len(), 5, "{events:?}");
+    assert!(
+        events[0].starts_with("initial_metadata:") && events[0].ends_with(":tonic"),
+        "the server's initial metadata (map 4) comes first: {events:?}"
+    );
+    assert_eq!(
+        events[1..],
+        [
+            "message:echo a",
+            "message:echo b",
+            "trailing_metadata:grpc-status=0",
+            "close:0"
+        ]
+    );
+    assert_eq!(headers["x-grpc-status"][0], "0");
+    assert_eq!(
+        grpc.seen.last_request().meta.as_deref(),
+        Some("from-filter")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_root_context_calls_on_its_tick() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let grpc = GrpcServer::start().await?;
+    let mut tick = call("Say", "tick", 2000);
+    tick["on_tick"] = json!(true);
+    let config = json!({ "grpc": tick, "shared_get": "grpc_tick" });
+    let gw = gateway(&app, &[("grpc", grpc.addr.to_string())], config, 1).await?;
+    let answered = eventually(Duration::from_secs(5), async || {
+        echoed(&gw)
+            .await
+            .is_ok_and(|e| e["headers"]["x-shared"][0] == "0:hello tick")
+    })
+    .await;
+    assert!(answered, "the root context got the reply");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cancelled_call_is_reset_and_never_called_back() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let grpc = GrpcServer::start().await?;
+    let mut slow = call("Say", "slow", 5000);
+    slow["on_tick"] = json!(true);
+    slow["cancel"] = json!(true);
+    let config = json!({ "grpc": slow, "shared_get": "grpc_late" });
+    let gw = gateway(&app, &[("grpc", grpc.addr.to_string())], config, 1).await?;
+    let reset = eventually(Duration::from_secs(3), async || grpc.seen.cancelled() == 1).await;
+    assert!(reset, "the server saw the call reset");
+    // A callback would come right after the reset: give it time to (not) arrive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let headers = &echoed(&gw).await?["headers"];
+    assert_eq!(headers["x-shared"][0], "<none>", "no callback after cancel");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_sdk_grpc_auth_random_example_allows_even_and_aborts_odd() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let grpc = GrpcServer::start().await?;
+    let config = json!({ "grpc_auth_random": true });
+    let gw = gateway(&app, &[("grpcbin", grpc.addr.to_string())], config, 1).await?;
+    let client = h2c_client();
+    let grpc_request = || {
+        client
+            .post(gw.url("main", "/weir.test.Echo/Say"))
+            .header("content-type", "application/grpc")
+            .body(vec![0u8; 5])
+    };
+
+    let response = client.get(gw.url("main", "/")).send().await?;
+    assert_eq!(response.status(), 503, "non-gRPC clients are refused");
+    assert_eq!(
+        response.text().await?,
+        "Service accessible only to gRPC clients.\n"
+    );
+
+    grpc.seen.set_random_status(0);
+    let response = grpc_request().send().await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        json(response).await?["upstream"],
+        "app",
+        "OK lets it through"
+    );
+
+    grpc.seen.set_random_status(3);
+    let response = grpc_request().send().await?;
+    assert_eq!(response.headers()["grpc-status"], "10", "ABORTED");
+    assert_eq!(response.headers()["powered-by"], "proxy-wasm");
+    assert_eq!(app.hits(), 1, "the aborted call never reached the app");
+    Ok(())
+}
+
+/// A tonic server with hand-written services (no protoc): `weir.test.Echo`
+/// with `Say` (unary) and `Chat` (bidirectional), and `grpcbin.GRPCBin`
+/// with `RandomError`, whose status the test sets.
+mod server {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::codegen::{BoxFuture, Service};
+    use tonic::metadata::{MetadataMap, MetadataValue};
+    use tonic::server::{Grpc, NamedService};
+    use tonic::{Code, Request, Response, Status, Streaming};
+    use tonic_prost::ProstCodec;
+
+    /// The status message `Say` denies with (tonic percent-encodes it).
+    pub const DENIED: &str = "not for you: 100% denied";
+
+    /// `message Text { string text = 1; }`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Text {
+        #[prost(string, tag = "1")]
+        pub text: String,
+    }
+
+    /// `message Empty {}`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Empty {}
+
+    /// What the server saw of a request.
+    #[derive(Debug, Clone, Default)]
+    pub struct Seen {
+        pub path: String,
+        pub meta: Option<String>,
+        pub grpc_timeout: Option<String>,
+        pub te: Option<String>,
+    }
+
+    /// What the server saw, shared with the test.
+    #[derive(Default)]
+    pub struct State {
+        requests: Mutex<Vec<Seen>>,
+        cancelled: AtomicUsize,
+        random_status: AtomicU32,
+    }
+
+    impl State {
+        pub fn last_request(&self) -> Seen {
+            self.lock().last().cloned().unwrap_or_default()
+        }
+
+        /// Calls whose handler was dropped before it answered.
+        pub fn cancelled(&self) -> usize {
+            self.cancelled.load(Ordering::SeqCst)
+        }
+
+        pub fn set_random_status(&self, status: u32) {
+            self.random_status.store(status, Ordering::SeqCst);
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Seen>> {
+            self.requests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+
+        fn record<B>(&self, request: &http::Request<B>) {
+            let header = |name: &str| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            self.lock().push(Seen {
+                path: request.uri().path().to_owned(),
+                meta: header("x-test-meta"),
+                grpc_timeout: header("grpc-timeout"),
+                te: header("te"),
+            });
+        }
+    }
+
+    /// Counts a handler dropped before it finished (its call was reset).
+    struct Unfinished(Option<Arc<State>>);
+
+    impl Drop for Unfinished {
+        fn drop(&mut self) {
+            if let Some(state) = self.0.take() {
+                state.cancelled.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    pub struct GrpcServer {
+        pub addr: SocketAddr,
+        pub seen: Arc<State>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl GrpcServer {
+        /// Serves on a free loopback port.
+        pub async fn start() -> anyhow::Result<Self> {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let seen = Arc::new(State::default());
+            let router = tonic::transport::Server::builder()
+                .add_service(Echo(seen.clone()))
+                .add_service(GrpcBin(seen.clone()));
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let task = tokio::spawn(async move {
+                let _ = router.serve_with_incoming(incoming).await;
+            });
+            Ok(Self { addr, seen, task })
+        }
+    }
+
+    impl Drop for GrpcServer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    fn served_by(metadata: &mut MetadataMap) {
+        metadata.insert("x-served-by", MetadataValue::from_static("tonic"));
+    }
+
+    #[derive(Clone)]
+    struct Echo(Arc<State>);
+
+    impl NamedService for Echo {
+        const NAME: &'static str = "weir.test.Echo";
+    }
+
+    impl Service<http::Request<tonic::body::Body>> for Echo {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+            let state = self.0.clone();
+            state.record(&request);
+            Box::pin(async move {
+                let mut grpc = Grpc::new(ProstCodec::<Text, Text>::default());
+                Ok(match request.uri().path() {
+                    "/weir.test.Echo/Say" => grpc.unary(Say(state), request).await,
+                    "/weir.test.Echo/Chat" => grpc.streaming(Chat, request).await,
+                    _ => Status::unimplemented("no such method").into_http(),
+                })
+            })
+        }
+    }
+
+    /// Unary: `hello <text>`; `deny` is refused, `slow` answers after 2 s.
+    struct Say(Arc<State>);
+
+    impl Service<Request<Text>> for Say {
+        type Response = Response<Text>;
+        type Error = Status;
+        type Future = BoxFuture<Self::Response, Status>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<Text>) -> Self::Future {
+            let state = self.0.clone();
+            Box::pin(async move {
+                let text = request.into_inner().text;
+                if text == "deny" {
+                    return Err(Status::permission_denied(DENIED));
+                }
+                if text == "slow" {
+                    let mut unfinished = Unfinished(Some(state));
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    unfinished.0 = None;
+                }
+                let mut response = Response::new(Text {
+                    text: format!("hello {text}"),
+                });
+                served_by(response.metadata_mut());
+                Ok(response)
+            })
+        }
+    }
+
+    /// Bidirectional: `echo <text>` for each message, ending when the client does.
+    struct Chat;
+
+    impl Service<Request<Streaming<Text>>> for Chat {
+        type Response = Response<ReceiverStream<Result<Text, Status>>>;
+        type Error = Status;
+        type Future = BoxFuture<Self::Response, Status>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<Streaming<Text>>) -> Self::Future {
+            Box::pin(async move {
+                let mut inbound = request.into_inner();
+                let (replies, stream) = mpsc::channel(4);
+                tokio::spawn(async move {
+                    while let Ok(Some(message)) = inbound.message().await {
+                        let reply = Text {
+                            text: format!("echo {}", message.text),
+                        };
+                        if replies.send(Ok(reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut response = Response::new(ReceiverStream::new(stream));
+                served_by(response.metadata_mut());
+                Ok(response)
+            })
+        }
+    }
+
+    #[derive(Clone)]
+    struct GrpcBin(Arc<State>);
+
+    impl NamedService for GrpcBin {
+        const NAME: &'static str = "grpcbin.GRPCBin";
+    }
+
+    impl Service<http::Request<tonic::body::Body>> for GrpcBin {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+            let state = self.0.clone();
+            Box::pin(async move {
+                let mut grpc = Grpc::new(ProstCodec::<Empty, Empty>::default());
+                Ok(match request.uri().path() {
+                    "/grpcbin.GRPCBin/RandomError" => grpc.unary(RandomError(state), request).await,
+                    _ => Status::unimplemented("no such method").into_http(),
+                })
+            })
+        }
+    }
+
+    /// Answers with the status the test set (0: an empty message).
+    struct RandomError(Arc<State>);
+
+    impl Service<Request<Empty>> for RandomError {
+        type Response = Response<Empty>;
+        type Error = Status;
+        type Future = BoxFuture<Self::Response, Status>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Empty>) -> Self::Future {
+            let status = self.0.random_status.load(Ordering::SeqCst);
+            Box::pin(async move {
+                match status {
+                    0 => Ok(Response::new(Empty {})),
+                    n => Err(Status::new(Code::from(n as i32), "random error")),
+                }
+            })
+        }
+    }
+}
