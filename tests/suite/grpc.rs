@@ -213,11 +213,13 @@ async fn the_sdk_grpc_auth_random_example_allows_even_and_aborts_odd() -> anyhow
     Ok(())
 }
 
-/// A tonic server with hand-written services (no protoc): `weir.test.Echo`
-/// with `Say` (unary) and `Chat` (bidirectional), and `grpcbin.GRPCBin`
-/// with `RandomError`, whose status the test sets.
+/// A tonic server with hand-written services (no protoc), as `tonic-build`
+/// would generate them: `weir.test.Echo` with `Say` (unary) and `Chat`
+/// (bidirectional), and `grpcbin.GRPCBin` with `RandomError`, whose status
+/// the test sets.
 mod server {
     use std::convert::Infallible;
+    use std::marker::PhantomData;
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
@@ -226,9 +228,10 @@ mod server {
 
     use tokio::sync::mpsc;
     use tokio_stream::wrappers::ReceiverStream;
+    use tonic::body::Body;
     use tonic::codegen::{BoxFuture, Service};
     use tonic::metadata::{MetadataMap, MetadataValue};
-    use tonic::server::{Grpc, NamedService};
+    use tonic::server::{Grpc, NamedService, StreamingService, UnaryService};
     use tonic::{Code, Request, Response, Status, Streaming};
     use tonic_prost::ProstCodec;
 
@@ -324,8 +327,8 @@ mod server {
             let addr = listener.local_addr()?;
             let seen = Arc::new(State::default());
             let router = tonic::transport::Server::builder()
-                .add_service(Echo(seen.clone()))
-                .add_service(GrpcBin(seen.clone()));
+                .add_service(Served::<Echo>::new(&seen))
+                .add_service(Served::<GrpcBin>::new(&seen));
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
             let task = tokio::spawn(async move {
                 let _ = router.serve_with_incoming(incoming).await;
@@ -340,19 +343,36 @@ mod server {
         }
     }
 
-    fn served_by(metadata: &mut MetadataMap) {
-        metadata.insert("x-served-by", MetadataValue::from_static("tonic"));
+    /// A service: its name, and how it answers a call of one of its methods.
+    trait Methods: Send + Sync + 'static {
+        const NAME: &'static str;
+        fn answer(
+            state: Arc<State>,
+            request: http::Request<Body>,
+        ) -> BoxFuture<http::Response<Body>, Infallible>;
     }
 
-    #[derive(Clone)]
-    struct Echo(Arc<State>);
+    /// Serves `M` over the shared state (the router `tonic-build` would generate).
+    struct Served<M>(Arc<State>, PhantomData<M>);
 
-    impl NamedService for Echo {
-        const NAME: &'static str = "weir.test.Echo";
+    impl<M> Served<M> {
+        fn new(state: &Arc<State>) -> Self {
+            Self(state.clone(), PhantomData)
+        }
     }
 
-    impl Service<http::Request<tonic::body::Body>> for Echo {
-        type Response = http::Response<tonic::body::Body>;
+    impl<M> Clone for Served<M> {
+        fn clone(&self) -> Self {
+            Self(self.0.clone(), PhantomData)
+        }
+    }
+
+    impl<M: Methods> NamedService for Served<M> {
+        const NAME: &'static str = M::NAME;
+    }
+
+    impl<M: Methods> Service<http::Request<Body>> for Served<M> {
+        type Response = http::Response<Body>;
         type Error = Infallible;
         type Future = BoxFuture<Self::Response, Self::Error>;
 
@@ -360,15 +380,35 @@ mod server {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-            let state = self.0.clone();
-            state.record(&request);
+        fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+            self.0.record(&request);
+            M::answer(self.0.clone(), request)
+        }
+    }
+
+    fn unimplemented() -> http::Response<Body> {
+        Status::unimplemented("no such method").into_http()
+    }
+
+    fn served_by(metadata: &mut MetadataMap) {
+        metadata.insert("x-served-by", MetadataValue::from_static("tonic"));
+    }
+
+    struct Echo;
+
+    impl Methods for Echo {
+        const NAME: &'static str = "weir.test.Echo";
+
+        fn answer(
+            state: Arc<State>,
+            request: http::Request<Body>,
+        ) -> BoxFuture<http::Response<Body>, Infallible> {
             Box::pin(async move {
                 let mut grpc = Grpc::new(ProstCodec::<Text, Text>::default());
                 Ok(match request.uri().path() {
                     "/weir.test.Echo/Say" => grpc.unary(Say(state), request).await,
                     "/weir.test.Echo/Chat" => grpc.streaming(Chat, request).await,
-                    _ => Status::unimplemented("no such method").into_http(),
+                    _ => unimplemented(),
                 })
             })
         }
@@ -377,14 +417,9 @@ mod server {
     /// Unary: `hello <text>`; `deny` is refused, `slow` answers after 2 s.
     struct Say(Arc<State>);
 
-    impl Service<Request<Text>> for Say {
-        type Response = Response<Text>;
-        type Error = Status;
-        type Future = BoxFuture<Self::Response, Status>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
-            Poll::Ready(Ok(()))
-        }
+    impl UnaryService<Text> for Say {
+        type Response = Text;
+        type Future = BoxFuture<Response<Text>, Status>;
 
         fn call(&mut self, request: Request<Text>) -> Self::Future {
             let state = self.0.clone();
@@ -410,14 +445,10 @@ mod server {
     /// Bidirectional: `echo <text>` for each message, ending when the client does.
     struct Chat;
 
-    impl Service<Request<Streaming<Text>>> for Chat {
-        type Response = Response<ReceiverStream<Result<Text, Status>>>;
-        type Error = Status;
-        type Future = BoxFuture<Self::Response, Status>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
-            Poll::Ready(Ok(()))
-        }
+    impl StreamingService<Text> for Chat {
+        type Response = Text;
+        type ResponseStream = ReceiverStream<Result<Text, Status>>;
+        type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
 
         fn call(&mut self, request: Request<Streaming<Text>>) -> Self::Future {
             Box::pin(async move {
@@ -440,29 +471,20 @@ mod server {
         }
     }
 
-    #[derive(Clone)]
-    struct GrpcBin(Arc<State>);
+    struct GrpcBin;
 
-    impl NamedService for GrpcBin {
+    impl Methods for GrpcBin {
         const NAME: &'static str = "grpcbin.GRPCBin";
-    }
 
-    impl Service<http::Request<tonic::body::Body>> for GrpcBin {
-        type Response = http::Response<tonic::body::Body>;
-        type Error = Infallible;
-        type Future = BoxFuture<Self::Response, Self::Error>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-            let state = self.0.clone();
+        fn answer(
+            state: Arc<State>,
+            request: http::Request<Body>,
+        ) -> BoxFuture<http::Response<Body>, Infallible> {
             Box::pin(async move {
                 let mut grpc = Grpc::new(ProstCodec::<Empty, Empty>::default());
                 Ok(match request.uri().path() {
                     "/grpcbin.GRPCBin/RandomError" => grpc.unary(RandomError(state), request).await,
-                    _ => Status::unimplemented("no such method").into_http(),
+                    _ => unimplemented(),
                 })
             })
         }
@@ -471,14 +493,9 @@ mod server {
     /// Answers with the status the test set (0: an empty message).
     struct RandomError(Arc<State>);
 
-    impl Service<Request<Empty>> for RandomError {
-        type Response = Response<Empty>;
-        type Error = Status;
-        type Future = BoxFuture<Self::Response, Status>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
-            Poll::Ready(Ok(()))
-        }
+    impl UnaryService<Empty> for RandomError {
+        type Response = Empty;
+        type Future = BoxFuture<Response<Empty>, Status>;
 
         fn call(&mut self, _: Request<Empty>) -> Self::Future {
             let status = self.0.random_status.load(Ordering::SeqCst);

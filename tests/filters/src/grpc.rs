@@ -73,6 +73,14 @@ pub fn decode(bytes: &[u8]) -> String {
     )
 }
 
+/// A metadata value as text, `<none>` when absent.
+pub fn text(value: Option<Vec<u8>>) -> String {
+    value.map_or_else(
+        || "<none>".into(),
+        |v| String::from_utf8_lossy(&v).into_owned(),
+    )
+}
+
 fn metadata(config: &GrpcConfig) -> Vec<(&str, &[u8])> {
     config
         .metadata

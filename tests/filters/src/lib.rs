@@ -271,9 +271,7 @@ impl Context for Http {
     }
 
     fn on_grpc_stream_initial_metadata(&mut self, _token: u32, headers: u32) {
-        let served_by = self
-            .get_grpc_stream_initial_metadata_value("x-served-by")
-            .map_or_else(|| "<none>".into(), |v| String::from_utf8_lossy(&v).into_owned());
+        let served_by = grpc::text(self.get_grpc_stream_initial_metadata_value("x-served-by"));
         self.grpc_event(format!("initial_metadata:{headers}:{served_by}"));
     }
 
@@ -288,9 +286,7 @@ impl Context for Http {
     }
 
     fn on_grpc_stream_trailing_metadata(&mut self, _token: u32, _trailers: u32) {
-        let status = self
-            .get_grpc_stream_trailing_metadata_value("grpc-status")
-            .map_or_else(|| "<none>".into(), |v| String::from_utf8_lossy(&v).into_owned());
+        let status = grpc::text(self.get_grpc_stream_trailing_metadata_value("grpc-status"));
         self.grpc_event(format!("trailing_metadata:grpc-status={status}"));
     }
 

@@ -38,13 +38,9 @@ pub fn add(r: &mut Registry<'_>) -> wasmtime::Result<()> {
          timeout_ms: i32,
          token_ptr: i32| {
             on_time(c.data(), "proxy_grpc_call")?;
-            let names = [(up_ptr, up_len), (svc_ptr, svc_len), (m_ptr, m_len)];
-            let request = match read_request(&mut c, names, (md_ptr, md_len), timeout_ms, true) {
-                Ok(request) => request,
-                Err(status) => return Ok(status as i32),
-            };
             let message = read_or_return!(&mut c, msg_ptr, msg_len, MAX_MESSAGE_BYTES);
-            let exchange = match open(&c, request) {
+            let names = [(up_ptr, up_len), (svc_ptr, svc_len), (m_ptr, m_len)];
+            let exchange = match open(&mut c, names, (md_ptr, md_len), timeout_ms, true) {
                 Ok(exchange) => exchange,
                 Err(status) => return Ok(status as i32),
             };
@@ -68,11 +64,7 @@ pub fn add(r: &mut Registry<'_>) -> wasmtime::Result<()> {
          token_ptr: i32| {
             on_time(c.data(), "proxy_grpc_stream")?;
             let names = [(up_ptr, up_len), (svc_ptr, svc_len), (m_ptr, m_len)];
-            let request = match read_request(&mut c, names, (md_ptr, md_len), 0, false) {
-                Ok(request) => request,
-                Err(status) => return Ok(status as i32),
-            };
-            let exchange = match open(&c, request) {
+            let exchange = match open(&mut c, names, (md_ptr, md_len), 0, false) {
                 Ok(exchange) => exchange,
                 Err(status) => return Ok(status as i32),
             };
@@ -142,14 +134,18 @@ fn close_local(grpc: &mut rustc_hash::FxHashMap<u32, GrpcCallout>, token: u32) {
     }
 }
 
-/// Reads the upstream, service and method names and the initial metadata.
-fn read_request(
+/// Reads the upstream, service and method names and the initial metadata,
+/// and opens the exchange; or the status that refuses it.
+fn open(
     c: &mut Ctx<'_>,
     [upstream, service, method]: [(i32, i32); 3],
     (md_ptr, md_len): (i32, i32),
     timeout_ms: i32,
     unary: bool,
-) -> Result<GrpcRequest, Status> {
+) -> Result<GrpcExchange, Status> {
+    if !callout_room(c) {
+        return Err(Status::InternalFailure);
+    }
     let mut name = |(ptr, len): (i32, i32)| {
         memory::read(c, span(ptr, len, caps::NAME))
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
@@ -158,21 +154,14 @@ fn read_request(
     let metadata = memory::read(c, span(md_ptr, md_len, caps::MAP_BYTES))?;
     let metadata = header_pairs(&metadata).ok_or(Status::BadArgument)?;
     let timeout_ms = timeout_ms as u32;
-    Ok(GrpcRequest {
+    let request = GrpcRequest {
         upstream,
         service,
         method,
         metadata,
         timeout: (timeout_ms > 0).then(|| std::time::Duration::from_millis(timeout_ms.into())),
         unary,
-    })
-}
-
-/// Opens the exchange, or the status that refuses it.
-fn open(c: &Ctx<'_>, request: GrpcRequest) -> Result<GrpcExchange, Status> {
-    if !callout_room(c) {
-        return Err(Status::InternalFailure);
-    }
+    };
     c.data().services.grpc.open(request).map_err(|e| match e {
         GrpcRejected::UnknownUpstream(_) => Status::ParseFailure,
         GrpcRejected::BadRequest(_) => Status::InternalFailure,
