@@ -6,8 +6,11 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use weir_tests::{EchoUpstream, dead_address, eventually, h2c_client, http1_client, json};
+use weir_tests::{
+    EchoUpstream, WAT_FILTER_BASICS, dead_address, eventually, h2c_client, http1_client, json,
+};
 
+use crate::compat::gateway_with_files;
 use crate::services::gateway;
 use server::GrpcServer;
 
@@ -47,6 +50,34 @@ async fn a_unary_call_pauses_the_request_until_its_reply() -> anyhow::Result<()>
     assert_eq!(request.meta.as_deref(), Some("from-filter"));
     assert_eq!(request.grpc_timeout.as_deref(), Some("2000m"));
     assert_eq!(request.te.as_deref(), Some("trailers"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_calls_from_every_worker_each_resume_their_own_request() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let grpc = GrpcServer::start().await?;
+    let mut each = call("Say", "", 2000);
+    each["message_header"] = json!("x-text");
+    let gw = gateway(
+        &app,
+        &[("grpc", grpc.addr.to_string())],
+        json!({ "grpc": each }),
+        2,
+    )
+    .await?;
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let request = http1_client()
+            .get(gw.url("main", "/in"))
+            .header("x-text", i.to_string())
+            .send();
+        requests.spawn(async move { anyhow::Ok((i, json(request.await?).await?)) });
+    }
+    while let Some(outcome) = requests.join_next().await {
+        let (i, echoed) = outcome??;
+        assert_eq!(echoed["headers"]["x-grpc-reply"][0], format!("hello {i}"));
+    }
     Ok(())
 }
 
@@ -210,6 +241,87 @@ async fn the_sdk_grpc_auth_random_example_allows_even_and_aborts_odd() -> anyhow
     assert_eq!(response.headers()["grpc-status"], "10", "ABORTED");
     assert_eq!(response.headers()["powered-by"], "proxy-wasm");
     assert_eq!(app.hits(), 1, "the aborted call never reached the app");
+    Ok(())
+}
+
+/// A filter that calls `weir.test.Echo/Say` from every request's headers
+/// (`weir` on odd requests, `deny` on even ones) and notes each gRPC callback
+/// it gets: `I`nitial metadata, `R`eceive, `T`railing metadata, `C`lose and
+/// its status. A receive or close resumes the request with the trace so far
+/// in `x-trace`; each request first copies the trace into
+/// `x-previous-trace`, so a callback that came after the last one shows.
+fn callback_trace_wat() -> String {
+    format!(
+        r#"(module
+  (import "env" "proxy_grpc_call" (func $grpc_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "grpc")
+  (data (i32.const 32) "weir.test.Echo")
+  (data (i32.const 64) "Say")
+  (data (i32.const 80) "\0a\04weir")
+  (data (i32.const 96) "\0a\04deny")
+  (data (i32.const 112) "x-trace")
+  (data (i32.const 128) "x-previous-trace")
+  (global $stream (mut i32) (i32.const 0))
+  (global $requests (mut i32) (i32.const 0))
+  (global $len (mut i32) (i32.const 0))
+{WAT_FILTER_BASICS}  (func $mark (param $byte i32)
+    (i32.store8 (i32.add (i32.const 300) (global.get $len)) (local.get $byte))
+    (global.set $len (i32.add (global.get $len) (i32.const 1))))
+  (func $finish
+    (if (call $effective (global.get $stream)) (then unreachable))
+    (drop (call $add (i32.const 0) (i32.const 112) (i32.const 7) (i32.const 300) (global.get $len)))
+    (if (call $continue (i32.const 0)) (then unreachable)))
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param i32 i32) (result i32)
+    (global.set $stream (local.get $ctx))
+    (drop (call $add (i32.const 0) (i32.const 128) (i32.const 16) (i32.const 300) (global.get $len)))
+    (global.set $requests (i32.add (global.get $requests) (i32.const 1)))
+    (if (call $grpc_call (i32.const 16) (i32.const 4) (i32.const 32) (i32.const 14) (i32.const 64) (i32.const 3)
+          (i32.const 0) (i32.const 0)
+          (select (i32.const 80) (i32.const 96) (i32.and (global.get $requests) (i32.const 1))) (i32.const 6)
+          (i32.const 2000) (i32.const 200))
+      (then unreachable))
+    (i32.const 1))
+  (func (export "proxy_on_grpc_receive_initial_metadata") (param i32 i32 i32)
+    (call $mark (i32.const 73)))
+  (func (export "proxy_on_grpc_receive") (param i32 i32 i32)
+    (call $mark (i32.const 82))
+    (call $finish))
+  (func (export "proxy_on_grpc_receive_trailing_metadata") (param i32 i32 i32)
+    (call $mark (i32.const 84)))
+  (func (export "proxy_on_grpc_close") (param i32 i32) (param $status i32)
+    (call $mark (i32.const 67))
+    (call $mark (i32.add (i32.const 48) (local.get $status)))
+    (call $finish)))
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_unary_call_gets_only_receive_or_only_close_as_from_envoys_client() -> anyhow::Result<()>
+{
+    let app = EchoUpstream::start("app").await?;
+    let grpc = GrpcServer::start().await?;
+    let yaml = format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams:
+  - {{ name: app, targets: ["{}"] }}
+  - {{ name: grpc, targets: ["{}"] }}
+plugins: [{{ name: trace, file: trace.wat, vms: 1 }}]
+routes: [{{ name: r, upstream: app, filters: [{{ plugin: trace }}] }}]
+"#,
+        app.addr, grpc.addr
+    );
+    let gw = gateway_with_files(&yaml, &[("trace.wat", &callback_trace_wat())]).await?;
+    for (previous, trace) in [("", "R"), ("R", "RC7"), ("RC7", "RC7R")] {
+        let headers = &echoed(&gw).await?["headers"];
+        assert_eq!(headers["x-previous-trace"][0], previous);
+        assert_eq!(headers["x-trace"][0], trace);
+    }
     Ok(())
 }
 

@@ -24,6 +24,8 @@ pub struct GrpcConfig {
     pub metadata: Vec<(String, String)>,
     /// A unary call's request text.
     pub message: String,
+    /// Take the request text from this request header instead, when present.
+    pub message_header: Option<String>,
     /// Open a stream instead, send these texts, and close it after as many replies.
     pub stream: Vec<String>,
     /// The call's timeout (0 = the upstream group's).

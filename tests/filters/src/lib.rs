@@ -465,7 +465,14 @@ impl HttpContext for Http {
         if config.grpc_auth_random {
             return grpc::auth_random_request(self);
         }
-        if let Some(grpc) = config.grpc.clone().filter(|g| !g.on_tick) {
+        if let Some(mut grpc) = config.grpc.clone().filter(|g| !g.on_tick) {
+            if let Some(text) = grpc
+                .message_header
+                .as_deref()
+                .and_then(|name| self.get_http_request_header(name))
+            {
+                grpc.message = text;
+            }
             let started = if grpc.stream.is_empty() {
                 grpc::call(self, &grpc)
             } else {
