@@ -238,8 +238,17 @@ async fn the_sdk_grpc_auth_random_example_allows_even_and_aborts_odd() -> anyhow
 
     grpc.seen.set_random_status(3);
     let response = grpc_request().send().await?;
-    assert_eq!(response.headers()["grpc-status"], "10", "ABORTED");
-    assert_eq!(response.headers()["powered-by"], "proxy-wasm");
+    assert_eq!(
+        response.status(),
+        200,
+        "a trailers-only gRPC answer, as Envoy's"
+    );
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert_eq!(headers["grpc-status"], "10", "ABORTED");
+    assert_eq!(headers["grpc-message"], "Aborted by Proxy-Wasm!");
+    assert_eq!(headers["powered-by"], "proxy-wasm");
+    assert!(response.bytes().await?.is_empty());
     assert_eq!(app.hits(), 1, "the aborted call never reached the app");
     Ok(())
 }

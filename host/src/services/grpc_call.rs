@@ -36,6 +36,36 @@ pub mod status {
     pub const INTERNAL: u32 = 13;
     /// 14: the upstream could not be reached or the connection failed.
     pub const UNAVAILABLE: u32 = 14;
+
+    /// The status for an HTTP answer without `grpc-status`, by gRPC's
+    /// HTTP-to-gRPC table (as Envoy's `httpToGrpcStatus`).
+    pub fn from_http(http_status: u16) -> u32 {
+        match http_status {
+            400 => INTERNAL,
+            401 => 16,
+            403 => 7,
+            404 => 12,
+            429 | 502..=504 => UNAVAILABLE,
+            _ => UNKNOWN,
+        }
+    }
+}
+
+/// The headers of a trailers-only gRPC answer with `status` and `message`:
+/// `content-type`, `grpc-status`, and `grpc-message` (percent-encoded as
+/// gRPC's spec asks) unless the message is empty.
+pub fn trailers_only(status: u32, message: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    /// Bytes outside printable ASCII, and `%`, are percent-encoded.
+    const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+    let mut headers = vec![
+        (b"content-type".to_vec(), b"application/grpc".to_vec()),
+        (b"grpc-status".to_vec(), status.to_string().into_bytes()),
+    ];
+    if !message.is_empty() {
+        let encoded = percent_encoding::percent_encode(message, GRPC_MESSAGE).to_string();
+        headers.push((b"grpc-message".to_vec(), encoded.into_bytes()));
+    }
+    headers
 }
 
 /// A gRPC call or stream a filter asked for.
@@ -141,6 +171,17 @@ impl UnaryOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trailers_only_answer_percent_encodes_its_message() {
+        let headers = trailers_only(10, "100% aborted\n".as_bytes());
+        assert_eq!(headers[1], (b"grpc-status".to_vec(), b"10".to_vec()));
+        assert_eq!(
+            headers[2],
+            (b"grpc-message".to_vec(), b"100%25 aborted%0A".to_vec())
+        );
+        assert_eq!(trailers_only(0, b"").len(), 2);
+    }
 
     fn close(status: u32, message: &str) -> GrpcEvent {
         GrpcEvent::Close {

@@ -199,15 +199,7 @@ fn from_trailers(http_status: http::StatusCode, trailers: &HeaderMap) -> Close {
                 .into_owned()
         })
         .unwrap_or_default();
-    let status = grpc_status.unwrap_or_else(|| match http_status.as_u16() {
-        200 => status::UNKNOWN,
-        400 => status::INTERNAL,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502..=504 => status::UNAVAILABLE,
-        _ => status::UNKNOWN,
-    });
+    let status = grpc_status.unwrap_or_else(|| status::from_http(http_status.as_u16()));
     Close {
         status,
         message,

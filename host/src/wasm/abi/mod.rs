@@ -41,6 +41,7 @@ use memory::{Ctx, span};
 use super::headers::MapType;
 use super::stream::{LocalReply, Phase, StreamData};
 use super::vm::{DeadlineExceeded, ROOT_CONTEXT_ID, VmState};
+use crate::services::grpc_call;
 use crate::services::quota::{Quota, QuotaExceeded};
 
 /// Proxy-Wasm status codes.
@@ -559,22 +560,33 @@ fn add_stream_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
             if !(200..=599).contains(&status) {
                 return Ok(Status::BadArgument as i32);
             }
-            if (0..=16).contains(&grpc_status) {
-                headers.push((
-                    b"grpc-status".to_vec(),
-                    grpc_status.to_string().into_bytes(),
-                ));
-            }
             let Some(stream) = stream_in(state).filter(|s| !s.response_sent) else {
                 return Ok(Status::BadArgument as i32);
             };
+            let grpc_request = stream
+                .request
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            // As Envoy: a gRPC client gets a trailers-only answer (200, the
+            // body as `grpc-message`); any other client the reply as given.
+            let (status, body) = if grpc_request {
+                let grpc_status = u32::try_from(grpc_status)
+                    .ok()
+                    .filter(|s| *s <= 16)
+                    .unwrap_or_else(|| grpc_call::status::from_http(status as u16));
+                headers.extend(grpc_call::trailers_only(grpc_status, body));
+                (200, Bytes::new())
+            } else {
+                (status as u16, Bytes::copy_from_slice(body))
+            };
             stream.local_reply = Some(LocalReply {
-                status: status as u16,
+                status,
                 headers: headers
                     .into_iter()
                     .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
                     .collect(),
-                body: Bytes::copy_from_slice(body),
+                body,
                 details: String::from_utf8_lossy(details).into_owned(),
             });
             stream.resume.wake();
