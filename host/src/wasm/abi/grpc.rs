@@ -76,7 +76,8 @@ pub fn add(r: &mut Registry<'_>) -> wasmtime::Result<()> {
         |mut c: Ctx<'_>, token: i32, ptr: i32, len: i32, end_stream: i32| {
             on_time(c.data(), "proxy_grpc_send")?;
             let token = token as u32;
-            if CalloutKind::of(token) != CalloutKind::GrpcStream {
+            // As Envoy: a call takes no more messages; any other unknown token is not found.
+            if CalloutKind::of(token) == CalloutKind::GrpcCall {
                 return Ok(Status::BadArgument as i32);
             }
             let message = read_or_return!(&mut c, ptr, len, MAX_MESSAGE_BYTES);
