@@ -186,8 +186,8 @@ impl Gateway {
             .plugins
             .iter()
             .filter_map(|p| Some((p.name.clone(), p.shared_data_tier.clone()?)));
-        let services = Services::new(Arc::new(UpstreamCaller::new(directory.clone())), redis)
-            .with_tiers(tiers);
+        let caller = Arc::new(UpstreamCaller::new(directory.clone()));
+        let services = Services::new(caller.clone(), caller, redis).with_tiers(tiers);
         let (chains, started) =
             build_chains_over(&manifest, options, &services, &Started::default())?;
         let snapshot = snapshot::assemble(&manifest, 1, chains, &groups)?;

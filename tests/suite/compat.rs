@@ -23,7 +23,10 @@ const WAT_NUMBER_HEADER: &str = r#"  (func $number (param $name i32) (param $len
 const ADD_HEADER_IMPORT: &str = r#"  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))"#;
 
 /// Starts a gateway from `yaml` after writing each `(file, text)` next to it.
-async fn gateway_with_files(yaml: &str, files: &[(&str, &str)]) -> anyhow::Result<TestGateway> {
+pub(crate) async fn gateway_with_files(
+    yaml: &str,
+    files: &[(&str, &str)],
+) -> anyhow::Result<TestGateway> {
     let dir = tempfile::tempdir()?;
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text)?;

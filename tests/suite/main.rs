@@ -5,6 +5,7 @@ mod compat;
 mod edge;
 mod filters;
 mod forwarding;
+mod grpc;
 mod hostile;
 mod limits;
 mod plugins;

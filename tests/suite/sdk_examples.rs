@@ -512,14 +512,10 @@ fn grpc_frame(message: &[u8]) -> Bytes {
     Bytes::from(frame)
 }
 
-/// The upstream fields that make Weir speak h2c to a gRPC upstream (as
-/// `http2_protocol_options: {}` does on Envoy's `grpcbin` cluster). The gRPC
-/// callout work decides the field; adjust here.
-const GRPC_UPSTREAM_FIELDS: &str = ", protocol: h2c";
-
 /// grpcbin and the example's `hello.HelloService`, over h2c:
-/// `grpcbin.GRPCBin/RandomError` answers with gRPC status `status` (a
-/// trailers-only answer, where grpcbin's status is random), and
+/// `grpcbin.GRPCBin/RandomError` answers with gRPC status `status` (an empty
+/// message and status 0, or a trailers-only answer; grpcbin's status is
+/// random), and
 /// `hello.HelloService/SayHello` with `{reply: "hello Rust"}`. Counts the
 /// calls of each.
 async fn grpcbin(
@@ -545,6 +541,14 @@ async fn grpcbin(
                         .with_trailers(async move { Some(Ok(trailers)) })
                         .boxed()
                 }
+                // grpcbin's `Empty` reply: one empty message, then the status.
+                "/grpcbin.GRPCBin/RandomError" if status == 0 => {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    Full::new(grpc_frame(&[]))
+                        .with_trailers(async move { Some(Ok(trailers)) })
+                        .boxed()
+                }
                 _ => Full::new(Bytes::new()).boxed(),
             };
             let mut response = Response::new(reply);
@@ -552,7 +556,7 @@ async fn grpcbin(
                 "content-type",
                 http::HeaderValue::from_static("application/grpc"),
             );
-            if path == "/grpcbin.GRPCBin/RandomError" {
+            if path == "/grpcbin.GRPCBin/RandomError" && status != 0 {
                 response
                     .headers_mut()
                     .insert("grpc-status", http::HeaderValue::from(u16::from(status)));
@@ -567,7 +571,7 @@ async fn grpcbin(
 /// goes to cluster `grpcbin` (at `addr`), behind the example's filter.
 async fn grpc_auth_gateway(addr: std::net::SocketAddr) -> anyhow::Result<TestGateway> {
     example_gateway(
-        &format!(r#"[{{ name: grpcbin, targets: ["{addr}"]{GRPC_UPSTREAM_FIELDS} }}]"#),
+        &format!(r#"[{{ name: grpcbin, targets: ["{addr}"] }}]"#),
         &[example_plugin("grpc_auth_random", "grpc_auth_random")],
         "  - { name: r, upstream: grpcbin, filters: [{ plugin: grpc_auth_random }] }\n",
         &[],
@@ -582,8 +586,7 @@ async fn grpc_auth_gateway(addr: std::net::SocketAddr) -> anyhow::Result<TestGat
 /// proxy-wasm` on an odd one (`Access forbidden.`); a client that is not gRPC
 /// gets 503 `Service accessible only to gRPC clients.`
 #[tokio::test]
-#[ignore = "needs gRPC callouts (issue 11 item 8)"]
-async fn grpc_auth_random_lets_grpc_calls_through_on_an_even_status() -> anyhow::Result<()> {
+async fn grpc_auth_random_decides_on_the_status_of_its_grpc_callout() -> anyhow::Result<()> {
     capture_logs_of("grpc_auth_random");
     let say_hello = |gw: &TestGateway| {
         h2c_client()
@@ -599,22 +602,14 @@ async fn grpc_auth_random_lets_grpc_calls_through_on_an_even_status() -> anyhow:
         let (addr, task) = grpcbin(status, calls.clone()).await?;
         let gw = grpc_auth_gateway(addr).await?;
         let response = say_hello(&gw).await?;
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["powered-by"], "proxy-wasm");
         let seen = calls.lock().map(|c| c.clone()).unwrap_or_default();
+        assert_eq!(
+            seen.first().map(String::as_str),
+            Some("/grpcbin.GRPCBin/RandomError")
+        );
         if granted {
-            assert_eq!(
-                seen,
-                [
-                    "/grpcbin.GRPCBin/RandomError",
-                    "/hello.HelloService/SayHello"
-                ]
-            );
-            let body = response.bytes().await?;
-            assert!(
-                body.windows(10).any(|w| w == b"hello Rust"),
-                "the service's reply: {body:?}"
-            );
+            // The filter lets the call on; it reaches the upstream only once
+            // Weir forwards gRPC over HTTP/2 (issue 16): see the ignored test below.
             assert!(
                 logs_eventually(
                     "grpc_auth_random",
@@ -625,7 +620,9 @@ async fn grpc_auth_random_lets_grpc_calls_through_on_an_even_status() -> anyhow:
                 .await
             );
         } else {
-            assert_eq!(seen, ["/grpcbin.GRPCBin/RandomError"]);
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["powered-by"], "proxy-wasm");
+            assert_eq!(seen.len(), 1, "no call past the filter: {seen:?}");
             assert_eq!(response.headers()["grpc-status"], "10", "ABORTED");
             assert_eq!(response.headers()["grpc-message"], "Aborted by Proxy-Wasm!");
             assert!(
@@ -652,6 +649,40 @@ async fn grpc_auth_random_lets_grpc_calls_through_on_an_even_status() -> anyhow:
         "Service accessible only to gRPC clients.\n"
     );
     assert!(calls.lock().is_ok_and(|c| c.is_empty()), "no callout");
+    task.abort();
+    Ok(())
+}
+
+/// The granted half of `grpc_auth_random`'s README: the gRPC call itself
+/// reaches `hello.HelloService` and its answer comes back.
+#[tokio::test]
+#[ignore = "needs gRPC forwarding to HTTP/2 upstreams (issue 16)"]
+async fn grpc_auth_random_forwards_a_granted_call_to_the_service() -> anyhow::Result<()> {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (addr, task) = grpcbin(0, calls.clone()).await?;
+    let gw = grpc_auth_gateway(addr).await?;
+    let response = h2c_client()
+        .post(gw.url("main", "/hello.HelloService/SayHello"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(grpc_frame(&[&[0x0a, 4][..], b"Rust"].concat()))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["powered-by"], "proxy-wasm");
+    let body = response.bytes().await?;
+    assert!(
+        body.windows(10).any(|w| w == b"hello Rust"),
+        "the service's reply: {body:?}"
+    );
+    let seen = calls.lock().map(|c| c.clone()).unwrap_or_default();
+    assert_eq!(
+        seen,
+        [
+            "/grpcbin.GRPCBin/RandomError",
+            "/hello.HelloService/SayHello"
+        ]
+    );
     task.abort();
     Ok(())
 }

@@ -12,7 +12,7 @@ use weir_tests::{
 
 /// A gateway whose route forwards to `app` after the test filter with `config`;
 /// `upstreams` are extra `(name, address)` groups for callouts.
-async fn gateway(
+pub(crate) async fn gateway(
     app: &EchoUpstream,
     upstreams: &[(&str, String)],
     config: serde_json::Value,

@@ -3,8 +3,10 @@
 //! holding every plugin to its [`quota::Quotas`].
 //!
 //! Knows neither wasmtime nor hyper: callouts go through the [`HttpCaller`]
-//! trait, which the proxy implements over its upstream groups.
+//! and [`GrpcCaller`] traits, which the proxy implements over its upstream
+//! groups.
 
+pub mod grpc_call;
 pub mod http_call;
 pub mod metrics;
 pub mod queues;
@@ -15,6 +17,7 @@ pub mod tier;
 
 use std::sync::Arc;
 
+pub use grpc_call::{GrpcCaller, GrpcEvent, GrpcExchange, GrpcRequest};
 pub use http_call::{CallRequest, CallResponse, HttpCaller, NoUpstreams};
 pub use metrics::Metrics;
 pub use queues::Queues;
@@ -25,6 +28,8 @@ pub use shared_data::SharedData;
 pub struct Services {
     /// HTTP callouts to upstream groups.
     pub http: Arc<dyn HttpCaller>,
+    /// gRPC callouts to upstream groups.
+    pub grpc: Arc<dyn GrpcCaller>,
     /// The shared-data cache.
     pub shared_data: SharedData,
     /// Shared queues.
@@ -38,10 +43,16 @@ pub struct Services {
 }
 
 impl Services {
-    /// Services with `http` for callouts, `redis` services, and default bounds for the rest.
-    pub fn new(http: Arc<dyn HttpCaller>, redis: RedisServices) -> Arc<Self> {
+    /// Services with `http` and `grpc` for callouts, `redis` services, and
+    /// default bounds for the rest.
+    pub fn new(
+        http: Arc<dyn HttpCaller>,
+        grpc: Arc<dyn GrpcCaller>,
+        redis: RedisServices,
+    ) -> Arc<Self> {
         Arc::new(Self {
             http,
+            grpc,
             shared_data: SharedData::new(shared_data::DEFAULT_MAX_BYTES),
             queues: Queues::default(),
             metrics: Metrics::default(),
@@ -63,6 +74,10 @@ impl Services {
 
     /// Services with no upstreams and no Redis (for checking plugins without serving).
     pub fn standalone() -> Arc<Self> {
-        Self::new(Arc::new(NoUpstreams), RedisServices::default())
+        Self::new(
+            Arc::new(NoUpstreams),
+            Arc::new(NoUpstreams),
+            RedisServices::default(),
+        )
     }
 }

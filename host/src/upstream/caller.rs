@@ -18,7 +18,7 @@ const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
 /// Sends callouts to the running config's upstream groups by name.
 pub struct UpstreamCaller {
-    directory: Arc<Directory>,
+    pub(super) directory: Arc<Directory>,
 }
 
 impl UpstreamCaller {

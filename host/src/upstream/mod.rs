@@ -6,6 +6,8 @@
 mod balancer;
 mod caller;
 mod directory;
+mod grpc;
+mod h2;
 mod pool;
 
 use std::sync::Arc;
@@ -104,6 +106,8 @@ pub struct InvalidTarget {
 /// One target of a group: its connections and its live load.
 struct TargetState {
     pool: Arc<ConnectionPool>,
+    /// The shared HTTP/2 connection gRPC callouts use.
+    h2: h2::H2Connection,
     in_flight: AtomicUsize,
 }
 
@@ -136,6 +140,7 @@ impl UpstreamGroup {
             .map(|t| {
                 let authority: Authority = t.address.parse()?;
                 Ok(TargetState {
+                    h2: h2::H2Connection::new(authority.clone(), config.timeouts.connect),
                     pool: Arc::new(ConnectionPool::new(
                         authority,
                         config.timeouts.connect,
@@ -234,6 +239,36 @@ impl UpstreamGroup {
             upstream: self.name.clone(),
             source: "no attempt was made".into(),
         }))
+    }
+
+    /// Sends `request` over HTTP/2 with prior knowledge to a target the
+    /// balancer picks, and waits for the response head. Its URI gets the
+    /// target's authority. No retry: the exchange may already be streaming.
+    pub async fn send_h2(
+        &self,
+        mut request: Request<Body>,
+    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
+        let index = self
+            .balancer
+            .pick(|i| self.targets[i].in_flight.load(Ordering::Relaxed), None);
+        let target = &self.targets[index];
+        let _guard = InFlight::enter(&target.in_flight);
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(target.h2.target().clone());
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+        target.h2.send(request).await.map_err(|error| match error {
+            SendError::Connect { .. } => UpstreamError::Unavailable {
+                upstream: self.name.clone(),
+                source: Box::new(error),
+            },
+            SendError::Exchange(_) => UpstreamError::Failed {
+                upstream: self.name.clone(),
+                source: Box::new(error),
+            },
+        })
     }
 
     /// One attempt on one target: `prefer` unless it is the one to `avoid`,

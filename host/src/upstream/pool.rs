@@ -145,29 +145,7 @@ impl ConnectionPool {
 
     /// Opens a connection and spawns its task on the current worker.
     async fn connect(self: &Arc<Self>) -> Result<SendRequest<Body>, SendError> {
-        let connect_error = |source| SendError::Connect {
-            target: self.target.clone(),
-            source,
-        };
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(self.target.as_str()),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(connect_error(error)),
-            Err(_) => {
-                return Err(connect_error(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "no connection within {}ms",
-                        self.connect_timeout.as_millis()
-                    ),
-                )));
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = connect_tcp(&self.target, self.connect_timeout).await?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         let target = self.target.clone();
         tokio::spawn(async move {
@@ -244,6 +222,29 @@ impl ConnectionPool {
             }
         });
     }
+}
+
+/// Opens a TCP connection to `target` within `timeout`, with `TCP_NODELAY` set.
+pub(super) async fn connect_tcp(
+    target: &Authority,
+    timeout: Duration,
+) -> Result<TcpStream, SendError> {
+    let connect_error = |source| SendError::Connect {
+        target: target.clone(),
+        source,
+    };
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(target.as_str())).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return Err(connect_error(error)),
+        Err(_) => {
+            return Err(connect_error(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no connection within {}ms", timeout.as_millis()),
+            )));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// A response body that returns its connection to the pool once it has been read to the end.

@@ -9,6 +9,7 @@
 
 pub(crate) mod abi;
 mod filter;
+mod grpc;
 mod headers;
 mod plugin;
 mod slot;

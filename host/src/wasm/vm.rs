@@ -19,9 +19,10 @@ use wasmtime::{
 use std::sync::Weak;
 
 use super::filter::{FilterInstance, FilterSettings};
+use super::grpc::{GrpcCallback, GrpcCallout, Received};
 use super::plugin::Plugin;
 use super::stream::StreamData;
-use crate::services::{CallResponse, Services};
+use crate::services::{CallResponse, GrpcEvent, Services};
 
 /// The root context id of every VM (each VM holds one plugin's root context).
 pub const ROOT_CONTEXT_ID: u32 = 1;
@@ -56,6 +57,10 @@ pub struct VmState {
     pub(crate) call_response: Option<CallResponse>,
     /// The Redis reply, readable (buffer 9) during `proxy_on_redis_call_response`.
     pub(crate) redis_response: Option<Bytes>,
+    /// The gRPC callouts the filter opened and has not seen end, by token.
+    pub(crate) grpc: FxHashMap<u32, GrpcCallout>,
+    /// What a gRPC callback can read (maps 4 and 5, buffer 5).
+    pub(crate) grpc_received: Option<Received>,
     /// What `proxy_get_status` reports.
     pub(crate) status: (u32, String),
     /// The epoch (see `Plugin::epoch`) at which the running callback's time is up.
@@ -112,6 +117,13 @@ pub enum Delivery {
     },
     /// A shared queue this VM registered has items.
     QueueReady(u32),
+    /// A gRPC callout's server sent something (or the exchange ended).
+    Grpc {
+        /// The token handed out.
+        token: u32,
+        /// What arrived.
+        event: GrpcEvent,
+    },
     /// A Redis call finished: the raw RESP reply, or why the server could not be reached.
     RedisCall {
         /// The token handed out.
@@ -174,6 +186,7 @@ type F1 = TypedFunc<i32, ()>;
 type F1R = TypedFunc<i32, i32>;
 type F2 = TypedFunc<(i32, i32), ()>;
 type F2R = TypedFunc<(i32, i32), i32>;
+type F3 = TypedFunc<(i32, i32, i32), ()>;
 type F3R = TypedFunc<(i32, i32, i32), i32>;
 type F4 = TypedFunc<(i32, i32, i32, i32), ()>;
 type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
@@ -196,6 +209,10 @@ struct Callbacks {
     on_http_call_response: Option<F5>,
     on_queue_ready: Option<F2>,
     on_redis_call_response: Option<F4>,
+    on_grpc_receive_initial_metadata: Option<F3>,
+    on_grpc_receive: Option<F3>,
+    on_grpc_receive_trailing_metadata: Option<F3>,
+    on_grpc_close: Option<F3>,
 }
 
 /// Why a VM could not start.
@@ -258,6 +275,8 @@ impl Vm {
             last_token: 0,
             call_response: None,
             redis_response: None,
+            grpc: FxHashMap::default(),
+            grpc_received: None,
             status: (0, String::new()),
             deadline: u64::MAX,
             callouts: Arc::default(),
@@ -298,6 +317,18 @@ impl Vm {
             on_http_call_response: typed(&instance, &mut store, "proxy_on_http_call_response")?,
             on_queue_ready: typed(&instance, &mut store, "proxy_on_queue_ready")?,
             on_redis_call_response: typed(&instance, &mut store, "proxy_on_redis_call_response")?,
+            on_grpc_receive_initial_metadata: typed(
+                &instance,
+                &mut store,
+                "proxy_on_grpc_receive_initial_metadata",
+            )?,
+            on_grpc_receive: typed(&instance, &mut store, "proxy_on_grpc_receive")?,
+            on_grpc_receive_trailing_metadata: typed(
+                &instance,
+                &mut store,
+                "proxy_on_grpc_receive_trailing_metadata",
+            )?,
+            on_grpc_close: typed(&instance, &mut store, "proxy_on_grpc_close")?,
         };
         let mut vm = Vm {
             store,
@@ -476,6 +507,7 @@ impl Vm {
                 Some(f) => self.call(f, (root, id as i32), ROOT_CONTEXT_ID),
                 None => Ok(()),
             },
+            Delivery::Grpc { token, event } => self.deliver_grpc(token, event),
             Delivery::RedisCall { token, result } => {
                 let c = self.callbacks.clone();
                 let Some(f) = &c.on_redis_call_response else {
@@ -496,6 +528,48 @@ impl Vm {
                 result
             }
         }
+    }
+
+    /// Runs the gRPC callback for `event` of callout `token`, unless the
+    /// filter cancelled it (then nothing more is called, as in Envoy).
+    fn deliver_grpc(&mut self, token: u32, event: GrpcEvent) -> wasmtime::Result<()> {
+        let state = self.store.data_mut();
+        let Some(callout) = state.grpc.get_mut(&token) else {
+            return Ok(());
+        };
+        let mut done = false;
+        let step = callout.step(event, &mut done);
+        if done {
+            state.grpc.remove(&token);
+        }
+        let Some(step) = step else {
+            return Ok(());
+        };
+        let c = self.callbacks.clone();
+        let f = match step.callback {
+            GrpcCallback::InitialMetadata => &c.on_grpc_receive_initial_metadata,
+            GrpcCallback::Receive => &c.on_grpc_receive,
+            GrpcCallback::TrailingMetadata => &c.on_grpc_receive_trailing_metadata,
+            GrpcCallback::Close => &c.on_grpc_close,
+        };
+        let Some(f) = f else {
+            return Ok(());
+        };
+        let state = self.store.data_mut();
+        state.grpc_received = Some(step.received);
+        if let Some(status) = step.status {
+            state.status = status;
+        }
+        let params = (
+            ROOT_CONTEXT_ID as i32,
+            token as i32,
+            size_arg(step.argument),
+        );
+        let result = self.call(f, params, ROOT_CONTEXT_ID);
+        let state = self.store.data_mut();
+        state.grpc_received = None;
+        state.status = (0, String::new());
+        result
     }
 
     /// The tick period the plugin asked for.

@@ -1,6 +1,9 @@
 //! A test filter on the public `proxy-wasm` SDK. Its JSON configuration selects
 //! the behaviours to exercise, so one module covers header edits, local
-//! responses, configuration, body rewrites, pause/resume and properties.
+//! responses, configuration, body rewrites, pause/resume, properties,
+//! callouts (HTTP, Redis and gRPC) and the other host services.
+
+mod grpc;
 
 use std::cell::RefCell;
 use std::time::Duration;
@@ -82,6 +85,12 @@ struct Config {
     /// callback (WASI `poll_oneoff` with a clock subscription), then set
     /// `x-slept: yes`.
     sleep_ms: Option<u64>,
+    /// A gRPC call or stream (see `grpc::GrpcConfig`): from the request
+    /// headers, whose outcome then goes upstream in `x-grpc-*` headers, or
+    /// from the root context on a tick.
+    grpc: Option<grpc::GrpcConfig>,
+    /// Behave as the SDK's `grpc_auth_random` example (calls upstream `grpcbin`).
+    grpc_auth_random: bool,
 }
 
 thread_local! {
@@ -96,9 +105,49 @@ struct Root {
     queue: Option<u32>,
     /// This VM's number (see `Config::vm_id_header`).
     vm_id: u64,
+    /// The root's gRPC call has been made (see `GrpcConfig::on_tick`).
+    grpc_started: bool,
+    /// The root's call to cancel, and when it started.
+    grpc_to_cancel: Option<(u32, std::time::SystemTime)>,
 }
 
-impl Context for Root {}
+impl Root {
+    /// The root's gRPC call: made on the first tick, and with `cancel`,
+    /// cancelled on the first tick 300 ms later (the server has it by then).
+    fn grpc_tick(&mut self, config: &grpc::GrpcConfig) {
+        let now = self.get_current_time();
+        if !self.grpc_started {
+            self.grpc_started = true;
+            let outcome = match grpc::call(self, config) {
+                Ok(token) => {
+                    self.grpc_to_cancel = config.cancel.then_some((token, now));
+                    "started".to_owned()
+                }
+                Err(status) => format!("refused: {status}"),
+            };
+            let _ = self.set_shared_data("grpc_tick_start", Some(outcome.as_bytes()), None);
+            return;
+        }
+        if let Some((token, at)) = self.grpc_to_cancel
+            && now >= at + Duration::from_millis(300)
+        {
+            self.grpc_to_cancel = None;
+            self.cancel_grpc_call(token);
+            let _ = self.set_shared_data("grpc_tick_start", Some(b"cancelled"), None);
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, _token: u32, status: u32, size: usize) {
+        if self.config.grpc.as_ref().is_some_and(|g| g.cancel) {
+            increment_shared_counter("grpc_late");
+            return;
+        }
+        let (status, text) = grpc::outcome(self, status, size);
+        let _ = self.set_shared_data("grpc_tick", Some(format!("{status}:{text}").as_bytes()), None);
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _size: usize) -> bool {
@@ -110,7 +159,7 @@ impl RootContext for Root {
         self.raw_config = String::from_utf8_lossy(&bytes).into_owned();
         match serde_json::from_slice::<Config>(&bytes) {
             Ok(config) => {
-                if config.pause_until_tick {
+                if config.pause_until_tick || config.grpc.as_ref().is_some_and(|g| g.on_tick) {
                     self.set_tick_period(Duration::from_millis(10));
                 }
                 if config.queue_events {
@@ -137,6 +186,9 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        if let Some(config) = self.config.grpc.clone().filter(|g| g.on_tick) {
+            self.grpc_tick(&config);
+        }
         let paused: Vec<u32> = PAUSED.with(|p| p.borrow_mut().drain(..).collect());
         for context_id in paused {
             if proxy_wasm::hostcalls::set_effective_context(context_id).is_ok() {
@@ -165,6 +217,8 @@ impl RootContext for Root {
             callbacks: Vec::new(),
             pending_calls: 0,
             call_bodies: Vec::new(),
+            grpc_events: Vec::new(),
+            grpc_replies: 0,
         }))
     }
 
@@ -181,9 +235,70 @@ struct Http {
     callbacks: Vec<&'static str>,
     pending_calls: usize,
     call_bodies: Vec<(u32, String)>,
+    /// gRPC callbacks in order, for `x-grpc-events`.
+    grpc_events: Vec<String>,
+    /// Messages received on the gRPC stream.
+    grpc_replies: usize,
+}
+
+impl Http {
+    /// Records a gRPC callback.
+    fn grpc_event(&mut self, event: String) {
+        self.grpc_events.push(event);
+    }
+
+    /// Hands the gRPC outcome to the upstream and resumes.
+    fn grpc_done(&mut self, headers: &[(&str, String)]) {
+        let events = self.grpc_events.join(",");
+        self.set_http_request_header("x-grpc-events", Some(&events));
+        for (name, value) in headers {
+            self.set_http_request_header(name, Some(value));
+        }
+        self.resume_http_request();
+    }
 }
 
 impl Context for Http {
+    fn on_grpc_call_response(&mut self, _token: u32, status: u32, size: usize) {
+        if self.config.grpc_auth_random {
+            grpc::auth_random_response(self, status);
+            return;
+        }
+        self.grpc_event(format!("call_response:{status}"));
+        let (status, text) = grpc::outcome(self, status, size);
+        let key = if status == 0 {
+            "x-grpc-reply"
+        } else {
+            "x-grpc-message"
+        };
+        self.grpc_done(&[("x-grpc-status", status.to_string()), (key, text)]);
+    }
+
+    fn on_grpc_stream_initial_metadata(&mut self, _token: u32, headers: u32) {
+        let served_by = grpc::text(self.get_grpc_stream_initial_metadata_value("x-served-by"));
+        self.grpc_event(format!("initial_metadata:{headers}:{served_by}"));
+    }
+
+    fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
+        let message = self.get_grpc_stream_message(0, size).unwrap_or_default();
+        self.grpc_event(format!("message:{}", grpc::decode(&message)));
+        self.grpc_replies += 1;
+        let sent = self.config.grpc.as_ref().map_or(0, |g| g.stream.len());
+        if self.grpc_replies == sent {
+            self.close_grpc_stream(token);
+        }
+    }
+
+    fn on_grpc_stream_trailing_metadata(&mut self, _token: u32, _trailers: u32) {
+        let status = grpc::text(self.get_grpc_stream_trailing_metadata_value("grpc-status"));
+        self.grpc_event(format!("trailing_metadata:grpc-status={status}"));
+    }
+
+    fn on_grpc_stream_close(&mut self, _token: u32, status: u32) {
+        self.grpc_event(format!("close:{status}"));
+        self.grpc_done(&[("x-grpc-status", status.to_string())]);
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -355,6 +470,30 @@ impl HttpContext for Http {
                 None => {
                     self.send_http_response(500, vec![], Some(b"redis call refused"));
                     Action::Pause
+                }
+            };
+        }
+        if config.grpc_auth_random {
+            return grpc::auth_random_request(self);
+        }
+        if let Some(mut grpc) = config.grpc.clone().filter(|g| !g.on_tick) {
+            if let Some(text) = grpc
+                .message_header
+                .as_deref()
+                .and_then(|name| self.get_http_request_header(name))
+            {
+                grpc.message = text;
+            }
+            let started = if grpc.stream.is_empty() {
+                grpc::call(self, &grpc)
+            } else {
+                grpc::open_stream(self, &grpc)
+            };
+            return match started {
+                Ok(_) => Action::Pause,
+                Err(status) => {
+                    self.set_http_request_header("x-grpc-refused", Some(&status));
+                    Action::Continue
                 }
             };
         }

@@ -53,5 +53,5 @@ pub const HTTP_CALL_BODY: usize = 4 << 20;
 pub const REDIS_QUERY: usize = 1 << 20;
 /// A foreign function's arguments.
 pub const FOREIGN_ARGS: usize = 64 << 10;
-/// Callouts (HTTP and Redis) one VM may have outstanding.
+/// Callouts (HTTP, gRPC and Redis) one VM may have outstanding.
 pub const CALLOUTS_IN_FLIGHT: usize = 256;

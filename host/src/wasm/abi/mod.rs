@@ -11,8 +11,20 @@
 //! ([`on_time`]), and what a plugin may hold in the services is held to its
 //! quotas ([`refuse`] answers a quota hit).
 
+/// Reads `len` bytes at `ptr` (at most `cap`) or returns the status from the
+/// enclosing host function.
+macro_rules! read_or_return {
+    ($c:expr, $ptr:expr, $len:expr, $cap:expr) => {
+        match memory::read($c, span($ptr, $len, $cap)) {
+            Ok(bytes) => bytes,
+            Err(status) => return Ok(status as i32),
+        }
+    };
+}
+
 pub(crate) mod caps;
 mod foreign;
+mod grpc;
 mod higress;
 mod memory;
 pub(crate) mod pairs;
@@ -31,6 +43,7 @@ use memory::{Ctx, span};
 use super::headers::MapType;
 use super::stream::{LocalReply, Phase, StreamData};
 use super::vm::{DeadlineExceeded, ROOT_CONTEXT_ID, VmState};
+use crate::services::grpc_call;
 use crate::services::quota::{Quota, QuotaExceeded};
 
 /// Proxy-Wasm status codes.
@@ -139,7 +152,7 @@ pub fn add_to_linker(
     add_stream_functions(&mut r)?;
     services::add(&mut r)?;
     higress::add(&mut r)?;
-    add_unserved(&mut r)?;
+    grpc::add(&mut r)?;
     wasi::add(&mut r)?;
     Ok(r.names)
 }
@@ -297,6 +310,10 @@ fn buffer(state: &VmState, kind: i32) -> Option<Bytes> {
             .filter(|s| s.phase == Phase::ResponseBody)
             .map(|s| Bytes::copy_from_slice(&s.body)),
         4 => state.call_response.as_ref().map(|r| r.body.clone()),
+        5 => match &state.grpc_received {
+            Some(super::grpc::Received::Buffer(bytes)) => Some(bytes.clone()),
+            _ => None,
+        },
         9 => state.redis_response.clone(),
         // As in Envoy: the VM configuration at any time, the plugin
         // configuration only during start-up.
@@ -384,11 +401,13 @@ fn splice(
     Ok(())
 }
 
-/// For the callout-response maps (6 headers, 7 trailers): `Some(pairs)` while a
-/// response is being delivered, `Some(None)` otherwise; `None` for other maps.
+/// For the callout maps (4 and 5 gRPC metadata, 6 and 7 HTTP callout
+/// headers and trailers): `Some(pairs)` while they are being delivered,
+/// `Some(None)` otherwise; `None` for the stream's own maps.
 fn call_response_map(state: &VmState, map: i32) -> Option<Option<&Vec<pairs::Pair>>> {
     let response = state.call_response.as_ref();
     match map {
+        4 | 5 => Some(state.grpc_received.as_ref().and_then(|r| r.map(map))),
         6 => Some(response.map(|r| &r.headers)),
         7 => Some(response.map(|r| &r.trailers)),
         _ => None,
@@ -549,22 +568,33 @@ fn add_stream_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
             if !(200..=599).contains(&status) {
                 return Ok(Status::BadArgument as i32);
             }
-            if (0..=16).contains(&grpc_status) {
-                headers.push((
-                    b"grpc-status".to_vec(),
-                    grpc_status.to_string().into_bytes(),
-                ));
-            }
             let Some(stream) = stream_in(state).filter(|s| !s.response_sent) else {
                 return Ok(Status::BadArgument as i32);
             };
+            let grpc_request = stream
+                .request
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            // As Envoy: a gRPC client gets a trailers-only answer (200, the
+            // body as `grpc-message`); any other client the reply as given.
+            let (status, body) = if grpc_request {
+                let grpc_status = u32::try_from(grpc_status)
+                    .ok()
+                    .filter(|s| *s <= 16)
+                    .unwrap_or_else(|| grpc_call::status::from_http(status as u16));
+                headers.extend(grpc_call::trailers_only(grpc_status, body));
+                (200, Bytes::new())
+            } else {
+                (status as u16, Bytes::copy_from_slice(body))
+            };
             stream.local_reply = Some(LocalReply {
-                status: status as u16,
+                status,
                 headers: headers
                     .into_iter()
                     .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
                     .collect(),
-                body: Bytes::copy_from_slice(body),
+                body,
                 details: String::from_utf8_lossy(details).into_owned(),
             });
             stream.resume.wake();
@@ -617,51 +647,6 @@ fn resume(c: &mut Ctx<'_>, kind: i32) -> Result<(), Status> {
         None if live => Ok(()),
         None => Err(Status::BadArgument),
     }
-}
-
-/// gRPC, which this host does not serve: the functions exist (so modules link)
-/// and answer as for an unknown upstream or stream.
-fn add_unserved(r: &mut Registry<'_>) -> wasmtime::Result<()> {
-    r.env(
-        "proxy_grpc_call",
-        move |_: Ctx<'_>,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32| Ok(Status::ParseFailure as i32),
-    )?;
-    r.env(
-        "proxy_grpc_stream",
-        move |_: Ctx<'_>,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32,
-              _: i32| { Ok(Status::ParseFailure as i32) },
-    )?;
-    r.env(
-        "proxy_grpc_send",
-        move |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| Ok(Status::NotFound as i32),
-    )?;
-    r.env("proxy_grpc_cancel", move |_: Ctx<'_>, _: i32| {
-        Ok(Status::NotFound as i32)
-    })?;
-    r.env("proxy_grpc_close", move |_: Ctx<'_>, _: i32| {
-        Ok(Status::NotFound as i32)
-    })?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::services::metrics::{Kind, MetricError};
 use crate::services::queues::EnqueueError;
 use crate::services::shared_data::SetError;
 use crate::services::tier;
-use crate::wasm::vm::Delivery;
+use crate::wasm::vm::{Delivery, Home};
 
 pub fn add(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     add_http_call(r)?;
@@ -28,17 +28,6 @@ pub fn add(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     add_foreign_functions(r)?;
     add_redis(r)?;
     Ok(())
-}
-
-/// Reads `len` bytes at `ptr` (at most `cap`) or returns the status from the
-/// enclosing host function.
-macro_rules! read_or_return {
-    ($c:expr, $ptr:expr, $len:expr, $cap:expr) => {
-        match memory::read($c, span($ptr, $len, $cap)) {
-            Ok(bytes) => bytes,
-            Err(status) => return Ok(status as i32),
-        }
-    };
 }
 
 fn add_http_call(r: &mut Registry<'_>) -> wasmtime::Result<()> {
@@ -63,15 +52,12 @@ fn add_http_call(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                 let upstream = read_or_return!(&mut c, up_ptr, up_len, caps::NAME);
                 let headers = read_or_return!(&mut c, h_ptr, h_len, caps::MAP_BYTES);
                 let body = read_or_return!(&mut c, b_ptr, b_len, caps::HTTP_CALL_BODY);
-                let Some(headers) = pairs::decode(&headers) else {
+                let Some(headers) = header_pairs(&headers) else {
                     return Ok(Status::BadArgument as i32);
                 };
                 let request = CallRequest {
                     upstream: String::from_utf8_lossy(&upstream).into_owned(),
-                    headers: headers
-                        .into_iter()
-                        .map(|(k, v)| (String::from_utf8_lossy(&k).to_ascii_lowercase(), v))
-                        .collect(),
+                    headers,
                     body: Bytes::from(body),
                     timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms as u64)),
                 };
@@ -103,23 +89,100 @@ fn add_http_call(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// A guest-encoded map as header pairs with lower-cased names; `None` when
+/// the bytes are not a well-formed map.
+pub(super) fn header_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+    let pairs = pairs::decode(bytes)?;
+    Some(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).to_ascii_lowercase(), v))
+            .collect(),
+    )
+}
+
 /// What kind of callout a token belongs to (Envoy numbers tokens `4n + kind`).
-#[derive(Clone, Copy)]
-enum CalloutKind {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum CalloutKind {
     /// `proxy_http_call`: kind 0.
     Http = 0,
+    /// `proxy_grpc_call`: kind 1.
+    GrpcCall = 1,
+    /// `proxy_grpc_stream`: kind 2.
+    GrpcStream = 2,
     /// `proxy_redis_call`: kind 3, as Higress numbers it.
     Redis = 3,
 }
 
-/// Whether this VM may start another callout (fewer than
-/// [`caps::CALLOUTS_IN_FLIGHT`] outstanding).
-fn callout_room(c: &Ctx<'_>) -> bool {
-    c.data().callouts.load(Ordering::Acquire) < caps::CALLOUTS_IN_FLIGHT
+impl CalloutKind {
+    /// The kind a token was handed out for.
+    pub(super) fn of(token: u32) -> Self {
+        match token & 3 {
+            0 => Self::Http,
+            1 => Self::GrpcCall,
+            2 => Self::GrpcStream,
+            _ => Self::Redis,
+        }
+    }
 }
 
-/// Hands out a token for `pending`, writes it to `token_ptr`, and delivers the
-/// outcome to this VM's root context when it completes. Returns the status.
+/// Whether this VM may start another callout (fewer than
+/// [`caps::CALLOUTS_IN_FLIGHT`] outstanding, counting gRPC streams the
+/// server has closed and the filter not yet).
+pub(super) fn callout_room(c: &Ctx<'_>) -> bool {
+    let state = c.data();
+    let lingering = state.grpc.values().filter(|g| g.remote_closed).count();
+    state.callouts.load(Ordering::Acquire) + lingering < caps::CALLOUTS_IN_FLIGHT
+}
+
+/// A callout that has its token: where its answers go, and the count of
+/// callouts in flight, which it leaves when dropped.
+pub(super) struct Reserved {
+    /// The token written to the guest.
+    pub token: u32,
+    /// The VM's slot, for delivering answers.
+    pub home: Home,
+    /// The runtime of the worker that owns the VM.
+    pub runtime: tokio::runtime::Handle,
+    /// Counts the callout in flight while it lives.
+    pub in_flight: InFlight,
+}
+
+/// One callout in flight, counted in its VM's `callouts` while it lives.
+pub(super) struct InFlight(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Hands out a token of `kind`, writes it to `token_ptr`, and counts the
+/// callout in flight. Answers are awaited and delivered on the worker that
+/// owns the VM.
+pub(super) fn reserve(
+    c: &mut Ctx<'_>,
+    kind: CalloutKind,
+    token_ptr: i32,
+) -> Result<Reserved, Status> {
+    let home = c.data().home.clone().ok_or(Status::InternalFailure)?;
+    let runtime = crate::worker::runtime_for(home.slot).ok_or(Status::InternalFailure)?;
+    let next = c.data().last_token.wrapping_add(4);
+    let token = next | kind as u32;
+    memory::write_u32(c, token_ptr, token)?;
+    c.data_mut().last_token = next;
+    let counter = c.data().callouts.clone();
+    counter.fetch_add(1, Ordering::AcqRel);
+    Ok(Reserved {
+        token,
+        home,
+        runtime,
+        in_flight: InFlight(counter),
+    })
+}
+
+/// Reserves a token for `pending` and delivers its outcome to this VM's root
+/// context when it completes. Returns the status.
 fn start_callout<T: Send + 'static>(
     c: &mut Ctx<'_>,
     kind: CalloutKind,
@@ -129,24 +192,18 @@ fn start_callout<T: Send + 'static>(
 where
     Result<T, String>: IntoDelivery,
 {
-    // The answer is awaited and delivered on the worker that owns the VM.
-    let Some(home) = c.data().home.clone() else {
-        return Status::InternalFailure as i32;
+    let Reserved {
+        token,
+        home,
+        runtime,
+        in_flight,
+    } = match reserve(c, kind, token_ptr) {
+        Ok(reserved) => reserved,
+        Err(status) => return status as i32,
     };
-    let Some(runtime) = crate::worker::runtime_for(home.slot) else {
-        return Status::InternalFailure as i32;
-    };
-    let next = c.data().last_token.wrapping_add(4);
-    let token = next | kind as u32;
-    if let Err(status) = memory::write_u32(c, token_ptr, token) {
-        return status as i32;
-    }
-    c.data_mut().last_token = next;
-    let in_flight = c.data().callouts.clone();
-    in_flight.fetch_add(1, Ordering::AcqRel);
     runtime.spawn(async move {
         let result = pending.await;
-        in_flight.fetch_sub(1, Ordering::AcqRel);
+        drop(in_flight);
         if let Some(instance) = home.instance.upgrade() {
             instance.deliver(home.slot, home.generation, result.into_delivery(token));
         }
