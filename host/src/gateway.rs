@@ -185,7 +185,7 @@ impl Gateway {
         let tiers = manifest
             .plugins
             .iter()
-            .filter_map(|p| Some((p.name.clone(), p.shared_data_tier.clone()?)));
+            .filter_map(|p| Some((p.vm_id.clone(), p.shared_data_tier.clone()?)));
         let caller = Arc::new(UpstreamCaller::new(directory.clone()));
         let services = Services::new(caller.clone(), caller, redis).with_tiers(tiers);
         let (chains, started) =

@@ -85,7 +85,7 @@ fn bench(c: &mut Criterion) {
         quotas: weir::services::quota::Quotas::default(),
     };
     let plugin = runtime
-        .load("light", &wasm, limits, Bytes::new())
+        .load("light", "light", &wasm, limits, Bytes::new())
         .expect("load");
     let config = Bytes::from_static(
         br#"{"deny_when_header":"x-deny","copy_request_header":["user-agent","x-ua"]}"#,
@@ -104,7 +104,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let services = weir::services::Services::standalone();
             let plugin = runtime
-                .load("light", &wasm, limits, Bytes::new())
+                .load("light", "light", &wasm, limits, Bytes::new())
                 .expect("load (cached module)");
             let config = Bytes::from_static(br#"{"add_request_headers":[["x-filtered","1"]]}"#);
             FilterInstance::new(plugin, settings(config), 1, services).expect("start")

@@ -1050,3 +1050,42 @@ routes:
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn plugins_of_one_vm_id_share_shared_data_and_others_do_not() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: echo, targets: ["{}"] }}]
+plugins:
+  - {{ name: writer, file: "{wasm}", vms: 1, vm_id: team }}
+  - {{ name: reader, file: "{wasm}", vms: 1, vm_id: team }}
+  - {{ name: stranger, file: "{wasm}", vms: 1 }}
+routes:
+  - name: team
+    match: {{ path: {{ prefix: /team }} }}
+    upstream: echo
+    filters:
+      - {{ plugin: writer, config: {{ shared_set: [colour, blue] }} }}
+      - {{ plugin: reader, config: {{ shared_get: colour, properties_to_request_headers: [plugin_vm_id] }} }}
+  - name: other
+    match: {{ path: {{ prefix: /other }} }}
+    upstream: echo
+    filters:
+      - {{ plugin: writer, config: {{ shared_set: [colour, blue] }} }}
+      - {{ plugin: stranger, config: {{ shared_get: colour, properties_to_request_headers: [plugin_vm_id] }} }}
+"#,
+        up.addr,
+        wasm = test_filter_wasm()
+    ))
+    .await?;
+    let client = http1_client();
+    for (path, shared, vm_id) in [("/team", "blue", "team"), ("/other", "<none>", "stranger")] {
+        let response = client.get(gw.url("main", path)).send().await?;
+        let headers = json(response).await?["headers"].clone();
+        assert_eq!(headers["x-shared"], json!([shared]), "{path}");
+        assert_eq!(headers["x-prop-plugin_vm_id"], json!([vm_id]), "{path}");
+    }
+    Ok(())
+}

@@ -237,6 +237,9 @@ pub struct Plugin {
     pub vms: Option<usize>,
     /// The Redis service its shared data is tiered onto, if any.
     pub shared_data_tier: Option<String>,
+    /// The VM id (`plugin_vm_id`): plugins with the same one share shared
+    /// data and queues, as Envoy's VMs of one `vm_id` do. Default: the name.
+    pub vm_id: String,
     /// The VM configuration handed to `proxy_on_vm_start` (`vm_config`): a
     /// string's bytes, JSON text for anything else, empty when absent.
     pub vm_config: Bytes,

@@ -926,6 +926,8 @@ pub struct RawPlugin {
     pub vm_config: Bytes,
     /// The root id of filters that name none.
     pub root_id: Option<Located<String>>,
+    /// Its VM id, when it names one.
+    pub vm_id: Option<Located<String>>,
 }
 
 impl Decode for RawPlugin {
@@ -939,6 +941,7 @@ impl Decode for RawPlugin {
         let shared_data_tier = f.optional("shared_data_tier", diags).flatten();
         let vm_config = configuration(f.node("vm_config"));
         let root_id = f.optional("root_id", diags).flatten();
+        let vm_id = f.optional("vm_id", diags).flatten();
         f.finish(diags);
         let limits = limits.unwrap_or(PluginLimitsRaw {
             memory: DEFAULT_PLUGIN_MEMORY,
@@ -956,6 +959,7 @@ impl Decode for RawPlugin {
             shared_data_tier,
             vm_config,
             root_id,
+            vm_id,
         })
     }
 }

@@ -66,6 +66,7 @@ pub fn validate(
         .into_iter()
         .map(|p| plugin(p, &redis_ids, base_dir, diags))
         .collect();
+    check_shared_vm_ids(&plugins, diags);
 
     let listeners: Vec<Option<Listener>> = raw_listeners
         .into_iter()
@@ -94,6 +95,29 @@ pub fn validate(
             .shutdown_timeout
             .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
     })
+}
+
+/// Plugins that share a `vm_id` share one store of shared data, which can be
+/// tiered onto one Redis service only.
+fn check_shared_vm_ids(plugins: &[Option<Plugin>], diags: &mut Diagnostics) {
+    let mut tiers: HashMap<&str, (&str, Option<&str>)> = HashMap::new();
+    for plugin in plugins.iter().flatten() {
+        let tier = plugin.shared_data_tier.as_deref();
+        match tiers.get(plugin.vm_id.as_str()) {
+            Some(&(first, first_tier)) if first_tier != tier => diags.error(
+                plugin.location,
+                format!(
+                    "plugin `{}` shares vm_id `{}` with plugin `{first}` but not its \
+                     shared_data_tier; plugins of one vm_id share one store",
+                    plugin.name, plugin.vm_id
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                tiers.insert(&plugin.vm_id, (&plugin.name, tier));
+            }
+        }
+    }
 }
 
 /// Maps each name to its index, recording duplicates.
@@ -204,7 +228,11 @@ fn plugin(
         );
     }
     let file = raw.file?;
+    let vm_id = raw
+        .vm_id
+        .map_or_else(|| raw.name.value.clone(), |id| id.value);
     Some(Plugin {
+        vm_id,
         name: raw.name.value,
         file: checked_file(&file, "plugin", MAX_PLUGIN_BYTES, base_dir, diags),
         memory_bytes: raw.memory,

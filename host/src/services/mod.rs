@@ -38,7 +38,7 @@ pub struct Services {
     pub metrics: Metrics,
     /// Named Redis services.
     pub redis: RedisServices,
-    /// Plugins whose shared data is tiered onto a Redis service, by plugin name.
+    /// Shared-data stores tiered onto a Redis service, by VM id.
     pub tiers: std::collections::HashMap<String, String>,
 }
 

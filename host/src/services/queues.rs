@@ -1,5 +1,5 @@
 //! Shared queues (`proxy_register/resolve/enqueue/dequeue_shared_queue`): named
-//! per `vm_id` (the plugin name); the registering VM is told of new items
+//! per `vm_id` (the plugin's, by default its name); the registering VM is told of new items
 //! through `proxy_on_queue_ready`.
 //!
 //! As in Envoy (cpp-host `SharedQueue`), ids are process-wide and start at 1:

@@ -1,6 +1,6 @@
 //! Shared data (`proxy_get/set_shared_data`): a bounded key/value cache with
 //! compare-and-swap, shared by every VM of the same plugin (Weir's `vm_id` is
-//! the plugin name), backed by moka. Entries may carry a TTL (Weir extension).
+//! the plugin's `vm_id`, by default its name), backed by moka. Entries may carry a TTL (Weir extension).
 //!
 //! The whole cache is bounded (moka evicts beyond it); each namespace is also
 //! held to its plugin's `shared_data_bytes`: a write that would take it past

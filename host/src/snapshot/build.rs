@@ -74,6 +74,7 @@ impl BuildError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct FilterKey {
     plugin: String,
+    vm_id: String,
     module: [u8; 32],
     memory_bytes: u64,
     callback_deadline: Duration,
@@ -130,6 +131,7 @@ pub fn chains(
         let vms = config.vms.unwrap_or(vms_default);
         let key = FilterKey {
             plugin: config.name.clone(),
+            vm_id: config.vm_id.clone(),
             module: loaded.module,
             memory_bytes: config.memory_bytes,
             callback_deadline: config.callback_deadline,
@@ -228,7 +230,13 @@ fn load(plugin: &PluginConfig, runtime: &Arc<Runtime>) -> Result<Loaded, BuildEr
     })?;
     let module = Sha256::digest(&bytes).into();
     runtime
-        .load(&plugin.name, &bytes, limits, plugin.vm_config.clone())
+        .load(
+            &plugin.name,
+            &plugin.vm_id,
+            &bytes,
+            limits,
+            plugin.vm_config.clone(),
+        )
         .map(|plugin| Loaded { plugin, module })
         .map_err(|source| BuildError::Load {
             plugin: plugin.name.clone(),

@@ -465,7 +465,13 @@ mod tests {
             quotas: crate::services::quota::Quotas::default(),
         };
         let plugin = runtime
-            .load("traps", TRAPS_ON_LOG.as_bytes(), limits, Bytes::new())
+            .load(
+                "traps",
+                "traps",
+                TRAPS_ON_LOG.as_bytes(),
+                limits,
+                Bytes::new(),
+            )
             .expect("plugin loads");
         let settings = FilterSettings {
             root_id: "traps".into(),

@@ -141,6 +141,7 @@ impl Runtime {
     pub fn load(
         self: &Arc<Self>,
         name: &str,
+        vm_id: &str,
         bytes: &[u8],
         limits: PluginLimits,
         vm_configuration: Bytes,
@@ -178,6 +179,7 @@ impl Runtime {
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         Ok(Arc::new(Plugin {
             name: name.to_owned(),
+            vm_id: vm_id.to_owned(),
             vm_configuration,
             log_bucket: LogBucket::new(limits.quotas.log_bytes_per_second),
             warnings: Warnings::default(),
@@ -219,6 +221,9 @@ fn spawn_epoch_ticker(runtime: Weak<Runtime>) {
 pub struct Plugin {
     /// Its name in the manifest.
     pub name: String,
+    /// Its VM id: the namespace of its shared data and queues, shared with
+    /// every plugin of the same VM id (`plugin_vm_id`).
+    pub vm_id: String,
     /// Sandbox limits of its VMs.
     pub limits: PluginLimits,
     /// The VM configuration (the manifest's `vm_config`, as bytes): its size

@@ -145,7 +145,11 @@ impl Context for Root {
             return;
         }
         let (status, text) = grpc::outcome(self, status, size);
-        let _ = self.set_shared_data("grpc_tick", Some(format!("{status}:{text}").as_bytes()), None);
+        let _ = self.set_shared_data(
+            "grpc_tick",
+            Some(format!("{status}:{text}").as_bytes()),
+            None,
+        );
     }
 }
 
@@ -397,7 +401,9 @@ impl HttpContext for Http {
         }
         for (path, value) in &config.set_properties {
             let segments: Vec<&str> = path.iter().map(String::as_str).collect();
-            if let Err(status) = proxy_wasm::hostcalls::set_property(segments, Some(value.as_bytes())) {
+            if let Err(status) =
+                proxy_wasm::hostcalls::set_property(segments, Some(value.as_bytes()))
+            {
                 let name = format!("x-set-{}", path.first().map_or("", String::as_str));
                 self.set_http_request_header(&name, Some(&format!("{status:?}")));
             }

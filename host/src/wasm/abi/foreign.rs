@@ -52,7 +52,7 @@ fn shared_data_set_ttl(state: &VmState, args: &[u8]) -> Result<Vec<u8>, Status> 
     else {
         return Err(Status::BadArgument);
     };
-    let vm_id = state.plugin.name.as_str();
+    let vm_id = state.plugin.vm_id.as_str();
     let ttl = Duration::from_millis(ms);
     tier::expire(&state.services, vm_id, &key, ttl);
     let data = &state.services.shared_data;
@@ -65,7 +65,7 @@ fn shared_data_set_ttl(state: &VmState, args: &[u8]) -> Result<Vec<u8>, Status> 
 /// plugin; `NOT_FOUND` for a missing key.
 fn shared_data_delete(state: &VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
     let KeyArgs { key, .. } = serde_json::from_slice(args).map_err(|_| Status::BadArgument)?;
-    let vm_id = state.plugin.name.as_str();
+    let vm_id = state.plugin.vm_id.as_str();
     tier::delete(&state.services, vm_id, &key);
     let data = &state.services.shared_data;
     data.delete(vm_id, &key).map_err(|_| Status::NotFound)?;

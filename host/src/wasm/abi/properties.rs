@@ -60,7 +60,7 @@ pub fn get(state: &VmState, stream: Option<&StreamData>, path: &[u8]) -> Option<
     match segments.as_slice() {
         ["plugin_name"] => return Some(plugin.name.as_bytes().to_vec()),
         ["plugin_root_id"] => return Some(state.root_id.as_bytes().to_vec()),
-        ["plugin_vm_id"] => return Some(plugin.name.as_bytes().to_vec()),
+        ["plugin_vm_id"] => return Some(plugin.vm_id.as_bytes().to_vec()),
         _ => {}
     }
     let stream = stream?;

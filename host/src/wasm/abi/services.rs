@@ -244,12 +244,12 @@ fn add_shared_data(r: &mut Registry<'_>) -> wasmtime::Result<()> {
             let key = String::from_utf8_lossy(&key);
             let found = {
                 let state = c.data();
-                state.services.shared_data.get(&state.plugin.name, &key)
+                state.services.shared_data.get(&state.plugin.vm_id, &key)
             };
             let Some((value, cas)) = found else {
                 let state = c.data();
                 let max_bytes = state.plugin.limits.quotas.shared_data_bytes;
-                tier::fetch(&state.services, &state.plugin.name, &key, max_bytes);
+                tier::fetch(&state.services, &state.plugin.vm_id, &key, max_bytes);
                 return Ok(Status::NotFound as i32);
             };
             if let Err(s) = memory::write_u32(&mut c, cas_ptr, cas) {
@@ -269,7 +269,7 @@ fn add_shared_data(r: &mut Registry<'_>) -> wasmtime::Result<()> {
             // One copy out of the guest, shared by the store and the tier.
             let value = Bytes::from(value);
             let result = state.services.shared_data.set(
-                &state.plugin.name,
+                &state.plugin.vm_id,
                 &key,
                 value.clone(),
                 cas as u32,
@@ -277,7 +277,7 @@ fn add_shared_data(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                 state.plugin.limits.quotas.shared_data_bytes,
             );
             if result.is_ok() {
-                tier::write_through(&state.services, &state.plugin.name, &key, &value, None);
+                tier::write_through(&state.services, &state.plugin.vm_id, &key, &value, None);
             }
             Ok(match result {
                 Ok(()) => Status::Ok as i32,
@@ -308,7 +308,7 @@ fn add_queues(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                 match state
                     .services
                     .queues
-                    .register(&state.plugin.name, &name, hook, quotas)
+                    .register(&state.plugin.vm_id, &name, hook, quotas)
                 {
                     Ok(id) => id,
                     Err(exceeded) => return Ok(refuse(state, exceeded)),
@@ -325,7 +325,7 @@ fn add_queues(r: &mut Registry<'_>) -> wasmtime::Result<()> {
             let id = {
                 let state = c.data();
                 let vm_id = match String::from_utf8_lossy(&vm_id) {
-                    v if v.is_empty() => state.plugin.name.clone(),
+                    v if v.is_empty() => state.plugin.vm_id.clone(),
                     v => v.into_owned(),
                 };
                 state
@@ -388,7 +388,7 @@ fn add_metrics(r: &mut Registry<'_>) -> wasmtime::Result<()> {
             let defined = {
                 let state = c.data();
                 state.services.metrics.define(
-                    &state.plugin.name,
+                    &state.plugin.vm_id,
                     kind,
                     &String::from_utf8_lossy(&name),
                     state.plugin.limits.quotas.metrics,
