@@ -158,7 +158,9 @@ pub struct Gateway {
     shutdown: watch::Sender<bool>,
     tracker: TaskTracker,
     shutdown_timeout: Duration,
-    workers: server::workers::Workers,
+    /// Taken by the shutdown that stops them.
+    workers: std::sync::Mutex<Option<server::workers::Workers>>,
+    worker_count: usize,
 }
 
 impl Gateway {
@@ -253,7 +255,8 @@ impl Gateway {
             shutdown,
             tracker,
             shutdown_timeout,
-            workers,
+            worker_count: workers.len(),
+            workers: std::sync::Mutex::new(Some(workers)),
         })
     }
 
@@ -321,7 +324,7 @@ impl Gateway {
 
     /// How many workers serve.
     pub fn workers(&self) -> usize {
-        self.workers.len()
+        self.worker_count
     }
 
     /// Every metric the plugins defined, in the Prometheus text format.
@@ -331,8 +334,9 @@ impl Gateway {
 
     /// Stops accepting on every worker, lets in-flight requests finish for up
     /// to the manifest's `shutdown_timeout`, and returns whether every
-    /// connection drained in time. The workers' threads have ended when it returns.
-    pub async fn shutdown(self) -> bool {
+    /// connection drained in time. The workers' threads have ended when it
+    /// returns. A second call finds nothing left to stop.
+    pub async fn shutdown(&self) -> bool {
         let _ = self.shutdown.send(true);
         self.tracker.close();
         let drained = tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
@@ -344,7 +348,14 @@ impl Gateway {
                 "shutdown deadline passed; closing remaining connections"
             );
         }
-        self.workers.stop().await;
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(workers) = workers {
+            workers.stop().await;
+        }
         drained
     }
 }

@@ -87,6 +87,54 @@ enum Command {
         #[arg(env = "WEIR_CONFIG", default_value = "weir.yaml")]
         config: PathBuf,
     },
+    /// Make a running gateway serve a manifest (through its admin API).
+    Apply {
+        /// The manifest to apply.
+        #[arg(long = "file", short = 'f')]
+        file: PathBuf,
+        /// Apply only if the running config is still this version (an ETag
+        /// from `weir admin config`).
+        #[arg(long)]
+        if_version: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Read a running gateway through its admin API.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Where the admin API is and how to call it.
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// The admin API's URL.
+    #[arg(
+        long,
+        env = "WEIR_ADMIN_URL",
+        default_value = "http://127.0.0.1:9901",
+        global = true
+    )]
+    admin_url: String,
+    /// A bearer token of the manifest's `admin.tokens`.
+    #[arg(long, env = "WEIR_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Print the running manifest (as written), with its version.
+    Config,
+    /// Check a manifest against the running gateway without applying it.
+    Validate {
+        /// The manifest.
+        file: PathBuf,
+    },
+    /// Print whether the gateway is ready, and its generation.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -109,6 +157,19 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Apply {
+            file,
+            if_version,
+            admin,
+        } => admin_call(admin, AdminRequest::Apply(file, if_version.as_deref())),
+        Command::Admin { command, admin } => admin_call(
+            admin,
+            match command {
+                AdminCommand::Config => AdminRequest::Config,
+                AdminCommand::Validate { file } => AdminRequest::Validate(file),
+                AdminCommand::Status => AdminRequest::Status,
+            },
+        ),
         Command::Run {
             config,
             workers,
@@ -120,6 +181,68 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// One call of the admin API the commands make.
+enum AdminRequest<'a> {
+    Apply(&'a std::path::Path, Option<&'a str>),
+    Validate(&'a std::path::Path),
+    Config,
+    Status,
+}
+
+/// Makes `request` of the admin API and prints the answer: exit 0 when it
+/// succeeded, 1 with the problem (every violation listed) when it did not.
+fn admin_call(admin: &AdminArgs, request: AdminRequest<'_>) -> ExitCode {
+    use weir::control::admin::client;
+    let body = |file: &std::path::Path| {
+        std::fs::read(file)
+            .map(|b| (bytes::Bytes::from(b), "application/yaml"))
+            .with_context(|| format!("cannot read {}", file.display()))
+    };
+    let call = async {
+        let (method, path, sent, if_match) = match request {
+            AdminRequest::Apply(file, version) => {
+                (http::Method::PUT, "/config", Some(body(file)?), version)
+            }
+            AdminRequest::Validate(file) => (
+                http::Method::POST,
+                "/config/validate",
+                Some(body(file)?),
+                None,
+            ),
+            AdminRequest::Config => (http::Method::GET, "/config?format=yaml", None, None),
+            AdminRequest::Status => (http::Method::GET, "/readyz", None, None),
+        };
+        let token = admin.token.as_deref();
+        anyhow::Ok(client::call(&admin.admin_url, token, method, path, sent, if_match).await?)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let answer = match runtime
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r.block_on(call))
+    {
+        Ok(answer) => answer,
+        Err(error) => {
+            eprintln!("{error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if answer.status.is_success() {
+        if let Some(version) = answer.headers.get(http::header::ETAG) {
+            eprintln!(
+                "version {}",
+                version.to_str().unwrap_or_default().trim_matches('"')
+            );
+        }
+        println!("{}", String::from_utf8_lossy(&answer.body).trim_end());
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{}", answer.problem_text());
+        ExitCode::FAILURE
     }
 }
 
@@ -143,19 +266,45 @@ fn validate(
 }
 
 fn run(config: PathBuf, options: weir::gateway::Options, watch: bool) -> anyhow::Result<()> {
-    let manifest = weir::config::load(&config)?;
+    let text = weir::control::read_manifest(&config)?;
+    let base_dir = config.parent().unwrap_or(std::path::Path::new("."));
+    let manifest = weir::config::parse(&text, &config, base_dir)?;
     // The workers run their own runtimes (`Gateway::start_with` starts them);
-    // this one only runs start-up, reloads and shutdown.
+    // this one runs start-up, the admin API, reloads and shutdown.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the control runtime")?;
     runtime.block_on(async {
+        let admin = manifest.admin.clone();
+        let admin_listener = match &admin {
+            Some(admin) => Some(
+                weir::control::admin::bind(admin.address)
+                    .await
+                    .with_context(|| format!("the admin API cannot bind {}", admin.address))?,
+            ),
+            None => None,
+        };
         let gateway = Arc::new(Gateway::start_with(manifest, &options).await?);
-        weir::control::run_until_stopped(&gateway, &config, watch).await?;
+        let store = Arc::new(weir::control::Store::new(
+            gateway.clone(),
+            config.clone(),
+            text,
+            admin.as_ref(),
+        ));
+        let admin_task = admin_listener.map(|listener| {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "admin API listening");
+            }
+            weir::control::admin::serve(listener, store.clone())
+        });
+        weir::control::run_until_stopped(&store, watch).await?;
         tracing::info!("shutting down: draining in-flight requests");
-        let gateway = Arc::into_inner(gateway).context("a reload still holds the gateway")?;
+        store.start_draining();
         let drained = gateway.shutdown().await;
+        if let Some(task) = admin_task {
+            task.abort();
+        }
         tracing::info!(drained, "stopped");
         Ok(())
     })

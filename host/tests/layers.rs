@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["snapshot"],
     &["server"],
     &["gateway"],
+    &["control"],
 ];
 
 fn layer(module: &str) -> Option<usize> {

@@ -1,6 +1,7 @@
 //! `weir run` as a process: it serves, reloads its manifest on SIGHUP and when
 //! the file changes (rejecting a broken edit whole, with every reason, while
-//! the running config keeps serving), and drains on SIGTERM.
+//! the running config keeps serving), takes changes through its admin API
+//! (and the `weir apply` / `weir admin` commands), and drains on SIGTERM.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -24,10 +25,13 @@ impl Running {
     /// Starts `weir run --config <manifest>` with `args` and waits for its
     /// `listening` line.
     fn start(manifest: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .env_remove("WEIR_CONFIG")
-            .env_remove("WEIR_WORKERS")
-            .env_remove("WEIR_WATCH")
+        Self::start_env(manifest, args, &[])
+    }
+
+    /// [`Running::start`] with `env` added to the process's environment.
+    fn start_env(manifest: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = weir()
+            .envs(env.iter().copied())
             .env("WEIR_LOG", "info")
             .env("WEIR_CACHE_DIR", "none")
             .args(["--log-format", "json", "run", "--config"])
@@ -127,6 +131,21 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `weir` binary, unaffected by the caller's `WEIR_*` variables.
+fn weir() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    for var in [
+        "WEIR_CONFIG",
+        "WEIR_WORKERS",
+        "WEIR_WATCH",
+        "WEIR_ADMIN_URL",
+        "WEIR_ADMIN_TOKEN",
+    ] {
+        command.env_remove(var);
+    }
+    command
 }
 
 /// A directory of its own for one test's manifest.
@@ -235,5 +254,342 @@ fn sighup_reloads_the_manifest_when_the_file_is_not_watched() {
     let rejected = weir.wait_for(|l| is_message(l, "reload rejected"));
     assert_eq!(rejected["fields"]["cause"], "SIGHUP");
     assert_eq!(weir.get("/"), "two");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The admin token the admin tests give `weir run` through `WEIR_TEST_ADMIN`.
+const ADMIN_TOKEN: &str = "admin-secret-for-tests";
+/// The read-only token, configured by its digest.
+const READER_TOKEN: &str = "reader-secret-for-tests";
+
+/// A manifest answering `body`, with an admin API on a free loopback port:
+/// an `admin` token from `WEIR_TEST_ADMIN` and a `read-only` one by digest.
+fn with_admin(body: &str) -> String {
+    let reader: String = weir::config::token_digest(READER_TOKEN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "{}admin:\n  address: 127.0.0.1:0\n  tokens:\n    \
+         - {{ name: ops, role: admin, env: WEIR_TEST_ADMIN }}\n    \
+         - {{ name: dashboards, role: read-only, sha256: \"{reader}\" }}\n",
+        answering(body)
+    )
+}
+
+impl Running {
+    /// Starts `weir run` on `manifest` (which has an admin API) with the
+    /// admin token in its environment; the admin API's URL.
+    fn start_with_admin(manifest: &Path, args: &[&str]) -> (Self, String) {
+        let mut weir = Self::start_env(manifest, args, &[("WEIR_TEST_ADMIN", ADMIN_TOKEN)]);
+        let line = weir.wait_for(|l| is_message(l, "admin API listening"));
+        let url = format!(
+            "http://{}",
+            line["fields"]["address"].as_str().unwrap_or_default()
+        );
+        (weir, url)
+    }
+}
+
+/// One admin API call.
+fn admin_call(
+    url: &str,
+    token: Option<&str>,
+    method: http::Method,
+    path: &str,
+    body: Option<&str>,
+    if_match: Option<&str>,
+) -> weir::control::admin::client::Answer {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let body = body.map(|b| (bytes::Bytes::from(b.to_owned()), "application/yaml"));
+    runtime
+        .block_on(weir::control::admin::client::call(
+            url, token, method, path, body, if_match,
+        ))
+        .expect("the admin API answers")
+}
+
+#[test]
+fn the_admin_api_checks_tokens_and_roles() {
+    let dir = test_dir("admin-auth");
+    let manifest = dir.join("weir.yaml");
+    std::fs::write(&manifest, with_admin("one")).expect("write manifest");
+    let (_weir, url) = Running::start_with_admin(&manifest, &["--watch", "false"]);
+    let get = |token| admin_call(&url, token, http::Method::GET, "/config", None, None);
+
+    assert_eq!(
+        admin_call(&url, None, http::Method::GET, "/healthz", None, None).status,
+        200
+    );
+    let ready = admin_call(&url, None, http::Method::GET, "/readyz", None, None);
+    assert_eq!(
+        (ready.status.as_u16(), ready.json()["ready"].clone()),
+        (200, true.into())
+    );
+
+    let anonymous = get(None);
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(
+        anonymous.headers["content-type"],
+        "application/problem+json"
+    );
+    assert_eq!(
+        anonymous.headers["www-authenticate"],
+        "Bearer realm=\"weir-admin\""
+    );
+    assert_eq!(get(Some("guess")).status, 401);
+
+    let read = get(Some(READER_TOKEN));
+    assert_eq!(read.status, 200);
+    assert_eq!(read.json()["routes"][0]["name"], "hello");
+    assert!(read.headers.contains_key("etag"));
+
+    let refused = admin_call(
+        &url,
+        Some(READER_TOKEN),
+        http::Method::PUT,
+        "/config",
+        Some(&with_admin("two")),
+        None,
+    );
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.json()["type"], "urn:weir:problem:forbidden");
+    assert_eq!(get(Some(ADMIN_TOKEN)).status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_manifest_put_through_the_admin_api_runs_and_is_written_to_the_file() {
+    let dir = test_dir("admin-put");
+    let manifest = dir.join("weir.yaml");
+    std::fs::write(&manifest, with_admin("one")).expect("write manifest");
+    let (weir, url) = Running::start_with_admin(&manifest, &[]);
+    let put = |text: &str, if_match| {
+        admin_call(
+            &url,
+            Some(ADMIN_TOKEN),
+            http::Method::PUT,
+            "/config",
+            Some(text),
+            if_match,
+        )
+    };
+    let read = admin_call(
+        &url,
+        Some(ADMIN_TOKEN),
+        http::Method::GET,
+        "/config",
+        None,
+        None,
+    );
+    let version = read.headers["etag"]
+        .to_str()
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_owned();
+
+    let applied = put(&with_admin("two"), Some(&version));
+    assert_eq!(applied.status, 200, "{}", applied.problem_text());
+    assert_eq!(applied.json()["generation"], 2);
+    assert_eq!(weir.get("/"), "two");
+    assert_eq!(
+        std::fs::read_to_string(&manifest).ok(),
+        Some(with_admin("two")),
+        "persisted"
+    );
+
+    // The version read before the change is stale now.
+    let stale = put(&with_admin("three"), Some(&version));
+    assert_eq!(stale.status, 412);
+    assert_eq!(weir.get("/"), "two");
+
+    // Three problems at once: each listed with its place; nothing changes.
+    let broken = format!("{BROKEN}{}", &with_admin("x")[answering("x").len()..]);
+    let rejected = put(&broken, None);
+    assert_eq!(rejected.status, 422);
+    let problem = rejected.json();
+    assert_eq!(problem["type"], "urn:weir:problem:invalid-config");
+    let errors = problem["errors"].as_array().cloned().unwrap_or_default();
+    let pointers: Vec<&str> = errors
+        .iter()
+        .filter_map(|e| e["pointer"].as_str())
+        .collect();
+    assert_eq!(
+        pointers,
+        [
+            "/routes/0/upstream",
+            "/routes/1/respond/status",
+            "/routes/2/colour"
+        ],
+        "{problem:#}"
+    );
+    assert_eq!(errors[0]["line"], 4);
+    assert_eq!(weir.get("/"), "two");
+    assert_eq!(
+        std::fs::read_to_string(&manifest).ok(),
+        Some(with_admin("two"))
+    );
+
+    // A plugin that is not Wasm: the build fails whole.
+    std::fs::write(dir.join("bad.wasm"), b"not wasm").expect("write plugin");
+    let bad_plugin = with_admin("four").replace(
+        "routes: [{ name: hello, respond: { body: four } }]",
+        "plugins: [{ name: bad, file: bad.wasm }]\n\
+         routes: [{ name: hello, respond: { body: four }, filters: [{ plugin: bad }] }]",
+    );
+    let refused = put(&bad_plugin, None);
+    assert_eq!(refused.status, 422, "{}", refused.problem_text());
+    assert_eq!(refused.json()["type"], "urn:weir:problem:build-failed");
+    assert_eq!(weir.get("/"), "two");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_admin_change_is_refused_while_the_file_holds_an_edit_not_loaded() {
+    let dir = test_dir("admin-conflict");
+    let manifest = dir.join("weir.yaml");
+    std::fs::write(&manifest, with_admin("one")).expect("write manifest");
+    let (weir, url) = Running::start_with_admin(&manifest, &["--watch", "false"]);
+    std::fs::write(&manifest, with_admin("edited")).expect("edit");
+    let refused = admin_call(
+        &url,
+        Some(ADMIN_TOKEN),
+        http::Method::PUT,
+        "/config",
+        Some(&with_admin("api")),
+        None,
+    );
+    assert_eq!(refused.status, 409, "{}", refused.problem_text());
+    assert!(
+        refused.problem_text().contains("SIGHUP"),
+        "{}",
+        refused.problem_text()
+    );
+    assert_eq!(weir.get("/"), "one");
+    assert_eq!(
+        std::fs::read_to_string(&manifest).ok(),
+        Some(with_admin("edited"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn weir_apply_and_weir_admin_drive_the_admin_api() {
+    let dir = test_dir("admin-cli");
+    let manifest = dir.join("weir.yaml");
+    std::fs::write(&manifest, with_admin("one")).expect("write manifest");
+    let (weir_run, url) = Running::start_with_admin(&manifest, &["--watch", "false"]);
+    let cli = |args: &[&str]| {
+        weir()
+            .env("WEIR_ADMIN_URL", &url)
+            .env("WEIR_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("WEIR_LOG", "warn")
+            .args(args)
+            .output()
+            .expect("weir runs")
+    };
+    let next = dir.join("next.yaml");
+    std::fs::write(&next, with_admin("applied")).expect("write");
+    let applied = cli(&["apply", "-f", next.to_str().unwrap_or_default()]);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    assert_eq!(weir_run.get("/"), "applied");
+
+    let shown = cli(&["admin", "config"]);
+    assert!(shown.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&shown.stdout).trim_end(),
+        with_admin("applied").trim_end()
+    );
+
+    std::fs::write(&next, BROKEN).expect("write");
+    let refused = cli(&["apply", "-f", next.to_str().unwrap_or_default()]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    for place in [
+        "/routes/0/upstream (line 4",
+        "/routes/1/respond/status (line 5",
+        "/routes/2/colour (line 6",
+    ] {
+        assert!(stderr.contains(place), "`{place}` missing from:\n{stderr}");
+    }
+    assert_eq!(weir_run.get("/"), "applied");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An upstream that answers `slow` after holding each request for `delay`;
+/// tells `arrived` when a request is in.
+fn slow_upstream(delay: Duration, arrived: std::sync::mpsc::Sender<()>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let arrived = arrived.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head);
+                let _ = arrived.send(());
+                std::thread::sleep(delay);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow",
+                );
+            });
+        }
+    });
+    address
+}
+
+#[test]
+fn readyz_answers_503_while_the_gateway_drains() {
+    let dir = test_dir("admin-drain");
+    let manifest = dir.join("weir.yaml");
+    let (arrived, in_upstream) = std::sync::mpsc::channel();
+    let upstream = slow_upstream(Duration::from_millis(1500), arrived);
+    let text = with_admin("unused").replace(
+        "routes: [{ name: hello, respond: { body: unused } }]",
+        &format!(
+            "upstreams: [{{ name: slow, targets: [\"{upstream}\"] }}]\n\
+             routes: [{{ name: hello, upstream: slow }}]\nshutdown_timeout: 10s"
+        ),
+    );
+    std::fs::write(&manifest, text).expect("write manifest");
+    let (mut weir, url) = Running::start_with_admin(&manifest, &["--watch", "false"]);
+    let address = weir.address.clone();
+    let in_flight = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(address).expect("connect");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .expect("send");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+    });
+    in_upstream
+        .recv_timeout(STEP_TIMEOUT)
+        .expect("the request reached the upstream");
+    weir.signal("TERM");
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let draining = loop {
+        let ready = admin_call(&url, None, http::Method::GET, "/readyz", None, None);
+        if ready.status == 503 {
+            break ready.json();
+        }
+        assert!(Instant::now() < deadline, "readyz never turned 503");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(draining["reason"], "draining");
+    let response = in_flight.join().expect("the client thread");
+    assert!(
+        response.ends_with("slow"),
+        "the request in flight finished: {response}"
+    );
+    assert!(weir.wait_exit());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,6 +4,7 @@
 //! validated [`Manifest`] (`model`, via `validate`). Every problem is reported
 //! with file, line, column and reason. Depends on nothing else in Weir.
 
+mod admin;
 mod decode;
 mod file;
 pub mod model;
@@ -15,6 +16,7 @@ mod yaml;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use admin::token_digest;
 pub use decode::{Diagnostic, parse_duration, parse_size};
 pub use file::{FileError, MAX_MANIFEST_BYTES, MAX_PEM_BYTES, MAX_PLUGIN_BYTES, read as read_file};
 pub use model::Manifest;
@@ -111,6 +113,22 @@ pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Manifest, Confi
         Some(m) if diags.is_empty() => Ok(m),
         _ => Err(invalid(diags.into_sorted())),
     }
+}
+
+/// Manifest `text` as a JSON document (mapping keys as strings, in file
+/// order); `None` when it is not YAML.
+pub fn document(text: &str) -> Option<serde_json::Value> {
+    yaml::parse(text).ok().map(|root| root.to_json())
+}
+
+/// The JSON pointer of the place each of `diagnostics` names in manifest
+/// `text` (`None` where no node starts there, e.g. a syntax error).
+pub fn pointers(text: &str, diagnostics: &[Diagnostic]) -> Vec<Option<String>> {
+    let root = yaml::parse(text).ok();
+    diagnostics
+        .iter()
+        .map(|d| root.as_ref()?.pointer_to(d.location))
+        .collect()
 }
 
 /// The diagnostic for bytes that are not UTF-8 from `valid_up_to` on.

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 
+pub use super::admin::{Admin, AdminRole, AdminToken};
 pub use crate::normalize::{EscapedSlashes, PathOptions};
 
 /// Index of a listener in [`Manifest::listeners`].
@@ -50,6 +51,8 @@ pub struct Manifest {
     pub redis: Vec<Redis>,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    /// The admin API, when the manifest has one.
+    pub admin: Option<Admin>,
 }
 
 /// One socket Weir accepts connections on.

@@ -93,6 +93,42 @@ impl Node {
         }
     }
 
+    /// The JSON pointer (RFC 6901) of the node at `at` (a mapping key counts
+    /// as its entry), the deepest when several start there; `None` when no
+    /// node starts there.
+    pub fn pointer_to(&self, at: Location) -> Option<String> {
+        let mut path = Vec::new();
+        self.find(at, &mut path)
+            .then(|| path.iter().map(|s| format!("/{s}")).collect())
+    }
+
+    /// Pushes the escaped path segments down to the node at `at`.
+    fn find(&self, at: Location, path: &mut Vec<String>) -> bool {
+        let children: Vec<(String, &Node, Option<&Node>)> = match &self.value {
+            Value::Map(entries) => entries
+                .iter()
+                .map(|(k, v)| (k.scalar_text(), v, Some(k)))
+                .collect(),
+            Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i.to_string(), v, None))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (segment, value, key) in children {
+            path.push(segment.replace('~', "~0").replace('/', "~1"));
+            if value.find(at, path) {
+                return true;
+            }
+            if value.location == at || key.is_some_and(|k| k.location == at) {
+                return true;
+            }
+            path.pop();
+        }
+        self.location == at
+    }
+
     /// The text of a scalar node (used for mapping keys).
     pub fn scalar_text(&self) -> String {
         match &self.value {

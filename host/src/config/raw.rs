@@ -68,6 +68,7 @@ pub struct RawManifest {
     pub plugins: Vec<RawPlugin>,
     pub global_filters: Vec<RawFilter>,
     pub redis: Vec<RawRedis>,
+    pub admin: Option<super::admin::Admin>,
 }
 
 impl Decode for RawManifest {
@@ -91,6 +92,7 @@ impl Decode for RawManifest {
             plugins: f.or("plugins", Vec::new(), diags),
             global_filters: f.or("global_filters", Vec::new(), diags),
             redis: f.or("redis", Vec::new(), diags),
+            admin: f.optional("admin", diags).flatten(),
         };
         f.finish(diags);
         Some(manifest)

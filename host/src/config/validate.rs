@@ -94,6 +94,7 @@ pub fn validate(
         shutdown_timeout: raw
             .shutdown_timeout
             .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+        admin: raw.admin,
     })
 }
 

@@ -1,11 +1,15 @@
 //! What changes a running gateway from outside its request path: the
 //! manifest file, reloaded on SIGHUP and when it changes on disk (watched with
-//! `notify`, debounced), until SIGTERM or Ctrl-C stops the gateway.
+//! `notify`, debounced), and the admin API; until SIGTERM or Ctrl-C stops the
+//! gateway.
 //!
-//! A reload loads and validates the whole manifest, builds its snapshot off
-//! the request path (compiling plugins, starting VMs, running `on_configure`)
-//! and swaps it in only if every part succeeded. Otherwise every reason is
-//! logged and the running config stays.
+//! Every change goes through the [`Store`]: the whole manifest is validated and
+//! its snapshot built off the request path (compiling plugins, starting VMs,
+//! running `on_configure`), and swapped in only if every part succeeded.
+//! Otherwise every reason is reported and the running config stays.
+
+pub mod admin;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,26 +19,11 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::config::{self, ConfigError};
-use crate::gateway::{Gateway, StartError};
+pub use store::{Applied, ChangeError, Store, read_manifest};
 
 /// How long the manifest file must stay quiet before an edit is reloaded:
 /// editors and `cp` write a file in several steps.
 const SETTLE: Duration = Duration::from_millis(200);
-
-/// Why a reload changed nothing.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// The manifest cannot be read or is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The new snapshot could not be built (a plugin, a listener change).
-    #[error(transparent)]
-    Build(#[from] StartError),
-    /// The build task ended without an answer.
-    #[error("the reload task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
 
 /// Why the control loop could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,43 +46,32 @@ pub enum ControlError {
     },
 }
 
-/// Reloads `gateway` from the manifest at `path`; `cause` says what asked
-/// (for the log). Every failure is logged with every reason.
-pub async fn reload_from_file(
-    gateway: &Arc<Gateway>,
-    path: &Path,
-    cause: &'static str,
-) -> Result<u64, ReloadError> {
-    let result = build_and_swap(gateway.clone(), path.to_path_buf()).await;
+/// Reloads the store's manifest file; `cause` says what asked (for the log).
+/// Every failure is logged with every reason.
+pub async fn reload_file(store: &Arc<Store>, cause: &'static str) -> Result<Applied, ChangeError> {
+    let blocking = store.clone();
+    // Reading, validating and building all block (files, compilation, VMs).
+    let result = tokio::task::spawn_blocking(move || blocking.reload_file())
+        .await
+        .unwrap_or_else(|e| Err(ChangeError::Task(e.to_string())));
+    let manifest = store.path().display();
     match &result {
-        Ok(generation) => {
-            tracing::info!(cause, generation, manifest = %path.display(), "manifest reloaded");
+        Ok(Applied::Swapped(generation)) => {
+            tracing::info!(cause, generation, %manifest, "manifest reloaded");
         }
+        Ok(Applied::Unchanged) => tracing::debug!(cause, %manifest, "manifest unchanged"),
         Err(error) => tracing::error!(
             cause,
-            manifest = %path.display(),
+            %manifest,
             "reload rejected; the running config stays:\n{error}"
         ),
     }
     result
 }
 
-async fn build_and_swap(gateway: Arc<Gateway>, path: PathBuf) -> Result<u64, ReloadError> {
-    // Reading, validating and building all block (files, compilation, VMs).
-    tokio::task::spawn_blocking(move || {
-        let manifest = config::load(&path)?;
-        Ok(gateway.reload(&manifest)?)
-    })
-    .await?
-}
-
-/// Serves until SIGTERM or Ctrl-C, reloading the manifest at `path` on SIGHUP
+/// Serves until SIGTERM or Ctrl-C, reloading the store's manifest on SIGHUP
 /// and, when `watch_file` is set, whenever the file changes.
-pub async fn run_until_stopped(
-    gateway: &Arc<Gateway>,
-    path: &Path,
-    watch_file: bool,
-) -> Result<(), ControlError> {
+pub async fn run_until_stopped(store: &Arc<Store>, watch_file: bool) -> Result<(), ControlError> {
     let listen = |kind: SignalKind, name: &'static str| {
         signal(kind).map_err(|source| ControlError::Signal {
             signal: name,
@@ -104,7 +82,7 @@ pub async fn run_until_stopped(
     let mut interrupt = listen(SignalKind::interrupt(), "SIGINT")?;
     let mut hangup = listen(SignalKind::hangup(), "SIGHUP")?;
     let (_watcher, mut edits) = if watch_file {
-        let (watcher, edits) = watch(path)?;
+        let (watcher, edits) = watch(store.path())?;
         (Some(watcher), edits)
     } else {
         (None, mpsc::channel(1).1)
@@ -114,11 +92,11 @@ pub async fn run_until_stopped(
             _ = term.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),
             _ = hangup.recv() => {
-                let _ = reload_from_file(gateway, path, "SIGHUP").await;
+                let _ = reload_file(store, "SIGHUP").await;
             }
             Some(()) = edits.recv() => {
                 settle(&mut edits).await;
-                let _ = reload_from_file(gateway, path, "file changed").await;
+                let _ = reload_file(store, "file changed").await;
             }
         }
     }

@@ -1,0 +1,292 @@
+//! The manifest file as the one source of truth of a running gateway.
+//!
+//! Every change goes through here, one at a time: an edit of the file (on
+//! SIGHUP or when the watcher sees it) and a manifest sent to the admin API.
+//! A change is validated and built whole before it is swapped in; an admin
+//! change is then written to the file (atomically: a new file renamed over
+//! the old), so it survives a restart and the file always holds what runs.
+//!
+//! Neither kind of change overwrites the other unseen: the store remembers
+//! the digest of the text it runs, an admin change is refused while the file
+//! on disk holds something else (an edit not loaded yet, or one that failed),
+//! and a caller can make its change conditional on the version it read
+//! (`If-Match` on the admin API).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::config::model::{Admin, AdminToken};
+use crate::config::{self, ConfigError, Diagnostic, MAX_MANIFEST_BYTES};
+use crate::gateway::{Gateway, StartError};
+
+/// Why a change was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The manifest cannot be read or is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The new snapshot could not be built (a plugin, a listener change).
+    #[error(transparent)]
+    Build(#[from] StartError),
+    /// The caller's version is not the running one.
+    #[error("the running config is version {running}, not {expected}")]
+    VersionMismatch {
+        /// The version the caller read.
+        expected: String,
+        /// The running version.
+        running: String,
+    },
+    /// The file on disk is not what runs: an edit waits (or failed).
+    #[error(
+        "`{}` was changed on disk since version {running} was loaded; reload it (SIGHUP) \
+         or fix it before changing the config through the API",
+        path.display()
+    )]
+    FileChanged {
+        /// The manifest file.
+        path: PathBuf,
+        /// The running version.
+        running: String,
+    },
+    /// The admin API's address cannot change while it serves.
+    #[error("the admin API's address cannot change without a restart")]
+    AdminMoved,
+    /// The task that built the change ended without an answer.
+    #[error("the change's build task failed: {0}")]
+    Task(String),
+    /// The new manifest could not be written.
+    #[error("the new config runs, but `{}` could not be written: {source}", path.display())]
+    Write {
+        /// The manifest file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl ChangeError {
+    /// Every problem of an invalid manifest, each with its place.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            Self::Config(ConfigError::Invalid { diagnostics, .. }) => diagnostics,
+            _ => &[],
+        }
+    }
+}
+
+/// What a change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The new config runs, as this generation.
+    Swapped(u64),
+    /// The text is the one that runs: nothing to do.
+    Unchanged,
+}
+
+/// The text that runs and where it came from.
+struct Running {
+    generation: u64,
+    digest: [u8; 32],
+    text: Arc<str>,
+    /// Who may call the admin API under this config.
+    tokens: Arc<[AdminToken]>,
+}
+
+/// The manifest file of a running gateway and the changes made to it.
+pub struct Store {
+    gateway: Arc<Gateway>,
+    path: PathBuf,
+    /// The admin API's configured address, which a change may not move.
+    admin: Option<SocketAddr>,
+    running: Mutex<Running>,
+    draining: AtomicBool,
+}
+
+impl Store {
+    /// The store of `gateway`, which was started from the manifest `text`
+    /// read from `path` (with [`read_manifest`]), whose admin API is `admin`.
+    pub fn new(gateway: Arc<Gateway>, path: PathBuf, text: String, admin: Option<&Admin>) -> Self {
+        let running = Running {
+            generation: gateway.generation(),
+            digest: config::token_digest(text.as_bytes()),
+            text: text.into(),
+            tokens: admin_tokens(admin),
+        };
+        let admin = admin.map(|a| a.address);
+        Self {
+            gateway,
+            path,
+            admin,
+            running: Mutex::new(running),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The manifest file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The gateway it changes.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// The running manifest's text and version.
+    pub fn current(&self) -> (Arc<str>, String) {
+        let running = self.lock();
+        (running.text.clone(), version(&running))
+    }
+
+    /// Who may call the admin API now.
+    pub fn tokens(&self) -> Arc<[AdminToken]> {
+        self.lock().tokens.clone()
+    }
+
+    /// Whether the gateway is draining (no longer ready for traffic).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the gateway as draining: `/readyz` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Loads the file again and runs it if it changed. Blocks (a build
+    /// compiles plugins and starts VMs): call it from a blocking task.
+    pub fn reload_file(&self) -> Result<Applied, ChangeError> {
+        let mut running = self.lock();
+        let text = read_manifest(&self.path)?;
+        let digest = config::token_digest(text.as_bytes());
+        if digest == running.digest {
+            return Ok(Applied::Unchanged);
+        }
+        let manifest = config::parse(&text, &self.path, self.base_dir())?;
+        self.check_admin(&manifest)?;
+        let generation = self.gateway.reload(&manifest)?;
+        *running = Running {
+            generation,
+            digest,
+            text: text.into(),
+            tokens: admin_tokens(manifest.admin.as_ref()),
+        };
+        Ok(Applied::Swapped(generation))
+    }
+
+    /// Runs manifest `text` and writes it to the file; with `if_match`, only
+    /// when that is the running version. Blocks: call it from a blocking task.
+    pub fn apply(&self, text: &str, if_match: Option<&str>) -> Result<Applied, ChangeError> {
+        let mut running = self.lock();
+        let current = version(&running);
+        if let Some(expected) = if_match
+            && expected != current
+            && expected != "*"
+        {
+            return Err(ChangeError::VersionMismatch {
+                expected: expected.to_owned(),
+                running: current,
+            });
+        }
+        let on_disk = read_manifest(&self.path).map(|t| config::token_digest(t.as_bytes()));
+        if on_disk.ok() != Some(running.digest) {
+            return Err(ChangeError::FileChanged {
+                path: self.path.clone(),
+                running: current,
+            });
+        }
+        let digest = config::token_digest(text.as_bytes());
+        if digest == running.digest {
+            return Ok(Applied::Unchanged);
+        }
+        let manifest = config::parse(text, &self.path, self.base_dir())?;
+        self.check_admin(&manifest)?;
+        let generation = self.gateway.reload(&manifest)?;
+        *running = Running {
+            generation,
+            digest,
+            text: text.into(),
+            tokens: admin_tokens(manifest.admin.as_ref()),
+        };
+        write_atomically(&self.path, text).map_err(|source| ChangeError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(Applied::Swapped(generation))
+    }
+
+    /// Checks manifest `text` as `apply` would, without running it.
+    pub fn validate(&self, text: &str) -> Result<(), ChangeError> {
+        let manifest = config::parse(text, &self.path, self.base_dir())?;
+        crate::gateway::build_chains(
+            &manifest,
+            &crate::gateway::Options::default(),
+            &crate::services::Services::standalone(),
+        )?;
+        Ok(())
+    }
+
+    /// The admin API keeps its socket: a change may not move it.
+    fn check_admin(&self, manifest: &config::Manifest) -> Result<(), ChangeError> {
+        let wanted = manifest.admin.as_ref().map(|a| a.address);
+        if self.admin.is_some() && self.admin != wanted {
+            return Err(ChangeError::AdminMoved);
+        }
+        Ok(())
+    }
+
+    fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn admin_tokens(admin: Option<&Admin>) -> Arc<[AdminToken]> {
+    admin.map_or_else(Vec::new, |a| a.tokens.clone()).into()
+}
+
+/// A version callers can compare: the generation and the start of the text's digest.
+fn version(running: &Running) -> String {
+    let hex: String = running.digest[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{}-{hex}", running.generation)
+}
+
+/// Reads a manifest's text (bounded and checked as `config::load` does).
+pub fn read_manifest(path: &Path) -> Result<String, ConfigError> {
+    let bytes =
+        config::read_file(path, MAX_MANIFEST_BYTES).map_err(|reason| ConfigError::Read {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+    String::from_utf8(bytes).map_err(|_| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        diagnostics: vec![Diagnostic {
+            location: config::Location { line: 1, column: 1 },
+            message: "the manifest is not UTF-8 text".to_owned(),
+        }],
+    })
+}
+
+/// Writes `text` to a new file beside `path`, flushes it, and renames it over `path`.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let fresh = path.with_file_name(format!(".{name}.weir-new"));
+    let mut file = std::fs::File::create(&fresh)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&fresh, path)
+}
