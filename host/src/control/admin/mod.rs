@@ -4,7 +4,7 @@
 //! | endpoint | role | what |
 //! |---|---|---|
 //! | `GET /healthz` | none | the process serves |
-//! | `GET /readyz` | none | config and plugins loaded, not draining |
+//! | `GET /readyz` | none | config and plugins loaded, not draining, not joining a cluster; the cluster's state |
 //! | `GET /config` | read | the running manifest (JSON; `?format=yaml` for its text), with its version as `ETag` |
 //! | `PUT /config` | admin | a whole manifest (YAML or JSON), applied as one change; `If-Match` honoured |
 //! | `POST /config/validate` | read | checks a manifest as `weir validate` does |
@@ -104,13 +104,26 @@ async fn handle(store: &Arc<Store>, request: Request<Incoming>) -> AdminResponse
     result.unwrap_or_else(|problem| problem.response())
 }
 
+/// Ready unless draining, or still joining its cluster; a clustered node
+/// reports where it stands (`cluster`), ready or not.
 fn ready(store: &Store) -> AdminResponse {
-    if store.draining() {
-        let body = serde_json::json!({"ready": false, "reason": "draining"});
-        return json(StatusCode::SERVICE_UNAVAILABLE, &body);
+    let cluster = store.cluster();
+    let mut body = if store.draining() {
+        serde_json::json!({"ready": false, "reason": "draining"})
+    } else if cluster.is_some_and(|c| !c.ready()) {
+        serde_json::json!({"ready": false, "reason": "joining the cluster"})
+    } else {
+        serde_json::json!({"ready": true, "generation": store.gateway().generation()})
+    };
+    if let Some(cluster) = cluster {
+        body["cluster"] = cluster.to_json();
     }
-    let body = serde_json::json!({"ready": true, "generation": store.gateway().generation()});
-    json(StatusCode::OK, &body)
+    let status = if body["ready"] == true {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &body)
 }
 
 /// The running manifest: as JSON, or (`?format=yaml`) as the text it was written in.

@@ -1,0 +1,479 @@
+//! Many nodes, one config: the manifest shared through Redis.
+//!
+//! Each node still runs its own [`Store`] (its manifest file stays its local
+//! copy); this module only moves manifests between the store and Redis. A
+//! change that runs on a node is published as the next numbered version; the
+//! other nodes hear of it on a pub/sub channel, and poll the version counter
+//! every second so a missed message is caught. They run it through their
+//! store, which writes their file too.
+//!
+//! Redis layout, under `weir:<key>` (`--cluster-key`, default `default`):
+//!
+//! | key | what |
+//! |---|---|
+//! | `weir:<key>:version` | the newest version, a counter (absent: no config yet) |
+//! | `weir:<key>:config:<n>` | the manifest text of version `n`; the last [`KEEP`] are kept |
+//! | `weir:<key>:changes` | the channel on which each new version's number is published |
+//!
+//! A version is published by one Lua script that checks the version the
+//! node's change was based on, so two nodes changing at once cannot
+//! overwrite each other: the second one finds the counter moved, and takes
+//! the cluster's version (logged as a conflict) instead of its own.
+//!
+//! Must not know the request path; reaches the gateway only through the store.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubStream};
+use tokio_stream::StreamExt;
+
+use super::store::{ChangeError, Store};
+use crate::config;
+
+/// How often a node reads the version counter, whatever pub/sub says.
+const POLL: Duration = Duration::from_secs(1);
+/// Connect and per-command timeout for Redis.
+const TIMEOUT: Duration = Duration::from_secs(1);
+/// How many versions Redis keeps.
+pub const KEEP: u64 = 10;
+
+/// Publishes a manifest as the next version if the counter still holds the
+/// version the change was based on. KEYS[1]: the counter. ARGV: the expected
+/// version, the text, the prefix of version keys, [`KEEP`], the channel, and
+/// the lowest number the new version may have (a node seeding a Redis that
+/// lost its data numbers on from the version it knew, so no node mistakes
+/// the new version 1 for the old one). Answers `{1, new version}` or
+/// `{0, the version found}`.
+const PUBLISH: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current ~= tonumber(ARGV[1]) then return {0, current} end
+local version = math.max(current + 1, tonumber(ARGV[6]))
+redis.call('SET', ARGV[3] .. version, ARGV[2])
+redis.call('SET', KEYS[1], version)
+local old = version - tonumber(ARGV[4])
+if old > 0 then redis.call('DEL', ARGV[3] .. old) end
+redis.call('PUBLISH', ARGV[5], version)
+return {1, version}
+";
+
+/// How a node joins a cluster (`weir run --cluster URL --cluster-key KEY`).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Names the cluster inside that Redis: nodes with the same key share a config.
+    pub key: String,
+}
+
+/// Why the cluster could not be joined or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The URL is not one the `redis` crate accepts.
+    #[error("`{url}` is not a Redis URL: {source}")]
+    Url {
+        /// What was given.
+        url: String,
+        /// Why.
+        source: redis::RedisError,
+    },
+    /// Redis refused or failed a command, or could not be reached.
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis did not answer in time.
+    #[error("Redis did not answer within {}ms", TIMEOUT.as_millis())]
+    Timeout,
+    /// The counter names a version whose text is gone.
+    #[error("version {0} is not in Redis")]
+    Missing(u64),
+}
+
+/// Where a node stands with its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Started, Redis not asked yet: not ready, since the file may be stale.
+    Joining,
+    /// Runs the cluster's newest version.
+    Synced,
+    /// Cannot reach Redis: serves its last good config.
+    Disconnected,
+    /// The newest version did not build here: serves the one before.
+    Diverged,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Joining => "joining",
+            Self::Synced => "synced",
+            Self::Disconnected => "disconnected",
+            Self::Diverged => "diverged",
+        }
+    }
+}
+
+/// What `/readyz` says about the cluster.
+#[derive(Debug, Clone)]
+struct Report {
+    state: State,
+    /// The cluster version this node runs.
+    version: Option<u64>,
+    /// The newest version seen, when it is not the one that runs.
+    latest: Option<u64>,
+    /// A local change waits to be published.
+    unpublished: bool,
+    /// Why the node is disconnected or diverged.
+    error: Option<String>,
+}
+
+/// A node's cluster state, shared with the admin API.
+#[derive(Debug)]
+pub struct ClusterStatus {
+    report: Mutex<Report>,
+}
+
+impl ClusterStatus {
+    fn new() -> Self {
+        Self {
+            report: Mutex::new(Report {
+                state: State::Joining,
+                version: None,
+                latest: None,
+                unpublished: false,
+                error: None,
+            }),
+        }
+    }
+
+    /// The node's state.
+    pub fn state(&self) -> State {
+        self.lock().state
+    }
+
+    /// Ready for traffic once Redis was asked (or found unreachable): a node
+    /// disconnected or diverged serves a config that built, so it stays ready.
+    pub fn ready(&self) -> bool {
+        self.state() != State::Joining
+    }
+
+    /// `{"state": …, "version": …}`, with `latest`, `unpublished` and
+    /// `error` when they apply.
+    pub fn to_json(&self) -> serde_json::Value {
+        let report = self.lock().clone();
+        let mut json = serde_json::json!({
+            "state": report.state.name(),
+            "version": report.version,
+        });
+        if let Some(latest) = report.latest {
+            json["latest"] = latest.into();
+        }
+        if report.unpublished {
+            json["unpublished"] = true.into();
+        }
+        if let Some(error) = report.error {
+            json["error"] = error.into();
+        }
+        json
+    }
+
+    fn set(&self, report: Report) -> State {
+        std::mem::replace(&mut *self.lock(), report).state
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Report> {
+        self.report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The names of a cluster's keys.
+struct Keys {
+    version: String,
+    config_prefix: String,
+    channel: String,
+}
+
+impl Keys {
+    fn new(key: &str) -> Self {
+        Self {
+            version: format!("weir:{key}:version"),
+            config_prefix: format!("weir:{key}:config:"),
+            channel: format!("weir:{key}:changes"),
+        }
+    }
+
+    fn config(&self, version: u64) -> String {
+        format!("{}{version}", self.config_prefix)
+    }
+}
+
+/// A SHA-256 digest of a manifest's text.
+type Digest = [u8; 32];
+
+/// One node's side of the cluster: it follows the store's changes and Redis.
+pub struct Cluster {
+    store: Arc<Store>,
+    client: redis::Client,
+    connection: ConnectionManager,
+    keys: Keys,
+    status: Arc<ClusterStatus>,
+    /// The cluster version this node runs, and its text's digest. The store
+    /// running other text means a local change not yet published.
+    agreed: Option<(u64, Digest)>,
+    /// The newest version this node has dealt with (ran, published, or
+    /// failed to build): above `agreed` while diverged.
+    known: Option<u64>,
+    /// Why `known` did not build here.
+    diverged: Option<String>,
+}
+
+/// What one round with Redis found.
+enum Round {
+    /// Nothing more to do.
+    Done,
+    /// The counter moved while publishing: look again.
+    Again,
+}
+
+impl Cluster {
+    /// A node of the cluster `settings` names, changing `store`. Connects lazily.
+    pub fn new(settings: &ClusterSettings, store: Arc<Store>) -> Result<Self, ClusterError> {
+        let client =
+            redis::Client::open(settings.url.as_str()).map_err(|source| ClusterError::Url {
+                url: settings.url.clone(),
+                source,
+            })?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1);
+        let connection = client.get_connection_manager_lazy(manager)?;
+        let status = Arc::new(ClusterStatus::new());
+        store.join_cluster(status.clone());
+        Ok(Self {
+            store,
+            client,
+            connection,
+            keys: Keys::new(&settings.key),
+            status,
+            agreed: None,
+            known: None,
+            diverged: None,
+        })
+    }
+
+    /// Follows the cluster until the store is dropped: after every local
+    /// change, every message on the channel and every [`POLL`].
+    pub async fn run(mut self) {
+        let mut changes = self.store.changes();
+        let mut messages: Option<PubSubStream> = None;
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Subscribe before reading, so no version slips between the two.
+            let subscribed = match messages {
+                Some(_) => Ok(()),
+                None => self.subscribe().await.map(|stream| messages = Some(stream)),
+            };
+            let synced = match subscribed {
+                Ok(()) => self.sync().await,
+                Err(error) => Err(error),
+            };
+            self.report(synced.err());
+            let lost = tokio::select! {
+                _ = poll.tick() => false,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return; // the store is gone
+                    }
+                    false
+                }
+                message = next_message(&mut messages) => message.is_none(),
+            };
+            if lost {
+                messages = None;
+            }
+        }
+    }
+
+    async fn subscribe(&self) -> Result<PubSubStream, ClusterError> {
+        let subscribe = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&self.keys.channel).await?;
+            Ok::<_, ClusterError>(pubsub.into_on_message())
+        };
+        tokio::time::timeout(TIMEOUT, subscribe)
+            .await
+            .map_err(|_| ClusterError::Timeout)?
+    }
+
+    /// Brings this node and the cluster together; a round that published
+    /// into a moved counter is followed by one more.
+    async fn sync(&mut self) -> Result<(), ClusterError> {
+        for _ in 0..3 {
+            if let Round::Done = self.round().await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn round(&mut self) -> Result<Round, ClusterError> {
+        let latest: Option<u64> = self.connection.get(&self.keys.version).await?;
+        let latest = latest.unwrap_or(0);
+        let (text, running_version) = self.store.current();
+        let local = config::token_digest(text.as_bytes());
+        let dirty = self.agreed.is_some_and(|(_, digest)| digest != local);
+        if latest == 0 {
+            // An empty cluster (first node, or Redis lost its data): seed it.
+            return self.publish(0, &text).await;
+        }
+        if self.known == Some(latest) && !dirty {
+            return Ok(Round::Done);
+        }
+        let remote: Option<String> = self.connection.get(self.keys.config(latest)).await?;
+        let remote = remote.ok_or(ClusterError::Missing(latest))?;
+        let remote_digest = config::token_digest(remote.as_bytes());
+        if remote_digest == local {
+            self.agree(latest, local);
+            return Ok(Round::Done);
+        }
+        if dirty {
+            let based_on = self.agreed.map(|(_, digest)| digest);
+            // The cluster holds what this change was based on, or a version
+            // this node already failed to build and is being changed past.
+            if based_on == Some(remote_digest) || self.known == Some(latest) {
+                return self.publish(latest, &text).await;
+            }
+            tracing::error!(
+                version = latest,
+                "cluster conflict: a change made on this node was not published, since the \
+                 cluster moved to version {latest} meanwhile; taking the cluster's version"
+            );
+        }
+        self.take(latest, remote, running_version).await;
+        Ok(Round::Done)
+    }
+
+    /// Publishes `text` as the version after `expected`.
+    async fn publish(&mut self, expected: u64, text: &str) -> Result<Round, ClusterError> {
+        // EVAL rather than `redis::Script`, whose EVALSHA needs the crate's
+        // `script` feature (and SHA-1) for a script this small.
+        let (published, version): (u8, u64) = redis::cmd("EVAL")
+            .arg(PUBLISH)
+            .arg(1)
+            .arg(&self.keys.version)
+            .arg(expected)
+            .arg(text)
+            .arg(&self.keys.config_prefix)
+            .arg(KEEP)
+            .arg(&self.keys.channel)
+            .arg(self.known.map_or(1, |known| known + 1))
+            .query_async(&mut self.connection)
+            .await?;
+        if published == 1 {
+            tracing::info!(version, "cluster: published this node's config");
+            self.agree(version, config::token_digest(text.as_bytes()));
+            Ok(Round::Done)
+        } else {
+            tracing::warn!(
+                expected,
+                found = version,
+                "cluster: another node published first"
+            );
+            Ok(Round::Again)
+        }
+    }
+
+    /// Runs version `version` (`text`) through the store, unless a local
+    /// change came after `running` (then the next round sees it).
+    async fn take(&mut self, version: u64, text: String, running: String) {
+        let digest = config::token_digest(text.as_bytes());
+        let store = self.store.clone();
+        let applied = tokio::task::spawn_blocking(move || store.apply(&text, Some(&running)))
+            .await
+            .unwrap_or_else(|e| Err(ChangeError::Task(e.to_string())));
+        match applied {
+            Ok(_) => {
+                tracing::info!(version, "cluster: version applied");
+                self.agree(version, digest);
+            }
+            Err(ChangeError::VersionMismatch { .. }) => {}
+            Err(error) => {
+                let running = self.agreed.map(|(v, _)| v);
+                tracing::error!(
+                    version,
+                    running,
+                    "cluster: version {version} cannot run on this node; it keeps its \
+                     config:\n{error}"
+                );
+                self.known = Some(version);
+                self.diverged = Some(error.to_string());
+            }
+        }
+    }
+
+    fn agree(&mut self, version: u64, digest: Digest) {
+        self.agreed = Some((version, digest));
+        self.known = Some(version);
+        self.diverged = None;
+    }
+
+    /// Sets the status after a round; logs when Redis is lost or found again.
+    fn report(&self, error: Option<ClusterError>) {
+        let (text, _) = self.store.current();
+        let local = config::token_digest(text.as_bytes());
+        let version = self.agreed.map(|(v, _)| v);
+        let unpublished = self.agreed.is_some_and(|(_, digest)| digest != local);
+        let report = match (&error, &self.diverged) {
+            (Some(error), _) => Report {
+                state: State::Disconnected,
+                version,
+                latest: None,
+                unpublished,
+                error: Some(error.to_string()),
+            },
+            (None, Some(reason)) => Report {
+                state: State::Diverged,
+                version,
+                latest: self.known,
+                unpublished,
+                error: Some(reason.clone()),
+            },
+            (None, None) => Report {
+                state: State::Synced,
+                version,
+                latest: None,
+                unpublished,
+                error: None,
+            },
+        };
+        let state = report.state;
+        let before = self.status.set(report);
+        match (before, state, error) {
+            (State::Disconnected, State::Disconnected, _) => {}
+            (_, State::Disconnected, Some(error)) => tracing::warn!(
+                version,
+                "cluster: Redis unreachable; serving the last good config: {error}"
+            ),
+            (State::Disconnected, _, _) => {
+                tracing::info!(version, "cluster: Redis reachable again")
+            }
+            (State::Joining, state, _) => {
+                tracing::info!(version, state = state.name(), "cluster joined")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The next message on the channel; `None` when the subscription is lost.
+/// Waits forever while there is none.
+async fn next_message(messages: &mut Option<PubSubStream>) -> Option<redis::Msg> {
+    match messages {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}
