@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubStream};
+use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
 use super::store::{ChangeError, Store};
@@ -127,10 +128,23 @@ struct Report {
     error: Option<String>,
 }
 
+/// What became of a change that ran on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It is the cluster's version `n`.
+    Published(u64),
+    /// Another node published version `n` first; this node runs that now.
+    Lost(u64),
+    /// Redis cannot be reached: it waits to be published.
+    Unpublished,
+}
+
 /// A node's cluster state, shared with the admin API.
 #[derive(Debug)]
 pub struct ClusterStatus {
     report: Mutex<Report>,
+    /// The last change handled: its text's digest, and its outcome.
+    handled: watch::Sender<Option<(Digest, Outcome)>>,
 }
 
 impl ClusterStatus {
@@ -143,7 +157,24 @@ impl ClusterStatus {
                 unpublished: false,
                 error: None,
             }),
+            handled: watch::channel(None).0,
         }
+    }
+
+    /// What became of the change to manifest `text` that ran here; `None`
+    /// if the cluster has not handled it within `limit`.
+    pub async fn outcome(&self, text: &str, limit: Duration) -> Option<Outcome> {
+        let digest = config::token_digest(text.as_bytes());
+        let mut handled = self.handled.subscribe();
+        let found = handled.wait_for(|h| h.as_ref().is_some_and(|(d, _)| *d == digest));
+        match tokio::time::timeout(limit, found).await {
+            Ok(Ok(handled)) => handled.as_ref().map(|(_, outcome)| outcome.clone()),
+            _ => None,
+        }
+    }
+
+    fn handled(&self, digest: Digest, outcome: Outcome) {
+        self.handled.send_replace(Some((digest, outcome)));
     }
 
     /// The node's state.
@@ -338,6 +369,7 @@ impl Cluster {
         let remote_digest = config::token_digest(remote.as_bytes());
         if remote_digest == local {
             self.agree(latest, local);
+            self.status.handled(local, Outcome::Published(latest));
             return Ok(Round::Done);
         }
         if dirty {
@@ -352,6 +384,9 @@ impl Cluster {
                 "cluster conflict: a change made on this node was not published, since the \
                  cluster moved to version {latest} meanwhile; taking the cluster's version"
             );
+            self.take(latest, remote, running_version).await;
+            self.status.handled(local, Outcome::Lost(latest));
+            return Ok(Round::Done);
         }
         self.take(latest, remote, running_version).await;
         Ok(Round::Done)
@@ -375,7 +410,9 @@ impl Cluster {
             .await?;
         if published == 1 {
             tracing::info!(version, "cluster: published this node's config");
-            self.agree(version, config::token_digest(text.as_bytes()));
+            let digest = config::token_digest(text.as_bytes());
+            self.agree(version, digest);
+            self.status.handled(digest, Outcome::Published(version));
             Ok(Round::Done)
         } else {
             tracing::warn!(
@@ -427,6 +464,9 @@ impl Cluster {
         let local = config::token_digest(text.as_bytes());
         let version = self.agreed.map(|(v, _)| v);
         let unpublished = self.agreed.is_some_and(|(_, digest)| digest != local);
+        if unpublished && error.is_some() {
+            self.status.handled(local, Outcome::Unpublished);
+        }
         let report = match (&error, &self.diverged) {
             (Some(error), _) => Report {
                 state: State::Disconnected,

@@ -131,18 +131,23 @@ fn wait_state(admin: &str, state: &str) -> serde_json::Value {
     last
 }
 
-/// `PUT /config` with the admin token; the status.
-fn put(admin: &str, text: &str) -> u16 {
-    let answer = admin_call(
+/// `PUT /config` with the admin token.
+fn put(admin: &str, text: &str) -> weir::control::admin::client::Answer {
+    admin_call(
         admin,
         Some(ADMIN_TOKEN),
         http::Method::PUT,
         "/config",
         Some(text),
         None,
-    );
-    assert!(answer.status.is_success(), "{}", answer.problem_text());
-    answer.status.as_u16()
+    )
+}
+
+/// `PUT /config`, which must succeed; the cluster version it became.
+fn put_ok(admin: &str, text: &str) -> serde_json::Value {
+    let answer = put(admin, text);
+    assert_eq!(answer.status, 200, "{}", answer.problem_text());
+    answer.json()["cluster_version"].clone()
 }
 
 fn file(path: &Path) -> String {
@@ -176,7 +181,7 @@ fn a_change_on_one_node_is_served_by_the_other_within_a_second() {
     assert_eq!(file(&b_file), with_admin("one"));
 
     // PUT /config on A: B serves it within a second (pub/sub), and writes it.
-    assert_eq!(put(&a_admin, &with_admin("two")), 200);
+    assert_eq!(put_ok(&a_admin, &with_admin("two")), 2);
     within(Duration::from_secs(1), "B serves A's change", || {
         b.get("/") == "two"
     });
@@ -251,7 +256,10 @@ fn nodes_keep_serving_while_redis_is_down_and_a_change_made_meanwhile_reaches_th
     assert_eq!((a.get("/"), b.get("/")), ("one".into(), "one".into()));
 
     // A change on A while Redis is down runs on A and waits to be published.
-    assert_eq!(put(&a_admin, &with_admin("two")), 200);
+    assert_eq!(
+        put_ok(&a_admin, &with_admin("two")),
+        serde_json::Value::Null
+    );
     assert_eq!(a.get("/"), "two");
     let cluster = readyz(&a_admin).1["cluster"].clone();
     assert_eq!(
@@ -270,7 +278,9 @@ fn nodes_keep_serving_while_redis_is_down_and_a_change_made_meanwhile_reaches_th
     within(Duration::from_secs(5), "B serves A's change", || {
         b.get("/") == "two"
     });
-    assert_eq!(file(&b_file), with_admin("two"));
+    within(Duration::from_secs(1), "B's file holds it", || {
+        file(&b_file) == with_admin("two")
+    });
     let cluster = wait_state(&a_admin, "synced");
     assert_eq!(cluster.get("unpublished"), None, "{cluster}");
     assert_eq!(redis.latest().1, Some(with_admin("two")));
@@ -301,7 +311,7 @@ fn a_version_that_cannot_build_on_a_node_leaves_it_on_its_config_and_says_so() {
         "routes:",
         "plugins: [{ name: noop, file: noop.wat }]\nroutes:",
     );
-    assert_eq!(put(&a_admin, &with_plugin), 200);
+    assert_eq!(put_ok(&a_admin, &with_plugin), 2);
     assert_eq!(a.get("/"), "three");
 
     let cluster = wait_state(&b_admin, "diverged");
@@ -327,7 +337,7 @@ fn a_version_that_cannot_build_on_a_node_leaves_it_on_its_config_and_says_so() {
     assert!(message.contains("noop.wat"), "{message}");
 
     // The next version that builds everywhere brings B back.
-    assert_eq!(put(&a_admin, &with_admin("four")), 200);
+    assert_eq!(put_ok(&a_admin, &with_admin("four")), 3);
     within(Duration::from_secs(2), "B serves version 3", || {
         b.get("/") == "four"
     });
@@ -336,4 +346,47 @@ fn a_version_that_cannot_build_on_a_node_leaves_it_on_its_config_and_says_so() {
         serde_json::json!({"state": "synced", "version": 3})
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_change_that_loses_the_race_to_another_nodes_version_answers_409_and_takes_it() {
+    let redis = Redis::start();
+    let dir = test_dir("cluster-conflict");
+    let (a, a_admin, a_file) = node(&dir, "a", &with_admin("one"), &redis);
+    wait_state(&a_admin, "synced");
+
+    // Another node's version lands in Redis (without a message, so A has
+    // not seen it when its own change comes). Should A's poll see it first,
+    // A's change is published on top of it (200) and the race is run again.
+    for attempt in 1..=5 {
+        let (latest, _) = redis.latest();
+        let theirs = with_admin(&format!("theirs{attempt}"));
+        redis.set(&format!("weir:{KEY}:config:{}", latest + 1), &theirs);
+        redis.set(&format!("weir:{KEY}:version"), &(latest + 1).to_string());
+        let answer = put(&a_admin, &with_admin(&format!("mine{attempt}")));
+        if answer.status == 200 {
+            assert_eq!(answer.json()["cluster_version"], latest + 2);
+            continue;
+        }
+        assert_eq!(answer.status, 409, "{}", answer.problem_text());
+        assert_eq!(answer.json()["type"], "urn:weir:problem:conflict");
+        let detail = answer.json()["detail"].clone();
+        assert!(
+            detail
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("another node published version {} ", latest + 1)),
+            "{detail}"
+        );
+        assert_eq!(a.get("/"), format!("theirs{attempt}"));
+        assert_eq!(file(&a_file), theirs);
+        assert_eq!(
+            redis.latest(),
+            (latest + 1, Some(theirs)),
+            "nothing overwritten"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    panic!("A's poll saw the other version first five times in a row");
 }

@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 
 use self::auth::Access;
 use self::problem::Problem;
+use super::cluster::{ClusterStatus, Outcome};
 use super::store::{Applied, ChangeError, Store};
 use crate::config::MAX_MANIFEST_BYTES;
 
@@ -161,13 +162,16 @@ async fn put_config(
     match applied {
         Ok(applied) => {
             let (_, version) = store.current();
-            let body = match applied {
+            let mut body = match applied {
                 Applied::Swapped(generation) => {
                     tracing::info!(generation, cause = "admin API", "manifest applied");
                     serde_json::json!({"applied": true, "generation": generation, "version": version})
                 }
                 Applied::Unchanged => serde_json::json!({"applied": false, "version": version}),
             };
+            if let (Some(cluster), Applied::Swapped(_)) = (store.cluster(), applied) {
+                body["cluster_version"] = cluster_version(cluster, &text).await?.into();
+            }
             let mut response = json(StatusCode::OK, &body);
             set_etag(&mut response, &version);
             Ok(response)
@@ -179,6 +183,24 @@ async fn put_config(
             );
             Err(Problem::from_change(&error, &text))
         }
+    }
+}
+
+/// How long a change waits to hear whether it was published: a round with
+/// Redis takes one command, or fails within its timeout.
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The cluster version a change to manifest `text` that ran here became
+/// (`None`: not published yet, Redis being unreachable); a conflict when
+/// another node's change won.
+async fn cluster_version(cluster: &ClusterStatus, text: &str) -> Result<Option<u64>, Problem> {
+    match cluster.outcome(text, PUBLISH_WAIT).await {
+        Some(Outcome::Published(n)) => Ok(Some(n)),
+        Some(Outcome::Lost(n)) => Err(Problem::conflict(&format!(
+            "another node published version {n} of the cluster's config first; \
+             this change was not published, and this node runs version {n} now"
+        ))),
+        Some(Outcome::Unpublished) | None => Ok(None),
     }
 }
 
