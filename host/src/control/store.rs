@@ -308,7 +308,7 @@ pub fn read_manifest(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// Writes `text` to a new file beside `path`, flushes it, and renames it over `path`.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+pub(super) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let name = path
         .file_name()

@@ -109,10 +109,14 @@ fn node(dir: &Path, name: &str, text: &str, redis: &Redis) -> (Running, String, 
     std::fs::create_dir_all(&home).expect("node dir");
     let manifest = home.join("weir.yaml");
     std::fs::write(&manifest, text).expect("write manifest");
-    let url = redis.url();
-    let (weir, admin) =
-        Running::start_with_admin(&manifest, &["--cluster", &url, "--cluster-key", KEY]);
+    let (weir, admin) = start_node(&manifest, redis);
     (weir, admin, manifest)
+}
+
+/// `weir run` on `manifest` as it is, in the cluster; its admin API's URL.
+fn start_node(manifest: &Path, redis: &Redis) -> (Running, String) {
+    let url = redis.url();
+    Running::start_with_admin(manifest, &["--cluster", &url, "--cluster-key", KEY])
 }
 
 /// `/readyz`: its status and body.
@@ -239,10 +243,11 @@ fn a_version_published_without_a_message_is_caught_by_the_poll() {
 }
 
 #[test]
-fn nodes_keep_serving_while_redis_is_down_and_a_change_made_meanwhile_reaches_the_others() {
+fn nodes_serve_while_redis_is_down_and_a_change_made_meanwhile_reaches_the_others_even_across_a_restart()
+ {
     let mut redis = Redis::start();
     let dir = test_dir("cluster-down");
-    let (mut a, a_admin, _) = node(&dir, "a", &with_admin("one"), &redis);
+    let (a, a_admin, a_file) = node(&dir, "a", &with_admin("one"), &redis);
     wait_state(&a_admin, "synced");
     let (b, b_admin, b_file) = node(&dir, "b", &with_admin("one"), &redis);
     wait_state(&b_admin, "synced");
@@ -272,6 +277,17 @@ fn nodes_keep_serving_while_redis_is_down_and_a_change_made_meanwhile_reaches_th
         "{cluster}"
     );
     assert_eq!(b.get("/"), "one");
+
+    // A restarts while Redis is still down: it knows the change is its own.
+    drop(a);
+    let (mut a, a_admin) = start_node(&a_file, &redis);
+    let cluster = wait_state(&a_admin, "disconnected");
+    assert_eq!(
+        (&cluster["version"], &cluster["unpublished"]),
+        (&1.into(), &true.into()),
+        "{cluster}"
+    );
+    assert_eq!(a.get("/"), "two");
 
     // Redis comes back empty: the change is published and reaches B.
     redis.restart();

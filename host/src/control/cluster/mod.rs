@@ -22,14 +22,21 @@
 //!
 //! Must not know the request path; reaches the gateway only through the store.
 
-use std::sync::{Arc, Mutex};
+mod layout;
+mod mark;
+mod status;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubStream};
-use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
+use self::layout::{KEEP, Keys, PUBLISH};
+use self::mark::Mark;
+use self::status::Report;
+pub use self::status::{ClusterStatus, Outcome, State};
 use super::store::{ChangeError, Store};
 use crate::config;
 
@@ -37,27 +44,6 @@ use crate::config;
 const POLL: Duration = Duration::from_secs(1);
 /// Connect and per-command timeout for Redis.
 const TIMEOUT: Duration = Duration::from_secs(1);
-/// How many versions Redis keeps.
-pub const KEEP: u64 = 10;
-
-/// Publishes a manifest as the next version if the counter still holds the
-/// version the change was based on. KEYS[1]: the counter. ARGV: the expected
-/// version, the text, the prefix of version keys, [`KEEP`], the channel, and
-/// the lowest number the new version may have (a node seeding a Redis that
-/// lost its data numbers on from the version it knew, so no node mistakes
-/// the new version 1 for the old one). Answers `{1, new version}` or
-/// `{0, the version found}`.
-const PUBLISH: &str = r"
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current ~= tonumber(ARGV[1]) then return {0, current} end
-local version = math.max(current + 1, tonumber(ARGV[6]))
-redis.call('SET', ARGV[3] .. version, ARGV[2])
-redis.call('SET', KEYS[1], version)
-local old = version - tonumber(ARGV[4])
-if old > 0 then redis.call('DEL', ARGV[3] .. old) end
-redis.call('PUBLISH', ARGV[5], version)
-return {1, version}
-";
 
 /// How a node joins a cluster (`weir run --cluster URL --cluster-key KEY`).
 #[derive(Debug, Clone)]
@@ -90,156 +76,6 @@ pub enum ClusterError {
     Missing(u64),
 }
 
-/// Where a node stands with its cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Started, Redis not asked yet: not ready, since the file may be stale.
-    Joining,
-    /// Runs the cluster's newest version.
-    Synced,
-    /// Cannot reach Redis: serves its last good config.
-    Disconnected,
-    /// The newest version did not build here: serves the one before.
-    Diverged,
-}
-
-impl State {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Joining => "joining",
-            Self::Synced => "synced",
-            Self::Disconnected => "disconnected",
-            Self::Diverged => "diverged",
-        }
-    }
-}
-
-/// What `/readyz` says about the cluster.
-#[derive(Debug, Clone)]
-struct Report {
-    state: State,
-    /// The cluster version this node runs.
-    version: Option<u64>,
-    /// The newest version seen, when it is not the one that runs.
-    latest: Option<u64>,
-    /// A local change waits to be published.
-    unpublished: bool,
-    /// Why the node is disconnected or diverged.
-    error: Option<String>,
-}
-
-/// What became of a change that ran on this node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// It is the cluster's version `n`.
-    Published(u64),
-    /// Another node published version `n` first; this node runs that now.
-    Lost(u64),
-    /// Redis cannot be reached: it waits to be published.
-    Unpublished,
-}
-
-/// A node's cluster state, shared with the admin API.
-#[derive(Debug)]
-pub struct ClusterStatus {
-    report: Mutex<Report>,
-    /// The last change handled: its text's digest, and its outcome.
-    handled: watch::Sender<Option<(Digest, Outcome)>>,
-}
-
-impl ClusterStatus {
-    fn new() -> Self {
-        Self {
-            report: Mutex::new(Report {
-                state: State::Joining,
-                version: None,
-                latest: None,
-                unpublished: false,
-                error: None,
-            }),
-            handled: watch::channel(None).0,
-        }
-    }
-
-    /// What became of the change to manifest `text` that ran here; `None`
-    /// if the cluster has not handled it within `limit`.
-    pub async fn outcome(&self, text: &str, limit: Duration) -> Option<Outcome> {
-        let digest = config::token_digest(text.as_bytes());
-        let mut handled = self.handled.subscribe();
-        let found = handled.wait_for(|h| h.as_ref().is_some_and(|(d, _)| *d == digest));
-        match tokio::time::timeout(limit, found).await {
-            Ok(Ok(handled)) => handled.as_ref().map(|(_, outcome)| outcome.clone()),
-            _ => None,
-        }
-    }
-
-    fn handled(&self, digest: Digest, outcome: Outcome) {
-        self.handled.send_replace(Some((digest, outcome)));
-    }
-
-    /// The node's state.
-    pub fn state(&self) -> State {
-        self.lock().state
-    }
-
-    /// Ready for traffic once Redis was asked (or found unreachable): a node
-    /// disconnected or diverged serves a config that built, so it stays ready.
-    pub fn ready(&self) -> bool {
-        self.state() != State::Joining
-    }
-
-    /// `{"state": …, "version": …}`, with `latest`, `unpublished` and
-    /// `error` when they apply.
-    pub fn to_json(&self) -> serde_json::Value {
-        let report = self.lock().clone();
-        let mut json = serde_json::json!({
-            "state": report.state.name(),
-            "version": report.version,
-        });
-        if let Some(latest) = report.latest {
-            json["latest"] = latest.into();
-        }
-        if report.unpublished {
-            json["unpublished"] = true.into();
-        }
-        if let Some(error) = report.error {
-            json["error"] = error.into();
-        }
-        json
-    }
-
-    fn set(&self, report: Report) -> State {
-        std::mem::replace(&mut *self.lock(), report).state
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Report> {
-        self.report
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// The names of a cluster's keys.
-struct Keys {
-    version: String,
-    config_prefix: String,
-    channel: String,
-}
-
-impl Keys {
-    fn new(key: &str) -> Self {
-        Self {
-            version: format!("weir:{key}:version"),
-            config_prefix: format!("weir:{key}:config:"),
-            channel: format!("weir:{key}:changes"),
-        }
-    }
-
-    fn config(&self, version: u64) -> String {
-        format!("{}{version}", self.config_prefix)
-    }
-}
-
 /// A SHA-256 digest of a manifest's text.
 type Digest = [u8; 32];
 
@@ -250,6 +86,8 @@ pub struct Cluster {
     connection: ConnectionManager,
     keys: Keys,
     status: Arc<ClusterStatus>,
+    /// Where the version the manifest file holds is recorded.
+    mark: Mark,
     /// The cluster version this node runs, and its text's digest. The store
     /// running other text means a local change not yet published.
     agreed: Option<(u64, Digest)>,
@@ -283,14 +121,17 @@ impl Cluster {
         let connection = client.get_connection_manager_lazy(manager)?;
         let status = Arc::new(ClusterStatus::new());
         store.join_cluster(status.clone());
+        let mark = Mark::beside(store.path(), &settings.key);
+        let agreed = mark.read();
         Ok(Self {
             store,
             client,
             connection,
             keys: Keys::new(&settings.key),
             status,
-            agreed: None,
-            known: None,
+            mark,
+            agreed,
+            known: agreed.map(|(version, _)| version),
             diverged: None,
         })
     }
@@ -452,7 +293,14 @@ impl Cluster {
         }
     }
 
+    /// This node runs cluster version `version`, whose text has `digest`.
     fn agree(&mut self, version: u64, digest: Digest) {
+        if self.agreed != Some((version, digest))
+            && let Err(error) = self.mark.write(version, &digest)
+        {
+            // Only a restart needs it, and then the cluster's version wins.
+            tracing::warn!(version, %error, "cluster: cannot record the version of the manifest file");
+        }
         self.agreed = Some((version, digest));
         self.known = Some(version);
         self.diverged = None;
