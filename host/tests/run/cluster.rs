@@ -113,6 +113,16 @@ fn node(dir: &Path, name: &str, text: &str, redis: &Redis) -> (Running, String, 
     (weir, admin, manifest)
 }
 
+/// A fresh Redis, a test directory named after `name`, and node `a` in it,
+/// which seeded the cluster with `with_admin("one")` as version 1.
+fn first_node(name: &str) -> (Redis, PathBuf, (Running, String, PathBuf)) {
+    let redis = Redis::start();
+    let dir = test_dir(name);
+    let a = node(&dir, "a", &with_admin("one"), &redis);
+    wait_state(&a.1, "synced");
+    (redis, dir, a)
+}
+
 /// `weir run` on `manifest` as it is, in the cluster; its admin API's URL.
 fn start_node(manifest: &Path, redis: &Redis) -> (Running, String) {
     let url = redis.url();
@@ -219,10 +229,7 @@ fn a_change_on_one_node_is_served_by_the_other_within_a_second() {
 
 #[test]
 fn a_version_published_without_a_message_is_caught_by_the_poll() {
-    let redis = Redis::start();
-    let dir = test_dir("cluster-poll");
-    let (a, a_admin, _) = node(&dir, "a", &with_admin("one"), &redis);
-    wait_state(&a_admin, "synced");
+    let (redis, dir, (a, a_admin, _)) = first_node("cluster-poll");
 
     // Written straight into Redis, with no PUBLISH: only the poll can see it.
     redis.set(&format!("weir:{KEY}:config:2"), &with_admin("polled"));
@@ -245,10 +252,7 @@ fn a_version_published_without_a_message_is_caught_by_the_poll() {
 #[test]
 fn nodes_serve_while_redis_is_down_and_a_change_made_meanwhile_reaches_the_others_even_across_a_restart()
  {
-    let mut redis = Redis::start();
-    let dir = test_dir("cluster-down");
-    let (a, a_admin, a_file) = node(&dir, "a", &with_admin("one"), &redis);
-    wait_state(&a_admin, "synced");
+    let (mut redis, dir, (a, a_admin, a_file)) = first_node("cluster-down");
     let (b, b_admin, b_file) = node(&dir, "b", &with_admin("one"), &redis);
     wait_state(&b_admin, "synced");
 
@@ -314,10 +318,7 @@ const NOOP: &str =
 
 #[test]
 fn a_version_that_cannot_build_on_a_node_leaves_it_on_its_config_and_says_so() {
-    let redis = Redis::start();
-    let dir = test_dir("cluster-diverged");
-    let (a, a_admin, _) = node(&dir, "a", &with_admin("one"), &redis);
-    wait_state(&a_admin, "synced");
+    let (redis, dir, (a, a_admin, _)) = first_node("cluster-diverged");
     let (mut b, b_admin, b_file) = node(&dir, "b", &with_admin("one"), &redis);
     wait_state(&b_admin, "synced");
 
@@ -366,10 +367,7 @@ fn a_version_that_cannot_build_on_a_node_leaves_it_on_its_config_and_says_so() {
 
 #[test]
 fn a_change_that_loses_the_race_to_another_nodes_version_answers_409_and_takes_it() {
-    let redis = Redis::start();
-    let dir = test_dir("cluster-conflict");
-    let (a, a_admin, a_file) = node(&dir, "a", &with_admin("one"), &redis);
-    wait_state(&a_admin, "synced");
+    let (redis, dir, (a, a_admin, a_file)) = first_node("cluster-conflict");
 
     // Another node's version lands in Redis (without a message, so A has
     // not seen it when its own change comes). Should A's poll see it first,
