@@ -57,14 +57,10 @@ pub struct ClusterSettings {
 /// Why the cluster could not be joined or reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    /// The URL is not one the `redis` crate accepts.
-    #[error("`{url}` is not a Redis URL: {source}")]
-    Url {
-        /// What was given.
-        url: String,
-        /// Why.
-        source: redis::RedisError,
-    },
+    /// The URL is not one the `redis` crate accepts (not repeated here: it
+    /// may hold a password).
+    #[error("the cluster's URL is not a Redis URL: {0}")]
+    Url(#[source] redis::RedisError),
     /// Redis refused or failed a command, or could not be reached.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -95,7 +91,7 @@ pub struct Cluster {
     /// failed to build): above `agreed` while diverged.
     known: Option<u64>,
     /// Why `known` did not build here.
-    diverged: Option<String>,
+    diverged: Option<(u64, String)>,
 }
 
 /// What one round with Redis found.
@@ -109,11 +105,7 @@ enum Round {
 impl Cluster {
     /// A node of the cluster `settings` names, changing `store`. Connects lazily.
     pub fn new(settings: &ClusterSettings, store: Arc<Store>) -> Result<Self, ClusterError> {
-        let client =
-            redis::Client::open(settings.url.as_str()).map_err(|source| ClusterError::Url {
-                url: settings.url.clone(),
-                source,
-            })?;
+        let client = redis::Client::open(settings.url.as_str()).map_err(ClusterError::Url)?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
@@ -280,15 +272,22 @@ impl Cluster {
             }
             Err(ChangeError::VersionMismatch { .. }) => {}
             Err(error) => {
-                let running = self.agreed.map(|(v, _)| v);
-                tracing::error!(
-                    version,
-                    running,
-                    "cluster: version {version} cannot run on this node; it keeps its \
-                     config:\n{error}"
-                );
-                self.known = Some(version);
-                self.diverged = Some(error.to_string());
+                let reason = error.to_string();
+                if self.diverged.as_ref() != Some(&(version, reason.clone())) {
+                    let running = self.agreed.map(|(v, _)| v);
+                    tracing::error!(
+                        version,
+                        running,
+                        "cluster: version {version} cannot run on this node; it keeps its \
+                         config:\n{reason}"
+                    );
+                }
+                // An edit of the file waiting to be loaded is tried again
+                // next round; a version that does not build is not.
+                if !matches!(error, ChangeError::FileChanged { .. }) {
+                    self.known = Some(version);
+                }
+                self.diverged = Some((version, reason));
             }
         }
     }
@@ -323,10 +322,10 @@ impl Cluster {
                 unpublished,
                 error: Some(error.to_string()),
             },
-            (None, Some(reason)) => Report {
+            (None, Some((latest, reason))) => Report {
                 state: State::Diverged,
                 version,
-                latest: self.known,
+                latest: Some(*latest),
                 unpublished,
                 error: Some(reason.clone()),
             },
