@@ -293,6 +293,9 @@ fn run(
     let text = weir::control::read_manifest(&config)?;
     let base_dir = config.parent().unwrap_or(std::path::Path::new("."));
     let manifest = weir::config::parse(&text, &config, base_dir)?;
+    if let Some(settings) = &cluster {
+        settings.client().context("cannot join the cluster")?;
+    }
     // The workers run their own runtimes (`Gateway::start_with` starts them);
     // this one runs start-up, the admin API, reloads and shutdown.
     let runtime = tokio::runtime::Builder::new_current_thread()

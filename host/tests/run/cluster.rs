@@ -291,6 +291,11 @@ fn nodes_serve_while_redis_is_down_and_a_change_made_meanwhile_reaches_the_other
         (&1.into(), &true.into()),
         "{cluster}"
     );
+    assert_eq!(
+        readyz(&a_admin).0,
+        200,
+        "ready without Redis: it serves its file"
+    );
     assert_eq!(a.get("/"), "two");
 
     // Redis comes back empty: the change is published and reaches B.

@@ -54,6 +54,14 @@ pub struct ClusterSettings {
     pub key: String,
 }
 
+impl ClusterSettings {
+    /// A client of the cluster's Redis (no connection yet): fails when the
+    /// URL is not a Redis URL, so `weir run` can refuse it before serving.
+    pub fn client(&self) -> Result<redis::Client, ClusterError> {
+        redis::Client::open(self.url.as_str()).map_err(ClusterError::Url)
+    }
+}
+
 /// Why the cluster could not be joined or reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -105,7 +113,7 @@ enum Round {
 impl Cluster {
     /// A node of the cluster `settings` names, changing `store`. Connects lazily.
     pub fn new(settings: &ClusterSettings, store: Arc<Store>) -> Result<Self, ClusterError> {
-        let client = redis::Client::open(settings.url.as_str()).map_err(ClusterError::Url)?;
+        let client = settings.client()?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
