@@ -153,6 +153,11 @@ impl Cluster {
                 Ok(()) => self.sync().await,
                 Err(error) => Err(error),
             };
+            if synced.is_err() {
+                // A Redis that went silent (no reset) leaves the subscription
+                // looking alive: make it again with the next round.
+                messages = None;
+            }
             self.report(synced.err());
             let lost = tokio::select! {
                 _ = poll.tick() => false,
