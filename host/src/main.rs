@@ -89,6 +89,10 @@ enum Command {
         /// Which cluster in that Redis this node joins (its keys are `weir:<key>:…`).
         #[arg(long, env = "WEIR_CLUSTER_KEY", default_value = "default")]
         cluster_key: String,
+        /// How often a cluster node reads the cluster's version besides
+        /// being told by pub/sub: the longest a missed message goes unseen.
+        #[arg(long, env = "WEIR_CLUSTER_POLL", default_value = "1s", value_parser = poll_period)]
+        cluster_poll: std::time::Duration,
     },
     /// Check a manifest without serving; lists every problem.
     Validate {
@@ -185,6 +189,7 @@ fn main() -> ExitCode {
             watch,
             cluster,
             cluster_key,
+            cluster_poll,
         } => match run(
             config.clone(),
             cli.options(*workers),
@@ -192,6 +197,7 @@ fn main() -> ExitCode {
             cluster.as_ref().map(|url| ClusterSettings {
                 url: url.clone(),
                 key: cluster_key.clone(),
+                poll: *cluster_poll,
             }),
         ) {
             Ok(()) => ExitCode::SUCCESS,
@@ -263,6 +269,13 @@ fn admin_call(admin: &AdminArgs, request: AdminRequest<'_>) -> ExitCode {
         eprintln!("{}", answer.problem_text());
         ExitCode::FAILURE
     }
+}
+
+/// A poll period: `100ms` to `1h`.
+fn poll_period(text: &str) -> Result<std::time::Duration, String> {
+    weir::config::parse_duration(text)
+        .filter(|d| (100..=3_600_000).contains(&d.as_millis()))
+        .ok_or_else(|| format!("`{text}` is not a period from 100ms to 1h (like 500ms, 2s)"))
 }
 
 /// `1 route`, `2 routes`.

@@ -125,8 +125,15 @@ fn first_node(name: &str) -> (Redis, PathBuf, (Running, String, PathBuf)) {
 
 /// `weir run` on `manifest` as it is, in the cluster; its admin API's URL.
 fn start_node(manifest: &Path, redis: &Redis) -> (Running, String) {
+    start_node_with(manifest, redis, &[])
+}
+
+/// [`start_node`] with more arguments.
+fn start_node_with(manifest: &Path, redis: &Redis, args: &[&str]) -> (Running, String) {
     let url = redis.url();
-    Running::start_with_admin(manifest, &["--cluster", &url, "--cluster-key", KEY])
+    let mut all = vec!["--cluster", &url, "--cluster-key", KEY];
+    all.extend_from_slice(args);
+    Running::start_with_admin(manifest, &all)
 }
 
 /// `/readyz`: its status and body.
@@ -184,8 +191,12 @@ fn a_change_on_one_node_is_served_by_the_other_within_a_second() {
     );
     assert_eq!(redis.latest(), (1, Some(with_admin("one"))));
 
-    // B joins with a file of its own: the cluster's config wins.
-    let (b, b_admin, b_file) = node(&dir, "b", &with_admin("b-alone"), &redis);
+    // B joins with a file of its own: the cluster's config wins. B polls
+    // only hourly, so what reaches it within a second came by pub/sub.
+    let b_file = dir.join("b/weir.yaml");
+    std::fs::create_dir_all(dir.join("b")).expect("node dir");
+    std::fs::write(&b_file, with_admin("b-alone")).expect("write manifest");
+    let (b, b_admin) = start_node_with(&b_file, &redis, &["--cluster-poll", "1h"]);
     within(STEP_TIMEOUT, "B joins", || readyz(&b_admin).0 == 200);
     assert_eq!(
         readyz(&b_admin).1["cluster"],

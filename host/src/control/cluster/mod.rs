@@ -40,8 +40,6 @@ pub use self::status::{ClusterStatus, Outcome, State};
 use super::store::{ChangeError, Store};
 use crate::config;
 
-/// How often a node reads the version counter, whatever pub/sub says.
-const POLL: Duration = Duration::from_secs(1);
 /// Connect and per-command timeout for Redis.
 const TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -52,6 +50,9 @@ pub struct ClusterSettings {
     pub url: String,
     /// Names the cluster inside that Redis: nodes with the same key share a config.
     pub key: String,
+    /// How often the node reads the version counter whatever pub/sub says,
+    /// which bounds how late a missed message is caught.
+    pub poll: Duration,
 }
 
 impl ClusterSettings {
@@ -92,6 +93,8 @@ pub struct Cluster {
     status: Arc<ClusterStatus>,
     /// Where the version the manifest file holds is recorded.
     mark: Mark,
+    /// How often Redis is read whatever pub/sub says.
+    poll: Duration,
     /// The cluster version this node runs, and its text's digest. The store
     /// running other text means a local change not yet published.
     agreed: Option<(u64, Digest)>,
@@ -130,6 +133,7 @@ impl Cluster {
             keys: Keys::new(&settings.key),
             status,
             mark,
+            poll: settings.poll,
             agreed,
             known: agreed.map(|(version, _)| version),
             diverged: None,
@@ -137,11 +141,11 @@ impl Cluster {
     }
 
     /// Follows the cluster until the store is dropped: after every local
-    /// change, every message on the channel and every [`POLL`].
+    /// change, every message on the channel and every poll period.
     pub async fn run(mut self) {
         let mut changes = self.store.changes();
         let mut messages: Option<PubSubStream> = None;
-        let mut poll = tokio::time::interval(POLL);
+        let mut poll = tokio::time::interval(self.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Subscribe before reading, so no version slips between the two.
