@@ -208,7 +208,12 @@ impl Cluster {
         let local = config::token_digest(text.as_bytes());
         let dirty = self.agreed.is_some_and(|(_, digest)| digest != local);
         if latest == 0 {
-            // An empty cluster (first node, or Redis lost its data): seed it.
+            // An empty cluster (first node, or Redis lost its data): seed
+            // it, unless this node runs an older version than the one the
+            // others ran (diverged), which would roll them back.
+            if self.diverged.is_some() && !dirty {
+                return Ok(Round::Done);
+            }
             return self.publish(0, &text).await;
         }
         if self.known == Some(latest) && !dirty {
