@@ -868,16 +868,7 @@ fn plain_reply_wat() -> String {
 #[tokio::test]
 async fn a_local_reply_with_a_body_and_no_content_type_is_text_plain() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let yaml = format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: echo, targets: ["{}"] }}]
-plugins: [{{ name: hello, file: hello.wat, vms: 1 }}]
-routes: [{{ name: r, upstream: echo, filters: [{{ plugin: hello }}] }}]
-"#,
-        up.addr
-    );
-    let gw = gateway_with_files(&yaml, &[("hello.wat", &plain_reply_wat())]).await?;
+    let gw = gateway_with_plugins(&[&up], &[("hello", &plain_reply_wat())]).await?;
     let response = http1_client().get(gw.url("main", "/")).send().await?;
     assert_eq!(response.status(), 200);
     assert_eq!(values(&response, "content-type"), ["text/plain"]);

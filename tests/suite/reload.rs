@@ -186,3 +186,115 @@ async fn a_reload_keeps_the_vms_of_filters_that_did_not_change() -> anyhow::Resu
     );
     Ok(())
 }
+
+/// A manifest for the swap test: route `r` (prefix `/`) forwards to
+/// `upstream` through the SDK test filter configured as `version` (it stamps
+/// the request and the response with it); with `extra`, route `/extra` too.
+fn versioned_manifest(upstream: &EchoUpstream, version: u32, extra: bool) -> String {
+    let extra = if extra {
+        "  - { name: extra, match: { path: { exact: /extra } }, respond: { status: 200, body: extra } }\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: backend, targets: [{addr}] }}]
+plugins: [{{ name: sdk, file: "{wasm}" }}]
+routes:
+{extra}  - name: r
+    upstream: backend
+    filters:
+      - plugin: sdk
+        config:
+          add_request_headers: [[x-version, "{version}"]]
+          add_response_headers: [[x-version, "{version}"]]
+"#,
+        addr = upstream.addr,
+        wasm = weir_tests::test_filter_wasm(),
+    )
+}
+
+/// One request of the load: `None` when it succeeded with the same version on
+/// both legs, else what went wrong.
+async fn versioned_request(client: &reqwest::Client, url: &str) -> Option<String> {
+    let response = match client.get(url).send().await {
+        Ok(response) => response,
+        Err(error) => return Some(format!("request failed: {error}")),
+    };
+    if response.status() != 200 {
+        return Some(format!("status {}", response.status()));
+    }
+    let answered = response.headers().get("x-version").cloned();
+    let upstream = response.headers().get("x-upstream").cloned();
+    let body = match json(response).await {
+        Ok(body) => body,
+        Err(error) => return Some(format!("body failed: {error}")),
+    };
+    let forwarded = body["headers"]["x-version"][0].as_str().map(str::to_owned);
+    let answered = answered.and_then(|v| v.to_str().ok().map(str::to_owned));
+    if forwarded.is_none() || forwarded != answered {
+        return Some(format!(
+            "versions mixed: forwarded {forwarded:?}, answered {answered:?} (upstream {upstream:?})"
+        ));
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_swaps_under_load_fail_no_request_and_mix_no_versions() -> anyhow::Result<()> {
+    let (a, b) = (
+        EchoUpstream::start("a").await?,
+        EchoUpstream::start("b").await?,
+    );
+    let gw = std::sync::Arc::new(TestGateway::from_yaml(&versioned_manifest(&a, 0, false)).await?);
+    let url = gw.url("main", "/load");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    // 200 requests in flight: half over HTTP/1.1 keep-alive, half over h2c.
+    for i in 0..200 {
+        let client = if i % 2 == 0 {
+            http1_client()
+        } else {
+            weir_tests::h2c_client()
+        };
+        let (url, stop) = (url.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let (mut sent, mut failures) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sent += 1;
+                if let Some(failure) = versioned_request(&client, &url).await {
+                    failures.push(failure);
+                }
+            }
+            (sent, failures)
+        }));
+    }
+    for version in 1..=20u32 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Every swap changes the filter's configuration (fresh VMs); every
+        // other one adds or removes a route and moves the upstream.
+        let upstream = if version % 2 == 0 { &a } else { &b };
+        let yaml = versioned_manifest(upstream, version, version % 2 == 1);
+        let swapped = gw.clone();
+        let generation = tokio::task::spawn_blocking(move || swapped.reload(&yaml)).await??;
+        assert_eq!(generation, u64::from(version) + 1);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut sent, mut failures) = (0, Vec::new());
+    for task in load {
+        let (n, f) = task.await?;
+        sent += n;
+        failures.extend(f);
+    }
+    assert!(sent > 1000, "the load ran: {sent} requests");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed or mixed versions, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(a.hits() > 0 && b.hits() > 0, "both upstreams served");
+    Ok(())
+}

@@ -192,16 +192,7 @@ impl Store {
         if digest == running.digest {
             return Ok(Applied::Unchanged);
         }
-        let manifest = config::parse(&text, &self.path, self.base_dir())?;
-        self.check_admin(&manifest)?;
-        let generation = self.gateway.reload(&manifest)?;
-        *running = Running {
-            generation,
-            digest,
-            text: text.into(),
-            tokens: admin_tokens(manifest.admin.as_ref()),
-        };
-        self.changes.send_replace(generation);
+        let generation = self.run(&mut running, &text, digest)?;
         Ok(Applied::Swapped(generation))
     }
 
@@ -230,6 +221,17 @@ impl Store {
         if digest == running.digest {
             return Ok(Applied::Unchanged);
         }
+        let generation = self.run(&mut running, text, digest)?;
+        write_atomically(&self.path, text).map_err(|source| ChangeError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(Applied::Swapped(generation))
+    }
+
+    /// Validates and builds manifest `text` (whose digest is `digest`), swaps
+    /// it in and makes it the running text; the new generation.
+    fn run(&self, running: &mut Running, text: &str, digest: [u8; 32]) -> Result<u64, ChangeError> {
         let manifest = config::parse(text, &self.path, self.base_dir())?;
         self.check_admin(&manifest)?;
         let generation = self.gateway.reload(&manifest)?;
@@ -240,11 +242,7 @@ impl Store {
             tokens: admin_tokens(manifest.admin.as_ref()),
         };
         self.changes.send_replace(generation);
-        write_atomically(&self.path, text).map_err(|source| ChangeError::Write {
-            path: self.path.clone(),
-            source,
-        })?;
-        Ok(Applied::Swapped(generation))
+        Ok(generation)
     }
 
     /// Checks manifest `text` as `apply` would, without running it.
