@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weir::Gateway;
+use weir::control::cluster::{Cluster, ClusterSettings};
 
 /// mimalloc: a proxy allocates and frees many small buffers per request, and
 /// it serves them faster than the system allocator.
@@ -80,6 +81,18 @@ enum Command {
         /// SIGHUP only).
         #[arg(long, env = "WEIR_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
         watch: bool,
+        /// Share the config with every node that names the same Redis and
+        /// cluster key: `redis://[user:password@]host:port[/db]`. Without it
+        /// the node is on its own and its file is its only source.
+        #[arg(long, env = "WEIR_CLUSTER", hide_env_values = true)]
+        cluster: Option<String>,
+        /// Which cluster in that Redis this node joins (its keys are `weir:<key>:…`).
+        #[arg(long, env = "WEIR_CLUSTER_KEY", default_value = "default")]
+        cluster_key: String,
+        /// How often a cluster node reads the cluster's version besides
+        /// being told by pub/sub: the longest a missed message goes unseen.
+        #[arg(long, env = "WEIR_CLUSTER_POLL", default_value = "1s", value_parser = poll_period)]
+        cluster_poll: std::time::Duration,
     },
     /// Check a manifest without serving; lists every problem.
     Validate {
@@ -174,7 +187,19 @@ fn main() -> ExitCode {
             config,
             workers,
             watch,
-        } => match run(config.clone(), cli.options(*workers), *watch) {
+            cluster,
+            cluster_key,
+            cluster_poll,
+        } => match run(
+            config.clone(),
+            cli.options(*workers),
+            *watch,
+            cluster.as_ref().map(|url| ClusterSettings {
+                url: url.clone(),
+                key: cluster_key.clone(),
+                poll: *cluster_poll,
+            }),
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("{error:#}");
@@ -246,6 +271,13 @@ fn admin_call(admin: &AdminArgs, request: AdminRequest<'_>) -> ExitCode {
     }
 }
 
+/// A poll period: `100ms` to `1h`.
+fn poll_period(text: &str) -> Result<std::time::Duration, String> {
+    weir::config::parse_duration(text)
+        .filter(|d| (100..=3_600_000).contains(&d.as_millis()))
+        .ok_or_else(|| format!("`{text}` is not a period from 100ms to 1h (like 500ms, 2s)"))
+}
+
 /// `1 route`, `2 routes`.
 fn count(n: usize, noun: &str) -> String {
     if n == 1 {
@@ -265,10 +297,18 @@ fn validate(
     Ok(manifest)
 }
 
-fn run(config: PathBuf, options: weir::gateway::Options, watch: bool) -> anyhow::Result<()> {
+fn run(
+    config: PathBuf,
+    options: weir::gateway::Options,
+    watch: bool,
+    cluster: Option<ClusterSettings>,
+) -> anyhow::Result<()> {
     let text = weir::control::read_manifest(&config)?;
     let base_dir = config.parent().unwrap_or(std::path::Path::new("."));
     let manifest = weir::config::parse(&text, &config, base_dir)?;
+    if let Some(settings) = &cluster {
+        settings.client().context("cannot join the cluster")?;
+    }
     // The workers run their own runtimes (`Gateway::start_with` starts them);
     // this one runs start-up, the admin API, reloads and shutdown.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -292,6 +332,14 @@ fn run(config: PathBuf, options: weir::gateway::Options, watch: bool) -> anyhow:
             text,
             admin.as_ref(),
         ));
+        let cluster_task = match &cluster {
+            Some(settings) => {
+                let node =
+                    Cluster::new(settings, store.clone()).context("cannot join the cluster")?;
+                Some(tokio::spawn(node.run()))
+            }
+            None => None,
+        };
         let admin_task = admin_listener.map(|listener| {
             if let Ok(address) = listener.local_addr() {
                 tracing::info!(%address, "admin API listening");
@@ -302,7 +350,7 @@ fn run(config: PathBuf, options: weir::gateway::Options, watch: bool) -> anyhow:
         tracing::info!("shutting down: draining in-flight requests");
         store.start_draining();
         let drained = gateway.shutdown().await;
-        if let Some(task) = admin_task {
+        for task in admin_task.into_iter().chain(cluster_task) {
             task.abort();
         }
         tracing::info!(drained, "stopped");

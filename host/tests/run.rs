@@ -9,6 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
+/// Nodes sharing one config through Redis (`--cluster`).
+#[path = "run/cluster.rs"]
+mod cluster;
+
 /// How long any one step may take before the test fails instead of hanging.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -9,6 +9,7 @@
 //! Otherwise every reason is reported and the running config stays.
 
 pub mod admin;
+pub mod cluster;
 mod store;
 
 use std::path::{Path, PathBuf};

@@ -15,8 +15,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use tokio::sync::watch;
+
+use super::cluster::ClusterStatus;
 use crate::config::model::{Admin, AdminToken};
 use crate::config::{self, ConfigError, Diagnostic, MAX_MANIFEST_BYTES};
 use crate::gateway::{Gateway, StartError};
@@ -102,6 +105,11 @@ pub struct Store {
     admin: Option<SocketAddr>,
     running: Mutex<Running>,
     draining: AtomicBool,
+    /// The generation of every change that runs, for whoever watches
+    /// (the cluster publishes a node's own changes).
+    changes: watch::Sender<u64>,
+    /// The cluster this node shares its config with, if any (for `/readyz`).
+    cluster: OnceLock<Arc<ClusterStatus>>,
 }
 
 impl Store {
@@ -115,13 +123,33 @@ impl Store {
             tokens: admin_tokens(admin),
         };
         let admin = admin.map(|a| a.address);
+        let (changes, _) = watch::channel(running.generation);
         Self {
             gateway,
             path,
             admin,
             running: Mutex::new(running),
             draining: AtomicBool::new(false),
+            changes,
+            cluster: OnceLock::new(),
         }
+    }
+
+    /// Follows the changes that run: the receiver sees the generation of
+    /// each (only the newest when several come at once), whatever caused it.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Records that this node shares its config through a cluster, whose
+    /// state `/readyz` reports. Only the first call counts.
+    pub fn join_cluster(&self, status: Arc<ClusterStatus>) {
+        let _ = self.cluster.set(status);
+    }
+
+    /// The cluster this node belongs to, if it does.
+    pub fn cluster(&self) -> Option<&Arc<ClusterStatus>> {
+        self.cluster.get()
     }
 
     /// The manifest file.
@@ -213,6 +241,7 @@ impl Store {
             text: text.into(),
             tokens: admin_tokens(manifest.admin.as_ref()),
         };
+        self.changes.send_replace(generation);
         Ok(generation)
     }
 
@@ -277,7 +306,7 @@ pub fn read_manifest(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// Writes `text` to a new file beside `path`, flushes it, and renames it over `path`.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+pub(super) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let name = path
         .file_name()

@@ -4,7 +4,7 @@
 //! | endpoint | role | what |
 //! |---|---|---|
 //! | `GET /healthz` | none | the process serves |
-//! | `GET /readyz` | none | config and plugins loaded, not draining |
+//! | `GET /readyz` | none | config and plugins loaded, not draining, not joining a cluster; the cluster's state |
 //! | `GET /config` | read | the running manifest (JSON; `?format=yaml` for its text), with its version as `ETag` |
 //! | `PUT /config` | admin | a whole manifest (YAML or JSON), applied as one change; `If-Match` honoured |
 //! | `POST /config/validate` | read | checks a manifest as `weir validate` does |
@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 
 use self::auth::Access;
 use self::problem::Problem;
+use super::cluster::{ClusterStatus, Outcome};
 use super::store::{Applied, ChangeError, Store};
 use crate::config::MAX_MANIFEST_BYTES;
 
@@ -104,13 +105,26 @@ async fn handle(store: &Arc<Store>, request: Request<Incoming>) -> AdminResponse
     result.unwrap_or_else(|problem| problem.response())
 }
 
+/// Ready unless draining, or still joining its cluster; a clustered node
+/// reports where it stands (`cluster`), ready or not.
 fn ready(store: &Store) -> AdminResponse {
-    if store.draining() {
-        let body = serde_json::json!({"ready": false, "reason": "draining"});
-        return json(StatusCode::SERVICE_UNAVAILABLE, &body);
+    let cluster = store.cluster();
+    let mut body = if store.draining() {
+        serde_json::json!({"ready": false, "reason": "draining"})
+    } else if cluster.is_some_and(|c| !c.ready()) {
+        serde_json::json!({"ready": false, "reason": "joining the cluster"})
+    } else {
+        serde_json::json!({"ready": true, "generation": store.gateway().generation()})
+    };
+    if let Some(cluster) = cluster {
+        body["cluster"] = cluster.to_json();
     }
-    let body = serde_json::json!({"ready": true, "generation": store.gateway().generation()});
-    json(StatusCode::OK, &body)
+    let status = if body["ready"] == true {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &body)
 }
 
 /// The running manifest: as JSON, or (`?format=yaml`) as the text it was written in.
@@ -148,13 +162,16 @@ async fn put_config(
     match applied {
         Ok(applied) => {
             let (_, version) = store.current();
-            let body = match applied {
+            let mut body = match applied {
                 Applied::Swapped(generation) => {
                     tracing::info!(generation, cause = "admin API", "manifest applied");
                     serde_json::json!({"applied": true, "generation": generation, "version": version})
                 }
                 Applied::Unchanged => serde_json::json!({"applied": false, "version": version}),
             };
+            if let (Some(cluster), Applied::Swapped(_)) = (store.cluster(), applied) {
+                body["cluster_version"] = cluster_version(cluster, &text).await?.into();
+            }
             let mut response = json(StatusCode::OK, &body);
             set_etag(&mut response, &version);
             Ok(response)
@@ -166,6 +183,24 @@ async fn put_config(
             );
             Err(Problem::from_change(&error, &text))
         }
+    }
+}
+
+/// How long a change waits to hear whether it was published: a round with
+/// Redis takes one command, or fails within its timeout.
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The cluster version a change to manifest `text` that ran here became
+/// (`None`: not published yet, Redis being unreachable); a conflict when
+/// another node's change won.
+async fn cluster_version(cluster: &ClusterStatus, text: &str) -> Result<Option<u64>, Problem> {
+    match cluster.outcome(text, PUBLISH_WAIT).await {
+        Some(Outcome::Published(n)) => Ok(Some(n)),
+        Some(Outcome::Lost(n)) => Err(Problem::conflict(&format!(
+            "another node published version {n} of the cluster's config first; \
+             this change was not published, and this node runs version {n} now"
+        ))),
+        Some(Outcome::Unpublished) | None => Ok(None),
     }
 }
 
