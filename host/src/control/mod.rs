@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod store;
+pub mod versions;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-pub use store::{Applied, ChangeError, Store, read_manifest};
+pub use store::{Applied, ChangeError, EditError, Store, read_manifest};
 
 /// How long the manifest file must stay quiet before an edit is reloaded:
 /// editors and `cp` write a file in several steps.
