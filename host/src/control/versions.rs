@@ -80,30 +80,36 @@ impl Versions {
 
     /// Every stored version, by number; none when nothing was uploaded.
     pub fn list(&self) -> std::io::Result<Vec<Version>> {
+        self.numbers()?
+            .into_iter()
+            .map(|number| {
+                let path = self.path(number);
+                let bytes = std::fs::read(&path)?;
+                Ok(Version {
+                    number,
+                    size: bytes.len() as u64,
+                    sha256: hex(&Sha256::digest(&bytes)),
+                    uploaded: std::fs::metadata(&path)?.modified().ok(),
+                })
+            })
+            .collect()
+    }
+
+    /// The numbers of the stored versions, ascending.
+    fn numbers(&self) -> std::io::Result<Vec<u64>> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let mut versions = Vec::new();
+        let mut numbers = Vec::new();
         for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(number) =
-                self.number_of(&format!("{}/{}", self.relative, name.to_string_lossy()))
-            else {
-                continue;
-            };
-            let bytes = std::fs::read(entry.path())?;
-            versions.push(Version {
-                number,
-                size: bytes.len() as u64,
-                sha256: hex(&Sha256::digest(&bytes)),
-                uploaded: entry.metadata()?.modified().ok(),
-            });
+            let name = entry?.file_name();
+            let file = format!("{}/{}", self.relative, name.to_string_lossy());
+            numbers.extend(self.number_of(&file));
         }
-        versions.sort_by_key(|v| v.number);
-        Ok(versions)
+        numbers.sort_unstable();
+        Ok(numbers)
     }
 
     /// Stores `module` as the next version and returns its number. The file
@@ -117,7 +123,7 @@ impl Versions {
             file.sync_all()
         });
         let linked = written.and_then(|()| {
-            let mut number = self.list()?.last().map_or(1, |v| v.number + 1);
+            let mut number = self.numbers()?.last().map_or(1, |n| n + 1);
             loop {
                 match std::fs::hard_link(&fresh, self.path(number)) {
                     Ok(()) => return Ok(number),
