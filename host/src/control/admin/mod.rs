@@ -350,3 +350,53 @@ impl Problem {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_description_names_every_endpoint_and_method() {
+        let description: serde_json::Value =
+            serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let paths = description["paths"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let mut described: Vec<String> = paths
+            .iter()
+            .flat_map(|(path, item)| {
+                let methods = item.as_object().cloned().unwrap_or_default();
+                methods
+                    .keys()
+                    .filter(|m| *m != "parameters")
+                    .map(|m| format!("{} {path}", m.to_uppercase()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        described.sort();
+        let mut served: Vec<String> = [
+            "GET /healthz",
+            "GET /readyz",
+            "GET /config",
+            "PUT /config",
+            "POST /config/validate",
+            "GET /openapi.json",
+            "GET /upstreams/{name}/targets",
+            "GET /plugins/{name}/versions",
+            "POST /plugins/{name}/rollback",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        for kind in ["routes", "upstreams", "plugins"] {
+            served.extend([
+                format!("GET /{kind}"),
+                format!("GET /{kind}/{{name}}"),
+                format!("PUT /{kind}/{{name}}"),
+                format!("DELETE /{kind}/{{name}}"),
+            ]);
+        }
+        served.sort_unstable();
+        assert_eq!(described, served);
+    }
+}
