@@ -200,20 +200,7 @@ impl Store {
     pub fn reload_file(&self) -> Result<Applied, ChangeError> {
         let mut running = self.lock();
         let text = read_manifest(&self.path)?;
-        let digest = config::token_digest(text.as_bytes());
-        if digest == running.digest {
-            return Ok(Applied::Unchanged);
-        }
-        let manifest = config::parse(&text, &self.path, self.base_dir())?;
-        self.check_admin(&manifest)?;
-        let generation = self.gateway.reload(&manifest)?;
-        *running = Running {
-            generation,
-            digest,
-            text: text.into(),
-            tokens: admin_tokens(manifest.admin.as_ref()),
-        };
-        Ok(Applied::Swapped(generation))
+        self.run(&mut running, &text)
     }
 
     /// Runs manifest `text` and writes it to the file; with `if_match`, only
@@ -239,7 +226,12 @@ impl Store {
         self.check_preconditions(&running, if_match)?;
         let mut document = config::document(&running.text)
             .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()));
+        let before = document.clone();
         let said = change(&mut document)?;
+        if document == before {
+            // Nothing to run, and the file keeps its text (and comments).
+            return Ok((Applied::Unchanged, said));
+        }
         let text: Arc<str> = config::emit(&document).map_err(EditError::from)?.into();
         self.run_and_write(&mut running, &text)
             .map(|applied| (applied, said))
@@ -281,6 +273,18 @@ impl Store {
 
     /// Runs manifest `text` in place of `running` and writes it to the file.
     fn run_and_write(&self, running: &mut Running, text: &str) -> Result<Applied, ChangeError> {
+        let applied = self.run(running, text)?;
+        if let Applied::Swapped(_) = applied {
+            write_atomically(&self.path, text.as_bytes()).map_err(|source| ChangeError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        Ok(applied)
+    }
+
+    /// Runs manifest `text` in place of `running`, unless it is the running text.
+    fn run(&self, running: &mut Running, text: &str) -> Result<Applied, ChangeError> {
         let digest = config::token_digest(text.as_bytes());
         if digest == running.digest {
             return Ok(Applied::Unchanged);
@@ -294,10 +298,6 @@ impl Store {
             text: text.into(),
             tokens: admin_tokens(manifest.admin.as_ref()),
         };
-        write_atomically(&self.path, text.as_bytes()).map_err(|source| ChangeError::Write {
-            path: self.path.clone(),
-            source,
-        })?;
         Ok(Applied::Swapped(generation))
     }
 
