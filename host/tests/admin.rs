@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use bytes::Bytes;
 use http::Method;
 use support::{
-    ADMIN_TOKEN, READER_TOKEN, Running, admin_call, admin_send, test_dir, weir, with_admin_api,
+    ADMIN_TOKEN, READER_TOKEN, Running, admin_call, admin_cli, admin_send, test_dir, with_admin_api,
 };
 
 /// An upstream that answers every request with `backend <path>`.
@@ -68,6 +68,11 @@ fn etag(answer: &weir::control::admin::client::Answer) -> String {
         .to_owned()
 }
 
+/// `pick` of each item of the JSON list `list`.
+fn each<T>(list: &serde_json::Value, pick: impl Fn(&serde_json::Value) -> T) -> Vec<T> {
+    list.as_array().into_iter().flatten().map(pick).collect()
+}
+
 /// An admin call with the admin token.
 fn call(
     url: &str,
@@ -102,13 +107,7 @@ fn routes_are_added_replaced_and_deleted_while_traffic_flows() {
 
     let listed = call(&url, Method::GET, "/routes", None);
     assert_eq!(listed.status, 200);
-    let names: Vec<_> = listed
-        .json()
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| r["name"].clone())
-        .collect();
+    let names = each(&listed.json(), |r| r["name"].clone());
     assert_eq!(names, ["home", "orders"], "appended, in manifest order");
     assert_eq!(etag(&listed), etag(&added));
 
@@ -121,6 +120,18 @@ fn routes_are_added_replaced_and_deleted_while_traffic_flows() {
     );
     assert_eq!(replaced.status, 200, "{}", replaced.problem_text());
     assert_eq!(weir.get("/orders/1"), "replaced");
+    let again = call(
+        &url,
+        Method::PUT,
+        "/routes/orders",
+        Some(r#"{"match": {"path": {"prefix": "/orders"}}, "respond": {"body": "replaced"}}"#),
+    );
+    assert_eq!(again.status, 200, "{}", again.problem_text());
+    assert_eq!(
+        etag(&again),
+        etag(&replaced),
+        "the same route changes nothing"
+    );
     let one = call(&url, Method::GET, "/routes/orders", None);
     assert_eq!(one.status, 200);
     assert_eq!(one.json()["respond"]["body"], "replaced");
@@ -169,12 +180,7 @@ fn an_edit_that_breaks_a_reference_is_rejected_whole_with_its_place() {
     assert_eq!(refused.status, 422, "{}", refused.problem_text());
     let problem = refused.json();
     assert_eq!(problem["type"], "urn:weir:problem:invalid-config");
-    let pointers: Vec<_> = problem["errors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| e["pointer"].clone())
-        .collect();
+    let pointers = each(&problem["errors"], |e| e["pointer"].clone());
     assert_eq!(pointers, ["/routes/1/upstream"], "{problem:#}");
     assert_eq!(
         weir.get("/orders/7"),
@@ -331,6 +337,19 @@ fn answering_filter(body: &str) -> Bytes {
     Bytes::from(wat::parse_str(wat).expect("the test filter assembles"))
 }
 
+/// Adds route `greet` (`/greet`) whose filter is plugin `greeter`.
+fn route_through_greeter(url: &str) {
+    let routed = call(
+        url,
+        Method::PUT,
+        "/routes/greet",
+        Some(
+            "{ match: { path: { prefix: /greet } }, upstream: backend, filters: [{ plugin: greeter }] }",
+        ),
+    );
+    assert_eq!(routed.status, 201, "{}", routed.problem_text());
+}
+
 #[test]
 fn plugin_uploads_run_as_versions_and_roll_back() {
     let (weir, url, dir) = start("entities-plugins", &backend());
@@ -352,15 +371,7 @@ fn plugin_uploads_run_as_versions_and_roll_back() {
         call(&url, Method::GET, "/plugins/greeter", None).json(),
         serde_json::json!({"name": "greeter", "file": ".weir/plugins/greeter/1.wasm"})
     );
-    let routed = call(
-        &url,
-        Method::PUT,
-        "/routes/greet",
-        Some(
-            "{ match: { path: { prefix: /greet } }, upstream: backend, filters: [{ plugin: greeter }] }",
-        ),
-    );
-    assert_eq!(routed.status, 201, "{}", routed.problem_text());
+    route_through_greeter(&url);
     assert_eq!(weir.get("/greet"), "v1");
 
     let second = upload(answering_filter("v2"));
@@ -404,7 +415,9 @@ fn plugin_uploads_run_as_versions_and_roll_back() {
     let refused = upload(Bytes::from(refuses_config));
     assert_eq!(refused.status, 422, "{}", refused.problem_text());
     assert!(
-        refused.problem_text().contains("on_configure"),
+        refused
+            .problem_text()
+            .contains("proxy_on_configure rejected the configuration"),
         "{}",
         refused.problem_text()
     );
@@ -412,13 +425,9 @@ fn plugin_uploads_run_as_versions_and_roll_back() {
 
     let versions = call(&url, Method::GET, "/plugins/greeter/versions", None);
     assert_eq!(versions.status, 200);
-    let listed: Vec<_> = versions
-        .json()
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|v| (v["version"].clone(), v["running"].clone()))
-        .collect();
+    let listed = each(&versions.json(), |v| {
+        (v["version"].clone(), v["running"].clone())
+    });
     assert_eq!(
         listed,
         [(1.into(), false.into()), (2.into(), true.into())],
@@ -464,15 +473,7 @@ fn plugin_uploads_run_as_versions_and_roll_back() {
 #[test]
 fn weir_plugins_and_weir_admin_list_drive_the_admin_api() {
     let (weir_run, url, dir) = start("entities-cli", &backend());
-    let cli = |args: &[&str]| {
-        weir()
-            .env("WEIR_ADMIN_URL", &url)
-            .env("WEIR_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("WEIR_LOG", "warn")
-            .args(args)
-            .output()
-            .expect("weir runs")
-    };
+    let cli = |args: &[&str]| admin_cli(&url, args);
     let stdout = |output: &std::process::Output| {
         assert!(
             output.status.success(),
@@ -492,15 +493,7 @@ fn weir_plugins_and_weir_admin_list_drive_the_admin_api() {
         ]);
         assert!(stdout(&pushed).contains("greeter"), "names the plugin");
     }
-    let routed = call(
-        &url,
-        Method::PUT,
-        "/routes/greet",
-        Some(
-            "{ match: { path: { prefix: /greet } }, respond: { body: x }, filters: [{ plugin: greeter }] }",
-        ),
-    );
-    assert_eq!(routed.status, 201, "{}", routed.problem_text());
+    route_through_greeter(&url);
     assert_eq!(weir_run.get("/greet"), "two");
 
     let versions = stdout(&cli(&["plugins", "versions", "greeter"]));

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{
-    ADMIN_TOKEN, READER_TOKEN, Running, STEP_TIMEOUT, admin_call, is_message, test_dir, weir,
+    ADMIN_TOKEN, READER_TOKEN, Running, STEP_TIMEOUT, admin_call, admin_cli, is_message, test_dir,
     with_admin_api,
 };
 
@@ -315,15 +315,7 @@ fn weir_apply_and_weir_admin_drive_the_admin_api() {
     let manifest = dir.join("weir.yaml");
     std::fs::write(&manifest, with_admin("one")).expect("write manifest");
     let (weir_run, url) = Running::start_with_admin(&manifest, &["--watch", "false"]);
-    let cli = |args: &[&str]| {
-        weir()
-            .env("WEIR_ADMIN_URL", &url)
-            .env("WEIR_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("WEIR_LOG", "warn")
-            .args(args)
-            .output()
-            .expect("weir runs")
-    };
+    let cli = |args: &[&str]| admin_cli(&url, args);
     let next = dir.join("next.yaml");
     std::fs::write(&next, with_admin("applied")).expect("write");
     let applied = cli(&["apply", "-f", next.to_str().unwrap_or_default()]);

@@ -158,6 +158,17 @@ pub fn test_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Runs the `weir` CLI with `args` against the admin API at `url`, with the admin token.
+pub fn admin_cli(url: &str, args: &[&str]) -> std::process::Output {
+    weir()
+        .env("WEIR_ADMIN_URL", url)
+        .env("WEIR_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("WEIR_LOG", "warn")
+        .args(args)
+        .output()
+        .expect("weir runs")
+}
+
 /// Whether log `line`'s message starts with `message`.
 pub fn is_message(line: &serde_json::Value, message: &str) -> bool {
     line["fields"]["message"]
