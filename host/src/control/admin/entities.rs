@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use super::problem::Problem;
-use super::{AdminResponse, blocking, changed, if_match, json, read_body, rejected, set_etag};
+use super::{AdminResponse, blocking, changed, if_match, json, read_body, rejected_edit, set_etag};
 use crate::config::MAX_MANIFEST_BYTES;
 use crate::control::store::{EditError, Store};
 
@@ -142,7 +142,7 @@ pub async fn put(
         })
     })
     .await?;
-    let (applied, added) = edited.map_err(|e| rejected(&e, ""))?;
+    let (applied, added) = edited.map_err(|e| rejected_edit(&e))?;
     let status = if added {
         StatusCode::CREATED
     } else {
@@ -169,7 +169,7 @@ pub async fn delete<B>(
         })
     })
     .await?;
-    let (applied, ()) = edited.map_err(|e| rejected(&e, ""))?;
+    let (applied, ()) = edited.map_err(|e| rejected_edit(&e))?;
     Ok(changed(store, &applied, StatusCode::NO_CONTENT, None))
 }
 

@@ -261,6 +261,13 @@ fn rejected(error: &ChangeError, text: &str) -> Problem {
     Problem::from_change(error, text)
 }
 
+/// The problem a rejected entity edit answers with, logged. An invalid
+/// manifest an edit produced carries its own text (`ChangeError::Edited`),
+/// which its problems' places refer to.
+fn rejected_edit(error: &ChangeError) -> Problem {
+    rejected(error, "")
+}
+
 /// The version an `If-Match` header names, without its quotes.
 fn if_match<B>(request: &Request<B>) -> Option<String> {
     request

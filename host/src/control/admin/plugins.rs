@@ -14,9 +14,9 @@ use serde_json::Value;
 
 use super::entities::{Kind, entries, entries_mut, not_found, position};
 use super::problem::Problem;
-use super::{AdminResponse, blocking, changed, if_match, json, read_body, rejected, set_etag};
+use super::{AdminResponse, blocking, changed, if_match, json, read_body, rejected_edit, set_etag};
 use crate::config::MAX_PLUGIN_BYTES;
-use crate::control::store::{EditError, Store};
+use crate::control::store::{ChangeError, EditError, Store};
 use crate::control::versions::{Version, Versions};
 
 /// Whether a `PUT /plugins/{name}` sends a module rather than a plugin entry.
@@ -47,7 +47,7 @@ pub async fn upload(
     let module = read_body(request, MAX_PLUGIN_BYTES, "the module").await?;
     let plugin = name.to_owned();
     let stored = versions.clone();
-    let uploaded = blocking(store, move |store| {
+    let uploaded = blocking(store, move |store| -> Result<_, ChangeError> {
         let number = stored.add(&module).map_err(|source| EditError::Io {
             path: stored.dir().to_path_buf(),
             source,
@@ -60,12 +60,10 @@ pub async fn upload(
             // A rejected upload leaves no version behind.
             let _ = stored.remove(number);
         }
-        Ok::<_, EditError>(edited.map(|(applied, ())| (applied, number)))
+        edited.map(|(applied, ())| (applied, number))
     })
     .await?;
-    let (applied, number) = uploaded
-        .map_err(|e| rejected(&e.into(), ""))?
-        .map_err(|e| rejected(&e, ""))?;
+    let (applied, number) = uploaded.map_err(|e| rejected_edit(&e))?;
     let version = listed(&versions, number)?;
     let body = serde_json::json!({
         "plugin": name,
@@ -136,7 +134,7 @@ pub async fn rollback<B>(
         })
     })
     .await?;
-    let (applied, (from, to)) = edited.map_err(|e| rejected(&e, ""))?;
+    let (applied, (from, to)) = edited.map_err(|e| rejected_edit(&e))?;
     let body = serde_json::json!({"previous": from, "version": to});
     Ok(changed(store, &applied, StatusCode::OK, Some(&body)))
 }
