@@ -57,10 +57,10 @@ pub async fn reload_file(store: &Arc<Store>, cause: &'static str) -> Result<Appl
         .unwrap_or_else(|e| Err(ChangeError::Task(e.to_string())));
     let manifest = store.path().display();
     match &result {
-        Ok(Applied::Swapped(generation)) => {
+        Ok(Applied::Swapped { generation, .. }) => {
             tracing::info!(cause, generation, %manifest, "manifest reloaded");
         }
-        Ok(Applied::Unchanged) => tracing::debug!(cause, %manifest, "manifest unchanged"),
+        Ok(Applied::Unchanged { .. }) => tracing::debug!(cause, %manifest, "manifest unchanged"),
         Err(error) => tracing::error!(
             cause,
             %manifest,

@@ -116,13 +116,31 @@ pub enum EditError {
     Emit(#[from] config::EmitError),
 }
 
-/// What a change did.
+/// What a change did, with the version that runs after it (read under the
+/// store's lock, so it is this change's, not a later one's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// The new config runs, as this generation.
-    Swapped(u64),
+    Swapped {
+        /// Its generation.
+        generation: u64,
+        /// Its version (the admin API's `ETag`).
+        version: String,
+    },
     /// The text is the one that runs: nothing to do.
-    Unchanged,
+    Unchanged {
+        /// The running version.
+        version: String,
+    },
+}
+
+impl Applied {
+    /// The version that runs after the change.
+    pub fn version(&self) -> &str {
+        match self {
+            Self::Swapped { version, .. } | Self::Unchanged { version } => version,
+        }
+    }
 }
 
 /// The text that runs and where it came from.
@@ -230,7 +248,8 @@ impl Store {
         let said = change(&mut document)?;
         if document == before {
             // Nothing to run, and the file keeps its text (and comments).
-            return Ok((Applied::Unchanged, said));
+            let version = version(&running);
+            return Ok((Applied::Unchanged { version }, said));
         }
         let text: Arc<str> = config::emit(&document).map_err(EditError::from)?.into();
         self.run_and_write(&mut running, &text)
@@ -274,7 +293,7 @@ impl Store {
     /// Runs manifest `text` in place of `running` and writes it to the file.
     fn run_and_write(&self, running: &mut Running, text: &str) -> Result<Applied, ChangeError> {
         let applied = self.run(running, text)?;
-        if let Applied::Swapped(_) = applied {
+        if let Applied::Swapped { .. } = applied {
             write_atomically(&self.path, text.as_bytes()).map_err(|source| ChangeError::Write {
                 path: self.path.clone(),
                 source,
@@ -287,7 +306,9 @@ impl Store {
     fn run(&self, running: &mut Running, text: &str) -> Result<Applied, ChangeError> {
         let digest = config::token_digest(text.as_bytes());
         if digest == running.digest {
-            return Ok(Applied::Unchanged);
+            return Ok(Applied::Unchanged {
+                version: version(running),
+            });
         }
         let manifest = config::parse(text, &self.path, self.base_dir())?;
         self.check_admin(&manifest)?;
@@ -298,7 +319,10 @@ impl Store {
             text: text.into(),
             tokens: admin_tokens(manifest.admin.as_ref()),
         };
-        Ok(Applied::Swapped(generation))
+        Ok(Applied::Swapped {
+            generation,
+            version: version(running),
+        })
     }
 
     /// Checks manifest `text` as `apply` would, without running it.

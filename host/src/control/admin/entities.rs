@@ -148,7 +148,7 @@ pub async fn put(
     } else {
         StatusCode::OK
     };
-    Ok(changed(store, &applied, status, Some(&entity)))
+    Ok(changed(&applied, status, Some(&entity)))
 }
 
 /// `DELETE /{kind}/{name}`: removes the entity; 204.
@@ -170,7 +170,7 @@ pub async fn delete<B>(
     })
     .await?;
     let (applied, ()) = edited.map_err(|e| rejected_edit(&e))?;
-    Ok(changed(store, &applied, StatusCode::NO_CONTENT, None))
+    Ok(changed(&applied, StatusCode::NO_CONTENT, None))
 }
 
 /// `GET /upstreams/{name}/targets`: each target of the running group with

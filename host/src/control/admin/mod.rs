@@ -207,14 +207,18 @@ async fn put_config(
     let applied = blocking(store, move |store| store.apply(&sent, expected.as_deref())).await?;
     match applied {
         Ok(applied) => {
-            let (_, version) = store.current();
-            let body = match applied {
-                Applied::Swapped(generation) => {
+            let body = match &applied {
+                Applied::Swapped {
+                    generation,
+                    version,
+                } => {
                     serde_json::json!({"applied": true, "generation": generation, "version": version})
                 }
-                Applied::Unchanged => serde_json::json!({"applied": false, "version": version}),
+                Applied::Unchanged { version } => {
+                    serde_json::json!({"applied": false, "version": version})
+                }
             };
-            Ok(changed(store, &applied, StatusCode::OK, Some(&body)))
+            Ok(changed(&applied, StatusCode::OK, Some(&body)))
         }
         Err(error) => Err(rejected(&error, &text)),
     }
@@ -235,20 +239,18 @@ async fn blocking<T: Send + 'static>(
 /// The answer to a change that was applied: `body` (none: 204) with the
 /// running version as `ETag`. Logs the swap.
 fn changed(
-    store: &Store,
     applied: &Applied,
     status: StatusCode,
     body: Option<&serde_json::Value>,
 ) -> AdminResponse {
-    if let Applied::Swapped(generation) = applied {
+    if let Applied::Swapped { generation, .. } = applied {
         tracing::info!(generation, cause = "admin API", "manifest applied");
     }
-    let (_, version) = store.current();
     let mut response = match body {
         Some(body) => json(status, body),
         None => with_type(StatusCode::NO_CONTENT, Bytes::new(), "application/json"),
     };
-    set_etag(&mut response, &version);
+    set_etag(&mut response, applied.version());
     response
 }
 

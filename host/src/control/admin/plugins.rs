@@ -69,7 +69,7 @@ pub async fn upload(
         "plugin": name,
         "version": describe(&version, true),
     });
-    Ok(changed(store, &applied, StatusCode::CREATED, Some(&body)))
+    Ok(changed(&applied, StatusCode::CREATED, Some(&body)))
 }
 
 /// `GET /plugins/{name}/versions`: every uploaded version, oldest first,
@@ -136,7 +136,7 @@ pub async fn rollback<B>(
     .await?;
     let (applied, (from, to)) = edited.map_err(|e| rejected_edit(&e))?;
     let body = serde_json::json!({"previous": from, "version": to});
-    Ok(changed(store, &applied, StatusCode::OK, Some(&body)))
+    Ok(changed(&applied, StatusCode::OK, Some(&body)))
 }
 
 /// The version a rollback runs: `wanted` if stored, else the highest below `running`.
