@@ -463,6 +463,32 @@ fn plugin_uploads_run_as_versions_and_roll_back() {
     );
     assert_eq!(forward.status, 200, "{}", forward.problem_text());
     assert_eq!(weir.get("/greet"), "v2");
+    for (query, status) in [("?version=9", 404), ("?version=x", 400)] {
+        let path = format!("/plugins/greeter/rollback{query}");
+        assert_eq!(
+            call(&url, Method::POST, &path, None).status,
+            status,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        call(&url, Method::GET, "/plugins/nobody/versions", None).status,
+        404
+    );
+
+    // A stale If-Match refuses the upload, and leaves no version behind.
+    let stale = admin_send(
+        &url,
+        Some(ADMIN_TOKEN),
+        Method::PUT,
+        "/plugins/greeter",
+        Some((answering_filter("v3"), "application/wasm")),
+        Some("1-000000000000"),
+    );
+    assert_eq!(stale.status, 412, "{}", stale.problem_text());
+    let versions = call(&url, Method::GET, "/plugins/greeter/versions", None);
+    assert_eq!(each(&versions.json(), |v| v["version"].clone()), [1, 2]);
+    assert_eq!(weir.get("/greet"), "v2");
     println!(
         "{}",
         std::fs::read_to_string(dir.join("weir.yaml")).unwrap_or_default()
