@@ -322,6 +322,11 @@ impl Gateway {
         &self.addresses
     }
 
+    /// The running upstream group named `name`, with its live state.
+    pub fn upstream(&self, name: &str) -> Option<Arc<upstream::UpstreamGroup>> {
+        self.owned.directory.get(name)
+    }
+
     /// How many workers serve.
     pub fn workers(&self) -> usize {
         self.worker_count

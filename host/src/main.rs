@@ -1,5 +1,6 @@
 //! The `weir` command: `weir run --config weir.yaml` (SIGHUP or an edit of
-//! the file reloads it) and `weir validate weir.yaml`.
+//! the file reloads it), `weir validate weir.yaml`, and the admin API's
+//! clients: `weir apply`, `weir admin …`, `weir plugins …`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -119,6 +120,38 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Upload plugin modules to a running gateway, list and roll back their versions.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// Upload a module as the plugin's next version and run it (the plugin
+    /// is created when the manifest has none of that name).
+    Push {
+        /// The plugin's name.
+        name: String,
+        /// The module (`.wasm`).
+        file: PathBuf,
+    },
+    /// List the plugin's uploaded versions; `*` marks the one that runs.
+    Versions {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Run the version before the running one (or `--version N`).
+    Rollback {
+        /// The plugin's name.
+        name: String,
+        /// The version to run.
+        #[arg(long)]
+        version: Option<u64>,
+    },
 }
 
 /// Where the admin API is and how to call it.
@@ -148,6 +181,12 @@ enum AdminCommand {
     },
     /// Print whether the gateway is ready, and its generation.
     Status,
+    /// Print the running routes (JSON).
+    Routes,
+    /// Print the running upstreams (JSON).
+    Upstreams,
+    /// Print the running plugins (JSON).
+    Plugins,
 }
 
 fn main() -> ExitCode {
@@ -181,6 +220,19 @@ fn main() -> ExitCode {
                 AdminCommand::Config => AdminRequest::Config,
                 AdminCommand::Validate { file } => AdminRequest::Validate(file),
                 AdminCommand::Status => AdminRequest::Status,
+                AdminCommand::Routes => AdminRequest::List("routes"),
+                AdminCommand::Upstreams => AdminRequest::List("upstreams"),
+                AdminCommand::Plugins => AdminRequest::List("plugins"),
+            },
+        ),
+        Command::Plugins { command, admin } => admin_call(
+            admin,
+            match command {
+                PluginsCommand::Push { name, file } => AdminRequest::Push(name, file),
+                PluginsCommand::Versions { name } => AdminRequest::Versions(name),
+                PluginsCommand::Rollback { name, version } => {
+                    AdminRequest::Rollback(name, *version)
+                }
             },
         ),
         Command::Run {
@@ -215,33 +267,71 @@ enum AdminRequest<'a> {
     Validate(&'a std::path::Path),
     Config,
     Status,
+    /// `GET /routes` and the like.
+    List(&'static str),
+    Push(&'a str, &'a std::path::Path),
+    Versions(&'a str),
+    Rollback(&'a str, Option<u64>),
 }
 
 /// Makes `request` of the admin API and prints the answer: exit 0 when it
 /// succeeded, 1 with the problem (every violation listed) when it did not.
 fn admin_call(admin: &AdminArgs, request: AdminRequest<'_>) -> ExitCode {
     use weir::control::admin::client;
-    let body = |file: &std::path::Path| {
+    let body = |file: &std::path::Path, content_type| {
         std::fs::read(file)
-            .map(|b| (bytes::Bytes::from(b), "application/yaml"))
+            .map(|b| (bytes::Bytes::from(b), content_type))
             .with_context(|| format!("cannot read {}", file.display()))
+    };
+    let plugin = |name: &str| {
+        percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string()
     };
     let call = async {
         let (method, path, sent, if_match) = match request {
-            AdminRequest::Apply(file, version) => {
-                (http::Method::PUT, "/config", Some(body(file)?), version)
-            }
+            AdminRequest::Apply(file, version) => (
+                http::Method::PUT,
+                "/config".to_owned(),
+                Some(body(file, "application/yaml")?),
+                version,
+            ),
             AdminRequest::Validate(file) => (
                 http::Method::POST,
-                "/config/validate",
-                Some(body(file)?),
+                "/config/validate".to_owned(),
+                Some(body(file, "application/yaml")?),
                 None,
             ),
-            AdminRequest::Config => (http::Method::GET, "/config?format=yaml", None, None),
-            AdminRequest::Status => (http::Method::GET, "/readyz", None, None),
+            AdminRequest::Config => (
+                http::Method::GET,
+                "/config?format=yaml".to_owned(),
+                None,
+                None,
+            ),
+            AdminRequest::Status => (http::Method::GET, "/readyz".to_owned(), None, None),
+            AdminRequest::List(kind) => (http::Method::GET, format!("/{kind}"), None, None),
+            AdminRequest::Push(name, file) => (
+                http::Method::PUT,
+                format!("/plugins/{}", plugin(name)),
+                Some(body(file, "application/wasm")?),
+                None,
+            ),
+            AdminRequest::Versions(name) => (
+                http::Method::GET,
+                format!("/plugins/{}/versions", plugin(name)),
+                None,
+                None,
+            ),
+            AdminRequest::Rollback(name, version) => (
+                http::Method::POST,
+                match version {
+                    Some(n) => format!("/plugins/{}/rollback?version={n}", plugin(name)),
+                    None => format!("/plugins/{}/rollback", plugin(name)),
+                },
+                None,
+                None,
+            ),
         };
         let token = admin.token.as_deref();
-        anyhow::Ok(client::call(&admin.admin_url, token, method, path, sent, if_match).await?)
+        anyhow::Ok(client::call(&admin.admin_url, token, method, &path, sent, if_match).await?)
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -263,7 +353,7 @@ fn admin_call(admin: &AdminArgs, request: AdminRequest<'_>) -> ExitCode {
                 version.to_str().unwrap_or_default().trim_matches('"')
             );
         }
-        println!("{}", String::from_utf8_lossy(&answer.body).trim_end());
+        println!("{}", render(&request, &answer));
         ExitCode::SUCCESS
     } else {
         eprintln!("{}", answer.problem_text());
@@ -276,6 +366,41 @@ fn poll_period(text: &str) -> Result<std::time::Duration, String> {
     weir::config::parse_duration(text)
         .filter(|d| (100..=3_600_000).contains(&d.as_millis()))
         .ok_or_else(|| format!("`{text}` is not a period from 100ms to 1h (like 500ms, 2s)"))
+}
+
+/// A successful answer as the command prints it.
+fn render(request: &AdminRequest<'_>, answer: &weir::control::admin::client::Answer) -> String {
+    let json = answer.json();
+    match request {
+        AdminRequest::List(_) => serde_json::to_string_pretty(&json).unwrap_or_default(),
+        AdminRequest::Push(name, _) => format!(
+            "plugin `{name}`: version {} runs (sha256 {})",
+            json["version"]["version"],
+            json["version"]["sha256"].as_str().unwrap_or_default()
+        ),
+        AdminRequest::Rollback(name, _) => format!(
+            "plugin `{name}`: version {} runs (was {})",
+            json["version"], json["previous"]
+        ),
+        AdminRequest::Versions(_) => {
+            let mut lines = vec![format!(
+                "{:<8} {:>10}  {:<64}  {:<29}  RUNNING",
+                "VERSION", "BYTES", "SHA256", "UPLOADED"
+            )];
+            for v in json.as_array().into_iter().flatten() {
+                lines.push(format!(
+                    "{:<8} {:>10}  {:<64}  {:<29}{}",
+                    v["version"],
+                    v["size"],
+                    v["sha256"].as_str().unwrap_or_default(),
+                    v["uploaded"].as_str().unwrap_or("-"),
+                    if v["running"] == true { "  *" } else { "" }
+                ));
+            }
+            lines.join("\n")
+        }
+        _ => String::from_utf8_lossy(&answer.body).trim_end().to_owned(),
+    }
 }
 
 /// `1 route`, `2 routes`.

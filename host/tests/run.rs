@@ -3,109 +3,27 @@
 //! the running config keeps serving), takes changes through its admin API
 //! (and the `weir apply` / `weir admin` commands), and drains on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+mod support;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Nodes sharing one config through Redis (`--cluster`).
 #[path = "run/cluster.rs"]
 mod cluster;
 
-/// How long any one step may take before the test fails instead of hanging.
-const STEP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A running `weir run`, its JSON log lines read on a thread.
-struct Running {
-    child: Child,
-    lines: Receiver<serde_json::Value>,
-    /// Every line read so far, for failure messages.
-    seen: Vec<serde_json::Value>,
-    address: String,
-}
+use support::{
+    ADMIN_TOKEN, READER_TOKEN, Running, STEP_TIMEOUT, admin_call, admin_cli, is_message, test_dir,
+    with_admin_api,
+};
 
 impl Running {
     /// Starts `weir run --config <manifest>` with `args` and waits for its
     /// `listening` line.
     fn start(manifest: &Path, args: &[&str]) -> Self {
         Self::start_env(manifest, args, &[])
-    }
-
-    /// [`Running::start`] with `env` added to the process's environment.
-    fn start_env(manifest: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = weir()
-            .envs(env.iter().copied())
-            .env("WEIR_LOG", "info")
-            .env("WEIR_CACHE_DIR", "none")
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(manifest)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("weir starts");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let json = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
-                if tx.send(json).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut running = Self {
-            child,
-            lines,
-            seen: Vec::new(),
-            address: String::new(),
-        };
-        let listening = running.wait_for(|l| l["fields"]["message"] == "listening");
-        running.address = listening["fields"]["address"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        running
-    }
-
-    /// The next log line that `matches`; fails the test after [`STEP_TIMEOUT`].
-    fn wait_for(&mut self, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if matches(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "no such log line within {STEP_TIMEOUT:?}; seen: {:#?}",
-                        self.seen
-                    );
-                }
-            }
-        }
-    }
-
-    /// The body of `GET path` (one connection per request).
-    fn get(&self, path: &str) -> String {
-        let mut stream = std::net::TcpStream::connect(&self.address).expect("connect");
-        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).expect("send");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or_default()
     }
 
     /// Sends `signal` (`HUP`, `TERM`) to the process.
@@ -130,35 +48,6 @@ impl Running {
     }
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The `weir` binary, unaffected by the caller's `WEIR_*` variables.
-fn weir() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
-    for var in [
-        "WEIR_CONFIG",
-        "WEIR_WORKERS",
-        "WEIR_WATCH",
-        "WEIR_ADMIN_URL",
-        "WEIR_ADMIN_TOKEN",
-    ] {
-        command.env_remove(var);
-    }
-    command
-}
-
-/// A directory of its own for one test's manifest.
-fn test_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weir-run-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
 /// A manifest whose one route answers `body`.
 fn answering(body: &str) -> String {
     format!(
@@ -177,17 +66,16 @@ routes:
   - { name: c, respond: { body: x }, colour: blue }
 ";
 
+/// A manifest answering `body`, with an admin API (see [`with_admin_api`]).
+fn with_admin(body: &str) -> String {
+    with_admin_api(&answering(body))
+}
+
 /// Writes `text` to `path` the way editors do: a new file renamed over the old one.
 fn replace_file(path: &Path, text: &str) {
     let fresh = path.with_extension("tmp");
     std::fs::write(&fresh, text).expect("write");
     std::fs::rename(&fresh, path).expect("rename");
-}
-
-fn is_message(line: &serde_json::Value, message: &str) -> bool {
-    line["fields"]["message"]
-        .as_str()
-        .is_some_and(|m| m.starts_with(message))
 }
 
 #[test]
@@ -259,61 +147,6 @@ fn sighup_reloads_the_manifest_when_the_file_is_not_watched() {
     assert_eq!(rejected["fields"]["cause"], "SIGHUP");
     assert_eq!(weir.get("/"), "two");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The admin token the admin tests give `weir run` through `WEIR_TEST_ADMIN`.
-const ADMIN_TOKEN: &str = "admin-secret-for-tests";
-/// The read-only token, configured by its digest.
-const READER_TOKEN: &str = "reader-secret-for-tests";
-
-/// A manifest answering `body`, with an admin API on a free loopback port:
-/// an `admin` token from `WEIR_TEST_ADMIN` and a `read-only` one by digest.
-fn with_admin(body: &str) -> String {
-    let reader: String = weir::config::token_digest(READER_TOKEN.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!(
-        "{}admin:\n  address: 127.0.0.1:0\n  tokens:\n    \
-         - {{ name: ops, role: admin, env: WEIR_TEST_ADMIN }}\n    \
-         - {{ name: dashboards, role: read-only, sha256: \"{reader}\" }}\n",
-        answering(body)
-    )
-}
-
-impl Running {
-    /// Starts `weir run` on `manifest` (which has an admin API) with the
-    /// admin token in its environment; the admin API's URL.
-    fn start_with_admin(manifest: &Path, args: &[&str]) -> (Self, String) {
-        let mut weir = Self::start_env(manifest, args, &[("WEIR_TEST_ADMIN", ADMIN_TOKEN)]);
-        let line = weir.wait_for(|l| is_message(l, "admin API listening"));
-        let url = format!(
-            "http://{}",
-            line["fields"]["address"].as_str().unwrap_or_default()
-        );
-        (weir, url)
-    }
-}
-
-/// One admin API call.
-fn admin_call(
-    url: &str,
-    token: Option<&str>,
-    method: http::Method,
-    path: &str,
-    body: Option<&str>,
-    if_match: Option<&str>,
-) -> weir::control::admin::client::Answer {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let body = body.map(|b| (bytes::Bytes::from(b.to_owned()), "application/yaml"));
-    runtime
-        .block_on(weir::control::admin::client::call(
-            url, token, method, path, body, if_match,
-        ))
-        .expect("the admin API answers")
 }
 
 #[test]
@@ -486,15 +319,7 @@ fn weir_apply_and_weir_admin_drive_the_admin_api() {
     let manifest = dir.join("weir.yaml");
     std::fs::write(&manifest, with_admin("one")).expect("write manifest");
     let (weir_run, url) = Running::start_with_admin(&manifest, &["--watch", "false"]);
-    let cli = |args: &[&str]| {
-        weir()
-            .env("WEIR_ADMIN_URL", &url)
-            .env("WEIR_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("WEIR_LOG", "warn")
-            .args(args)
-            .output()
-            .expect("weir runs")
-    };
+    let cli = |args: &[&str]| admin_cli(&url, args);
     let next = dir.join("next.yaml");
     std::fs::write(&next, with_admin("applied")).expect("write");
     let applied = cli(&["apply", "-f", next.to_str().unwrap_or_default()]);

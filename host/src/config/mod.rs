@@ -22,6 +22,7 @@ pub use file::{FileError, MAX_MANIFEST_BYTES, MAX_PEM_BYTES, MAX_PLUGIN_BYTES, r
 pub use model::Manifest;
 pub use node::Location;
 pub use validate::API_VERSION;
+pub use yaml::{EmitError, emit};
 
 use decode::{Decode, Diagnostics};
 use raw::RawManifest;

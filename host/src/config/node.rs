@@ -84,12 +84,17 @@ impl Node {
     /// configuration (`config`, `vm_config`): a string's own bytes, as Envoy
     /// hands over a `StringValue`; nothing for null; JSON text for anything
     /// else (a mapping, a list, a number, a boolean), which is what JSON-reading
-    /// filters expect.
+    /// filters expect. Mapping keys are sorted, so the bytes do not depend on
+    /// the order they were written in.
     pub fn to_configuration(&self) -> bytes::Bytes {
         match &self.value {
             Value::Null => bytes::Bytes::new(),
             Value::Str(s) => bytes::Bytes::from(s.clone().into_bytes()),
-            _ => bytes::Bytes::from(self.to_json().to_string()),
+            _ => {
+                let mut json = self.to_json();
+                json.sort_all_objects();
+                bytes::Bytes::from(json.to_string())
+            }
         }
     }
 

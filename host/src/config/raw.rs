@@ -501,8 +501,13 @@ impl Decode for Metadata {
                 valid = false;
                 continue;
             }
-            metadata.insert(namespace.scalar_text(), keys.to_json());
+            let mut keys = keys.to_json();
+            keys.sort_all_objects();
+            metadata.insert(namespace.scalar_text(), keys);
         }
+        // Sorted, as before serde_json kept insertion order: filters read
+        // the same bytes however the manifest orders its keys.
+        metadata.sort_keys();
         valid.then(|| Metadata(std::sync::Arc::new(metadata)))
     }
 }

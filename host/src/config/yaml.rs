@@ -48,6 +48,19 @@ fn options(max_nodes: usize) -> serde_saphyr::Options {
     options
 }
 
+/// A manifest document that could not be written as YAML.
+#[derive(Debug, thiserror::Error)]
+#[error("the manifest cannot be written as YAML: {0}")]
+pub struct EmitError(String);
+
+/// Writes `document` (a manifest as JSON, from [`super::document`]) as YAML
+/// text that loads back to the same document: block style, keys in their
+/// order, strings that would read as another type (`"yes"`, `"1.0"`,
+/// `"null"`) quoted, multi-line strings as block scalars.
+pub fn emit(document: &serde_json::Value) -> Result<String, EmitError> {
+    serde_saphyr::to_string(document).map_err(|e| EmitError(e.to_string()))
+}
+
 /// Turns a YAML syntax error or budget breach into a diagnostic.
 fn diagnostic(error: &serde_saphyr::Error, max_nodes: usize) -> Diagnostic {
     let location = error
@@ -72,6 +85,42 @@ fn diagnostic(error: &serde_saphyr::Error, max_nodes: usize) -> Diagnostic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Emits `document` and reads it back as `config::document` does.
+    fn round_trip(document: &serde_json::Value) -> serde_json::Value {
+        let text = emit(document).expect("emits");
+        parse(&text)
+            .unwrap_or_else(|d| panic!("{}: {text}", d.message))
+            .to_json()
+    }
+
+    #[test]
+    fn emitted_yaml_loads_back_to_the_same_document() {
+        let document = serde_json::json!({
+            "apiVersion": "weir/v1",
+            "routes": [{
+                "name": "a.b:c",
+                "respond": {"status": 200, "body": "line one\nline two\n"},
+                "headers": {"x-yes": "yes", "x-no": "No", "x-on": "on", "x-true": "true"},
+                "looks": ["1.0", "1", "0x1f", "1e3", "null", "~", "", " padded ", "-", "- x", "a: b", "#c", "*alias", "&anchor", "!tag", "@at", "`tick", "'q'", "\"dq\"", "%p", "{x}", "[y]", "tab\tin", "ünï", "trailing\n\n", "no end\nnewline"],
+                "keys": {"with.dot": 1, "with:colon": 2, "1.5": 3, "null": 4, "true": 5, "a b": 6},
+                "numbers": [0, -1, 1.5, 1e300, 9007199254740993u64],
+                "flags": [true, false, null],
+                "empty": {"list": [], "map": {}}
+            }]
+        });
+        assert_eq!(round_trip(&document), document);
+    }
+
+    #[test]
+    fn emits_block_style_a_person_reads() {
+        let document =
+            serde_json::json!({"routes": [{"name": "hello", "respond": {"body": "hi"}}]});
+        assert_eq!(
+            emit(&document).expect("emits"),
+            "routes:\n- name: hello\n  respond:\n    body: hi\n"
+        );
+    }
 
     #[test]
     fn parses_more_nodes_than_the_library_default() {

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod cluster;
 mod store;
+pub mod versions;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-pub use store::{Applied, ChangeError, Store, read_manifest};
+pub use store::{Applied, ChangeError, EditError, Store, read_manifest};
 
 /// How long the manifest file must stay quiet before an edit is reloaded:
 /// editors and `cp` write a file in several steps.
@@ -57,10 +58,10 @@ pub async fn reload_file(store: &Arc<Store>, cause: &'static str) -> Result<Appl
         .unwrap_or_else(|e| Err(ChangeError::Task(e.to_string())));
     let manifest = store.path().display();
     match &result {
-        Ok(Applied::Swapped(generation)) => {
+        Ok(Applied::Swapped { generation, .. }) => {
             tracing::info!(cause, generation, %manifest, "manifest reloaded");
         }
-        Ok(Applied::Unchanged) => tracing::debug!(cause, %manifest, "manifest unchanged"),
+        Ok(Applied::Unchanged { .. }) => tracing::debug!(cause, %manifest, "manifest unchanged"),
         Err(error) => tracing::error!(
             cause,
             %manifest,

@@ -59,6 +59,18 @@ pub enum ChangeError {
     /// The task that built the change ended without an answer.
     #[error("the change's build task failed: {0}")]
     Task(String),
+    /// The edit of the running manifest's document was refused.
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    /// The manifest an edit produced was rejected; `text` is that manifest,
+    /// which the diagnostics' places refer to.
+    #[error("{source}")]
+    Edited {
+        /// The manifest the edit produced.
+        text: Arc<str>,
+        /// Why it was rejected.
+        source: Box<ChangeError>,
+    },
     /// The new manifest could not be written.
     #[error("the new config runs, but `{}` could not be written: {source}", path.display())]
     Write {
@@ -74,18 +86,64 @@ impl ChangeError {
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
             Self::Config(ConfigError::Invalid { diagnostics, .. }) => diagnostics,
+            Self::Edited { source, .. } => source.diagnostics(),
             _ => &[],
         }
     }
 }
 
-/// What a change did.
+/// Why an edit refused to change the manifest's document.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// The entity to change is not in the manifest.
+    #[error("the config has no {kind} named `{name}`")]
+    NotFound {
+        /// `route`, `upstream`, `plugin`, or `plugin version`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The edit cannot be made to this manifest (e.g. no version to roll back to).
+    #[error("{0}")]
+    Conflict(String),
+    /// A file the edit needs could not be written.
+    #[error("cannot write `{}`: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The edited document cannot be written as a manifest.
+    #[error(transparent)]
+    Emit(#[from] config::EmitError),
+}
+
+/// What a change did, with the version that runs after it (read under the
+/// store's lock, so it is this change's, not a later one's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// The new config runs, as this generation.
-    Swapped(u64),
+    Swapped {
+        /// Its generation.
+        generation: u64,
+        /// Its version (the admin API's `ETag`).
+        version: String,
+    },
     /// The text is the one that runs: nothing to do.
-    Unchanged,
+    Unchanged {
+        /// The running version.
+        version: String,
+    },
+}
+
+impl Applied {
+    /// The version that runs after the change.
+    pub fn version(&self) -> &str {
+        match self {
+            Self::Swapped { version, .. } | Self::Unchanged { version } => version,
+        }
+    }
 }
 
 /// The text that runs and where it came from.
@@ -188,19 +246,59 @@ impl Store {
     pub fn reload_file(&self) -> Result<Applied, ChangeError> {
         let mut running = self.lock();
         let text = read_manifest(&self.path)?;
-        let digest = config::token_digest(text.as_bytes());
-        if digest == running.digest {
-            return Ok(Applied::Unchanged);
-        }
-        let generation = self.run(&mut running, &text, digest)?;
-        Ok(Applied::Swapped(generation))
+        self.run(&mut running, &text)
     }
 
     /// Runs manifest `text` and writes it to the file; with `if_match`, only
     /// when that is the running version. Blocks: call it from a blocking task.
     pub fn apply(&self, text: &str, if_match: Option<&str>) -> Result<Applied, ChangeError> {
         let mut running = self.lock();
-        let current = version(&running);
+        self.check_preconditions(&running, if_match)?;
+        self.run_and_write(&mut running, text)
+    }
+
+    /// Edits the running manifest's document (JSON, from
+    /// [`config::document`]) with `change`, then runs and writes the result
+    /// as [`Store::apply`] does, under the same lock and checks: the whole
+    /// manifest is validated and built once. The file then holds YAML
+    /// written by Weir ([`config::emit`]): the comments and layout of the
+    /// text it replaces are gone. Returns what `change` said of its edit.
+    /// Blocks: call it from a blocking task.
+    pub fn edit<F, T>(&self, if_match: Option<&str>, change: F) -> Result<(Applied, T), ChangeError>
+    where
+        F: FnOnce(&mut serde_json::Value) -> Result<T, EditError>,
+    {
+        let mut running = self.lock();
+        self.check_preconditions(&running, if_match)?;
+        let mut document = config::document(&running.text)
+            .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()));
+        let before = document.clone();
+        let said = change(&mut document)?;
+        if document == before {
+            // Nothing to run, and the file keeps its text (and comments).
+            let version = version(&running);
+            return Ok((Applied::Unchanged { version }, said));
+        }
+        let text: Arc<str> = config::emit(&document).map_err(EditError::from)?.into();
+        self.run_and_write(&mut running, &text)
+            .map(|applied| (applied, said))
+            .map_err(|source| match source {
+                ChangeError::Config(_) => ChangeError::Edited {
+                    text,
+                    source: Box::new(source),
+                },
+                other => other,
+            })
+    }
+
+    /// Refuses a change when `if_match` is not the running version or the
+    /// file holds something other than what runs.
+    fn check_preconditions(
+        &self,
+        running: &Running,
+        if_match: Option<&str>,
+    ) -> Result<(), ChangeError> {
+        let current = version(running);
         if let Some(expected) = if_match
             && expected != current
             && expected != "*"
@@ -217,21 +315,29 @@ impl Store {
                 running: current,
             });
         }
-        let digest = config::token_digest(text.as_bytes());
-        if digest == running.digest {
-            return Ok(Applied::Unchanged);
-        }
-        let generation = self.run(&mut running, text, digest)?;
-        write_atomically(&self.path, text).map_err(|source| ChangeError::Write {
-            path: self.path.clone(),
-            source,
-        })?;
-        Ok(Applied::Swapped(generation))
+        Ok(())
     }
 
-    /// Validates and builds manifest `text` (whose digest is `digest`), swaps
-    /// it in and makes it the running text; the new generation.
-    fn run(&self, running: &mut Running, text: &str, digest: [u8; 32]) -> Result<u64, ChangeError> {
+    /// Runs manifest `text` in place of `running` and writes it to the file.
+    fn run_and_write(&self, running: &mut Running, text: &str) -> Result<Applied, ChangeError> {
+        let applied = self.run(running, text)?;
+        if let Applied::Swapped { .. } = applied {
+            write_atomically(&self.path, text.as_bytes()).map_err(|source| ChangeError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        Ok(applied)
+    }
+
+    /// Runs manifest `text` in place of `running`, unless it is the running text.
+    fn run(&self, running: &mut Running, text: &str) -> Result<Applied, ChangeError> {
+        let digest = config::token_digest(text.as_bytes());
+        if digest == running.digest {
+            return Ok(Applied::Unchanged {
+                version: version(running),
+            });
+        }
         let manifest = config::parse(text, &self.path, self.base_dir())?;
         self.check_admin(&manifest)?;
         let generation = self.gateway.reload(&manifest)?;
@@ -242,7 +348,10 @@ impl Store {
             tokens: admin_tokens(manifest.admin.as_ref()),
         };
         self.changes.send_replace(generation);
-        Ok(generation)
+        Ok(Applied::Swapped {
+            generation,
+            version: version(running),
+        })
     }
 
     /// Checks manifest `text` as `apply` would, without running it.
@@ -265,7 +374,8 @@ impl Store {
         Ok(())
     }
 
-    fn base_dir(&self) -> &Path {
+    /// The directory the manifest's relative paths start from.
+    pub fn base_dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
     }
 
@@ -305,8 +415,8 @@ pub fn read_manifest(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
-/// Writes `text` to a new file beside `path`, flushes it, and renames it over `path`.
-pub(super) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes `bytes` to a new file beside `path`, flushes it, and renames it over `path`.
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let name = path
         .file_name()
@@ -314,7 +424,7 @@ pub(super) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         .unwrap_or_default();
     let fresh = path.with_file_name(format!(".{name}.weir-new"));
     let mut file = std::fs::File::create(&fresh)?;
-    file.write_all(text.as_bytes())?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&fresh, path)
 }

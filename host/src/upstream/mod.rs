@@ -111,6 +111,17 @@ struct TargetState {
     in_flight: AtomicUsize,
 }
 
+/// A target of a group as it is now, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetStatus {
+    /// `host:port`, as configured.
+    pub address: String,
+    /// Its relative share of traffic.
+    pub weight: u32,
+    /// Requests it is serving now.
+    pub in_flight: usize,
+}
+
 /// A request body as the upstream layer sees it.
 pub enum OutgoingBody {
     /// A body that can be sent once.
@@ -174,6 +185,18 @@ impl UpstreamGroup {
     /// The addresses of the group's targets, as configured.
     pub fn addresses(&self) -> Arc<[String]> {
         self.addresses.clone()
+    }
+
+    /// Each target's address, weight and requests in flight, in configured order.
+    pub fn target_statuses(&self) -> Vec<TargetStatus> {
+        (self.config.targets.iter())
+            .zip(&self.targets)
+            .map(|(config, state)| TargetStatus {
+                address: config.address.clone(),
+                weight: config.weight,
+                in_flight: state.in_flight.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     /// The group's request timeout.

@@ -4,6 +4,10 @@
 //! loses nothing, and a version that cannot build on a node leaves that node
 //! on its config, saying so.
 
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+
+use super::support::weir;
 use super::*;
 
 /// The cluster key every node of these tests joins.

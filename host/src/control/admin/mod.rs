@@ -4,14 +4,26 @@
 //! | endpoint | role | what |
 //! |---|---|---|
 //! | `GET /healthz` | none | the process serves |
-//! | `GET /readyz` | none | config and plugins loaded, not draining, not joining a cluster; the cluster's state |
+//! | `GET /readyz` | none | config and plugins loaded, not draining |
 //! | `GET /config` | read | the running manifest (JSON; `?format=yaml` for its text), with its version as `ETag` |
 //! | `PUT /config` | admin | a whole manifest (YAML or JSON), applied as one change; `If-Match` honoured |
 //! | `POST /config/validate` | read | checks a manifest as `weir validate` does |
 //! | `GET /openapi.json` | read | this API described |
+//! | `GET /routes`, `/upstreams`, `/plugins` | read | the entities, in manifest order |
+//! | `GET /{kind}/{name}` | read | one entity |
+//! | `PUT /{kind}/{name}` | admin | adds or replaces one entity; the whole manifest is applied |
+//! | `DELETE /{kind}/{name}` | admin | removes one entity; the whole manifest is applied |
+//! | `PUT /plugins/{name}` as `application/wasm` | admin | uploads a module as the plugin's next version |
+//! | `GET /plugins/{name}/versions` | read | the uploaded versions, and which one runs |
+//! | `POST /plugins/{name}/rollback` | admin | runs the version before the running one (or `?version=n`) |
+//! | `GET /upstreams/{name}/targets` | read | each target's weight and requests in flight |
+//!
+//! Entity handlers live in [`entities`], plugin uploads in [`plugins`].
 
 mod auth;
 pub mod client;
+mod entities;
+mod plugins;
 mod problem;
 
 use std::convert::Infallible;
@@ -28,9 +40,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use self::auth::Access;
+use self::entities::Kind;
 use self::problem::Problem;
 use super::cluster::{ClusterStatus, Outcome};
-use super::store::{Applied, ChangeError, Store};
+use super::store::{Applied, ChangeError, EditError, Store};
 use crate::config::MAX_MANIFEST_BYTES;
 
 /// The OpenAPI description served at `/openapi.json`.
@@ -75,9 +88,10 @@ pub fn serve(listener: TcpListener, store: Arc<Store>) -> JoinHandle<()> {
 async fn handle(store: &Arc<Store>, request: Request<Incoming>) -> AdminResponse {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
-    let needs = match (method.clone(), path.as_str()) {
-        (Method::GET, "/healthz" | "/readyz") => None,
-        (Method::PUT, _) | (Method::DELETE, _) => Some(Access::Admin),
+    let needs = match (&method, path.as_str()) {
+        (&Method::GET, "/healthz" | "/readyz") => None,
+        (&Method::PUT | &Method::DELETE, _) => Some(Access::Admin),
+        (&Method::POST, p) if p.ends_with("/rollback") => Some(Access::Admin),
         _ => Some(Access::Read),
     };
     if let Some(needs) = needs
@@ -100,9 +114,61 @@ async fn handle(store: &Arc<Store>, request: Request<Incoming>) -> AdminResponse
             Err(Problem::method_not_allowed(&path))
         }
         (_, "/config/validate") => Err(Problem::method_not_allowed(&path)),
-        _ => Err(Problem::not_found(&path)),
+        _ => route_entity(store, request, &path).await,
     };
     result.unwrap_or_else(|problem| problem.response())
+}
+
+/// Answers the endpoints under `/routes`, `/upstreams` and `/plugins`.
+async fn route_entity(
+    store: &Arc<Store>,
+    request: Request<Incoming>,
+    path: &str,
+) -> Result<AdminResponse, Problem> {
+    let mut segments = path.trim_start_matches('/').split('/');
+    let kind = segments
+        .next()
+        .and_then(Kind::from_segment)
+        .ok_or_else(|| Problem::not_found(path))?;
+    let name = match segments.next() {
+        None => None,
+        Some(raw) => Some(
+            percent_encoding::percent_decode_str(raw)
+                .decode_utf8()
+                .ok()
+                .filter(|name| !name.is_empty())
+                .ok_or_else(|| Problem::not_found(path))?
+                .into_owned(),
+        ),
+    };
+    let method = request.method().clone();
+    match (kind, name, segments.next(), segments.next()) {
+        (_, None, None, None) if method == Method::GET => Ok(entities::list(store, kind)),
+        (_, Some(name), None, None) => match method {
+            Method::GET => entities::get(store, kind, &name),
+            Method::PUT if kind == Kind::Plugin && plugins::is_upload(&request) => {
+                plugins::upload(store, &name, request).await
+            }
+            Method::PUT => entities::put(store, kind, &name, request).await,
+            Method::DELETE => entities::delete(store, kind, &name, &request).await,
+            _ => Err(Problem::method_not_allowed(path)),
+        },
+        (Kind::Plugin, Some(name), Some("versions"), None) if method == Method::GET => {
+            plugins::versions(store, &name).await
+        }
+        (Kind::Plugin, Some(name), Some("rollback"), None) if method == Method::POST => {
+            plugins::rollback(store, &name, &request).await
+        }
+        (Kind::Upstream, Some(name), Some("targets"), None) if method == Method::GET => {
+            entities::targets(store, &name)
+        }
+        (_, None, None, None)
+        | (Kind::Plugin, Some(_), Some("versions" | "rollback"), None)
+        | (Kind::Upstream, Some(_), Some("targets"), None) => {
+            Err(Problem::method_not_allowed(path))
+        }
+        _ => Err(Problem::not_found(path)),
+    }
 }
 
 /// Ready unless draining, or still joining its cluster; a clustered node
@@ -149,43 +215,79 @@ async fn put_config(
     store: &Arc<Store>,
     request: Request<Incoming>,
 ) -> Result<AdminResponse, Problem> {
-    let if_match = request
-        .headers()
-        .get(header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().trim_matches('"').to_owned());
+    let expected = if_match(&request);
     let text: Arc<str> = read_manifest_body(request).await?.into();
-    let (blocking, sent) = (store.clone(), text.clone());
-    let applied = tokio::task::spawn_blocking(move || blocking.apply(&sent, if_match.as_deref()))
-        .await
-        .map_err(|e| Problem::internal(&e.to_string()))?;
+    let sent = text.clone();
+    let applied = blocking(store, move |store| store.apply(&sent, expected.as_deref())).await?;
     match applied {
         Ok(applied) => {
-            let (_, version) = store.current();
-            let mut body = match applied {
-                Applied::Swapped(generation) => {
-                    tracing::info!(generation, cause = "admin API", "manifest applied");
+            let mut body = match &applied {
+                Applied::Swapped {
+                    generation,
+                    version,
+                } => {
                     serde_json::json!({"applied": true, "generation": generation, "version": version})
                 }
-                Applied::Unchanged => serde_json::json!({"applied": false, "version": version}),
+                Applied::Unchanged { version } => {
+                    serde_json::json!({"applied": false, "version": version})
+                }
             };
-            if let (Some(cluster), Applied::Swapped(_)) = (store.cluster(), applied) {
+            if let (Some(cluster), Applied::Swapped { .. }) = (store.cluster(), &applied) {
                 body["cluster_version"] = cluster_version(cluster, &text).await?.into();
             }
-            let mut response = json(StatusCode::OK, &body);
-            set_etag(&mut response, &version);
-            Ok(response)
+            Ok(changed(&applied, StatusCode::OK, Some(&body)))
         }
-        Err(error) => {
-            tracing::warn!(
-                cause = "admin API",
-                "change rejected; the running config stays:\n{error}"
-            );
-            Err(Problem::from_change(&error, &text))
-        }
+        Err(error) => Err(rejected(&error, &text)),
     }
 }
 
+/// Runs `work` on the store in a blocking task (changes compile plugins
+/// and start VMs).
+async fn blocking<T: Send + 'static>(
+    store: &Arc<Store>,
+    work: impl FnOnce(&Store) -> T + Send + 'static,
+) -> Result<T, Problem> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .map_err(|e| Problem::internal(&e.to_string()))
+}
+
+/// The answer to a change that was applied: `body` (none: 204) with the
+/// running version as `ETag`. Logs the swap.
+fn changed(
+    applied: &Applied,
+    status: StatusCode,
+    body: Option<&serde_json::Value>,
+) -> AdminResponse {
+    if let Applied::Swapped { generation, .. } = applied {
+        tracing::info!(generation, cause = "admin API", "manifest applied");
+    }
+    let mut response = match body {
+        Some(body) => json(status, body),
+        None => with_type(StatusCode::NO_CONTENT, Bytes::new(), "application/json"),
+    };
+    set_etag(&mut response, applied.version());
+    response
+}
+
+/// The problem a rejected change of manifest `text` answers with, logged.
+fn rejected(error: &ChangeError, text: &str) -> Problem {
+    tracing::warn!(
+        cause = "admin API",
+        "change rejected; the running config stays:\n{error}"
+    );
+    Problem::from_change(error, text)
+}
+
+/// The problem a rejected entity edit answers with, logged. An invalid
+/// manifest an edit produced carries its own text (`ChangeError::Edited`),
+/// which its problems' places refer to.
+fn rejected_edit(error: &ChangeError) -> Problem {
+    rejected(error, "")
+}
+
+/// The version an `If-Match` header names, without its quotes.
 /// How long a change waits to hear whether it was published: a round with
 /// Redis takes one command, or fails within its timeout.
 const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -204,16 +306,21 @@ async fn cluster_version(cluster: &ClusterStatus, text: &str) -> Result<Option<u
     }
 }
 
+fn if_match<B>(request: &Request<B>) -> Option<String> {
+    request
+        .headers()
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().trim_matches('"').to_owned())
+}
+
 async fn validate_config(
     store: &Arc<Store>,
     request: Request<Incoming>,
 ) -> Result<AdminResponse, Problem> {
     let text: Arc<str> = read_manifest_body(request).await?.into();
-    let (blocking, sent) = (store.clone(), text.clone());
-    let checked = tokio::task::spawn_blocking(move || blocking.validate(&sent))
-        .await
-        .map_err(|e| Problem::internal(&e.to_string()))?;
-    match checked {
+    let sent = text.clone();
+    match blocking(store, move |store| store.validate(&sent)).await? {
         Ok(()) => Ok(json(StatusCode::OK, &serde_json::json!({"valid": true}))),
         Err(error) => Err(Problem::from_change(&error, &text)),
     }
@@ -221,14 +328,25 @@ async fn validate_config(
 
 /// A manifest sent in a request body: UTF-8, at most [`MAX_MANIFEST_BYTES`].
 async fn read_manifest_body(request: Request<Incoming>) -> Result<String, Problem> {
-    let limit = usize::try_from(MAX_MANIFEST_BYTES).unwrap_or(usize::MAX);
-    let body = Limited::new(request.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| Problem::bad_body(&format!("the manifest could not be read: {e}")))?
-        .to_bytes();
+    let body = read_body(request, MAX_MANIFEST_BYTES, "the manifest").await?;
     String::from_utf8(body.to_vec())
         .map_err(|_| Problem::bad_body("the manifest is not UTF-8 text"))
+}
+
+/// A request body of at most `limit` bytes; `what` names it in problems.
+async fn read_body(request: Request<Incoming>, limit: u64, what: &str) -> Result<Bytes, Problem> {
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    let body = Limited::new(request.into_body(), cap)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Problem::too_large(&format!("{what} is larger than {limit} bytes"))
+            } else {
+                Problem::bad_body(&format!("{what} could not be read: {e}"))
+            }
+        })?;
+    Ok(body.to_bytes())
 }
 
 fn set_etag(response: &mut AdminResponse, version: &str) {
@@ -261,14 +379,68 @@ impl Problem {
             ChangeError::Config(_) => {
                 Problem::unprocessable("unreadable-config", &error.to_string())
             }
+            ChangeError::Edited { text, source } => Problem::from_change(source, text),
             ChangeError::VersionMismatch { .. } => Problem::precondition_failed(&error.to_string()),
-            ChangeError::FileChanged { .. } | ChangeError::AdminMoved => {
-                Problem::conflict(&error.to_string())
-            }
+            ChangeError::FileChanged { .. }
+            | ChangeError::AdminMoved
+            | ChangeError::Edit(EditError::Conflict(_)) => Problem::conflict(&error.to_string()),
+            ChangeError::Edit(EditError::NotFound { .. }) => Problem::missing(&error.to_string()),
             ChangeError::Build(_) => Problem::unprocessable("build-failed", &error.to_string()),
-            ChangeError::Task(_) | ChangeError::Write { .. } => {
+            ChangeError::Task(_)
+            | ChangeError::Write { .. }
+            | ChangeError::Edit(EditError::Io { .. } | EditError::Emit(_)) => {
                 Problem::internal(&error.to_string())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_description_names_every_endpoint_and_method() {
+        let description: serde_json::Value =
+            serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let paths = description["paths"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let mut described: Vec<String> = paths
+            .iter()
+            .flat_map(|(path, item)| {
+                let methods = item.as_object().cloned().unwrap_or_default();
+                methods
+                    .keys()
+                    .filter(|m| *m != "parameters")
+                    .map(|m| format!("{} {path}", m.to_uppercase()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        described.sort();
+        let mut served: Vec<String> = [
+            "GET /healthz",
+            "GET /readyz",
+            "GET /config",
+            "PUT /config",
+            "POST /config/validate",
+            "GET /openapi.json",
+            "GET /upstreams/{name}/targets",
+            "GET /plugins/{name}/versions",
+            "POST /plugins/{name}/rollback",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        for kind in ["routes", "upstreams", "plugins"] {
+            served.extend([
+                format!("GET /{kind}"),
+                format!("GET /{kind}/{{name}}"),
+                format!("PUT /{kind}/{{name}}"),
+                format!("DELETE /{kind}/{{name}}"),
+            ]);
+        }
+        served.sort_unstable();
+        assert_eq!(described, served);
     }
 }

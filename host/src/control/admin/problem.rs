@@ -63,6 +63,21 @@ impl Problem {
         )
     }
 
+    /// The endpoint exists; the entity it names does not.
+    pub fn missing(detail: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "No such entity", detail)
+    }
+
+    /// The request body is over its size limit.
+    pub fn too_large(detail: &str) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Request body too large",
+            detail,
+        )
+    }
+
     /// The endpoint exists, not with this method.
     pub fn method_not_allowed(path: &str) -> Self {
         Self::new(

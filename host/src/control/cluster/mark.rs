@@ -65,7 +65,7 @@ impl Mark {
             sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
         };
         let text = serde_json::to_string(&saved).map_err(std::io::Error::other)?;
-        crate::control::store::write_atomically(&self.path, &text)
+        crate::control::store::write_atomically(&self.path, text.as_bytes())
     }
 }
 

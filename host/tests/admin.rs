@@ -1,0 +1,562 @@
+//! The admin API's entity endpoints on the real `weir` binary: routes,
+//! upstreams and plugins put, replaced and deleted one at a time while the
+//! gateway serves, each change applied as a whole manifest (rejected whole,
+//! with its place in the manifest), plugin modules uploaded as versions and
+//! rolled back, and the live state of an upstream's targets.
+
+mod support;
+
+use std::io::{Read, Write};
+
+use bytes::Bytes;
+use http::Method;
+use support::{
+    ADMIN_TOKEN, READER_TOKEN, Running, admin_call, admin_cli, admin_send, test_dir, with_admin_api,
+};
+
+/// An upstream that answers every request with `backend <path>`.
+fn backend() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let mut head = [0u8; 4096];
+            let read = stream.read(&mut head).unwrap_or(0);
+            let text = String::from_utf8_lossy(&head[..read]);
+            let path = text.split(' ').nth(1).unwrap_or("?").to_owned();
+            let body = format!("backend {path}");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    address
+}
+
+/// A manifest with an upstream `backend` at `upstream`, a route `home`
+/// answering `home` on `/`, and the admin API.
+fn manifest(upstream: &str) -> String {
+    with_admin_api(&format!(
+        "apiVersion: weir/v1\n\
+         # A comment that an entity edit does not keep.\n\
+         listeners: [{{ name: main, address: 127.0.0.1:0 }}]\n\
+         upstreams: [{{ name: backend, targets: [\"{upstream}\"] }}]\n\
+         routes:\n  \
+           - {{ name: home, match: {{ path: {{ exact: / }} }}, respond: {{ body: home }} }}\n"
+    ))
+}
+
+/// Starts `weir run` on `manifest(upstream)` in its own directory.
+fn start(name: &str, upstream: &str) -> (Running, String, std::path::PathBuf) {
+    let dir = test_dir(name);
+    let path = dir.join("weir.yaml");
+    std::fs::write(&path, manifest(upstream)).expect("write manifest");
+    let (weir, url) = Running::start_with_admin(&path, &["--watch", "false"]);
+    (weir, url, dir)
+}
+
+/// The version an answer's `ETag` names.
+fn etag(answer: &weir::control::admin::client::Answer) -> String {
+    answer
+        .headers
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// `pick` of each item of the JSON list `list`.
+fn each<T>(list: &serde_json::Value, pick: impl Fn(&serde_json::Value) -> T) -> Vec<T> {
+    list.as_array().into_iter().flatten().map(pick).collect()
+}
+
+/// An admin call with the admin token.
+fn call(
+    url: &str,
+    method: Method,
+    path: &str,
+    body: Option<&str>,
+) -> weir::control::admin::client::Answer {
+    admin_call(url, Some(ADMIN_TOKEN), method, path, body, None)
+}
+
+#[test]
+fn routes_are_added_replaced_and_deleted_while_traffic_flows() {
+    let (weir, url, dir) = start("entities-routes", &backend());
+    assert_eq!(weir.fetch("/orders/1").0, 404);
+
+    let before = call(&url, Method::GET, "/config", None);
+    let added = call(
+        &url,
+        Method::PUT,
+        "/routes/orders",
+        Some(r#"{"match": {"path": {"prefix": "/orders"}}, "upstream": "backend"}"#),
+    );
+    assert_eq!(added.status, 201, "{}", added.problem_text());
+    assert_eq!(
+        added.json(),
+        serde_json::json!({"name": "orders", "match": {"path": {"prefix": "/orders"}}, "upstream": "backend"})
+    );
+    assert_ne!(etag(&added), etag(&before));
+    assert!(etag(&added).starts_with("2-"), "{}", etag(&added));
+    assert_eq!(weir.get("/orders/1"), "backend /orders/1");
+    assert_eq!(weir.get("/"), "home");
+
+    let listed = call(&url, Method::GET, "/routes", None);
+    assert_eq!(listed.status, 200);
+    let names = each(&listed.json(), |r| r["name"].clone());
+    assert_eq!(names, ["home", "orders"], "appended, in manifest order");
+    assert_eq!(etag(&listed), etag(&added));
+
+    // Replaced in place; YAML bodies are accepted too.
+    let replaced = call(
+        &url,
+        Method::PUT,
+        "/routes/orders",
+        Some("name: orders\nmatch: { path: { prefix: /orders } }\nrespond: { body: replaced }\n"),
+    );
+    assert_eq!(replaced.status, 200, "{}", replaced.problem_text());
+    assert_eq!(weir.get("/orders/1"), "replaced");
+    let again = call(
+        &url,
+        Method::PUT,
+        "/routes/orders",
+        Some(r#"{"match": {"path": {"prefix": "/orders"}}, "respond": {"body": "replaced"}}"#),
+    );
+    assert_eq!(again.status, 200, "{}", again.problem_text());
+    assert_eq!(
+        etag(&again),
+        etag(&replaced),
+        "the same route changes nothing"
+    );
+    let one = call(&url, Method::GET, "/routes/orders", None);
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["respond"]["body"], "replaced");
+
+    // The file holds what runs, as YAML written by Weir.
+    let written = std::fs::read_to_string(dir.join("weir.yaml")).expect("read manifest");
+    assert!(!written.contains("# A comment"), "{written}");
+    assert_eq!(
+        weir::config::document(&written),
+        weir::config::document(&String::from_utf8_lossy(
+            &call(&url, Method::GET, "/config?format=yaml", None).body
+        ))
+    );
+    assert_eq!(
+        weir::config::document(&written).map(|d| d["routes"][1]["respond"]["body"].clone()),
+        Some("replaced".into())
+    );
+
+    let deleted = call(&url, Method::DELETE, "/routes/orders", None);
+    assert_eq!(deleted.status, 204, "{}", deleted.problem_text());
+    assert!(deleted.body.is_empty());
+    assert_eq!(weir.fetch("/orders/1").0, 404);
+    let gone = call(&url, Method::GET, "/routes/orders", None);
+    assert_eq!(gone.status, 404);
+    assert_eq!(gone.json()["type"], "urn:weir:problem:not-found");
+    assert_eq!(
+        gone.json()["detail"],
+        "the config has no route named `orders`"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_edit_that_breaks_a_reference_is_rejected_whole_with_its_place() {
+    let (weir, url, dir) = start("entities-reference", &backend());
+    let added = call(
+        &url,
+        Method::PUT,
+        "/routes/orders",
+        Some("{ match: { path: { prefix: /orders } }, upstream: backend }"),
+    );
+    assert_eq!(added.status, 201, "{}", added.problem_text());
+    let file = std::fs::read_to_string(dir.join("weir.yaml")).expect("read manifest");
+
+    let refused = call(&url, Method::DELETE, "/upstreams/backend", None);
+    assert_eq!(refused.status, 422, "{}", refused.problem_text());
+    let problem = refused.json();
+    assert_eq!(problem["type"], "urn:weir:problem:invalid-config");
+    let pointers = each(&problem["errors"], |e| e["pointer"].clone());
+    assert_eq!(pointers, ["/routes/1/upstream"], "{problem:#}");
+    assert_eq!(
+        weir.get("/orders/7"),
+        "backend /orders/7",
+        "nothing changed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("weir.yaml")).ok(),
+        Some(file),
+        "the file stays"
+    );
+    assert_eq!(
+        call(&url, Method::GET, "/upstreams/backend", None).status,
+        200
+    );
+
+    // A body naming another entity than its path.
+    let mismatch = call(
+        &url,
+        Method::PUT,
+        "/upstreams/backend",
+        Some("{ name: other, targets: [\"127.0.0.1:1\"] }"),
+    );
+    assert_eq!(mismatch.status, 400);
+    assert_eq!(mismatch.json()["type"], "urn:weir:problem:bad-body");
+
+    for (method, path) in [
+        (Method::GET, "/routes/nowhere"),
+        (Method::DELETE, "/routes/nowhere"),
+        (Method::GET, "/upstreams/nowhere"),
+        (Method::DELETE, "/plugins/nowhere"),
+        (Method::GET, "/upstreams/nowhere/targets"),
+    ] {
+        let missing = call(&url, method.clone(), path, None);
+        assert_eq!(missing.status, 404, "{method} {path}");
+        assert_eq!(missing.json()["type"], "urn:weir:problem:not-found");
+        assert_eq!(missing.json()["title"], "No such entity", "{method} {path}");
+    }
+    assert_eq!(
+        call(&url, Method::GET, "/routes/a/b", None).json()["title"],
+        "No such endpoint"
+    );
+    assert_eq!(call(&url, Method::POST, "/routes", None).status, 405);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn read_only_tokens_may_not_change_entities_and_stale_versions_are_refused() {
+    let (weir, url, dir) = start("entities-roles", &backend());
+    let route = "{ match: { path: { prefix: /r } }, respond: { body: r } }";
+    let wasm = Some((Bytes::from_static(b"\0asm\x01\0\0\0"), "application/wasm"));
+    for (method, path, body) in [
+        (
+            Method::PUT,
+            "/routes/r",
+            Some((Bytes::from(route), "application/yaml")),
+        ),
+        (Method::DELETE, "/routes/home", None),
+        (
+            Method::PUT,
+            "/upstreams/u",
+            Some((
+                Bytes::from("{ targets: [\"127.0.0.1:1\"] }"),
+                "application/yaml",
+            )),
+        ),
+        (Method::DELETE, "/upstreams/backend", None),
+        (Method::PUT, "/plugins/p", wasm.clone()),
+        (Method::DELETE, "/plugins/p", None),
+        (Method::POST, "/plugins/p/rollback", None),
+    ] {
+        let refused = admin_send(&url, Some(READER_TOKEN), method.clone(), path, body, None);
+        assert_eq!(refused.status, 403, "{method} {path}");
+        assert_eq!(refused.json()["type"], "urn:weir:problem:forbidden");
+    }
+    assert_eq!(
+        admin_call(&url, Some(READER_TOKEN), Method::GET, "/routes", None, None).status,
+        200
+    );
+    assert_eq!(
+        admin_call(&url, None, Method::GET, "/routes", None, None).status,
+        401
+    );
+
+    let read = call(&url, Method::GET, "/routes/home", None);
+    let version = etag(&read);
+    let put = |if_match: &str| {
+        admin_call(
+            &url,
+            Some(ADMIN_TOKEN),
+            Method::PUT,
+            "/routes/r",
+            Some(route),
+            Some(if_match),
+        )
+    };
+    let applied = put(&version);
+    assert_eq!(applied.status, 201, "{}", applied.problem_text());
+    assert_eq!(weir.get("/r"), "r");
+    let stale = put(&version);
+    assert_eq!(stale.status, 412);
+    assert_eq!(stale.json()["type"], "urn:weir:problem:version-mismatch");
+    let deleted = admin_call(
+        &url,
+        Some(ADMIN_TOKEN),
+        Method::DELETE,
+        "/routes/r",
+        None,
+        Some(&version),
+    );
+    assert_eq!(deleted.status, 412);
+    assert_eq!(weir.get("/r"), "r", "nothing changed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn upstream_targets_show_their_live_state() {
+    let (_weir, url, dir) = start("entities-targets", "127.0.0.1:9");
+    let put = call(
+        &url,
+        Method::PUT,
+        "/upstreams/pair",
+        Some("{ targets: [\"127.0.0.1:7\", { address: \"127.0.0.1:8\", weight: 3 }] }"),
+    );
+    assert_eq!(put.status, 201, "{}", put.problem_text());
+    let targets = call(&url, Method::GET, "/upstreams/pair/targets", None);
+    assert_eq!(targets.status, 200);
+    assert_eq!(
+        targets.json(),
+        serde_json::json!([
+            {"address": "127.0.0.1:7", "weight": 1, "in_flight": 0, "health": "unknown"},
+            {"address": "127.0.0.1:8", "weight": 3, "in_flight": 0, "health": "unknown"},
+        ])
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A filter that answers every request itself with `body`.
+fn answering_filter(body: &str) -> Bytes {
+    let wat = format!(
+        r#"(module
+            (import "env" "proxy_send_local_response"
+                (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 64) "{body}")
+            (data (i32.const 32) "\00\00\00\00")
+            (func (export "proxy_abi_version_0_2_1"))
+            (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+                (drop (call $reply (i32.const 200) (i32.const 0) (i32.const 0)
+                    (i32.const 64) (i32.const {len}) (i32.const 32) (i32.const 4) (i32.const -1)))
+                (i32.const 1)))"#,
+        len = body.len()
+    );
+    Bytes::from(wat::parse_str(wat).expect("the test filter assembles"))
+}
+
+/// Adds route `greet` (`/greet`) whose filter is plugin `greeter`.
+fn route_through_greeter(url: &str) {
+    let routed = call(
+        url,
+        Method::PUT,
+        "/routes/greet",
+        Some(
+            "{ match: { path: { prefix: /greet } }, upstream: backend, filters: [{ plugin: greeter }] }",
+        ),
+    );
+    assert_eq!(routed.status, 201, "{}", routed.problem_text());
+}
+
+#[test]
+fn plugin_uploads_run_as_versions_and_roll_back() {
+    let (weir, url, dir) = start("entities-plugins", &backend());
+    let upload = |module: Bytes| {
+        admin_send(
+            &url,
+            Some(ADMIN_TOKEN),
+            Method::PUT,
+            "/plugins/greeter",
+            Some((module, "application/wasm")),
+            None,
+        )
+    };
+    let first = upload(answering_filter("v1"));
+    assert_eq!(first.status, 201, "{}", first.problem_text());
+    assert_eq!(first.json()["plugin"], "greeter");
+    assert_eq!(first.json()["version"]["version"], 1);
+    assert_eq!(
+        call(&url, Method::GET, "/plugins/greeter", None).json(),
+        serde_json::json!({"name": "greeter", "file": ".weir/plugins/greeter/1.wasm"})
+    );
+    route_through_greeter(&url);
+    assert_eq!(weir.get("/greet"), "v1");
+
+    let second = upload(answering_filter("v2"));
+    assert_eq!(second.status, 201, "{}", second.problem_text());
+    assert_eq!(second.json()["version"]["version"], 2);
+    assert_eq!(weir.get("/greet"), "v2");
+
+    // Not Wasm: rejected whole, with the reason; version 2 keeps running.
+    let garbage = upload(Bytes::from_static(b"this is not a wasm module"));
+    assert_eq!(garbage.status, 422, "{}", garbage.problem_text());
+    assert_eq!(garbage.json()["type"], "urn:weir:problem:build-failed");
+    let detail = garbage.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        detail.contains("plugin `greeter`: not a valid Wasm module"),
+        "{detail}"
+    );
+    assert_eq!(weir.get("/greet"), "v2");
+
+    // An import Weir lacks, and a filter that refuses its configuration.
+    let missing_import = wat::parse_str(
+        r#"(module (import "env" "proxy_teleport" (func)) (memory (export "memory") 1)
+            (func (export "proxy_abi_version_0_2_1")))"#,
+    )
+    .expect("assembles");
+    let refused = upload(Bytes::from(missing_import));
+    assert_eq!(refused.status, 422, "{}", refused.problem_text());
+    assert!(
+        refused.problem_text().contains("proxy_teleport"),
+        "{}",
+        refused.problem_text()
+    );
+    let refuses_config = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+            (func (export "proxy_abi_version_0_2_1"))
+            (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .expect("assembles");
+    let refused = upload(Bytes::from(refuses_config));
+    assert_eq!(refused.status, 422, "{}", refused.problem_text());
+    assert!(
+        refused
+            .problem_text()
+            .contains("proxy_on_configure rejected the configuration"),
+        "{}",
+        refused.problem_text()
+    );
+    assert_eq!(weir.get("/greet"), "v2");
+
+    let versions = call(&url, Method::GET, "/plugins/greeter/versions", None);
+    assert_eq!(versions.status, 200);
+    let listed = each(&versions.json(), |v| {
+        (v["version"].clone(), v["running"].clone())
+    });
+    assert_eq!(
+        listed,
+        [(1.into(), false.into()), (2.into(), true.into())],
+        "rejected uploads leave no version"
+    );
+    let v1 = answering_filter("v1");
+    assert_eq!(versions.json()[0]["size"], v1.len());
+    let digest: String = <sha2::Sha256 as sha2::Digest>::digest(&v1)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(versions.json()[0]["sha256"], digest);
+
+    let rolled = call(&url, Method::POST, "/plugins/greeter/rollback", None);
+    assert_eq!(rolled.status, 200, "{}", rolled.problem_text());
+    assert_eq!(
+        rolled.json(),
+        serde_json::json!({"previous": 2, "version": 1})
+    );
+    assert_eq!(weir.get("/greet"), "v1");
+    let nothing_before = call(&url, Method::POST, "/plugins/greeter/rollback", None);
+    assert_eq!(
+        nothing_before.status,
+        409,
+        "{}",
+        nothing_before.problem_text()
+    );
+    let forward = call(
+        &url,
+        Method::POST,
+        "/plugins/greeter/rollback?version=2",
+        None,
+    );
+    assert_eq!(forward.status, 200, "{}", forward.problem_text());
+    assert_eq!(weir.get("/greet"), "v2");
+    for (query, status) in [("?version=9", 404), ("?version=x", 400)] {
+        let path = format!("/plugins/greeter/rollback{query}");
+        assert_eq!(
+            call(&url, Method::POST, &path, None).status,
+            status,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        call(&url, Method::GET, "/plugins/nobody/versions", None).status,
+        404
+    );
+
+    // A stale If-Match refuses the upload, and leaves no version behind.
+    let stale = admin_send(
+        &url,
+        Some(ADMIN_TOKEN),
+        Method::PUT,
+        "/plugins/greeter",
+        Some((answering_filter("v3"), "application/wasm")),
+        Some("1-000000000000"),
+    );
+    assert_eq!(stale.status, 412, "{}", stale.problem_text());
+    let versions = call(&url, Method::GET, "/plugins/greeter/versions", None);
+    assert_eq!(each(&versions.json(), |v| v["version"].clone()), [1, 2]);
+    assert_eq!(weir.get("/greet"), "v2");
+    println!(
+        "{}",
+        std::fs::read_to_string(dir.join("weir.yaml")).unwrap_or_default()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn weir_plugins_and_weir_admin_list_drive_the_admin_api() {
+    let (weir_run, url, dir) = start("entities-cli", &backend());
+    let cli = |args: &[&str]| admin_cli(&url, args);
+    let stdout = |output: &std::process::Output| {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let module = dir.join("greeter.wasm");
+    for body in ["one", "two"] {
+        std::fs::write(&module, answering_filter(body)).expect("write module");
+        let pushed = cli(&[
+            "plugins",
+            "push",
+            "greeter",
+            module.to_str().unwrap_or_default(),
+        ]);
+        assert!(stdout(&pushed).contains("greeter"), "names the plugin");
+    }
+    route_through_greeter(&url);
+    assert_eq!(weir_run.get("/greet"), "two");
+
+    let versions = stdout(&cli(&["plugins", "versions", "greeter"]));
+    let lines: Vec<&str> = versions.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two versions:\n{versions}");
+    assert!(lines[1].starts_with("1 "), "{versions}");
+    assert!(
+        lines[2].starts_with("2 ") && lines[2].ends_with('*'),
+        "{versions}"
+    );
+
+    stdout(&cli(&["plugins", "rollback", "greeter"]));
+    assert_eq!(weir_run.get("/greet"), "one");
+
+    let routes: serde_json::Value =
+        serde_json::from_str(&stdout(&cli(&["admin", "routes"]))).expect("JSON");
+    assert_eq!(routes[1]["name"], "greet");
+    let upstreams: serde_json::Value =
+        serde_json::from_str(&stdout(&cli(&["admin", "upstreams"]))).expect("JSON");
+    assert_eq!(upstreams[0]["name"], "backend");
+    let plugins: serde_json::Value =
+        serde_json::from_str(&stdout(&cli(&["admin", "plugins"]))).expect("JSON");
+    assert_eq!(plugins[0]["file"], ".weir/plugins/greeter/1.wasm");
+
+    let garbage = dir.join("garbage.wasm");
+    std::fs::write(&garbage, b"garbage").expect("write");
+    let refused = cli(&[
+        "plugins",
+        "push",
+        "greeter",
+        garbage.to_str().unwrap_or_default(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("(422)"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
