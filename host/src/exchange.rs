@@ -71,8 +71,9 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
     /// Where it came from, as Envoy's response code details name it (the
     /// `response.code_details` property): `via_upstream`, `direct_response`
-    /// (a route's fixed response), or a filter's local reply's details.
-    pub details: String,
+    /// (a route's fixed response), or a filter's local reply's details; no
+    /// allocation for the first two.
+    pub details: std::borrow::Cow<'static, str>,
 }
 
 /// A response a filter asked to send instead of going on.

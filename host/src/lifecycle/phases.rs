@@ -7,6 +7,7 @@
 //! `max_body_bytes`) until the filter releases it; if that happens at the end
 //! of the body, the whole rewritten body goes on with an exact content-length.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,17 +86,17 @@ pub(super) async fn run(
             };
             forward::exchange(entry, parts, body, target.as_deref(), conn, client_host)
                 .await
-                .map(|response| (response, details.to_owned()))
+                .map(|response| (response, Cow::Borrowed(details)))
         }
         Ok(Err(reply)) => {
-            let details = reply.details.clone();
+            let details = Cow::Owned(reply.details.clone());
             Ok((local_response(reply), details))
         }
         Err(error) => Err(error),
     };
     let (response, details) = answer.unwrap_or_else(|error| {
         let response = super::failed(Some(entry), &error, request_id);
-        (response, error.code().to_owned())
+        (response, Cow::Borrowed(error.code()))
     });
     response_phases(&run, response, details, limit, pause_limit).await
 }
@@ -146,7 +147,7 @@ async fn request_phases(
 async fn response_phases(
     run: &SharedRun,
     response: Response<Body>,
-    details: String,
+    details: Cow<'static, str>,
     limit: u64,
     pause_limit: Duration,
 ) -> Result<Response<Body>, RequestError> {
