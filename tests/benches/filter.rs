@@ -58,7 +58,7 @@ fn one_request(chain: &Chain, info: &Arc<StreamInfo>) {
     run.set_response(ResponseHead {
         status: 200,
         headers: HeaderMap::new(),
-        details: "via_upstream".to_owned(),
+        details: "via_upstream".into(),
     });
     let step = run
         .headers(Direction::Response, true, 0)
