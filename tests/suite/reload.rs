@@ -187,10 +187,38 @@ async fn a_reload_keeps_the_vms_of_filters_that_did_not_change() -> anyhow::Resu
     Ok(())
 }
 
+/// Version `version` of a plugin: a WAT filter that stamps the request it
+/// forwards and the response it answers with `x-version: <version>`. Each
+/// version is a module of its own (its own bytes, digest and compilation),
+/// written into `dir`; its path.
+fn plugin_version(dir: &std::path::Path, version: u32) -> anyhow::Result<String> {
+    let digits = version.to_string();
+    let module = format!(
+        r#"(module
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "x-version")
+  (data (i32.const 80) "{digits}")
+{basics}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 0) (i32.const 64) (i32.const 9) (i32.const 80) (i32.const {len})))
+    (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 64) (i32.const 9) (i32.const 80) (i32.const {len})))
+    (i32.const 0)))
+"#,
+        basics = weir_tests::WAT_FILTER_BASICS,
+        len = digits.len(),
+    );
+    let path = dir.join(format!("stamp-v{version}.wat"));
+    std::fs::write(&path, module)?;
+    Ok(path.display().to_string())
+}
+
 /// A manifest for the swap test: route `r` (prefix `/`) forwards to
-/// `upstream` through the SDK test filter configured as `version` (it stamps
-/// the request and the response with it); with `extra`, route `/extra` too.
-fn versioned_manifest(upstream: &EchoUpstream, version: u32, extra: bool) -> String {
+/// `upstream` through `plugin` (a version of [`plugin_version`]) and the SDK
+/// test filter configured with `version` (both stamp the request and the
+/// response with it); with `extra`, route `/extra` too.
+fn versioned_manifest(upstream: &EchoUpstream, plugin: &str, version: u32, extra: bool) -> String {
     let extra = if extra {
         "  - { name: extra, match: { path: { exact: /extra } }, respond: { status: 200, body: extra } }\n"
     } else {
@@ -200,11 +228,14 @@ fn versioned_manifest(upstream: &EchoUpstream, version: u32, extra: bool) -> Str
         r#"apiVersion: weir/v1
 listeners: [{{ name: main, address: 127.0.0.1:0 }}]
 upstreams: [{{ name: backend, targets: [{addr}] }}]
-plugins: [{{ name: sdk, file: "{wasm}" }}]
+plugins:
+  - {{ name: stamp, file: "{plugin}" }}
+  - {{ name: sdk, file: "{wasm}" }}
 routes:
 {extra}  - name: r
     upstream: backend
     filters:
+      - plugin: stamp
       - plugin: sdk
         config:
           add_request_headers: [[x-version, "{version}"]]
@@ -225,17 +256,27 @@ async fn versioned_request(client: &reqwest::Client, url: &str) -> Option<String
     if response.status() != 200 {
         return Some(format!("status {}", response.status()));
     }
-    let answered = response.headers().get("x-version").cloned();
-    let upstream = response.headers().get("x-upstream").cloned();
+    let answered: Vec<String> = response
+        .headers()
+        .get_all("x-version")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
     let body = match json(response).await {
         Ok(body) => body,
         Err(error) => return Some(format!("body failed: {error}")),
     };
-    let forwarded = body["headers"]["x-version"][0].as_str().map(str::to_owned);
-    let answered = answered.and_then(|v| v.to_str().ok().map(str::to_owned));
-    if forwarded.is_none() || forwarded != answered {
+    let forwarded: Vec<String> = body["headers"]["x-version"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    // Both filters stamp both legs: four stamps, all of one version.
+    let stamps: Vec<&String> = forwarded.iter().chain(&answered).collect();
+    if stamps.len() != 4 || stamps.iter().any(|v| *v != stamps[0]) {
         return Some(format!(
-            "versions mixed: forwarded {forwarded:?}, answered {answered:?} (upstream {upstream:?})"
+            "versions mixed: forwarded {forwarded:?}, answered {answered:?}"
         ));
     }
     None
@@ -247,7 +288,11 @@ async fn twenty_swaps_under_load_fail_no_request_and_mix_no_versions() -> anyhow
         EchoUpstream::start("a").await?,
         EchoUpstream::start("b").await?,
     );
-    let gw = std::sync::Arc::new(TestGateway::from_yaml(&versioned_manifest(&a, 0, false)).await?);
+    let modules = tempfile::tempdir()?;
+    let first = plugin_version(modules.path(), 0)?;
+    let gw = std::sync::Arc::new(
+        TestGateway::from_yaml(&versioned_manifest(&a, &first, 0, false)).await?,
+    );
     let url = gw.url("main", "/load");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();
@@ -272,10 +317,12 @@ async fn twenty_swaps_under_load_fail_no_request_and_mix_no_versions() -> anyhow
     }
     for version in 1..=20u32 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        // Every swap changes the filter's configuration (fresh VMs); every
-        // other one adds or removes a route and moves the upstream.
+        // Every swap is a new plugin version (another module) with a new
+        // configuration; every other one adds or removes a route and moves
+        // the upstream.
         let upstream = if version % 2 == 0 { &a } else { &b };
-        let yaml = versioned_manifest(upstream, version, version % 2 == 1);
+        let wasm = plugin_version(modules.path(), version)?;
+        let yaml = versioned_manifest(upstream, &wasm, version, version % 2 == 1);
         let swapped = gw.clone();
         let generation = tokio::task::spawn_blocking(move || swapped.reload(&yaml)).await??;
         assert_eq!(generation, u64::from(version) + 1);
