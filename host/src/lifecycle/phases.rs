@@ -76,10 +76,7 @@ pub(super) async fn run(
         pause_limit,
     );
     let answer = match phases.await {
-        Ok(Ok(body)) => {
-            let target = chain::lock(&run)
-                .data()
-                .and_then(|d| d.upstream_override.clone());
+        Ok(Ok((body, target))) => {
             let details = match entry.target {
                 Target::Forward(_) => "via_upstream",
                 Target::Respond(_) => "direct_response",
@@ -88,8 +85,8 @@ pub(super) async fn run(
                 .await
                 .map(|response| (response, Cow::Borrowed(details)))
         }
-        Ok(Err(reply)) => {
-            let details = Cow::Owned(reply.details.clone());
+        Ok(Err(mut reply)) => {
+            let details = Cow::Owned(std::mem::take(&mut reply.details));
             Ok((local_response(reply), details))
         }
         Err(error) => Err(error),
@@ -101,7 +98,8 @@ pub(super) async fn run(
     response_phases(&run, response, details, limit, pause_limit).await
 }
 
-/// The chain's request phases; the body to send on, or a filter's local reply.
+/// The chain's request phases; the body to send on (with the target a filter
+/// chose, if one did), or a filter's local reply.
 async fn request_phases(
     run: &SharedRun,
     parts: &mut http::request::Parts,
@@ -109,7 +107,7 @@ async fn request_phases(
     client_host: Option<&HeaderValue>,
     limit: u64,
     pause_limit: Duration,
-) -> Result<Result<Body, LocalReply>, RequestError> {
+) -> Result<Result<(Body, Option<String>), LocalReply>, RequestError> {
     let end_of_stream = incoming.is_end_stream();
     if let Some(reply) = chain::headers(run, Direction::Request, end_of_stream, pause_limit).await?
     {
@@ -135,10 +133,11 @@ async fn request_phases(
             )),
         }
     };
-    if let Some(data) = chain::lock(run).data_mut() {
+    let target = chain::lock(run).data_mut().and_then(|data| {
         data.request_sent = true;
-    }
-    Ok(Ok(outgoing))
+        data.upstream_override.take()
+    });
+    Ok(Ok((outgoing, target)))
 }
 
 /// The chain's response phases over `response` (from where `details` says);
