@@ -109,16 +109,7 @@ fn body_edits_wat() -> String {
 #[tokio::test]
 async fn set_buffer_bytes_past_the_end_appends_as_in_envoy() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let yaml = format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: echo, targets: ["{}"] }}]
-plugins: [{{ name: edits, file: edits.wat, vms: 1 }}]
-routes: [{{ name: r, upstream: echo, filters: [{{ plugin: edits }}] }}]
-"#,
-        up.addr
-    );
-    let gw = gateway_with_files(&yaml, &[("edits.wat", &body_edits_wat())]).await?;
+    let gw = gateway_with_plugins(&[&up], &[("edits", &body_edits_wat())]).await?;
     let response = http1_client()
         .post(gw.url("main", "/"))
         .body("payload")
@@ -181,16 +172,7 @@ fn poll_wat() -> String {
 #[tokio::test]
 async fn poll_oneoff_fires_clock_subscriptions_at_once() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
-    let yaml = format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: echo, targets: ["{}"] }}]
-plugins: [{{ name: poll, file: poll.wat, vms: 1 }}]
-routes: [{{ name: r, upstream: echo, filters: [{{ plugin: poll }}] }}]
-"#,
-        up.addr
-    );
-    let gw = gateway_with_files(&yaml, &[("poll.wat", &poll_wat())]).await?;
+    let gw = gateway_with_plugins(&[&up], &[("poll", &poll_wat())]).await?;
     let started = Instant::now();
     let headers = echoed_headers(&gw).await?;
     assert!(

@@ -694,6 +694,15 @@ mod tests {
 
     const LIMIT: Duration = Duration::from_secs(5);
 
+    /// Runs the response headers phase of an answer with no body; every filter lets it pass.
+    async fn answer_without_a_body(run: &SharedRun) {
+        lock(run).set_response(ResponseHead::default());
+        assert!(matches!(
+            headers(run, Direction::Response, true, LIMIT).await,
+            Ok(None)
+        ));
+    }
+
     #[tokio::test]
     async fn native_filters_run_in_order_and_finish_once_when_the_run_ends() {
         let (chain, log) = chain(&[
@@ -707,11 +716,7 @@ mod tests {
             .data()
             .map(|d| d.request.headers["x-native"].clone());
         assert_eq!(added, Some(HeaderValue::from_static("yes")));
-        lock(&run).set_response(ResponseHead::default());
-        assert!(matches!(
-            headers(&run, Direction::Response, true, LIMIT).await,
-            Ok(None)
-        ));
+        answer_without_a_body(&run).await;
         drop(run);
         assert_eq!(
             journal(&log),
@@ -736,11 +741,7 @@ mod tests {
         let run = shared(chain.start(info(), RequestHead::default()).expect("start"));
         let reply = headers(&run, Direction::Request, true, LIMIT).await;
         assert!(matches!(reply, Ok(Some(_))));
-        lock(&run).set_response(ResponseHead::default());
-        assert!(matches!(
-            headers(&run, Direction::Response, true, LIMIT).await,
-            Ok(None)
-        ));
+        answer_without_a_body(&run).await;
         drop(run);
         assert_eq!(
             journal(&log),
