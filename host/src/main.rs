@@ -168,6 +168,31 @@ struct AdminArgs {
     /// A bearer token of the manifest's `admin.tokens`.
     #[arg(long, env = "WEIR_ADMIN_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// For an https:// admin URL: the CA (PEM) that issued the admin API's
+    /// certificate; the system's roots when absent.
+    #[arg(long, env = "WEIR_ADMIN_CA", global = true)]
+    admin_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for an admin API with `tls.client_ca`.
+    #[arg(long, env = "WEIR_ADMIN_CERT", global = true, requires = "admin_key")]
+    admin_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "WEIR_ADMIN_KEY", global = true, requires = "admin_cert")]
+    admin_key: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    /// The admin API these arguments name.
+    fn endpoint(&self) -> weir::control::admin::client::Endpoint {
+        weir::control::admin::client::Endpoint {
+            url: self.admin_url.clone(),
+            token: self.token.clone(),
+            tls: weir::control::admin::client::ClientTls {
+                ca: self.admin_ca.clone(),
+                cert: self.admin_cert.clone(),
+                key: self.admin_key.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -330,8 +355,7 @@ fn admin_call(admin: &AdminArgs, request: AdminRequest<'_>) -> ExitCode {
                 None,
             ),
         };
-        let token = admin.token.as_deref();
-        anyhow::Ok(client::call(&admin.admin_url, token, method, &path, sent, if_match).await?)
+        anyhow::Ok(client::call(&admin.endpoint(), method, &path, sent, if_match).await?)
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -443,11 +467,7 @@ fn run(
     runtime.block_on(async {
         let admin = manifest.admin.clone();
         let admin_listener = match &admin {
-            Some(admin) => Some(
-                weir::control::admin::bind(admin.address)
-                    .await
-                    .with_context(|| format!("the admin API cannot bind {}", admin.address))?,
-            ),
+            Some(admin) => Some(weir::control::admin::bind(admin).await?),
             None => None,
         };
         let gateway = Arc::new(Gateway::start_with(manifest, &options).await?);
@@ -467,7 +487,8 @@ fn run(
         };
         let admin_task = admin_listener.map(|listener| {
             if let Ok(address) = listener.local_addr() {
-                tracing::info!(%address, "admin API listening");
+                let scheme = if listener.is_tls() { "https" } else { "http" };
+                tracing::info!(%address, scheme, "admin API listening");
             }
             weir::control::admin::serve(listener, store.clone())
         });

@@ -560,3 +560,150 @@ fn weir_plugins_and_weir_admin_list_drive_the_admin_api() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A CA written to `dir` as `<stem>-ca.pem`, able to issue leaf certificates.
+struct Authority {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: std::path::PathBuf,
+}
+
+impl Authority {
+    fn new(dir: &std::path::Path, stem: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{stem} CA"));
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let pem = dir.join(format!("{stem}-ca.pem"));
+        std::fs::write(&pem, cert.pem()).expect("write CA");
+        Self {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// A certificate for `names`, written as `<stem>.crt` and `<stem>.key`.
+    fn issue(
+        &self,
+        dir: &std::path::Path,
+        stem: &str,
+        names: &[&str],
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("leaf params");
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
+        let (cert_path, key_path) = (
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).expect("write certificate");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (cert_path, key_path)
+    }
+}
+
+/// The error chain of `error`, one cause after another, for assertions on
+/// what failed underneath.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+#[test]
+fn mutual_tls_admits_only_client_certificates_the_client_ca_issued() {
+    use weir::control::admin::client::{ClientTls, Endpoint, call};
+    let dir = test_dir("admin-mtls");
+    let ours = Authority::new(&dir, "ours");
+    let theirs = Authority::new(&dir, "theirs");
+    ours.issue(&dir, "admin", &["localhost"]);
+    let (client_cert, client_key) = ours.issue(&dir, "operator", &["operator"]);
+    let (stranger_cert, stranger_key) = theirs.issue(&dir, "stranger", &["stranger"]);
+    let manifest = format!(
+        "{}  tls: {{ cert: admin.crt, key: admin.key, client_ca: ours-ca.pem }}\n",
+        manifest(&backend())
+    );
+    let path = dir.join("weir.yaml");
+    std::fs::write(&path, manifest).expect("write manifest");
+    let (mut weir, plain_url) = Running::start_with_admin(&path, &["--watch", "false"]);
+    let https_url = plain_url.replace("http://127.0.0.1", "https://localhost");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let routes = |url: &str, cert: Option<(&std::path::Path, &std::path::Path)>| {
+        let endpoint = Endpoint {
+            url: url.to_owned(),
+            token: Some(support::ADMIN_TOKEN.to_owned()),
+            tls: ClientTls {
+                ca: Some(ours.pem.clone()),
+                cert: cert.map(|(c, _)| c.to_path_buf()),
+                key: cert.map(|(_, k)| k.to_path_buf()),
+            },
+        };
+        runtime.block_on(call(&endpoint, Method::GET, "/routes", None, None))
+    };
+
+    let admitted = routes(&https_url, Some((&client_cert, &client_key))).expect("admitted");
+    assert_eq!(admitted.status, 200);
+    assert_eq!(admitted.json()[0]["name"], "home");
+
+    let without = routes(&https_url, None).expect_err("no client certificate");
+    assert!(
+        chain(&without).contains("CertificateRequired"),
+        "{}",
+        chain(&without)
+    );
+    let stranger = routes(&https_url, Some((&stranger_cert, &stranger_key)))
+        .expect_err("a certificate another CA issued");
+    assert!(
+        chain(&stranger).contains("UnknownCA"),
+        "{}",
+        chain(&stranger)
+    );
+    let plaintext = routes(&plain_url, Some((&client_cert, &client_key)))
+        .expect_err("plain HTTP to a TLS listener");
+    assert!(
+        matches!(
+            plaintext,
+            weir::control::admin::client::ClientError::Http(_)
+        ),
+        "the listener closes a connection that does not start with a TLS handshake: {plaintext}"
+    );
+    weir.wait_for(|l| support::is_message(l, "admin API: TLS handshake refused"));
+
+    // The CLI speaks TLS with the same settings.
+    let cli = |cert: &[&str]| {
+        let mut args = vec!["admin", "routes", "--admin-ca"];
+        let ca = ours.pem.to_string_lossy().into_owned();
+        args.push(&ca);
+        args.extend_from_slice(cert);
+        admin_cli(&https_url, &args)
+    };
+    let (cert, key) = (
+        client_cert.to_string_lossy().into_owned(),
+        client_key.to_string_lossy().into_owned(),
+    );
+    let listed = cli(&["--admin-cert", &cert, "--admin-key", &key]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("\"home\""));
+    let refused = cli(&[]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("CertificateRequired"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,8 +1,10 @@
-//! The manifest's `admin:` section: where the admin API listens and who may
-//! call it. Tokens are kept only as SHA-256 digests; a token given through an
+//! The manifest's `admin:` section: where the admin API listens, whether it
+//! speaks TLS (and asks clients for certificates), and who may call it.
+//! Tokens are kept only as SHA-256 digests; a token given through an
 //! environment variable is hashed when the manifest is read.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use aws_lc_rs::digest::{SHA256, digest};
 
@@ -14,8 +16,54 @@ use super::node::{Node, Value};
 pub struct Admin {
     /// The address it listens on.
     pub address: SocketAddr,
-    /// Who may call it; empty = anyone who can connect (loopback only).
+    /// Who may call it; empty = anyone who can connect (loopback, or
+    /// holders of a certificate the `tls.client_ca` issued).
     pub tokens: Vec<AdminToken>,
+    /// TLS on the admin listener, when set.
+    pub tls: Option<AdminTls>,
+}
+
+/// TLS on the admin listener; with `client_ca`, mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    /// The server's certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
+    /// CA certificates (PEM) that issue client certificates; when set, a
+    /// client without a certificate they issued cannot connect.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The `admin:` section as written: TLS file paths not yet resolved.
+#[derive(Debug)]
+pub struct RawAdmin {
+    address: SocketAddr,
+    tokens: Vec<AdminToken>,
+    tls: Option<RawAdminTls>,
+}
+
+/// `admin.tls` as written.
+#[derive(Debug)]
+struct RawAdminTls {
+    cert: Located<String>,
+    key: Located<String>,
+    client_ca: Option<Located<String>>,
+}
+
+impl RawAdmin {
+    /// The settings, with each TLS file resolved (and checked) by `file(path, kind)`.
+    pub fn resolve(self, mut file: impl FnMut(&Located<String>, &str) -> PathBuf) -> Admin {
+        Admin {
+            address: self.address,
+            tokens: self.tokens,
+            tls: self.tls.map(|tls| AdminTls {
+                cert: file(&tls.cert, "certificate"),
+                key: file(&tls.key, "key"),
+                client_ca: tls.client_ca.as_ref().map(|ca| file(ca, "client CA")),
+            }),
+        }
+    }
 }
 
 /// One bearer token of the admin API.
@@ -45,7 +93,7 @@ pub fn token_digest(token: &[u8]) -> [u8; 32] {
     out
 }
 
-impl Decode for Admin {
+impl Decode for RawAdmin {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "admin", diags)?;
         let address: Option<Located<SocketAddr>> = f.required("address", diags);
@@ -54,14 +102,19 @@ impl Decode for Admin {
             .node("tokens")
             .is_some_and(|n| matches!(&n.value, Value::Seq(items) if !items.is_empty()));
         let tokens: Vec<AdminToken> = f.or("tokens", Vec::new(), diags);
+        let client_certificates = f.node("tls").is_some_and(|n| {
+            matches!(&n.value, Value::Map(entries)
+                if entries.iter().any(|(key, _)| matches!(&key.value, Value::Str(k) if k == "client_ca")))
+        });
+        let tls: Option<RawAdminTls> = f.optional("tls", diags).flatten();
         f.finish(diags);
         let address = address?;
-        if !tokens_written && !address.value.ip().is_loopback() {
+        if !tokens_written && !client_certificates && !address.value.ip().is_loopback() {
             diags.error(
                 address.location,
                 format!(
-                    "the admin API on {} would be open to the network: give it `tokens`, \
-                     or listen on a loopback address such as 127.0.0.1",
+                    "the admin API on {} would be open to the network: give it `tokens` \
+                     or `tls.client_ca`, or listen on a loopback address such as 127.0.0.1",
                     address.value
                 ),
             );
@@ -70,6 +123,22 @@ impl Decode for Admin {
         Some(Self {
             address: address.value,
             tokens,
+            tls,
+        })
+    }
+}
+
+impl Decode for RawAdminTls {
+    fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
+        let mut f = Fields::of(node, "admin TLS settings", diags)?;
+        let cert = f.required("cert", diags);
+        let key = f.required("key", diags);
+        let client_ca = f.optional("client_ca", diags).flatten();
+        f.finish(diags);
+        Some(Self {
+            cert: cert?,
+            key: key?,
+            client_ca,
         })
     }
 }

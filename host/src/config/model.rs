@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 
-pub use super::admin::{Admin, AdminRole, AdminToken};
+pub use super::admin::{Admin, AdminRole, AdminTls, AdminToken};
 pub use crate::normalize::{EscapedSlashes, PathOptions};
 
 /// Index of a listener in [`Manifest::listeners`].

@@ -68,7 +68,7 @@ pub struct RawManifest {
     pub plugins: Vec<RawPlugin>,
     pub global_filters: Vec<RawFilter>,
     pub redis: Vec<RawRedis>,
-    pub admin: Option<super::admin::Admin>,
+    pub admin: Option<super::admin::RawAdmin>,
 }
 
 impl Decode for RawManifest {

@@ -79,6 +79,9 @@ pub fn validate(
         .map(|r| route(r, &listener_ids, &upstream_ids, &plugins_by_name, diags))
         .collect();
     let routes: Option<Vec<Route>> = routes.into_iter().collect();
+    let admin = raw.admin.map(|admin| {
+        admin.resolve(|path, kind| checked_file(path, kind, MAX_PEM_BYTES, base_dir, diags))
+    });
 
     if !diags.is_empty() {
         return None;
@@ -94,7 +97,7 @@ pub fn validate(
         shutdown_timeout: raw
             .shutdown_timeout
             .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
-        admin: raw.admin,
+        admin,
     })
 }
 

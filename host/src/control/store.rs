@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::watch;
 
 use super::cluster::ClusterStatus;
-use crate::config::model::{Admin, AdminToken};
+use crate::config::model::{Admin, AdminTls, AdminToken};
 use crate::config::{self, ConfigError, Diagnostic, MAX_MANIFEST_BYTES};
 use crate::gateway::{Gateway, StartError};
 
@@ -53,8 +53,8 @@ pub enum ChangeError {
         /// The running version.
         running: String,
     },
-    /// The admin API's address cannot change while it serves.
-    #[error("the admin API's address cannot change without a restart")]
+    /// The admin API's address and TLS settings cannot change while it serves.
+    #[error("the admin API's address and TLS settings cannot change without a restart")]
     AdminMoved,
     /// The task that built the change ended without an answer.
     #[error("the change's build task failed: {0}")]
@@ -159,8 +159,8 @@ struct Running {
 pub struct Store {
     gateway: Arc<Gateway>,
     path: PathBuf,
-    /// The admin API's configured address, which a change may not move.
-    admin: Option<SocketAddr>,
+    /// The admin API's configured address and TLS, which a change may not alter.
+    admin: Option<(SocketAddr, Option<AdminTls>)>,
     running: Mutex<Running>,
     draining: AtomicBool,
     /// The generation of every change that runs, for whoever watches
@@ -180,7 +180,7 @@ impl Store {
             text: text.into(),
             tokens: admin_tokens(admin),
         };
-        let admin = admin.map(|a| a.address);
+        let admin = admin.map(|a| (a.address, a.tls.clone()));
         let (changes, _) = watch::channel(running.generation);
         Self {
             gateway,
@@ -365,9 +365,9 @@ impl Store {
         Ok(())
     }
 
-    /// The admin API keeps its socket: a change may not move it.
+    /// The admin API keeps its socket and TLS: a change may not alter them.
     fn check_admin(&self, manifest: &config::Manifest) -> Result<(), ChangeError> {
-        let wanted = manifest.admin.as_ref().map(|a| a.address);
+        let wanted = manifest.admin.as_ref().map(|a| (a.address, a.tls.clone()));
         if self.admin.is_some() && self.admin != wanted {
             return Err(ChangeError::AdminMoved);
         }

@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
 
-use crate::config::model::ListenerTls;
+use crate::config::model::{AdminTls, ListenerTls};
 
 /// Why a listener's TLS settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,14 @@ pub enum TlsError {
     #[error("{}: {reason}", path.display())]
     Pem {
         /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A client CA file holds no certificate rustls can verify clients with.
+    #[error("client CA {}: {reason}", path.display())]
+    ClientCa {
+        /// The CA file.
         path: PathBuf,
         /// What is wrong.
         reason: String,
@@ -60,6 +68,47 @@ pub fn server_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Builds the rustls server configuration of the admin listener: one
+/// certificate, HTTP/1.1, and with `client_ca` a client certificate that CA
+/// issued required of every client.
+pub fn admin_server_config(tls: &AdminTls) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let resolver = SniResolver {
+        by_name: HashMap::new(),
+        default: Some(Arc::new(load_certified_key(
+            &tls.cert, &tls.key, &provider,
+        )?)),
+    };
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls {
+            path: tls.cert.clone(),
+            source,
+        })?;
+    let builder = match &tls.client_ca {
+        Some(ca) => {
+            let ca_error = |reason: String| TlsError::ClientCa {
+                path: ca.clone(),
+                reason,
+            };
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| ca_error(e.to_string()))? {
+                roots
+                    .add(cert.map_err(|e| ca_error(e.to_string()))?)
+                    .map_err(|e| ca_error(e.to_string()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .map_err(|e| ca_error(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -216,9 +216,10 @@ pub fn admin_send(
         .enable_all()
         .build()
         .expect("a runtime");
+    let endpoint = weir::control::admin::client::Endpoint::new(url, token);
     runtime
         .block_on(weir::control::admin::client::call(
-            url, token, method, path, body, if_match,
+            &endpoint, method, path, body, if_match,
         ))
         .expect("the admin API answers")
 }
