@@ -1,0 +1,394 @@
+//! The host functions of a native build: each acts on the thread's
+//! [`FakeHost`], which the test kit sets up and inspects.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use crate::host::{Buffer, LogLevel, Map, MetricKind, Stream};
+use crate::status::{HostError, HostResult};
+
+/// An upstream call a filter made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// Its token (pass it to `TestRequest::answer_call`).
+    pub token: u32,
+    /// The upstream group called.
+    pub upstream: String,
+    /// Its headers, pseudo-headers first.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// Its timeout in milliseconds.
+    pub timeout_ms: u32,
+}
+
+impl Call {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A Redis command a filter sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisCall {
+    /// Its token (pass it to `TestRequest::answer_redis`).
+    pub token: u32,
+    /// The Redis service named.
+    pub service: String,
+    /// The command as sent (RESP).
+    pub query: Vec<u8>,
+}
+
+/// A local reply a filter sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    /// Its status.
+    pub status: u16,
+    /// The details the filter gave (Weir's `response.code_details`).
+    pub details: String,
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+impl LocalReply {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_default()
+    }
+}
+
+/// What one request holds on the fake host.
+#[derive(Debug, Default)]
+pub(crate) struct RequestState {
+    pub maps: HashMap<Map, Vec<(String, String)>>,
+    pub buffers: HashMap<Buffer, Vec<u8>>,
+    pub local_reply: Option<LocalReply>,
+    pub resumed: Vec<Stream>,
+}
+
+/// The fake host of one test thread.
+#[derive(Debug, Default)]
+pub(crate) struct FakeHost {
+    pub now_nanos: u64,
+    pub effective: u32,
+    pub requests: HashMap<u32, RequestState>,
+    /// Buffers outside any request (configuration, callout answers).
+    pub buffers: HashMap<Buffer, Vec<u8>>,
+    /// Maps outside any request (callout answers).
+    pub maps: HashMap<Map, Vec<(String, String)>>,
+    pub properties: HashMap<Vec<String>, Vec<u8>>,
+    pub logs: Vec<(LogLevel, String)>,
+    pub calls: Vec<Call>,
+    pub redis_calls: Vec<RedisCall>,
+    pub shared: HashMap<String, (Vec<u8>, u32)>,
+    pub metrics: Vec<(MetricKind, String, i64)>,
+    pub configuration_errors: Vec<serde_json::Value>,
+    pub next_token: u32,
+    /// Host functions that answer with an error, by name (`"http_call"`).
+    pub failing: HashMap<&'static str, HostError>,
+}
+
+thread_local! {
+    static HOST: RefCell<FakeHost> = RefCell::new(FakeHost::default());
+}
+
+/// Runs `f` on the thread's fake host.
+pub(crate) fn with<R>(f: impl FnOnce(&mut FakeHost) -> R) -> R {
+    HOST.with(|host| f(&mut host.borrow_mut()))
+}
+
+/// Replaces the thread's fake host with a fresh one.
+pub(crate) fn reset() {
+    with(|host| *host = FakeHost::default());
+}
+
+/// The error configured for host function `name`, if any.
+fn failing(host: &FakeHost, name: &'static str) -> HostResult<()> {
+    host.failing.get(name).map_or(Ok(()), |error| Err(*error))
+}
+
+impl FakeHost {
+    fn request(&mut self) -> HostResult<&mut RequestState> {
+        self.requests
+            .get_mut(&self.effective)
+            .ok_or(HostError::BadArgument)
+    }
+
+    fn map(&mut self, map: Map) -> HostResult<&mut Vec<(String, String)>> {
+        match map {
+            Map::CallResponse => Ok(self.maps.entry(map).or_default()),
+            _ => self
+                .request()?
+                .maps
+                .get_mut(&map)
+                .ok_or(HostError::NotFound),
+        }
+    }
+
+    fn buffer(&mut self, buffer: Buffer) -> HostResult<&mut Vec<u8>> {
+        match buffer {
+            Buffer::RequestBody | Buffer::ResponseBody => self
+                .request()?
+                .buffers
+                .get_mut(&buffer)
+                .ok_or(HostError::NotFound),
+            _ => self.buffers.get_mut(&buffer).ok_or(HostError::NotFound),
+        }
+    }
+}
+
+pub(crate) fn log(level: LogLevel, message: &str) -> HostResult<()> {
+    with(|host| host.logs.push((level, message.to_owned())));
+    Ok(())
+}
+
+pub(crate) fn current_time_nanos() -> HostResult<u64> {
+    Ok(with(|host| host.now_nanos))
+}
+
+pub(crate) fn set_effective_context(context_id: u32) -> HostResult<()> {
+    with(|host| {
+        if host.requests.contains_key(&context_id) {
+            host.effective = context_id;
+            Ok(())
+        } else {
+            Err(HostError::BadArgument)
+        }
+    })
+}
+
+pub(crate) fn get_buffer(buffer: Buffer, start: usize, max: usize) -> HostResult<Option<Vec<u8>>> {
+    with(|host| match host.buffer(buffer) {
+        Ok(bytes) => {
+            let end = start.saturating_add(max).min(bytes.len());
+            Ok(Some(bytes.get(start..end).unwrap_or_default().to_vec()))
+        }
+        Err(HostError::NotFound) => Ok(None),
+        Err(error) => Err(error),
+    })
+}
+
+pub(crate) fn set_buffer(buffer: Buffer, start: usize, size: usize, data: &[u8]) -> HostResult<()> {
+    with(|host| {
+        let bytes = host.buffer(buffer)?;
+        let start = start.min(bytes.len());
+        let end = start.saturating_add(size).min(bytes.len());
+        bytes.splice(start..end, data.iter().copied());
+        Ok(())
+    })
+}
+
+pub(crate) fn get_map(map: Map) -> HostResult<Vec<(String, String)>> {
+    with(|host| host.map(map).cloned())
+}
+
+pub(crate) fn get_map_value(map: Map, key: &str) -> HostResult<Option<String>> {
+    with(|host| {
+        Ok(host
+            .map(map)?
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.clone()))
+    })
+}
+
+pub(crate) fn add_map_value(map: Map, key: &str, value: &str) -> HostResult<()> {
+    with(|host| {
+        host.map(map)?
+            .push((key.to_ascii_lowercase(), value.to_owned()));
+        Ok(())
+    })
+}
+
+pub(crate) fn replace_map_value(map: Map, key: &str, value: &str) -> HostResult<()> {
+    with(|host| {
+        let pairs = host.map(map)?;
+        pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+        pairs.push((key.to_ascii_lowercase(), value.to_owned()));
+        Ok(())
+    })
+}
+
+pub(crate) fn remove_map_value(map: Map, key: &str) -> HostResult<()> {
+    with(|host| {
+        host.map(map)?.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+        Ok(())
+    })
+}
+
+pub(crate) fn get_property(path: &[&str]) -> HostResult<Option<Vec<u8>>> {
+    let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
+    Ok(with(|host| host.properties.get(&path).cloned()))
+}
+
+pub(crate) fn set_property(path: &[&str], value: &[u8]) -> HostResult<()> {
+    let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
+    with(|host| host.properties.insert(path, value.to_vec()));
+    Ok(())
+}
+
+pub(crate) fn send_local_response(
+    status: u32,
+    details: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> HostResult<()> {
+    with(|host| {
+        failing(host, "send_local_response")?;
+        let request = host.request()?;
+        request.local_reply = Some(LocalReply {
+            status: u16::try_from(status).map_err(|_| HostError::BadArgument)?,
+            details: details.to_owned(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: body.to_vec(),
+        });
+        Ok(())
+    })
+}
+
+pub(crate) fn continue_stream(stream: Stream) -> HostResult<()> {
+    with(|host| {
+        host.request()?.resumed.push(stream);
+        Ok(())
+    })
+}
+
+/// The next callout token (`4n` for calls, `4n + 3` for Redis, as Envoy and Higress).
+fn token(host: &mut FakeHost, kind: u32) -> u32 {
+    host.next_token += 1;
+    host.next_token * 4 + kind
+}
+
+pub(crate) fn http_call(
+    upstream: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout_ms: u32,
+) -> HostResult<u32> {
+    with(|host| {
+        failing(host, "http_call")?;
+        let token = token(host, 0);
+        host.calls.push(Call {
+            token,
+            upstream: upstream.to_owned(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: body.to_vec(),
+            timeout_ms,
+        });
+        Ok(token)
+    })
+}
+
+pub(crate) fn redis_call(service: &str, query: &[u8]) -> HostResult<u32> {
+    with(|host| {
+        failing(host, "redis_call")?;
+        let token = token(host, 3);
+        host.redis_calls.push(RedisCall {
+            token,
+            service: service.to_owned(),
+            query: query.to_vec(),
+        });
+        Ok(token)
+    })
+}
+
+pub(crate) fn get_shared_data(key: &str) -> HostResult<(Option<Vec<u8>>, u32)> {
+    Ok(with(|host| match host.shared.get(key) {
+        Some((value, cas)) => (Some(value.clone()), *cas),
+        None => (None, 0),
+    }))
+}
+
+pub(crate) fn set_shared_data(key: &str, value: &[u8], cas: u32) -> HostResult<()> {
+    with(|host| {
+        let entry = host.shared.entry(key.to_owned()).or_insert((Vec::new(), 0));
+        if cas != 0 && entry.1 != 0 && entry.1 != cas {
+            return Err(HostError::CasMismatch);
+        }
+        *entry = (value.to_vec(), entry.1 + 1);
+        Ok(())
+    })
+}
+
+pub(crate) fn define_metric(kind: MetricKind, name: &str) -> HostResult<u32> {
+    with(|host| {
+        let at = match host.metrics.iter().position(|(_, n, _)| n == name) {
+            Some(at) => at,
+            None => {
+                host.metrics.push((kind, name.to_owned(), 0));
+                host.metrics.len() - 1
+            }
+        };
+        u32::try_from(at).map_err(|_| HostError::InternalFailure)
+    })
+}
+
+pub(crate) fn increment_metric(id: u32, delta: i64) -> HostResult<()> {
+    with(|host| {
+        let (_, _, value) = host
+            .metrics
+            .get_mut(id as usize)
+            .ok_or(HostError::NotFound)?;
+        *value += delta;
+        Ok(())
+    })
+}
+
+pub(crate) fn record_metric(id: u32, sample: u64) -> HostResult<()> {
+    with(|host| {
+        let (kind, _, value) = host
+            .metrics
+            .get_mut(id as usize)
+            .ok_or(HostError::NotFound)?;
+        let sample = i64::try_from(sample).unwrap_or(i64::MAX);
+        match kind {
+            MetricKind::Counter => *value += sample,
+            MetricKind::Gauge | MetricKind::Histogram => *value = sample,
+        }
+        Ok(())
+    })
+}
+
+/// Weir's foreign functions the fake host knows: the configuration-error
+/// report, shared-data TTLs (accepted, not enforced) and deletion.
+pub(crate) fn call_foreign_function(name: &str, args: &[u8]) -> HostResult<Vec<u8>> {
+    let args: serde_json::Value =
+        serde_json::from_slice(args).map_err(|_| HostError::BadArgument)?;
+    with(|host| match name {
+        "weir.configuration_error" => {
+            host.configuration_errors.push(args);
+            Ok(Vec::new())
+        }
+        "weir.shared_data_set_ttl" | "weir.shared_data_delete" => {
+            let key = args["key"].as_str().ok_or(HostError::BadArgument)?;
+            if !host.shared.contains_key(key) {
+                return Err(HostError::NotFound);
+            }
+            if name == "weir.shared_data_delete" {
+                host.shared.remove(key);
+            }
+            Ok(Vec::new())
+        }
+        _ => Err(HostError::NotFound),
+    })
+}
