@@ -2,16 +2,10 @@
 
 use std::rc::Rc;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
 use serde::Deserialize;
+use weir_sdk::{ConfigError, Filter, Flow, HostResult, Http, Outcome, Plugin};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
-
-/// Edits of one direction.
+/// Edits of one direction, applied in this order: remove, set, add.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct Edits {
@@ -31,77 +25,84 @@ struct Config {
     response: Edits,
 }
 
-#[derive(Default)]
-struct Root {
-    config: Rc<Config>,
+struct HeaderRewrite {
+    config: Config,
 }
 
-impl Context for Root {}
+impl Plugin for HeaderRewrite {
+    const NAME: &'static str = "header-rewrite";
+    type Config = Config;
+    type Filter = Rewrite;
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        if bytes.is_empty() {
-            return true;
-        }
-        match serde_json::from_slice(&bytes) {
-            Ok(config) => {
-                self.config = Rc::new(config);
-                true
-            }
-            Err(e) => {
-                let _ = proxy_wasm::hostcalls::log(
-                    LogLevel::Error,
-                    &format!("header-rewrite: bad config: {e}"),
-                );
-                false
-            }
-        }
+    fn configure(config: Config) -> Result<Self, ConfigError> {
+        Ok(Self { config })
     }
 
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Rewrite {
-            config: self.config.clone(),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn filter(self: &Rc<Self>) -> Rewrite {
+        Rewrite(self.clone())
     }
 }
 
-struct Rewrite {
-    config: Rc<Config>,
+struct Rewrite(Rc<HeaderRewrite>);
+
+/// Header operations of one direction of a request.
+trait Headers {
+    fn set(&mut self, name: &str, value: &str) -> HostResult<()>;
+    fn add(&mut self, name: &str, value: &str) -> HostResult<()>;
+    fn remove(&mut self, name: &str) -> HostResult<()>;
 }
 
-impl Context for Rewrite {}
+/// The request's headers.
+struct Upstream<'h, 'a>(&'h mut Http<'a, Rewrite>);
+/// The response's headers.
+struct Downstream<'h, 'a>(&'h mut Http<'a, Rewrite>);
 
-impl HttpContext for Rewrite {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let edits = &self.config.request;
-        for name in &edits.remove {
-            self.set_http_request_header(name, None);
-        }
-        for (name, value) in &edits.set {
-            self.set_http_request_header(name, Some(value));
-        }
-        for (name, value) in &edits.add {
-            self.add_http_request_header(name, value);
-        }
-        Action::Continue
+impl Headers for Upstream<'_, '_> {
+    fn set(&mut self, name: &str, value: &str) -> HostResult<()> {
+        self.0.set_request_header(name, value)
     }
-
-    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        let edits = &self.config.response;
-        for name in &edits.remove {
-            self.set_http_response_header(name, None);
-        }
-        for (name, value) in &edits.set {
-            self.set_http_response_header(name, Some(value));
-        }
-        for (name, value) in &edits.add {
-            self.add_http_response_header(name, value);
-        }
-        Action::Continue
+    fn add(&mut self, name: &str, value: &str) -> HostResult<()> {
+        self.0.add_request_header(name, value)
+    }
+    fn remove(&mut self, name: &str) -> HostResult<()> {
+        self.0.remove_request_header(name)
     }
 }
+
+impl Headers for Downstream<'_, '_> {
+    fn set(&mut self, name: &str, value: &str) -> HostResult<()> {
+        self.0.set_response_header(name, value)
+    }
+    fn add(&mut self, name: &str, value: &str) -> HostResult<()> {
+        self.0.add_response_header(name, value)
+    }
+    fn remove(&mut self, name: &str) -> HostResult<()> {
+        self.0.remove_response_header(name)
+    }
+}
+
+/// Applies `edits` to `headers`.
+fn apply(edits: &Edits, headers: &mut impl Headers) -> Outcome {
+    for name in &edits.remove {
+        headers.remove(name)?;
+    }
+    for (name, value) in &edits.set {
+        headers.set(name, value)?;
+    }
+    for (name, value) in &edits.add {
+        headers.add(name, value)?;
+    }
+    Ok(Flow::Continue)
+}
+
+impl Filter for Rewrite {
+    fn on_request_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
+        apply(&self.0.config.request, &mut Upstream(http))
+    }
+
+    fn on_response_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
+        apply(&self.0.config.response, &mut Downstream(http))
+    }
+}
+
+weir_sdk::export!(HeaderRewrite);

@@ -12,16 +12,13 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use jsonwebtoken::errors::ErrorKind;
 use serde::Deserialize;
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
+use weir_sdk::metrics::Counter;
+use weir_sdk::{ConfigError, Filter, Flow, Http, Outcome, Plugin};
 
 /// The plugin configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,7 +70,7 @@ struct Verifier {
     /// Tokens whose signature and claims checked out, by their exact text.
     verified: RefCell<HashMap<String, Claims>>,
     /// The `jwt_auth_cache_hits` counter, when the host could define it.
-    cache_hits: Option<u32>,
+    cache_hits: Option<Counter>,
 }
 
 impl Verifier {
@@ -92,7 +89,7 @@ impl Verifier {
             return None;
         }
         if let Some(counter) = self.cache_hits {
-            let _ = proxy_wasm::hostcalls::increment_metric(counter, 1);
+            let _ = counter.increment(1);
         }
         Some(claims.clone())
     }
@@ -112,26 +109,15 @@ impl Verifier {
     }
 }
 
-#[derive(Default)]
-struct Root {
-    verifier: Option<std::rc::Rc<Verifier>>,
-}
+impl Plugin for Verifier {
+    const NAME: &'static str = "jwt-auth";
+    type Config = Config;
+    type Filter = Check;
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config: Config = match serde_json::from_slice(&bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = proxy_wasm::hostcalls::log(
-                    LogLevel::Error,
-                    &format!("jwt-auth: bad config: {e}"),
-                );
-                return false;
-            }
-        };
+    fn configure(config: Config) -> Result<Self, ConfigError> {
+        if config.secret.is_empty() {
+            return Err(ConfigError::at("/secret", "must not be empty"));
+        }
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.leeway = config.leeway_seconds;
         validation.validate_nbf = true;
@@ -145,28 +131,17 @@ impl RootContext for Root {
             validation.set_audience(&config.audiences);
         }
         let key = jsonwebtoken::DecodingKey::from_secret(config.secret.as_bytes());
-        self.verifier = Some(std::rc::Rc::new(Verifier {
+        Ok(Self {
             config,
             key,
             validation,
             verified: RefCell::new(HashMap::new()),
-            cache_hits: proxy_wasm::hostcalls::define_metric(
-                MetricType::Counter,
-                "jwt_auth_cache_hits",
-            )
-            .ok(),
-        }));
-        true
+            cache_hits: Counter::define("jwt_auth_cache_hits").ok(),
+        })
     }
 
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Check {
-            verifier: self.verifier.clone()?,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn filter(self: &Rc<Self>) -> Check {
+        Check(self.clone())
     }
 }
 
@@ -187,39 +162,44 @@ fn seconds(claim: Option<&serde_json::Value>) -> Option<u64> {
     claim?.as_f64().map(|s| s as u64)
 }
 
-struct Check {
-    verifier: std::rc::Rc<Verifier>,
-}
+struct Check(Rc<Verifier>);
 
-impl Context for Check {}
-
-impl Check {
-    fn reject(&self, reason: &str) -> Action {
-        let body = serde_json::json!({
-            "error": { "status": 401, "code": "unauthorized", "message": reason }
-        })
-        .to_string();
-        self.send_http_response(
-            401,
-            vec![
-                ("content-type", "application/json"),
-                ("www-authenticate", "Bearer"),
-            ],
-            Some(body.as_bytes()),
-        );
-        Action::Pause
+/// Why a token was refused, in words a client can act on (never the
+/// library's enum names).
+fn refusal(error: &jsonwebtoken::errors::Error) -> &'static str {
+    match error.kind() {
+        ErrorKind::InvalidSignature => "the token's signature is invalid",
+        ErrorKind::ExpiredSignature => "the token has expired",
+        ErrorKind::ImmatureSignature => "the token is not valid yet",
+        ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
+        ErrorKind::InvalidAudience => "the token's audience is not accepted",
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+            "the token's algorithm is not accepted"
+        }
+        ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+        _ => "the token is malformed",
     }
 }
 
-impl HttpContext for Check {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let v = &self.verifier;
-        let Some(value) = self.get_http_request_header(&v.config.header) else {
-            return self.reject("missing token");
+/// Answers 401 with `reason`, and the `WWW-Authenticate` challenge of RFC 6750.
+fn reject(http: &mut Http<'_, Check>, reason: &str, challenge: &str) -> Outcome {
+    http.deny_with(
+        401,
+        "unauthorized",
+        reason,
+        &[("www-authenticate", challenge)],
+    )
+}
+
+impl Filter for Check {
+    fn on_request_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
+        let v = self.0.clone();
+        let Some(value) = http.request_header(&v.config.header)? else {
+            return reject(http, "missing token", "Bearer");
         };
         let token = value.strip_prefix("Bearer ").unwrap_or(&value).trim();
-        let now = self
-            .get_current_time()
+        let now = http
+            .now()?
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let claims = match v.remembered(token, now) {
@@ -229,12 +209,16 @@ impl HttpContext for Check {
                     v.remember(token, &data.claims);
                     data.claims
                 }
-                Err(e) => return self.reject(&format!("invalid token: {e}")),
+                Err(error) => {
+                    return reject(http, refusal(&error), "Bearer error=\"invalid_token\"");
+                }
             },
         };
         if let (Some(sub), false) = (claims.sub, v.config.subject_header.is_empty()) {
-            self.set_http_request_header(&v.config.subject_header, Some(&sub));
+            http.set_request_header(&v.config.subject_header, &sub)?;
         }
-        Action::Continue
+        Ok(Flow::Continue)
     }
 }
+
+weir_sdk::export!(Verifier);

@@ -6,15 +6,10 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::UNIX_EPOCH;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
 use serde::Deserialize;
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
+use weir_sdk::{ConfigError, Filter, Flow, Http, Outcome, Plugin};
 
 /// The plugin configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,7 +24,7 @@ struct Config {
     key_header: Option<String>,
 }
 
-/// Most keys remembered per VM (the least recently refilled are dropped beyond it).
+/// Most keys remembered per VM (all are dropped when a new key would pass it).
 const MAX_KEYS: usize = 100_000;
 
 struct Bucket {
@@ -66,86 +61,54 @@ impl Limiter {
     }
 }
 
-#[derive(Default)]
-struct Root {
-    limiter: Option<Rc<Limiter>>,
-}
+impl Plugin for Limiter {
+    const NAME: &'static str = "rate-limit";
+    type Config = Config;
+    type Filter = Limit;
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match serde_json::from_slice::<Config>(&bytes) {
-            Ok(config) if config.rate > 0.0 && config.burst >= 1.0 => {
-                self.limiter = Some(Rc::new(Limiter {
-                    config,
-                    buckets: RefCell::new(HashMap::new()),
-                }));
-                true
-            }
-            Ok(_) => {
-                let _ = proxy_wasm::hostcalls::log(
-                    LogLevel::Error,
-                    "rate-limit: rate must be > 0 and burst >= 1",
-                );
-                false
-            }
-            Err(e) => {
-                let _ = proxy_wasm::hostcalls::log(
-                    LogLevel::Error,
-                    &format!("rate-limit: bad config: {e}"),
-                );
-                false
-            }
+    fn configure(config: Config) -> Result<Self, ConfigError> {
+        if !(config.rate > 0.0 && config.rate.is_finite()) {
+            return Err(ConfigError::at("/rate", "must be a number above 0"));
         }
+        if !(config.burst >= 1.0 && config.burst.is_finite()) {
+            return Err(ConfigError::at("/burst", "must be at least 1"));
+        }
+        Ok(Self {
+            config,
+            buckets: RefCell::new(HashMap::new()),
+        })
     }
 
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Limit {
-            limiter: self.limiter.clone()?,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn filter(self: &Rc<Self>) -> Limit {
+        Limit(self.clone())
     }
 }
 
-struct Limit {
-    limiter: Rc<Limiter>,
-}
+struct Limit(Rc<Limiter>);
 
-impl Context for Limit {}
-
-impl HttpContext for Limit {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let key = match &self.limiter.config.key_header {
-            Some(header) => self.get_http_request_header(header).unwrap_or_default(),
+impl Filter for Limit {
+    fn on_request_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
+        let key = match &self.0.config.key_header {
+            Some(header) => http.request_header(header)?.unwrap_or_default(),
             None => String::new(),
         };
-        let now = self
-            .get_current_time()
-            .duration_since(std::time::UNIX_EPOCH)
+        let now = http
+            .now()?
+            .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        match self.limiter.take(&key, now) {
-            Ok(()) => Action::Continue,
+        match self.0.take(&key, now) {
+            Ok(()) => Ok(Flow::Continue),
             Err(wait) => {
                 let retry_after = (wait.ceil() as u64).max(1).to_string();
-                let body = serde_json::json!({
-                    "error": { "status": 429, "code": "rate_limited", "message": "too many requests" }
-                })
-                .to_string();
-                self.send_http_response(
+                http.deny_with(
                     429,
-                    vec![
-                        ("content-type", "application/json"),
-                        ("retry-after", &retry_after),
-                    ],
-                    Some(body.as_bytes()),
-                );
-                Action::Pause
+                    "rate_limited",
+                    "too many requests",
+                    &[("retry-after", &retry_after)],
+                )
             }
         }
     }
 }
+
+weir_sdk::export!(Limiter);
