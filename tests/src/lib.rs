@@ -527,6 +527,16 @@ pub fn sdk_example_wasm(name: &str) -> String {
     )
 }
 
+/// The example filter of `examples/filters/<language>` (e.g. `go`,
+/// `rust-proxy-wasm`), built by its `build.sh`.
+pub fn example_filter_wasm(language: &str) -> String {
+    format!(
+        "{}/hello_{}.wasm",
+        env!("WEIR_EXAMPLE_FILTERS_DIR"),
+        language.replace('-', "_")
+    )
+}
+
 /// An upstream that answers every request with the same status and body,
 /// optionally after a delay.
 pub struct FixedUpstream {

@@ -3,6 +3,7 @@
 mod balancing;
 mod compat;
 mod edge;
+mod examples;
 mod filters;
 mod forwarding;
 mod grpc;
