@@ -12,6 +12,16 @@ use std::process::Command;
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
+    // The built-ins and the weir-sdk example build on weir-sdk: a change to
+    // it rebuilds them (cargo scans a directory's files for changes).
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../plugin-sdk/src").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../plugin-sdk/Cargo.toml").display()
+    );
 
     let filters = build_wasm_workspace(
         &manifest_dir.join("filters"),

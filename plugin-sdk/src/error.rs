@@ -37,15 +37,38 @@ impl std::fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// The body of every Weir error answer:
-/// `{"error": {"status", "code", "message", "request_id"}}`.
+/// `{"error": {"status", "code", "message", "request_id"}}`, members in the
+/// order Weir writes them.
 pub(crate) fn body(status: u16, code: &str, message: &str, request_id: Option<&str>) -> String {
-    serde_json::json!({
-        "error": {
-            "status": status,
-            "code": code,
-            "message": message,
-            "request_id": request_id.unwrap_or("-"),
-        }
-    })
-    .to_string()
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        error: Detail<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Detail<'a> {
+        status: u16,
+        code: &'a str,
+        message: &'a str,
+        request_id: &'a str,
+    }
+    let body = Body {
+        error: Detail {
+            status,
+            code,
+            message,
+            request_id: request_id.unwrap_or("-"),
+        },
+    };
+    serde_json::to_string(&body).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_error_body_has_weirs_member_order_and_escapes_strings() {
+        assert_eq!(
+            super::body(403, "forbidden", "no \"x\"", Some("r1")),
+            r#"{"error":{"status":403,"code":"forbidden","message":"no \"x\"","request_id":"r1"}}"#
+        );
+    }
 }

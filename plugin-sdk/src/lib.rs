@@ -64,6 +64,7 @@ mod config;
 mod error;
 mod host;
 mod http;
+pub mod log;
 pub mod metrics;
 pub mod redis;
 mod runtime;

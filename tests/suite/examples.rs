@@ -18,6 +18,7 @@ macro_rules! languages {
 }
 
 languages! {
+    rust_weir_sdk_example_greets_and_forbids => "rust-weir-sdk",
     rust_proxy_wasm_example_greets_and_forbids => "rust-proxy-wasm",
     go_example_greets_and_forbids => "go",
     assemblyscript_example_greets_and_forbids => "assemblyscript",
