@@ -311,6 +311,9 @@ pub struct FilterRef {
     pub root_id: String,
     /// Where it is written (for messages).
     pub location: crate::config::Location,
+    /// Where each part of its `config` is written, for the plugin's own
+    /// complaints about a field.
+    pub config_places: super::raw::ConfigPlaces,
 }
 
 /// Conditions of a route; all must hold.

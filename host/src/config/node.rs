@@ -134,6 +134,36 @@ impl Node {
         self.location == at
     }
 
+    /// Where each node of this tree is written, by JSON pointer (RFC 6901)
+    /// relative to this node (`""` is the node itself). A mapping entry's
+    /// place is its key's, so a message about a field points at its name.
+    pub fn places(&self) -> Vec<(String, Location)> {
+        let mut places = vec![(String::new(), self.location)];
+        self.collect_places("", &mut places);
+        places
+    }
+
+    fn collect_places(&self, prefix: &str, places: &mut Vec<(String, Location)>) {
+        let mut push = |segment: String, at: Location, value: &Node| {
+            let pointer = format!("{prefix}/{}", segment.replace('~', "~0").replace('/', "~1"));
+            places.push((pointer.clone(), at));
+            value.collect_places(&pointer, places);
+        };
+        match &self.value {
+            Value::Map(entries) => {
+                for (key, value) in entries {
+                    push(key.scalar_text(), key.location, value);
+                }
+            }
+            Value::Seq(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    push(index.to_string(), item.location, item);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The text of a scalar node (used for mapping keys).
     pub fn scalar_text(&self) -> String {
         match &self.value {

@@ -1038,6 +1038,8 @@ pub struct RawFilter {
     pub plugin: Located<String>,
     /// `config` as bytes (`Node::to_configuration`); empty when absent.
     pub config: Bytes,
+    /// Where each part of `config` is written (empty when absent).
+    pub config_places: ConfigPlaces,
     /// Its own root id, if it names one.
     pub root_id: Option<Located<String>>,
 }
@@ -1047,13 +1049,40 @@ impl Decode for RawFilter {
         let mut f = Fields::of(node, "filter", diags)?;
         let plugin = f.required("plugin", diags);
         let config = configuration(f.node("config"));
+        let config_places = f
+            .node("config")
+            .map_or_else(ConfigPlaces::default, |n| ConfigPlaces::new(n.places()));
         let root_id = f.optional("root_id", diags).flatten();
         f.finish(diags);
         Some(Self {
             plugin: plugin?,
             config,
+            config_places,
             root_id,
         })
+    }
+}
+
+/// Where each part of a filter's `config` is written, so that a plugin's
+/// complaint about a field (a JSON pointer) is reported at the field's line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigPlaces(std::sync::Arc<[(String, Location)]>);
+
+impl ConfigPlaces {
+    fn new(places: Vec<(String, Location)>) -> Self {
+        Self(places.into())
+    }
+
+    /// Where `pointer` is written: the deepest written part of it (a missing
+    /// field is reported at its parent); `None` when `config` is absent.
+    pub fn locate(&self, pointer: &str) -> Option<Location> {
+        let mut pointer = pointer;
+        loop {
+            if let Some((_, at)) = self.0.iter().find(|(p, _)| p == pointer) {
+                return Some(*at);
+            }
+            pointer = &pointer[..pointer.rfind('/')?];
+        }
     }
 }
 

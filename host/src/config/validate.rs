@@ -279,6 +279,7 @@ fn filters(raw: Vec<RawFilter>, plugins: &PluginIndex, diags: &mut Diagnostics) 
                     |r| r.value,
                 ),
                 location: f.plugin.location,
+                config_places: f.config_places,
             }),
             None => {
                 diags.error(

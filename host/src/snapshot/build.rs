@@ -205,10 +205,20 @@ fn start(
     };
     FilterInstance::new(loaded.plugin.clone(), settings, vms, services.clone())
         .map(|instance| Arc::new(ProxyWasmFilter::new(instance, mode)) as Arc<dyn HttpFilter>)
-        .map_err(|source| BuildError::Start {
-            plugin: config.name.clone(),
-            location: filter.location,
-            source,
+        .map_err(|source| {
+            // A plugin that names the field it refuses is reported there.
+            let location = match &source {
+                StartError::ConfigureRejected(Some(reason)) => filter
+                    .config_places
+                    .locate(&reason.pointer)
+                    .unwrap_or(filter.location),
+                _ => filter.location,
+            };
+            BuildError::Start {
+                plugin: config.name.clone(),
+                location,
+                source,
+            }
         })
 }
 

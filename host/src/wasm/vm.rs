@@ -38,6 +38,8 @@ pub struct VmState {
     pub(crate) root_id: Arc<str>,
     /// The plugin configuration, readable only during start-up callbacks.
     pub(crate) configuration: Option<Bytes>,
+    /// What the plugin reported about a configuration it refuses.
+    pub(crate) configuration_error: Option<ConfigurationError>,
     /// Streams lent to this VM: the one in a callback and those paused here.
     pub(crate) streams: FxHashMap<u32, Box<StreamData>>,
     /// Every HTTP context created and not yet deleted (lent to the VM or not):
@@ -227,9 +229,28 @@ pub enum StartError {
     /// `proxy_on_vm_start` returned false.
     #[error("proxy_on_vm_start returned false")]
     VmStartRejected,
-    /// `proxy_on_configure` returned false.
-    #[error("proxy_on_configure rejected the configuration")]
-    ConfigureRejected,
+    /// `proxy_on_configure` returned false, with the plugin's reason when
+    /// it gave one (weir-sdk does, through `weir.configuration_error`).
+    #[error("{}", match .0 {
+        Some(reason) if reason.pointer.is_empty() => {
+            format!("its configuration is refused: {}", reason.message)
+        }
+        Some(reason) => format!(
+            "its configuration is refused at {}: {}", reason.pointer, reason.message
+        ),
+        None => "proxy_on_configure rejected the configuration".to_owned(),
+    })]
+    ConfigureRejected(Option<ConfigurationError>),
+}
+
+/// A plugin's own account of what is wrong with its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ConfigurationError {
+    /// A JSON pointer into the configuration (empty: the whole of it).
+    #[serde(default)]
+    pub pointer: String,
+    /// What is wrong.
+    pub message: String,
 }
 
 /// A live VM.
@@ -266,6 +287,7 @@ impl Vm {
             plugin: plugin.clone(),
             root_id: settings.root_id.clone(),
             configuration: Some(settings.configuration.clone()),
+            configuration_error: None,
             streams: FxHashMap::default(),
             live_contexts: FxHashSet::default(),
             effective: ROOT_CONTEXT_ID,
@@ -357,7 +379,8 @@ impl Vm {
                 .map_err(trap)?
                 == 0
         {
-            return Err(StartError::ConfigureRejected);
+            let reason = vm.store.data_mut().configuration_error.take();
+            return Err(StartError::ConfigureRejected(reason));
         }
         vm.store.data_mut().configuration = None;
         Ok(vm)

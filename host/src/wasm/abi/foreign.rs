@@ -1,5 +1,6 @@
 //! `proxy_call_foreign_function`: the host extensions a filter calls by name,
-//! in one table from name to handler. Weir's own (`weir.*`) and the ones
+//! in one table from name to handler. Weir's own (`weir.*`: shared-data TTL
+//! and deletion, the configuration-error report of weir-sdk) and the ones
 //! Higress's plugin library calls (`get_log_level`,
 //! `set_global_max_requests_per_io_cycle`). A name that is not in the table
 //! answers `NOT_FOUND`, as in Envoy and Higress, so callers fall back.
@@ -12,12 +13,13 @@ use crate::wasm::vm::VmState;
 
 /// A foreign function: the VM's state and the guest's argument bytes in; the
 /// bytes handed back to the guest, or the status it gets instead.
-type Handler = fn(&VmState, &[u8]) -> Result<Vec<u8>, Status>;
+type Handler = fn(&mut VmState, &[u8]) -> Result<Vec<u8>, Status>;
 
 /// Every foreign function, by name.
-const FUNCTIONS: [(&str, Handler); 4] = [
+const FUNCTIONS: [(&str, Handler); 5] = [
     ("weir.shared_data_set_ttl", shared_data_set_ttl),
     ("weir.shared_data_delete", shared_data_delete),
+    ("weir.configuration_error", configuration_error),
     ("get_log_level", get_log_level),
     (
         "set_global_max_requests_per_io_cycle",
@@ -26,7 +28,7 @@ const FUNCTIONS: [(&str, Handler); 4] = [
 ];
 
 /// Calls foreign function `name` with `args`.
-pub fn call(state: &VmState, name: &[u8], args: &[u8]) -> Result<Vec<u8>, Status> {
+pub fn call(state: &mut VmState, name: &[u8], args: &[u8]) -> Result<Vec<u8>, Status> {
     let (_, handler) = FUNCTIONS
         .iter()
         .find(|(known, _)| known.as_bytes() == name)
@@ -44,7 +46,7 @@ struct KeyArgs {
 
 /// `weir.shared_data_set_ttl` `{"key", "ttl_ms"}`: gives a shared-data entry
 /// of the plugin a time to live; `NOT_FOUND` for a missing key.
-fn shared_data_set_ttl(state: &VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
+fn shared_data_set_ttl(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
     let Ok(KeyArgs {
         key,
         ttl_ms: Some(ms),
@@ -63,7 +65,7 @@ fn shared_data_set_ttl(state: &VmState, args: &[u8]) -> Result<Vec<u8>, Status> 
 
 /// `weir.shared_data_delete` `{"key"}`: removes a shared-data entry of the
 /// plugin; `NOT_FOUND` for a missing key.
-fn shared_data_delete(state: &VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
+fn shared_data_delete(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
     let KeyArgs { key, .. } = serde_json::from_slice(args).map_err(|_| Status::BadArgument)?;
     let vm_id = state.plugin.vm_id.as_str();
     tier::delete(&state.services, vm_id, &key);
@@ -72,11 +74,24 @@ fn shared_data_delete(state: &VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
     Ok(Vec::new())
 }
 
+/// `weir.configuration_error` `{"pointer", "message"}`: why the plugin is
+/// about to refuse its configuration, which Weir reports at the YAML line of
+/// the field the pointer names. Only `proxy_on_configure` may call it
+/// (`BAD_ARGUMENT` elsewhere, or for arguments that are not such an object).
+fn configuration_error(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
+    if state.configuration.is_none() {
+        return Err(Status::BadArgument);
+    }
+    let report = serde_json::from_slice(args).map_err(|_| Status::BadArgument)?;
+    state.configuration_error = Some(report);
+    Ok(Vec::new())
+}
+
 /// Higress's `get_log_level` (no arguments): the level plugin logs are kept
 /// at, as 4 bytes little-endian (0 trace … 4 error, 5 critical), the value
 /// `proxy_get_log_level` gives. Higress's log wrapper asks before every
 /// message and drops those below it; without an answer it formats them all.
-fn get_log_level(_: &VmState, _: &[u8]) -> Result<Vec<u8>, Status> {
+fn get_log_level(_: &mut VmState, _: &[u8]) -> Result<Vec<u8>, Status> {
     Ok(super::log_level().to_le_bytes().to_vec())
 }
 
@@ -85,7 +100,7 @@ fn get_log_level(_: &VmState, _: &[u8]) -> Result<Vec<u8>, Status> {
 /// cycle, so callout answers are not starved by plugin work. Weir's workers
 /// are tokio tasks that yield between requests and wake callouts on their
 /// own, so there is no cycle to cap: the call is accepted and changes nothing.
-fn set_global_max_requests_per_io_cycle(_: &VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
+fn set_global_max_requests_per_io_cycle(_: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
     let _limit: [u8; 8] = args.try_into().map_err(|_| Status::BadArgument)?;
     Ok(Vec::new())
 }

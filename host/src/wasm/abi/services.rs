@@ -437,7 +437,7 @@ fn add_foreign_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
             on_time(c.data(), "proxy_call_foreign_function")?;
             let name = read_or_return!(&mut c, n_ptr, n_len, caps::NAME);
             let args = read_or_return!(&mut c, a_ptr, a_len, caps::FOREIGN_ARGS);
-            match foreign::call(c.data(), &name, &args) {
+            match foreign::call(c.data_mut(), &name, &args) {
                 Ok(result) => Ok(code(memory::give(&mut c, &result, ret_ptr, ret_len)?)),
                 Err(status) => Ok(status as i32),
             }
