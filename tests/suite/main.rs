@@ -3,6 +3,7 @@
 mod balancing;
 mod compat;
 mod edge;
+mod envoy;
 mod examples;
 mod filters;
 mod forwarding;
