@@ -139,11 +139,7 @@ routes: [{{ name: all, upstream: app, filters: [{{ plugin: hello, config: '{conf
         example_filter_wasm("rust-weir-sdk"),
     ))
     .await?;
-    greets_and_forbids(
-        &weir.url("main", "").trim_end_matches('/').to_owned(),
-        "weir",
-    )
-    .await?;
+    greets_and_forbids(weir.url("main", "").trim_end_matches('/'), "weir").await?;
     // Envoy's readiness probe and one proxied request per host reached the upstream.
     assert!(upstream.hits() >= 2);
     Ok(())
