@@ -383,13 +383,16 @@ fn plugin_uploads_run_as_versions_and_roll_back() {
     let garbage = upload(Bytes::from_static(b"this is not a wasm module"));
     assert_eq!(garbage.status, 422, "{}", garbage.problem_text());
     assert_eq!(garbage.json()["type"], "urn:weir:problem:build-failed");
-    let detail = garbage.json()["detail"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let errors = garbage.json()["errors"].clone();
+    assert_eq!(errors.as_array().map(Vec::len), Some(1), "{errors}");
+    let detail = errors[0]["detail"].as_str().unwrap_or_default().to_owned();
     assert!(
-        detail.contains("plugin `greeter`: not a valid Wasm module"),
+        detail.starts_with("plugin `greeter`: not a valid Wasm module"),
         "{detail}"
+    );
+    assert_eq!(
+        errors[0]["pointer"], "/plugins/0/name",
+        "the reason points at the plugin in the manifest"
     );
     assert_eq!(weir.get("/greet"), "v2");
 

@@ -283,7 +283,8 @@ impl Store {
         self.run_and_write(&mut running, &text)
             .map(|applied| (applied, said))
             .map_err(|source| match source {
-                ChangeError::Config(_) => ChangeError::Edited {
+                // Both carry places in the edited text.
+                ChangeError::Config(_) | ChangeError::Build(_) => ChangeError::Edited {
                     text,
                     source: Box::new(source),
                 },

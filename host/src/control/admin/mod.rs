@@ -458,6 +458,16 @@ impl Problem {
             | ChangeError::AdminMoved
             | ChangeError::Edit(EditError::Conflict(_)) => Problem::conflict(&error.to_string()),
             ChangeError::Edit(EditError::NotFound { .. }) => Problem::missing(&error.to_string()),
+            ChangeError::Build(crate::gateway::StartError::Plugins { errors, .. }) => {
+                let diagnostics: Vec<crate::config::Diagnostic> = errors
+                    .iter()
+                    .map(|e| crate::config::Diagnostic {
+                        location: e.location(),
+                        message: e.to_string(),
+                    })
+                    .collect();
+                Problem::plugins_failed(&diagnostics, text)
+            }
             ChangeError::Build(_) => Problem::unprocessable("build-failed", &error.to_string()),
             ChangeError::Task(_)
             | ChangeError::Write { .. }

@@ -130,11 +130,39 @@ impl Problem {
 
     /// A manifest with problems: each listed with its place in `text`.
     pub fn invalid_config(diagnostics: &[Diagnostic], text: &str) -> Self {
+        Self::located(
+            diagnostics,
+            text,
+            "invalid-config",
+            "The manifest is invalid",
+        )
+    }
+
+    /// A manifest whose plugins or filters could not be started (a module
+    /// that does not load, a plugin that refuses its configuration): every
+    /// reason with its place in `text`.
+    pub fn plugins_failed(diagnostics: &[Diagnostic], text: &str) -> Self {
+        Self::located(
+            diagnostics,
+            text,
+            "build-failed",
+            "The manifest's plugins could not be started",
+        )
+    }
+
+    /// A 422 of `kind` listing `diagnostics`, each with its JSON pointer,
+    /// line and column in `text`.
+    fn located(
+        diagnostics: &[Diagnostic],
+        text: &str,
+        kind: &'static str,
+        title: &'static str,
+    ) -> Self {
         let pointers = crate::config::pointers(text, diagnostics);
         let mut problem = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-config",
-            "The manifest is invalid",
+            kind,
+            title,
             &format!(
                 "{} problem{}; the running config stays",
                 diagnostics.len(),
