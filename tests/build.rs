@@ -1,8 +1,9 @@
-//! Compiles the test filter in `filters/`, the built-in plugins in
-//! `../plugins/` and the proxy-wasm SDK's own examples in `sdk-examples/` for
+//! Compiles the test filter in `filters/` and the proxy-wasm SDK's own
+//! examples in `sdk-examples/` for
 //! `wasm32-wasip1` with the public proxy-wasm SDK, exactly as a filter author
 //! would, and tells the tests where the `.wasm` files are
-//! (`WEIR_TEST_FILTER_WASM`, `WEIR_PLUGINS_DIR`, `WEIR_SDK_EXAMPLES_DIR`).
+//! (`WEIR_TEST_FILTER_WASM`, `WEIR_SDK_EXAMPLES_DIR`). The built-in plugins
+//! are built once, by the `weir` crate, which embeds them.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,11 +20,6 @@ fn main() {
         "cargo:rustc-env=WEIR_TEST_FILTER_WASM={}",
         filters.join("weir_test_filter.wasm").display()
     );
-    let plugins = build_wasm_workspace(
-        &manifest_dir.join("../plugins"),
-        &out_dir.join("plugins-target"),
-    );
-    println!("cargo:rustc-env=WEIR_PLUGINS_DIR={}", plugins.display());
     let examples = build_wasm_workspace(
         &manifest_dir.join("sdk-examples"),
         &out_dir.join("sdk-examples-target"),
