@@ -500,6 +500,19 @@ fn plugin_uploads_run_as_versions_and_roll_back() {
 #[test]
 fn a_builtin_plugin_is_put_listed_and_replaced_by_an_upload() {
     let (weir, url, dir) = start("entities-builtin", &backend());
+    let builtins = call(&url, Method::GET, "/builtins", None).json();
+    assert_eq!(
+        each(&builtins, |b| b["name"].clone()),
+        ["header-rewrite", "jwt-auth", "rate-limit"]
+    );
+    assert_eq!(
+        builtins[1]["schema"]["required"],
+        serde_json::json!(["secret"])
+    );
+    assert_eq!(
+        builtins[1]["size"],
+        weir::builtins::find("jwt-auth").map_or(0, |b| b.module.len())
+    );
     let put =
         |name: &str, body: &str| call(&url, Method::PUT, &format!("/plugins/{name}"), Some(body));
     let added = put("greeter", r#"{"builtin": "header-rewrite"}"#);

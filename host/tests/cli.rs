@@ -595,3 +595,12 @@ fn plugins_list_prints_a_builtins_config_schema() {
         "no built-in plugin `no-such-plugin`; this Weir has: header-rewrite, jwt-auth, rate-limit\n"
     );
 }
+
+#[test]
+fn the_quickstart_manifest_validates_with_no_plugin_file() {
+    let quickstart = PathBuf::from("../examples/weir.yaml");
+    let text = std::fs::read_to_string(package_dir().join(&quickstart)).expect("the quickstart");
+    assert!(text.contains("builtin:") && !text.contains(" file:"));
+    let output = validate(&quickstart);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
