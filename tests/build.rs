@@ -1,10 +1,11 @@
-//! Compiles the test filter in `filters/`, the built-in plugins in
-//! `../plugins/` and the proxy-wasm SDK's own examples in `sdk-examples/` for
+//! Compiles the test filter in `filters/` and the proxy-wasm SDK's own
+//! examples in `sdk-examples/` for
 //! `wasm32-wasip1` with the public proxy-wasm SDK, exactly as a filter author
 //! would; builds every example filter in `../examples/filters/` (one per
 //! language) with its own `build.sh`; and tells the tests where the `.wasm`
-//! files are (`WEIR_TEST_FILTER_WASM`, `WEIR_PLUGINS_DIR`,
-//! `WEIR_SDK_EXAMPLES_DIR`, `WEIR_EXAMPLE_FILTERS_DIR`).
+//! files are (`WEIR_TEST_FILTER_WASM`, `WEIR_SDK_EXAMPLES_DIR`,
+//! `WEIR_EXAMPLE_FILTERS_DIR`). The built-in plugins are built once, by the
+//! `weir` crate, which embeds them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,8 +13,8 @@ use std::process::Command;
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
-    // The built-ins and the weir-sdk example build on weir-sdk: a change to
-    // it rebuilds them (cargo scans a directory's files for changes).
+    // The weir-sdk example builds on weir-sdk: a change to weir-sdk rebuilds
+    // the example (cargo scans a directory's files for changes).
     println!(
         "cargo:rerun-if-changed={}",
         manifest_dir.join("../plugin-sdk/src").display()
@@ -31,11 +32,6 @@ fn main() {
         "cargo:rustc-env=WEIR_TEST_FILTER_WASM={}",
         filters.join("weir_test_filter.wasm").display()
     );
-    let plugins = build_wasm_workspace(
-        &manifest_dir.join("../plugins"),
-        &out_dir.join("plugins-target"),
-    );
-    println!("cargo:rustc-env=WEIR_PLUGINS_DIR={}", plugins.display());
     let examples = build_wasm_workspace(
         &manifest_dir.join("sdk-examples"),
         &out_dir.join("sdk-examples-target"),

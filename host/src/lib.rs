@@ -2,13 +2,14 @@
 //!
 //! Layers, lowest first; a module imports only modules on its left or its own
 //! level's helpers (see `ARCHITECTURE.md` for the request path):
-//! `worker`, `body`, `request_id`, `normalize` ← `config` ← `error`, `exchange`, `services`
+//! `worker`, `body`, `request_id`, `normalize`, `builtins` (the plugins compiled in) ← `config` ← `error`, `exchange`, `services`
 //! ← `router`, `upstream`, `wasm`
 //! ← `lifecycle` (the `HttpFilter` trait, chains, the snapshot type, the one request path)
 //! ← `filters` (the Proxy-Wasm adapter) ← `snapshot` (manifest → snapshot)
 //! ← `server` ← `gateway` ← `control` (reloads from outside) ← the `weir` binary.
 
 mod body;
+pub mod builtins;
 pub mod config;
 pub mod control;
 mod error;

@@ -1,6 +1,7 @@
 //! The `weir` command: `weir run --config weir.yaml` (SIGHUP or an edit of
 //! the file reloads it), `weir validate weir.yaml`, and the admin API's
-//! clients: `weir apply`, `weir admin …`, `weir plugins …`.
+//! clients: `weir apply`, `weir admin …`, `weir plugins …` (whose `list`
+//! shows the plugins built into the binary, and needs no gateway).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -120,7 +121,8 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Upload plugin modules to a running gateway, list and roll back their versions.
+    /// List the plugins built into this binary; upload plugin modules to a
+    /// running gateway, list and roll back their versions.
     Plugins {
         #[command(subcommand)]
         command: PluginsCommand,
@@ -131,6 +133,14 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum PluginsCommand {
+    /// List the plugins built into this binary (a manifest names one with
+    /// `builtin: NAME`): version, size, sha256 and what it does. Needs no
+    /// running gateway.
+    List {
+        /// Print the JSON Schema of this built-in's `config` instead.
+        #[arg(long, value_name = "NAME")]
+        schema: Option<String>,
+    },
     /// Upload a module as the plugin's next version and run it (the plugin
     /// is created when the manifest has none of that name).
     Push {
@@ -250,16 +260,16 @@ fn main() -> ExitCode {
                 AdminCommand::Plugins => AdminRequest::List("plugins"),
             },
         ),
-        Command::Plugins { command, admin } => admin_call(
-            admin,
-            match command {
-                PluginsCommand::Push { name, file } => AdminRequest::Push(name, file),
-                PluginsCommand::Versions { name } => AdminRequest::Versions(name),
-                PluginsCommand::Rollback { name, version } => {
-                    AdminRequest::Rollback(name, *version)
-                }
-            },
-        ),
+        Command::Plugins { command, admin } => match command {
+            PluginsCommand::List { schema } => list_builtins(schema.as_deref()),
+            PluginsCommand::Push { name, file } => {
+                admin_call(admin, AdminRequest::Push(name, file))
+            }
+            PluginsCommand::Versions { name } => admin_call(admin, AdminRequest::Versions(name)),
+            PluginsCommand::Rollback { name, version } => {
+                admin_call(admin, AdminRequest::Rollback(name, *version))
+            }
+        },
         Command::Run {
             config,
             workers,
@@ -283,6 +293,44 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `weir plugins list`: the built-ins as a table, or one's schema; exit 1
+/// for a name that is no built-in.
+fn list_builtins(schema: Option<&str>) -> ExitCode {
+    let builtins = weir::builtins::all();
+    let Some(name) = schema else {
+        let mut lines = vec![format!(
+            "{:<16} {:<8} {:>9}  {:<64}  DESCRIPTION",
+            "NAME", "VERSION", "BYTES", "SHA256"
+        )];
+        for b in builtins {
+            lines.push(format!(
+                "{:<16} {:<8} {:>9}  {:<64}  {}",
+                b.name,
+                b.version,
+                b.module.len(),
+                b.sha256(),
+                b.description
+            ));
+        }
+        println!("{}", lines.join("\n"));
+        return ExitCode::SUCCESS;
+    };
+    match weir::builtins::find(name) {
+        Some(builtin) => {
+            println!("{}", builtin.schema.trim_end());
+            ExitCode::SUCCESS
+        }
+        None => {
+            let known: Vec<&str> = builtins.iter().map(|b| b.name).collect();
+            eprintln!(
+                "no built-in plugin `{name}`; this Weir has: {}",
+                known.join(", ")
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 

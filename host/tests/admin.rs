@@ -2,7 +2,8 @@
 //! upstreams and plugins put, replaced and deleted one at a time while the
 //! gateway serves, each change applied as a whole manifest (rejected whole,
 //! with its place in the manifest), plugin modules uploaded as versions and
-//! rolled back, and the live state of an upstream's targets.
+//! rolled back, built-in plugins named and replaced by uploads, and the live
+//! state of an upstream's targets.
 
 mod support;
 
@@ -496,6 +497,68 @@ fn plugin_uploads_run_as_versions_and_roll_back() {
         "{}",
         std::fs::read_to_string(dir.join("weir.yaml")).unwrap_or_default()
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_builtin_plugin_is_put_listed_and_replaced_by_an_upload() {
+    let (weir, url, dir) = start("entities-builtin", &backend());
+    let builtins = call(&url, Method::GET, "/builtins", None).json();
+    assert_eq!(
+        each(&builtins, |b| b["name"].clone()),
+        ["header-rewrite", "jwt-auth", "rate-limit"]
+    );
+    assert_eq!(
+        builtins[1]["schema"]["required"],
+        serde_json::json!(["secret"])
+    );
+    assert_eq!(
+        builtins[1]["size"],
+        weir::builtins::find("jwt-auth").map_or(0, |b| b.module.len())
+    );
+    let put =
+        |name: &str, body: &str| call(&url, Method::PUT, &format!("/plugins/{name}"), Some(body));
+    let added = put("greeter", r#"{"builtin": "header-rewrite"}"#);
+    assert_eq!(added.status, 201, "{}", added.problem_text());
+    assert_eq!(
+        call(&url, Method::GET, "/plugins", None).json(),
+        serde_json::json!([{"name": "greeter", "builtin": "header-rewrite"}])
+    );
+    route_through_greeter(&url);
+    assert_eq!(weir.get("/greet"), "backend /greet", "the built-in runs");
+
+    // An unknown built-in: its place, and the names there are.
+    let unknown = put("ghost", r#"{"builtin": "no-such-plugin"}"#);
+    assert_eq!(unknown.status, 422, "{}", unknown.problem_text());
+    let errors = unknown.json()["errors"].clone();
+    assert_eq!(errors[0]["pointer"], "/plugins/1/builtin");
+    assert_eq!(
+        errors[0]["detail"],
+        "unknown built-in plugin `no-such-plugin`; this Weir has: header-rewrite, jwt-auth, rate-limit"
+    );
+    let both = put("greeter", r#"{"builtin": "jwt-auth", "file": "x.wasm"}"#);
+    assert_eq!(both.status, 422, "{}", both.problem_text());
+
+    // An upload replaces the built-in with a file version, and a PUT goes back.
+    let uploaded = admin_send(
+        &url,
+        Some(ADMIN_TOKEN),
+        Method::PUT,
+        "/plugins/greeter",
+        Some((answering_filter("v1"), "application/wasm")),
+        None,
+    );
+    assert_eq!(uploaded.status, 201, "{}", uploaded.problem_text());
+    assert_eq!(
+        call(&url, Method::GET, "/plugins/greeter", None).json(),
+        serde_json::json!({"name": "greeter", "file": ".weir/plugins/greeter/1.wasm"})
+    );
+    assert_eq!(weir.get("/greet"), "v1");
+    let back = put("greeter", r#"{"builtin": "header-rewrite"}"#);
+    assert_eq!(back.status, 200, "{}", back.problem_text());
+    assert_eq!(weir.get("/greet"), "backend /greet");
+    let written = std::fs::read_to_string(dir.join("weir.yaml")).unwrap_or_default();
+    assert!(written.contains("builtin: header-rewrite"), "{written}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -512,3 +512,95 @@ fn validate_loads_a_manifest_of_100_000_routes() {
     );
     eprintln!("{MANY_ROUTES} routes validated in {:?}", started.elapsed());
 }
+
+/// Runs `weir plugins list` with `args`.
+fn plugins_list(args: &[&str]) -> Output {
+    weir()
+        .args(["plugins", "list"])
+        .args(args)
+        .env_remove("WEIR_ADMIN_URL")
+        .output()
+        .expect("the weir binary should start")
+}
+
+#[test]
+fn plugins_list_shows_the_builtins_without_a_gateway() {
+    // No admin API answers anywhere: the list comes from the binary itself.
+    let output = plugins_list(&["--admin-url", "http://127.0.0.1:1"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "VERSION", "BYTES", "SHA256", "DESCRIPTION"]
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    let names: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(names, ["header-rewrite", "jwt-auth", "rate-limit"]);
+    for row in &rows {
+        let [name, version, bytes, sha256, description @ ..] = &row[..] else {
+            panic!("a short row: {row:?}");
+        };
+        // The version of the plugin's crate (plugins/ is one workspace version).
+        let workspace = std::fs::read_to_string(package_dir().join("../plugins/Cargo.toml"))
+            .expect("plugins/Cargo.toml");
+        assert!(
+            workspace.contains(&format!("\nversion = \"{version}\"\n")),
+            "{name}: version {version}"
+        );
+        // The module the build wrote, byte for byte.
+        let file = Path::new(weir::builtins::BUILD_DIR)
+            .join(format!("weir_{}.wasm", name.replace('-', "_")));
+        let module = std::fs::read(&file).expect("the built module");
+        assert_eq!(bytes.parse::<usize>().ok(), Some(module.len()), "{name}");
+        let digest: String = <sha2::Sha256 as sha2::Digest>::digest(&module)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(*sha256, digest, "{name}");
+        assert!(!description.is_empty(), "{name} has a description");
+    }
+}
+
+#[test]
+fn plugins_list_prints_a_builtins_config_schema() {
+    let output = plugins_list(&["--schema", "rate-limit"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let schema: serde_json::Value =
+        serde_json::from_str(&stdout(&output)).expect("the schema is JSON");
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    assert_eq!(schema["type"], "object");
+    let properties: Vec<&str> = schema["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(properties, ["rate", "burst", "key_header"]);
+    assert_eq!(schema["required"], serde_json::json!(["rate", "burst"]));
+    assert_eq!(schema["additionalProperties"], false);
+
+    let unknown = plugins_list(&["--schema", "no-such-plugin"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(
+        stderr(&unknown),
+        "no built-in plugin `no-such-plugin`; this Weir has: header-rewrite, jwt-auth, rate-limit\n"
+    );
+}
+
+#[test]
+fn the_quickstart_manifest_validates_with_no_plugin_file() {
+    let quickstart = PathBuf::from("../examples/weir.yaml");
+    let text = std::fs::read_to_string(package_dir().join(&quickstart)).expect("the quickstart");
+    assert!(text.contains("builtin:") && !text.contains(" file:"));
+    let output = validate(&quickstart);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}

@@ -16,7 +16,7 @@ mod cluster;
 
 use support::{
     ADMIN_TOKEN, READER_TOKEN, Running, STEP_TIMEOUT, admin_call, admin_cli, is_message, test_dir,
-    with_admin_api,
+    weir_at, with_admin_api,
 };
 
 impl Running {
@@ -420,5 +420,44 @@ fn readyz_answers_503_while_the_gateway_drains() {
         "the request in flight finished: {response}"
     );
     assert!(weir.wait_exit());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_copied_binary_runs_builtin_plugins_with_no_module_on_disk() {
+    let dir = test_dir("builtins-copied");
+    let binary = dir.join("weir");
+    std::fs::copy(env!("CARGO_BIN_EXE_weir"), &binary).expect("copy the binary");
+    std::fs::write(
+        dir.join("weir.yaml"),
+        "apiVersion: weir/v1\n\
+         listeners: [{ name: main, address: 127.0.0.1:0 }]\n\
+         plugins: [{ name: auth, builtin: jwt-auth }, { name: stamp, builtin: header-rewrite }]\n\
+         routes:\n\
+         \x20 - name: private\n\
+         \x20   match: { path: { prefix: /private } }\n\
+         \x20   respond: { body: secret }\n\
+         \x20   filters: [{ plugin: stamp }, { plugin: auth, config: { secret: s3cret } }]\n\
+         \x20 - { name: open, respond: { body: hello } }\n",
+    )
+    .expect("write manifest");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["weir", "weir.yaml"],
+        "nothing else in the directory"
+    );
+    let mut command = weir_at(&binary);
+    command.current_dir(&dir);
+    let weir = Running::start_command(command, Path::new("weir.yaml"), &[]);
+    assert_eq!(weir.get("/"), "hello");
+    let (status, body) = weir.fetch("/private");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains(r#""code":"unauthorized""#), "{body}");
+    drop(weir);
     let _ = std::fs::remove_dir_all(&dir);
 }

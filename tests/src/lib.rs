@@ -509,11 +509,13 @@ pub fn test_filter_wasm() -> &'static str {
     env!("WEIR_TEST_FILTER_WASM")
 }
 
-/// A built-in plugin from `plugins/` (e.g. `jwt-auth`), built for wasm32-wasip1.
+/// The file of a built-in plugin (e.g. `jwt-auth`), as the `weir` crate's
+/// build wrote it before embedding it: for manifests that name the same
+/// module as a `file` (a manifest can name it `builtin: jwt-auth` instead).
 pub fn plugin_wasm(name: &str) -> String {
     format!(
         "{}/weir_{}.wasm",
-        env!("WEIR_PLUGINS_DIR"),
+        weir::builtins::BUILD_DIR,
         name.replace('-', "_")
     )
 }

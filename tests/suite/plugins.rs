@@ -1,21 +1,114 @@
-//! The built-in plugins (`plugins/`), driven through the gateway.
+//! The built-in plugins (`plugins/`), driven through the gateway: named
+//! with `builtin:`, from the bytes embedded in the `weir` crate.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use weir_tests::{EchoUpstream, TestGateway, http1_client, json, plugin_wasm};
 
+/// A gateway whose one route runs built-in `plugin` with `config`.
 async fn gateway(app: &EchoUpstream, plugin: &str, config: &str) -> anyhow::Result<TestGateway> {
     TestGateway::from_yaml(&format!(
         r#"apiVersion: weir/v1
 listeners: [{{ name: main, address: 127.0.0.1:0 }}]
 upstreams: [{{ name: app, targets: ["{}"] }}]
-plugins: [{{ name: {plugin}, file: "{}", vms: 1 }}]
+plugins: [{{ name: {plugin}, builtin: {plugin}, vms: 1 }}]
 routes: [{{ name: r, upstream: app, filters: [{{ plugin: {plugin}, config: {config} }}] }}]
 "#,
         app.addr,
-        plugin_wasm(plugin)
     ))
     .await
+}
+
+#[tokio::test]
+async fn builtins_run_from_a_directory_without_wasm_files() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().to_owned();
+    let gw = TestGateway::from_yaml_in(
+        &format!(
+            r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: app, targets: ["{}"] }}]
+plugins:
+  - {{ name: auth, builtin: jwt-auth }}
+  - {{ name: stamp, builtin: header-rewrite }}
+routes:
+  - name: r
+    upstream: app
+    filters:
+      - {{ plugin: stamp, config: {{ request: {{ set: [[x-env, prod]] }}, response: {{ set: [[x-served-by, weir]] }} }} }}
+      - {{ plugin: auth, config: {{ secret: s3cret }} }}
+"#,
+            app.addr
+        ),
+        dir,
+    )
+    .await?;
+    let files: Vec<String> = std::fs::read_dir(&path)?
+        .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    assert_eq!(files, ["weir.yaml"], "no module on disk");
+    let client = http1_client();
+
+    let missing = client.get(gw.url("main", "/")).send().await?;
+    assert_eq!(missing.status(), 401, "jwt-auth runs");
+    assert_eq!(json(missing).await?["error"]["code"], "unauthorized");
+    assert_eq!(app.hits(), 0);
+
+    let valid = token(
+        "s3cret",
+        serde_json::json!({ "sub": "ada", "exp": now() + 60 }),
+    )?;
+    let response = client
+        .get(gw.url("main", "/"))
+        .bearer_auth(valid)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-served-by"],
+        "weir",
+        "header-rewrite runs"
+    );
+    let echoed = json(response).await?;
+    assert_eq!(echoed["headers"]["x-env"], serde_json::json!(["prod"]));
+    assert_eq!(echoed["headers"]["x-jwt-sub"][0], "ada");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_builtin_and_its_build_file_are_one_module() -> anyhow::Result<()> {
+    let builtin = weir::builtins::find("header-rewrite").expect("built in");
+    assert_eq!(
+        std::fs::read(plugin_wasm("header-rewrite"))?,
+        builtin.module
+    );
+    // Both forms in one manifest: each runs as a plugin of its own.
+    let app = EchoUpstream::start("app").await?;
+    let gw = TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: app, targets: ["{}"] }}]
+plugins:
+  - {{ name: built-in, builtin: header-rewrite }}
+  - {{ name: from-file, file: "{}" }}
+routes:
+  - name: r
+    upstream: app
+    filters:
+      - {{ plugin: built-in, config: {{ request: {{ add: [[x-via, builtin]] }} }} }}
+      - {{ plugin: from-file, config: {{ request: {{ add: [[x-via, file]] }} }} }}
+"#,
+        app.addr,
+        plugin_wasm("header-rewrite")
+    ))
+    .await?;
+    let echoed = json(http1_client().get(gw.url("main", "/")).send().await?).await?;
+    assert_eq!(
+        echoed["headers"]["x-via"],
+        serde_json::json!(["builtin", "file"])
+    );
+    Ok(())
 }
 
 fn token(secret: &str, claims: serde_json::Value) -> anyhow::Result<String> {

@@ -226,8 +226,8 @@ pub struct Route {
 pub struct Plugin {
     /// Unique name.
     pub name: String,
-    /// The `.wasm` (or `.wat`) file.
-    pub file: PathBuf,
+    /// Where its module comes from.
+    pub module: PluginModule,
     /// Linear-memory cap per VM.
     pub memory_bytes: u64,
     /// CPU time one callback may take.
@@ -248,6 +248,15 @@ pub struct Plugin {
     pub vm_config: Bytes,
     /// Where it is written (for messages).
     pub location: crate::config::Location,
+}
+
+/// Where a plugin's module comes from.
+#[derive(Debug, Clone)]
+pub enum PluginModule {
+    /// A `.wasm` (or `.wat`) file, read when the plugin is loaded.
+    File(PathBuf),
+    /// A plugin compiled into this binary (`builtin:`).
+    Builtin(&'static crate::builtins::Builtin),
 }
 
 /// Default [`Quotas::metrics`].

@@ -20,6 +20,7 @@ use super::model::{
     PathMatch, PathOptions, PathRewrite, QueryMatch, RouteMatch, UpstreamTimeouts, ValueMatch,
 };
 use super::node::{Location, Node, Value};
+use crate::builtins::{self, Builtin};
 
 // The allowed range of every numeric setting, each documented in
 // `docs/manifest.md` beside its default.
@@ -922,7 +923,9 @@ pub const DEFAULT_CALLBACK_DEADLINE: std::time::Duration = std::time::Duration::
 #[derive(Debug)]
 pub struct RawPlugin {
     pub name: Located<String>,
-    pub file: Option<Located<String>>,
+    /// Its module; `None` when it names none, both, or an unknown built-in
+    /// (recorded).
+    pub module: Option<RawModule>,
     pub memory: u64,
     pub callback_deadline: std::time::Duration,
     pub quotas: super::model::Quotas,
@@ -940,8 +943,11 @@ pub struct RawPlugin {
 impl Decode for RawPlugin {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "plugin", diags)?;
-        let name = f.required("name", diags);
-        let file = f.required("file", diags);
+        let name = f.required::<Located<String>>("name", diags);
+        let file = f.node("file").map(|n| Located::<String>::decode(n, diags));
+        let builtin = f
+            .node("builtin")
+            .map(|n| Located::<String>::decode(n, diags));
         let limits = f.optional::<PluginLimitsRaw>("limits", diags).flatten();
         let on_error = f.or("on_error", super::model::OnError::FailClosed, diags);
         let vms = f.bounded("vms", VMS, diags);
@@ -955,9 +961,31 @@ impl Decode for RawPlugin {
             callback_deadline: DEFAULT_CALLBACK_DEADLINE,
             quotas: super::model::Quotas::default(),
         });
+        let name = name?;
+        let module = match (file, builtin) {
+            (Some(file), None) => file.map(RawModule::File),
+            (None, Some(builtin)) => builtin.and_then(|b| known_builtin(b, diags)),
+            (Some(_), Some(_)) => {
+                diags.error(
+                    node.location,
+                    format!(
+                        "plugin `{}` has both `file` and `builtin`; pick one",
+                        name.value
+                    ),
+                );
+                None
+            }
+            (None, None) => {
+                diags.error(
+                    node.location,
+                    format!("plugin `{}` needs `file` or `builtin`", name.value),
+                );
+                None
+            }
+        };
         Some(Self {
-            name: name?,
-            file,
+            name,
+            module,
             memory: limits.memory,
             callback_deadline: limits.callback_deadline,
             quotas: limits.quotas,
@@ -969,6 +997,32 @@ impl Decode for RawPlugin {
             vm_id,
         })
     }
+}
+
+/// Where a plugin's module comes from, as written.
+#[derive(Debug)]
+pub enum RawModule {
+    /// `file:`, not yet resolved against the manifest's directory.
+    File(Located<String>),
+    /// `builtin:`, a plugin compiled into this binary.
+    Builtin(&'static Builtin),
+}
+
+/// The built-in `name` names; an unknown one is recorded with the names known.
+fn known_builtin(name: Located<String>, diags: &mut Diagnostics) -> Option<RawModule> {
+    if let Some(builtin) = builtins::find(&name.value) {
+        return Some(RawModule::Builtin(builtin));
+    }
+    let known: Vec<&str> = builtins::all().iter().map(|b| b.name).collect();
+    diags.error(
+        name.location,
+        format!(
+            "unknown built-in plugin `{}`; this Weir has: {}",
+            name.value,
+            known.join(", ")
+        ),
+    );
+    None
 }
 
 /// A plugin's `limits` as written: the sandbox (memory, deadline) and the

@@ -1,7 +1,8 @@
 //! Checks what needs the whole manifest and builds the validated [`Manifest`].
 //!
 //! Names must be unique, references must resolve, each route must do exactly one
-//! thing, and files it names must be regular files within their size caps.
+//! thing, and files it names must be regular files within their size caps
+//! (a plugin's module may be a built-in instead).
 //! Every problem is recorded, not just the first.
 
 use std::collections::HashMap;
@@ -12,9 +13,12 @@ use super::decode::{Diagnostics, Located};
 use super::file::{self, MAX_PEM_BYTES, MAX_PLUGIN_BYTES};
 use super::model::{
     Certificate, FilterRef, Listener, ListenerId, ListenerTls, Manifest, PathMatch, PathRewrite,
-    Plugin, PluginId, Redis, Rewrite, Route, RouteAction, Target, Upstream, UpstreamId,
+    Plugin, PluginId, PluginModule, Redis, Rewrite, Route, RouteAction, Target, Upstream,
+    UpstreamId,
 };
-use super::raw::{RawFilter, RawListener, RawManifest, RawPlugin, RawRoute, RawUpstream};
+use super::raw::{
+    RawFilter, RawListener, RawManifest, RawModule, RawPlugin, RawRoute, RawUpstream,
+};
 
 /// The only manifest version this build understands.
 pub const API_VERSION: &str = "weir/v1";
@@ -231,14 +235,23 @@ fn plugin(
             ),
         );
     }
-    let file = raw.file?;
+    let module = match raw.module? {
+        RawModule::File(file) => PluginModule::File(checked_file(
+            &file,
+            "plugin",
+            MAX_PLUGIN_BYTES,
+            base_dir,
+            diags,
+        )),
+        RawModule::Builtin(builtin) => PluginModule::Builtin(builtin),
+    };
     let vm_id = raw
         .vm_id
         .map_or_else(|| raw.name.value.clone(), |id| id.value);
     Some(Plugin {
         vm_id,
         name: raw.name.value,
-        file: checked_file(&file, "plugin", MAX_PLUGIN_BYTES, base_dir, diags),
+        module,
         memory_bytes: raw.memory,
         callback_deadline: raw.callback_deadline,
         quotas: raw.quotas,

@@ -5,6 +5,7 @@
 //! A reload takes over the filters of the running build that did not change
 //! ([`Started`]), so their VMs, and the state their root contexts keep, live on.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::config::model::{FilterRef, OnError, Plugin as PluginConfig, Quotas};
+use crate::config::model::{FilterRef, OnError, Plugin as PluginConfig, PluginModule, Quotas};
 use crate::config::{FileError, Location, MAX_PLUGIN_BYTES, Manifest};
 use crate::filters::ProxyWasmFilter;
 use crate::lifecycle::{Chain, FailMode, HttpFilter};
@@ -222,22 +223,26 @@ fn start(
         })
 }
 
-/// Reads (within [`MAX_PLUGIN_BYTES`]) and compiles one plugin (the runtime
-/// compiles a module once, whatever the builds).
+/// Reads (a file within [`MAX_PLUGIN_BYTES`], or a built-in's embedded
+/// bytes) and compiles one plugin (the runtime compiles a module once per
+/// content, whatever the builds and wherever the bytes came from).
 fn load(plugin: &PluginConfig, runtime: &Arc<Runtime>) -> Result<Loaded, BuildError> {
     let limits = PluginLimits {
         memory_bytes: usize::try_from(plugin.memory_bytes).unwrap_or(usize::MAX),
         callback_deadline: plugin.callback_deadline,
         quotas: plugin.quotas,
     };
-    let bytes = crate::config::read_file(&plugin.file, MAX_PLUGIN_BYTES).map_err(|source| {
-        BuildError::Read {
-            plugin: plugin.name.clone(),
-            location: plugin.location,
-            path: plugin.file.clone(),
-            source,
-        }
-    })?;
+    let bytes: Cow<'static, [u8]> = match &plugin.module {
+        PluginModule::File(path) => crate::config::read_file(path, MAX_PLUGIN_BYTES)
+            .map(Cow::Owned)
+            .map_err(|source| BuildError::Read {
+                plugin: plugin.name.clone(),
+                location: plugin.location,
+                path: path.clone(),
+                source,
+            })?,
+        PluginModule::Builtin(builtin) => Cow::Borrowed(builtin.module),
+    };
     let module = Sha256::digest(&bytes).into();
     runtime
         .load(

@@ -31,8 +31,15 @@ impl Running {
     /// Starts `weir run --config <manifest>` with `args` and `env` added to
     /// the process's environment, and waits for its `listening` line.
     pub fn start_env(manifest: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = weir()
-            .envs(env.iter().copied())
+        let mut command = weir();
+        command.envs(env.iter().copied());
+        Self::start_command(command, manifest, args)
+    }
+
+    /// Starts `command` (a `weir` binary) as `run --config <manifest>` with
+    /// `args`, and waits for its `listening` line.
+    pub fn start_command(mut command: Command, manifest: &Path, args: &[&str]) -> Self {
+        let mut child = command
             .env("WEIR_LOG", "info")
             .env("WEIR_CACHE_DIR", "none")
             .args(["--log-format", "json", "run", "--config"])
@@ -138,7 +145,13 @@ impl Drop for Running {
 
 /// The `weir` binary, unaffected by the caller's `WEIR_*` variables.
 pub fn weir() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    weir_at(Path::new(env!("CARGO_BIN_EXE_weir")))
+}
+
+/// The `weir` binary at `binary` (a copy, say), unaffected by the caller's
+/// `WEIR_*` variables.
+pub fn weir_at(binary: &Path) -> Command {
+    let mut command = Command::new(binary);
     for var in [
         "WEIR_CONFIG",
         "WEIR_WORKERS",

@@ -17,6 +17,7 @@
 //! | `GET /plugins/{name}/versions` | read | the uploaded versions, and which one runs |
 //! | `POST /plugins/{name}/rollback` | admin | runs the version before the running one (or `?version=n`) |
 //! | `GET /upstreams/{name}/targets` | read | each target's weight and requests in flight |
+//! | `GET /builtins` | read | the plugins built into the binary, with their config schemas (not under `/plugins`, where a plugin may be called `builtin`) |
 //!
 //! With `admin.tls` the listener speaks HTTPS; with `admin.tls.client_ca` it
 //! also requires a client certificate that CA issued (mutual TLS), checked
@@ -183,13 +184,33 @@ async fn handle(store: &Arc<Store>, request: Request<Incoming>) -> AdminResponse
             Bytes::from_static(OPENAPI.as_bytes()),
             "application/json",
         )),
-        (_, "/healthz" | "/readyz" | "/config" | "/openapi.json") => {
+        (Method::GET, "/builtins") => Ok(builtins()),
+        (_, "/healthz" | "/readyz" | "/config" | "/openapi.json" | "/builtins") => {
             Err(Problem::method_not_allowed(&path))
         }
         (_, "/config/validate") => Err(Problem::method_not_allowed(&path)),
         _ => route_entity(store, request, &path).await,
     };
     result.unwrap_or_else(|problem| problem.response())
+}
+
+/// `GET /builtins`: what `weir plugins list` prints, with each schema.
+fn builtins() -> AdminResponse {
+    let list: Vec<serde_json::Value> = crate::builtins::all()
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "name": b.name,
+                "version": b.version,
+                "description": b.description,
+                "size": b.module.len(),
+                "sha256": b.sha256(),
+                "schema": serde_json::from_str::<serde_json::Value>(b.schema)
+                    .unwrap_or(serde_json::Value::Null),
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &serde_json::Value::Array(list))
 }
 
 /// Answers the endpoints under `/routes`, `/upstreams` and `/plugins`.
@@ -509,6 +530,7 @@ mod tests {
             "PUT /config",
             "POST /config/validate",
             "GET /openapi.json",
+            "GET /builtins",
             "GET /upstreams/{name}/targets",
             "GET /plugins/{name}/versions",
             "POST /plugins/{name}/rollback",

@@ -1,6 +1,6 @@
 //! Plugin modules through the admin API: an `application/wasm` upload is
 //! stored as the plugin's next version ([`Versions`]) and the plugin's
-//! `file` pointed at it; the change is applied whole, so a module that does
+//! `file` pointed at it (in place of a `builtin` it ran); the change is applied whole, so a module that does
 //! not compile, imports what Weir lacks or fails `on_configure` is rejected
 //! (and its stored version removed) while the running one stays. Versions
 //! are listed, and a rollback points `file` at an earlier one.
@@ -173,13 +173,29 @@ fn pick(
         })
 }
 
-/// Points plugin `name`'s `file` at `file`, keeping its other settings;
-/// with `create`, adds the plugin (with defaults) when there is none.
+/// Points plugin `name`'s `file` at `file`, keeping its other settings (a
+/// `builtin` it ran is replaced by the `file`, in its place); with `create`,
+/// adds the plugin (with defaults) when there is none.
 fn point_at(document: &mut Value, name: &str, file: &str, create: bool) -> Result<(), EditError> {
     let plugins = entries_mut(document, Kind::Plugin)?;
     match position(plugins, name) {
         Some(found) => {
-            plugins[found]["file"] = Value::String(file.to_owned());
+            let fields = plugins[found]
+                .as_object_mut()
+                .ok_or_else(|| EditError::Conflict(format!("plugin `{name}` is not a mapping")))?;
+            let file = Value::String(file.to_owned());
+            if fields.contains_key("file") {
+                fields.insert("file".to_owned(), file);
+            } else {
+                *fields = std::mem::take(fields)
+                    .into_iter()
+                    .map(|(key, value)| match key.as_str() {
+                        "builtin" => ("file".to_owned(), file.clone()),
+                        _ => (key, value),
+                    })
+                    .collect();
+                fields.entry("file").or_insert(file);
+            }
             Ok(())
         }
         None if create => {
@@ -276,6 +292,15 @@ mod tests {
             serde_json::json!({"name": "p", "file": "new.wasm", "on_error": "fail_open"})
         );
         assert!(point_at(&mut document, "q", "q.wasm", false).is_err());
+        document["plugins"][0] = serde_json::json!({"name": "p", "builtin": "jwt-auth", "vms": 1});
+        point_at(&mut document, "p", "up.wasm", false).expect("points");
+        assert_eq!(
+            serde_json::to_string(&document["plugins"][0])
+                .ok()
+                .as_deref(),
+            Some(r#"{"name":"p","file":"up.wasm","vms":1}"#),
+            "the uploaded file takes the built-in's place"
+        );
         point_at(&mut document, "q", "q.wasm", true).expect("creates");
         assert_eq!(
             document["plugins"][1],
