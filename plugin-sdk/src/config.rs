@@ -1,11 +1,11 @@
 //! Typed plugin configuration: the plugin's JSON read into its `Config`
 //! type, and errors that say which field is wrong.
 //!
-//! A bad configuration is reported twice: as a log line, which every host
-//! shows, and to Weir through the foreign function
+//! A bad configuration is reported to Weir through the foreign function
 //! `weir.configuration_error` (`{"pointer", "message"}`), which lets
 //! `weir validate` print the reason at the YAML line of the offending field.
-//! Hosts without that function (Envoy) answer NOT_FOUND, which is ignored.
+//! Hosts without that function (Envoy) answer NOT_FOUND; they get the reason
+//! as an error log line instead.
 
 use serde::de::DeserializeOwned;
 
@@ -91,8 +91,15 @@ fn without_position(error: &serde_json::Error) -> String {
     text.strip_suffix(&suffix).unwrap_or(&text).to_owned()
 }
 
-/// Logs `error` as plugin `plugin`'s and hands it to the host.
+/// Hands `error` to the host, which reports it with its place; a host that
+/// does not take it (Envoy) gets it as a log line of plugin `plugin`.
 pub(crate) fn report(plugin: &str, error: &ConfigError) {
+    let report = serde_json::json!({ "pointer": error.pointer, "message": error.message });
+    if host::call_foreign_function("weir.configuration_error", report.to_string().as_bytes())
+        .is_ok()
+    {
+        return;
+    }
     let place = if error.pointer.is_empty() {
         String::new()
     } else {
@@ -102,8 +109,6 @@ pub(crate) fn report(plugin: &str, error: &ConfigError) {
         LogLevel::Error,
         &format!("{plugin}: invalid configuration{place}: {}", error.message),
     );
-    let report = serde_json::json!({ "pointer": error.pointer, "message": error.message });
-    let _ = host::call_foreign_function("weir.configuration_error", report.to_string().as_bytes());
 }
 
 #[cfg(test)]
