@@ -5,9 +5,13 @@
 //! configuration schema (`<name>/schema.json`), which `src/builtins.rs`
 //! includes. `WEIR_BUILTINS_DIR` names the directory of the `.wasm` files.
 
+#[path = "wasm_build.rs"]
+mod wasm_build;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use wasm_build::{build, cargo};
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -119,28 +123,6 @@ fn builtin(package: &serde_json::Value, dir: &Path, modules: &Path) -> Found {
     }
 }
 
-/// Builds the Cargo workspace at `dir` for wasm32-wasip1 in release mode;
-/// returns where the `.wasm` files are.
-fn build(dir: &Path, target_dir: &Path) -> PathBuf {
-    let mut command = cargo(dir);
-    command
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip1",
-            "--target-dir",
-        ])
-        .arg(target_dir);
-    let status = command.status().expect("cargo runs");
-    assert!(
-        status.success(),
-        "building {} for wasm32-wasip1 failed (is the target installed? `rustup target add wasm32-wasip1`)",
-        dir.display()
-    );
-    target_dir.join("wasm32-wasip1/release")
-}
-
 /// `cargo metadata` of the workspace at `dir` (run after the build, which
 /// fetched what it needs).
 fn metadata(dir: &Path) -> serde_json::Value {
@@ -155,23 +137,6 @@ fn metadata(dir: &Path) -> serde_json::Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON")
-}
-
-/// A cargo command in `dir`, without the outer build's settings, which are
-/// for the host target, not for wasm.
-fn cargo(dir: &Path) -> Command {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command.current_dir(dir);
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-    ] {
-        command.env_remove(var);
-    }
-    command
 }
 
 /// The packages of the workspace's build that are not from a registry: its

@@ -7,6 +7,9 @@
 //! `WEIR_EXAMPLE_FILTERS_DIR`). The built-in plugins are built once, by the
 //! `weir` crate, which embeds them.
 
+#[path = "../host/wasm_build.rs"]
+mod wasm_build;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -159,8 +162,9 @@ fn example_sources(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Builds the Cargo workspace at `dir` for wasm32-wasip1; returns where the `.wasm` files are.
-fn build_wasm_workspace(dir: &std::path::Path, target_dir: &std::path::Path) -> PathBuf {
+/// Builds the Cargo workspace at `dir` for wasm32-wasip1, rebuilt when its
+/// sources change; returns where the `.wasm` files are.
+fn build_wasm_workspace(dir: &Path, target_dir: &Path) -> PathBuf {
     println!(
         "cargo:rerun-if-changed={}",
         dir.join("Cargo.toml").display()
@@ -168,34 +172,7 @@ fn build_wasm_workspace(dir: &std::path::Path, target_dir: &std::path::Path) -> 
     for entry in walk(dir) {
         println!("cargo:rerun-if-changed={}", entry.display());
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(dir)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip1",
-            "--target-dir",
-        ])
-        .arg(target_dir);
-    // The outer build's flags are for the host target, not for wasm.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-    ] {
-        command.env_remove(var);
-    }
-    let status = command.status().expect("cargo runs");
-    assert!(
-        status.success(),
-        "building {} for wasm32-wasip1 failed (is the target installed? `rustup target add wasm32-wasip1`)",
-        dir.display()
-    );
-    target_dir.join("wasm32-wasip1/release")
+    wasm_build::build(dir, target_dir)
 }
 
 /// Every `src` directory under `dir` (one level of member crates, or `dir` itself).
