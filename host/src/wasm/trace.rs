@@ -223,18 +223,17 @@ fn arguments(caller: &mut Caller<'_, VmState>, name: &str, params: &[Val]) -> St
             quoted(caller, 1),
             quoted(caller, 3)
         ),
-        "proxy_get_header_map_pairs" | "proxy_set_header_map_pairs" | "proxy_get_header_map_size" => {
-            map_name(params)
-        }
+        "proxy_get_header_map_pairs"
+        | "proxy_set_header_map_pairs"
+        | "proxy_get_header_map_size" => map_name(params),
         "proxy_get_buffer_bytes" | "proxy_get_buffer_status" | "proxy_set_buffer_bytes" => {
             buffer_name(int(params, 0))
         }
-        "proxy_get_property" | "proxy_set_property" => {
-            text(caller, params, 0, ARGUMENT_TEXT).map_or_else(
+        "proxy_get_property" | "proxy_set_property" => text(caller, params, 0, ARGUMENT_TEXT)
+            .map_or_else(
                 || "?".to_owned(),
                 |path| path.trim_end_matches('\0').replace('\0', "."),
-            )
-        }
+            ),
         "proxy_send_local_response" => number(0),
         "proxy_http_call"
         | "proxy_dispatch_http_call"

@@ -21,8 +21,8 @@ use std::sync::Weak;
 use super::filter::{FilterInstance, FilterSettings};
 use super::grpc::{GrpcCallback, GrpcCallout, Received};
 use super::plugin::Plugin;
-use super::trace::{Tracer, note_failure};
 use super::stream::StreamData;
+use super::trace::{Tracer, note_failure};
 use crate::services::{CallResponse, GrpcEvent, Services};
 
 /// The root context id of every VM (each VM holds one plugin's root context).
