@@ -6,7 +6,8 @@
 //! ← `router`, `upstream`, `wasm`
 //! ← `lifecycle` (the `HttpFilter` trait, chains, the snapshot type, the one request path)
 //! ← `filters` (the Proxy-Wasm adapter) ← `snapshot` (manifest → snapshot)
-//! ← `server` ← `gateway` ← `control` (reloads from outside) ← the `weir` binary.
+//! ← `server` ← `gateway` ← `control` (reloads from outside), `tool` (`weir plugin test`)
+//! ← the `weir` binary.
 
 mod body;
 pub mod builtins;
@@ -23,6 +24,7 @@ pub mod router;
 mod server;
 pub mod services;
 mod snapshot;
+pub mod tool;
 mod upstream;
 pub mod wasm;
 pub mod worker;

@@ -1,7 +1,8 @@
 //! The `weir` command: `weir run --config weir.yaml` (SIGHUP or an edit of
 //! the file reloads it), `weir validate weir.yaml`, and the admin API's
 //! clients: `weir apply`, `weir admin …`, `weir plugins …` (whose `list`
-//! shows the plugins built into the binary, and needs no gateway).
+//! shows the plugins built into the binary, and needs no gateway); and
+//! `weir plugin test`, one request through one filter without a gateway.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -121,6 +122,11 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Work with one plugin module on its own, without a gateway.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// List the plugins built into this binary; upload plugin modules to a
     /// running gateway, list and roll back their versions.
     Plugins {
@@ -129,6 +135,40 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Run one request through the filter in Weir's Wasm runtime and print,
+    /// phase by phase, what it did: exit 0 when it ran without failure, 1
+    /// when it failed, 2 for bad input.
+    Test(PluginTestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PluginTestArgs {
+    /// The module (`.wasm`); its file name (without `.wasm`) is the plugin's name.
+    file: PathBuf,
+    /// The filter's configuration, as the plugin reads it (JSON text, or any text).
+    #[arg(long, default_value = "")]
+    config: String,
+    /// The request: an HTTP/1.1 message as text (request line, headers,
+    /// blank line, body).
+    #[arg(long)]
+    request: PathBuf,
+    /// What the upstream answers if the filter lets the request through
+    /// (default: `HTTP/1.1 200 OK`, no body).
+    #[arg(long)]
+    response: Option<PathBuf>,
+    /// An upstream group callouts may reach, as `NAME=HOST:PORT` (repeatable).
+    #[arg(long = "upstream", value_parser = upstream_arg)]
+    upstreams: Vec<(String, String)>,
+    /// The root id (`plugin_root_id`; default: the plugin's name).
+    #[arg(long)]
+    root_id: Option<String>,
+    /// How long a paused phase waits for the filter to resume it.
+    #[arg(long, default_value = "10s", value_parser = pause_limit)]
+    timeout: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +300,9 @@ fn main() -> ExitCode {
                 AdminCommand::Plugins => AdminRequest::List("plugins"),
             },
         ),
+        Command::Plugin {
+            command: PluginCommand::Test(args),
+        } => plugin_test(args, cli.options(None).cache_dir),
         Command::Plugins { command, admin } => match command {
             PluginsCommand::List { schema } => list_builtins(schema.as_deref()),
             PluginsCommand::Push { name, file } => {
@@ -431,6 +474,89 @@ fn admin_call(admin: &AdminArgs, request: AdminRequest<'_>) -> ExitCode {
         eprintln!("{}", answer.problem_text());
         ExitCode::FAILURE
     }
+}
+
+/// `weir plugin test`: exit 0 when the filter ran without failure, 1 when
+/// it failed, 2 when the input is unusable.
+fn plugin_test(args: &PluginTestArgs, cache_dir: Option<PathBuf>) -> ExitCode {
+    use weir::tool::plugin_test;
+    let read = |path: &std::path::Path, max: u64| {
+        weir::config::read_file(path, max).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let input = || -> Result<_, String> {
+        let wasm = read(&args.file, weir::config::MAX_PLUGIN_BYTES)?;
+        let request = plugin_test::parse_request(&read(&args.request, MAX_MESSAGE_BYTES)?)
+            .map_err(|e| format!("{}: {e}", args.request.display()))?;
+        let response = match &args.response {
+            Some(path) => plugin_test::parse_response(&read(path, MAX_MESSAGE_BYTES)?)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+            None => plugin_test::ResponseMessage::default(),
+        };
+        Ok((wasm, request, response))
+    };
+    let (wasm, request, response) = match input() {
+        Ok(input) => input,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let name = args
+        .file
+        .file_stem()
+        .map_or_else(|| "plugin".to_owned(), |s| s.to_string_lossy().into_owned());
+    let setup = plugin_test::Setup {
+        root_id: args.root_id.clone().unwrap_or_else(|| name.clone()),
+        name,
+        wasm,
+        configuration: bytes::Bytes::from(args.config.clone().into_bytes()),
+        upstreams: args.upstreams.clone(),
+        pause_limit: args.timeout,
+        cache_dir,
+    };
+    let report = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime
+                .block_on(plugin_test::run(&setup, request, response))
+                .map_err(|e| e.to_string())
+        });
+    match report {
+        Ok(report) => {
+            print!("{}", plugin_test::render(&report));
+            if report.failed() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The largest request or response file `weir plugin test` reads.
+const MAX_MESSAGE_BYTES: u64 = 16 << 20;
+
+/// `NAME=HOST:PORT`.
+fn upstream_arg(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, address)) if !name.is_empty() && address.contains(':') => {
+            Ok((name.to_owned(), address.to_owned()))
+        }
+        _ => Err(format!("`{text}` is not NAME=HOST:PORT")),
+    }
+}
+
+/// How long a pause may last: `1ms` to `1h`.
+fn pause_limit(text: &str) -> Result<std::time::Duration, String> {
+    weir::config::parse_duration(text)
+        .filter(|d| (1..=3_600_000).contains(&d.as_millis()))
+        .ok_or_else(|| format!("`{text}` is not a duration from 1ms to 1h (like 500ms, 10s)"))
 }
 
 /// A poll period: `100ms` to `1h`.

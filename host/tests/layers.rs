@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["snapshot"],
     &["server"],
     &["gateway"],
-    &["control"],
+    &["control", "tool"],
 ];
 
 fn layer(module: &str) -> Option<usize> {

@@ -21,6 +21,7 @@ pub use decode::{Diagnostic, parse_duration, parse_size};
 pub use file::{FileError, MAX_MANIFEST_BYTES, MAX_PEM_BYTES, MAX_PLUGIN_BYTES, read as read_file};
 pub use model::Manifest;
 pub use node::Location;
+pub use raw::{DEFAULT_CALLBACK_DEADLINE, DEFAULT_PLUGIN_MEMORY};
 pub use validate::API_VERSION;
 pub use yaml::{EmitError, emit};
 

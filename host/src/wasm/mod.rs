@@ -1,6 +1,7 @@
 //! The Proxy-Wasm runtime: engine and compiled plugins (`plugin`), VMs (`vm`),
 //! filter instances with their VM pools (`filter`, `slot`), the header maps filters
-//! see (`headers`), and the host functions (`abi`).
+//! see (`headers`), the host functions (`abi`), and the recording of what a
+//! filter asks of them for `weir plugin test` (`trace`).
 //!
 //! Knows wasmtime, the `http` types and the stream data of `crate::exchange`;
 //! knows nothing of hyper, sockets, routes or the request lifecycle. The
@@ -13,6 +14,7 @@ mod grpc;
 mod headers;
 mod plugin;
 mod slot;
+mod trace;
 mod vm;
 
 /// The stream data lives below this module (`crate::exchange`), so the
@@ -24,4 +26,5 @@ pub use abi::unix_nanos;
 pub use filter::{FilterError, FilterInstance, FilterSettings, FilterStream};
 pub use headers::MapType;
 pub use plugin::{LoadError, Plugin, PluginLimits, Runtime};
+pub use trace::{Event, Trace, describe_in_full};
 pub use vm::{Callback, Delivery, StartError};

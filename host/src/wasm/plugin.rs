@@ -16,6 +16,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine, InstancePre, Linker, Module};
 
+use super::trace::Trace;
 use super::vm::VmState;
 use crate::services::quota::{LogBucket, Quotas, Warnings};
 
@@ -146,6 +147,33 @@ impl Runtime {
         limits: PluginLimits,
         vm_configuration: Bytes,
     ) -> Result<Arc<Plugin>, LoadError> {
+        self.load_with(name, vm_id, bytes, limits, vm_configuration, None)
+    }
+
+    /// [`Runtime::load`] for `weir plugin test`: the plugin's VMs record
+    /// every host call they make, their log lines and their failures in
+    /// `trace`. Its imports are linked to recording wrappers around the same
+    /// host functions (`trace::linker`); plugins loaded with
+    /// [`Runtime::load`] are not, and pay nothing for it.
+    pub fn load_traced(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: &[u8],
+        limits: PluginLimits,
+        trace: Arc<Trace>,
+    ) -> Result<Arc<Plugin>, LoadError> {
+        self.load_with(name, name, bytes, limits, Bytes::new(), Some(trace))
+    }
+
+    fn load_with(
+        self: &Arc<Self>,
+        name: &str,
+        vm_id: &str,
+        bytes: &[u8],
+        limits: PluginLimits,
+        vm_configuration: Bytes,
+        trace: Option<Arc<Trace>>,
+    ) -> Result<Arc<Plugin>, LoadError> {
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         let cached = self.modules.lock().ok().and_then(|m| m.get(&hash).cloned());
         let module = match cached {
@@ -173,10 +201,12 @@ impl Runtime {
                 });
             }
         }
-        let pre = self
-            .linker
-            .instantiate_pre(&module)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = match &trace {
+            None => self.linker.instantiate_pre(&module),
+            Some(_) => super::trace::linker(&self.engine, &self.linker, &module)
+                .and_then(|linker| linker.instantiate_pre(&module)),
+        }
+        .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         Ok(Arc::new(Plugin {
             name: name.to_owned(),
             vm_id: vm_id.to_owned(),
@@ -186,6 +216,7 @@ impl Runtime {
             limits,
             pre,
             runtime: self.clone(),
+            trace,
         }))
     }
 }
@@ -236,6 +267,8 @@ pub struct Plugin {
     pub(crate) warnings: Warnings,
     pre: InstancePre<VmState>,
     runtime: Arc<Runtime>,
+    /// Where its VMs record what they do (`weir plugin test` only).
+    pub(crate) trace: Option<Arc<Trace>>,
 }
 
 impl Plugin {

@@ -22,6 +22,7 @@ use super::filter::{FilterInstance, FilterSettings};
 use super::grpc::{GrpcCallback, GrpcCallout, Received};
 use super::plugin::Plugin;
 use super::stream::StreamData;
+use super::trace::{Tracer, note_failure};
 use crate::services::{CallResponse, GrpcEvent, Services};
 
 /// The root context id of every VM (each VM holds one plugin's root context).
@@ -69,6 +70,9 @@ pub struct VmState {
     pub(crate) deadline: u64,
     /// Callouts started and not yet answered (each holds its request until then).
     pub(crate) callouts: Arc<std::sync::atomic::AtomicUsize>,
+    /// Records host calls and failures for `weir plugin test`; `None` in the
+    /// gateway, where no host call looks at it.
+    pub(crate) tracer: Option<Box<Tracer>>,
 }
 
 /// A host call found the callback's deadline already past; returned from the
@@ -302,6 +306,7 @@ impl Vm {
             status: (0, String::new()),
             deadline: u64::MAX,
             callouts: Arc::default(),
+            tracer: plugin.trace.clone().map(|t| Box::new(Tracer::new(t))),
         };
         let mut store = Store::new(plugin.engine(), state);
         store.limiter(|s| &mut s.limits);
@@ -313,15 +318,21 @@ impl Vm {
             .epoch()
             .saturating_add(deadline_ticks.saturating_mul(10));
         let trap = |e: wasmtime::Error| StartError::Trap(describe_error(&e));
-        let instance = plugin
-            .instance_pre()
-            .instantiate(&mut store)
-            .map_err(trap)?;
+        let instance = match plugin.instance_pre().instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(error) => {
+                note_failure(store.data(), &error);
+                return Err(trap(error));
+            }
+        };
         let allocator = typed::<i32, i32>(&instance, &mut store, "proxy_on_memory_allocate")?
             .or(typed::<i32, i32>(&instance, &mut store, "malloc")?);
         store.data_mut().allocator = allocator;
         store.data_mut().memory = instance.get_memory(&mut store, "memory");
-        run_startup(&instance, &mut store).map_err(trap)?;
+        run_startup(&instance, &mut store).map_err(|e| {
+            note_failure(store.data(), &e);
+            trap(e)
+        })?;
         let callbacks = Callbacks {
             on_context_create: typed(&instance, &mut store, "proxy_on_context_create")?,
             on_vm_start: typed(&instance, &mut store, "proxy_on_vm_start")?,
@@ -398,7 +409,11 @@ impl Vm {
         state.deadline = state.plugin.epoch().saturating_add(self.deadline_ticks);
         state.effective = context;
         let result = f.call(&mut self.store, params);
-        self.store.data_mut().effective = ROOT_CONTEXT_ID;
+        let state = self.store.data_mut();
+        state.effective = ROOT_CONTEXT_ID;
+        if let Err(error) = &result {
+            note_failure(state, error);
+        }
         result
     }
 
