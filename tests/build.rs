@@ -3,7 +3,8 @@
 //! `wasm32-wasip1` with the public proxy-wasm SDK, exactly as a filter author
 //! would; builds every example filter in `../examples/filters/` (one per
 //! language) with its own `build.sh`; and tells the tests where the `.wasm`
-//! files are (`WEIR_TEST_FILTER_WASM`, `WEIR_SDK_EXAMPLES_DIR`,
+//! files are (`WEIR_TEST_FILTER_WASM`, `WEIR_SDK_TEST_FILTER_WASM` (the
+//! weir-sdk filter in `sdk-filter/`), `WEIR_SDK_EXAMPLES_DIR`,
 //! `WEIR_EXAMPLE_FILTERS_DIR`). The built-in plugins are built once, by the
 //! `weir` crate, which embeds them.
 
@@ -34,6 +35,14 @@ fn main() {
     println!(
         "cargo:rustc-env=WEIR_TEST_FILTER_WASM={}",
         filters.join("weir_test_filter.wasm").display()
+    );
+    let sdk_filter = build_wasm_workspace(
+        &manifest_dir.join("sdk-filter"),
+        &out_dir.join("sdk-filter-target"),
+    );
+    println!(
+        "cargo:rustc-env=WEIR_SDK_TEST_FILTER_WASM={}",
+        sdk_filter.join("weir_sdk_test_filter.wasm").display()
     );
     let examples = build_wasm_workspace(
         &manifest_dir.join("sdk-examples"),

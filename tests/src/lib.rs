@@ -509,6 +509,11 @@ pub fn test_filter_wasm() -> &'static str {
     env!("WEIR_TEST_FILTER_WASM")
 }
 
+/// The weir-sdk test filter built from `tests/sdk-filter`.
+pub fn sdk_test_filter_wasm() -> &'static str {
+    env!("WEIR_SDK_TEST_FILTER_WASM")
+}
+
 /// The file of a built-in plugin (e.g. `jwt-auth`), as the `weir` crate's
 /// build wrote it before embedding it: for manifests that name the same
 /// module as a `file` (a manifest can name it `builtin: jwt-auth` instead).

@@ -16,6 +16,7 @@ mod redis;
 mod reload;
 mod resilience;
 mod routing;
+mod sdk;
 mod sdk_examples;
 mod services;
 mod shutdown;
