@@ -644,6 +644,7 @@ fn run(
             Some(admin) => Some(weir::control::admin::bind(admin).await?),
             None => None,
         };
+        let signals = weir::control::Signals::install()?;
         let gateway = Arc::new(Gateway::start_with(manifest, &options).await?);
         let store = Arc::new(weir::control::Store::new(
             gateway.clone(),
@@ -666,7 +667,7 @@ fn run(
             }
             weir::control::admin::serve(listener, store.clone())
         });
-        weir::control::run_until_stopped(&store, watch).await?;
+        weir::control::run_until_stopped(&store, signals, watch).await?;
         tracing::info!("shutting down: draining in-flight requests");
         store.start_draining();
         let drained = gateway.shutdown().await;

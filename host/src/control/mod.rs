@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 pub use store::{Applied, ChangeError, EditError, Store, read_manifest};
@@ -71,20 +71,49 @@ pub async fn reload_file(store: &Arc<Store>, cause: &'static str) -> Result<Appl
     result
 }
 
+/// The signals a running gateway answers, taken over from their default
+/// actions. Install them before the gateway starts serving, so that a
+/// SIGHUP sent as soon as it listens reloads instead of killing it.
+pub struct Signals {
+    term: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    /// Starts listening for SIGTERM, SIGINT and SIGHUP.
+    pub fn install() -> Result<Self, ControlError> {
+        let listen = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| ControlError::Signal {
+                signal: name,
+                source,
+            })
+        };
+        Ok(Self {
+            term: listen(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: listen(SignalKind::interrupt(), "SIGINT")?,
+            hangup: listen(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+}
+
 /// Serves until SIGTERM or Ctrl-C, reloading the store's manifest on SIGHUP
 /// and, when `watch_file` is set, whenever the file changes.
-pub async fn run_until_stopped(store: &Arc<Store>, watch_file: bool) -> Result<(), ControlError> {
-    let listen = |kind: SignalKind, name: &'static str| {
-        signal(kind).map_err(|source| ControlError::Signal {
-            signal: name,
-            source,
-        })
-    };
-    let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
-    let mut interrupt = listen(SignalKind::interrupt(), "SIGINT")?;
-    let mut hangup = listen(SignalKind::hangup(), "SIGHUP")?;
+pub async fn run_until_stopped(
+    store: &Arc<Store>,
+    signals: Signals,
+    watch_file: bool,
+) -> Result<(), ControlError> {
+    let Signals {
+        mut term,
+        mut interrupt,
+        mut hangup,
+    } = signals;
     let (_watcher, mut edits) = if watch_file {
         let (watcher, edits) = watch(store.path())?;
+        // An edit made while the gateway started, before the watch began,
+        // is caught here (a file that did not change is left alone).
+        let _ = reload_file(store, "file changed").await;
         (Some(watcher), edits)
     } else {
         (None, mpsc::channel(1).1)
