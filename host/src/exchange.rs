@@ -171,6 +171,27 @@ pub struct StreamData {
     pub upstream_override: Option<String>,
 }
 
+#[cfg(test)]
+impl StreamInfo {
+    /// The facts of a request on route `r` from 127.0.0.1:1, for unit tests.
+    pub(crate) fn for_tests() -> Arc<Self> {
+        Arc::new(Self {
+            route_name: "r".into(),
+            upstream_name: None,
+            upstream_hosts: Arc::from([]),
+            request_id: "id".into(),
+            source: ([127, 0, 0, 1], 1).into(),
+            destination: None,
+            tls: false,
+            sni: None,
+            protocol: "HTTP/1.1",
+            start_unix_nanos: 0,
+            route_metadata: Default::default(),
+            cluster_metadata: None,
+        })
+    }
+}
+
 impl StreamData {
     /// A new stream for `request`.
     pub fn new(info: Arc<StreamInfo>, request: RequestHead) -> Self {

@@ -668,20 +668,7 @@ mod tests {
     }
 
     fn info() -> Arc<StreamInfo> {
-        Arc::new(StreamInfo {
-            route_name: "r".into(),
-            upstream_name: None,
-            upstream_hosts: Arc::from([]),
-            request_id: "id".into(),
-            source: "127.0.0.1:1".parse().expect("address"),
-            destination: None,
-            tls: false,
-            sni: None,
-            protocol: "HTTP/1.1",
-            start_unix_nanos: 0,
-            route_metadata: Default::default(),
-            cluster_metadata: None,
-        })
+        StreamInfo::for_tests()
     }
 
     fn journal(journal: &Journal) -> Vec<String> {

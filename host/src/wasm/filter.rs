@@ -481,21 +481,10 @@ mod tests {
     }
 
     fn data() -> Box<StreamData> {
-        let info = StreamInfo {
-            route_name: "r".into(),
-            upstream_name: None,
-            upstream_hosts: Arc::from([]),
-            request_id: "id".into(),
-            source: ([127, 0, 0, 1], 1).into(),
-            destination: None,
-            tls: false,
-            sni: None,
-            protocol: "HTTP/1.1",
-            start_unix_nanos: 0,
-            route_metadata: Default::default(),
-            cluster_metadata: None,
-        };
-        Box::new(StreamData::new(Arc::new(info), RequestHead::default()))
+        Box::new(StreamData::new(
+            StreamInfo::for_tests(),
+            RequestHead::default(),
+        ))
     }
 
     fn bind(instance: &Arc<FilterInstance>) -> FilterStream {
