@@ -233,6 +233,58 @@ async fn jwt_auth_remembers_tokens_but_rechecks_their_expiry() -> anyhow::Result
     Ok(())
 }
 
+/// The statuses of `n` requests to `path` with `x-api-key: key`, sent all at
+/// once, each on a connection of its own (so they spread over workers and VMs).
+async fn burst_of(gw: &TestGateway, path: &str, key: &str, n: usize) -> anyhow::Result<Vec<u16>> {
+    let mut sends = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let request = http1_client()
+            .get(gw.url("main", path))
+            .header("x-api-key", key);
+        sends.spawn(async move { anyhow::Ok(request.send().await?.status().as_u16()) });
+    }
+    let mut statuses = Vec::with_capacity(n);
+    while let Some(status) = sends.join_next().await {
+        statuses.push(status??);
+    }
+    Ok(statuses)
+}
+
+#[tokio::test]
+async fn rate_limit_holds_per_node_across_workers_and_vms() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    // Two workers with two VMs each: four VMs that share one bucket per key.
+    let gw = TestGateway::with_workers(
+        &format!(
+            r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: app, targets: ["{}"] }}]
+plugins: [{{ name: limit, builtin: rate-limit, vms: 4 }}]
+routes:
+  - {{ name: a, match: {{ path: {{ prefix: /a }} }}, upstream: app, filters: [{{ plugin: limit, config: {{ rate: 0.001, burst: 5, key_header: x-api-key }} }}] }}
+  - {{ name: b, match: {{ path: {{ prefix: /b }} }}, upstream: app, filters: [{{ plugin: limit, config: {{ rate: 0.001, burst: 5, key_header: x-api-key }} }}] }}
+"#,
+            app.addr
+        ),
+        2,
+    )
+    .await?;
+    // The first request makes the bucket; the rest race for what is left.
+    let mut statuses = burst_of(&gw, "/a", "k", 1).await?;
+    statuses.extend(burst_of(&gw, "/a", "k", 19).await?);
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(
+        (admitted, limited),
+        (5, 15),
+        "burst 5 admits five on this node, whatever VM serves: {statuses:?}"
+    );
+    // Another route and another key have buckets of their own.
+    assert_eq!(burst_of(&gw, "/b", "k", 1).await?, [200]);
+    assert_eq!(burst_of(&gw, "/a", "other", 1).await?, [200]);
+    Ok(())
+}
+
 #[tokio::test]
 async fn rate_limit_answers_429_past_the_burst() -> anyhow::Result<()> {
     let app = EchoUpstream::start("app").await?;
