@@ -161,5 +161,17 @@ macro_rules! export {
             }
             $crate::exports::install::<$plugin>();
         }
+
+        // Natively (tests on the test kit) nothing is exported; this keeps
+        // the plugin type in use, as the export does in a wasm build.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn() -> bool = || $crate::is_plugin::<$plugin>();
     };
+}
+
+/// Whether `P` is a plugin (always): lets `export!` name the plugin type
+/// in a native build, where nothing is exported.
+#[doc(hidden)]
+pub fn is_plugin<P: Plugin>() -> bool {
+    true
 }

@@ -348,3 +348,96 @@ async fn header_rewrite_edits_both_directions() -> anyhow::Result<()> {
     assert!(echoed["headers"].get("cookie").is_none());
     Ok(())
 }
+
+#[tokio::test]
+async fn cors_answers_preflights_and_marks_responses_for_allowed_origins() -> anyhow::Result<()> {
+    let app = EchoUpstream::start("app").await?;
+    let gw = gateway(
+        &app,
+        "cors",
+        r#"{ allow_origins: [https://app.example.com, "https://*.example.org"], allow_methods: [GET, PUT], allow_headers: [content-type], expose_headers: [x-total], allow_credentials: true, max_age: 60 }"#,
+    )
+    .await?;
+    let client = http1_client();
+    let preflight = |origin: &'static str, method: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, gw.url("main", "/items"))
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+
+    let granted = preflight("https://shop.example.org", "PUT").await?;
+    assert_eq!(granted.status(), 204);
+    let header = |name: &str| {
+        granted
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        header("access-control-allow-origin").as_deref(),
+        Some("https://shop.example.org")
+    );
+    assert_eq!(
+        header("access-control-allow-methods").as_deref(),
+        Some("GET, PUT")
+    );
+    assert_eq!(
+        header("access-control-allow-headers").as_deref(),
+        Some("content-type")
+    );
+    assert_eq!(
+        header("access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    assert_eq!(header("access-control-max-age").as_deref(), Some("60"));
+    assert_eq!(header("vary").as_deref(), Some("Origin"));
+
+    let refused = preflight("https://evil.test", "PUT").await?;
+    assert_eq!(refused.status(), 403);
+    let request_id = refused.headers()["x-request-id"].to_str()?.to_owned();
+    assert_eq!(
+        json(refused).await?,
+        serde_json::json!({"error": {"status": 403, "code": "cors_forbidden",
+            "message": "origin `https://evil.test` is not allowed", "request_id": request_id}})
+    );
+    assert_eq!(
+        preflight("https://app.example.com", "DELETE")
+            .await?
+            .status(),
+        403
+    );
+    assert_eq!(app.hits(), 0, "preflights never reach the upstream");
+
+    let allowed = client
+        .get(gw.url("main", "/items"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await?;
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(
+        allowed.headers()["access-control-expose-headers"],
+        "x-total"
+    );
+    assert_eq!(allowed.headers()["vary"], "Origin");
+    let other = client
+        .get(gw.url("main", "/items"))
+        .header("origin", "https://evil.test")
+        .send()
+        .await?;
+    assert_eq!(
+        other.status(),
+        200,
+        "an actual request passes; the browser decides"
+    );
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+    assert_eq!(app.hits(), 2);
+    Ok(())
+}
