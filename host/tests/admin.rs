@@ -506,14 +506,14 @@ fn a_builtin_plugin_is_put_listed_and_replaced_by_an_upload() {
     let builtins = call(&url, Method::GET, "/builtins", None).json();
     assert_eq!(
         each(&builtins, |b| b["name"].clone()),
-        ["header-rewrite", "jwt-auth", "rate-limit"]
+        ["cors", "header-rewrite", "jwt-auth", "rate-limit"]
     );
     assert_eq!(
-        builtins[1]["schema"]["required"],
+        builtins[2]["schema"]["required"],
         serde_json::json!(["secret"])
     );
     assert_eq!(
-        builtins[1]["size"],
+        builtins[2]["size"],
         weir::builtins::find("jwt-auth").map_or(0, |b| b.module.len())
     );
     let put =
