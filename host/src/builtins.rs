@@ -43,6 +43,15 @@ pub fn find(name: &str) -> Option<&'static Builtin> {
     BUILTINS.iter().find(|b| b.name == name)
 }
 
+/// The built-ins' names, comma-separated, for messages about an unknown one.
+pub fn names() -> String {
+    BUILTINS
+        .iter()
+        .map(|b| b.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The directory the build wrote the built-in modules to, as `.wasm` files
 /// (it exists only where this crate was built: the tests name these files
 /// to run the same modules as plugin files).

@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
 use tokio::sync::Notify;
 
 use crate::config::model::Metadata;
@@ -87,6 +88,30 @@ pub struct LocalReply {
     pub body: Bytes,
     /// The filter's reason text (for logs).
     pub details: String,
+}
+
+impl LocalReply {
+    /// The headers the reply is sent with: the filter's (those that are not
+    /// valid HTTP are dropped), `content-type: text/plain` for a body that
+    /// names no type (as Envoy gives one), and the body's own
+    /// `content-length`, whatever the filter wrote. The response phases see
+    /// these.
+    pub fn response_headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + 2);
+        for (name, value) in &self.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                headers.append(n, v);
+            }
+        }
+        if !self.body.is_empty() && !headers.contains_key(header::CONTENT_TYPE) {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+        headers
+    }
 }
 
 /// Which callback a stream is in; decides which maps and buffers host calls may touch.

@@ -367,10 +367,9 @@ fn list_builtins(schema: Option<&str>) -> ExitCode {
             ExitCode::SUCCESS
         }
         None => {
-            let known: Vec<&str> = builtins.iter().map(|b| b.name).collect();
             eprintln!(
                 "no built-in plugin `{name}`; this Weir has: {}",
-                known.join(", ")
+                weir::builtins::names()
             );
             ExitCode::FAILURE
         }

@@ -359,9 +359,6 @@ pub struct CallResponse {
 impl CallResponse {
     /// The first value of header `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        host::first_value(&self.headers, name)
     }
 }

@@ -1013,13 +1013,12 @@ fn known_builtin(name: Located<String>, diags: &mut Diagnostics) -> Option<RawMo
     if let Some(builtin) = builtins::find(&name.value) {
         return Some(RawModule::Builtin(builtin));
     }
-    let known: Vec<&str> = builtins::all().iter().map(|b| b.name).collect();
     diags.error(
         name.location,
         format!(
             "unknown built-in plugin `{}`; this Weir has: {}",
             name.value,
-            known.join(", ")
+            builtins::names()
         ),
     );
     None

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use hyper::body::Incoming;
@@ -310,27 +310,12 @@ fn set_content_length(headers: &mut HeaderMap, len: usize) {
     }
 }
 
-/// A filter's local reply as a response, with the `content-length` and (for
-/// a body that names none) the `content-type: text/plain` Envoy gives one, so
-/// the response phases see them.
+/// A filter's local reply as a response, with the headers it is sent with
+/// (`LocalReply::response_headers`), so the response phases see them.
 fn local_response(reply: LocalReply) -> Response<Body> {
-    let has_body = !reply.body.is_empty();
-    let length = HeaderValue::from(reply.body.len());
+    let headers = reply.response_headers();
     let mut response = Response::new(body::full(reply.body));
     *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::FORBIDDEN);
-    let headers = response.headers_mut();
-    for (name, value) in reply.headers {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(&value),
-        ) {
-            headers.append(n, v);
-        }
-    }
-    if has_body && !headers.contains_key(header::CONTENT_TYPE) {
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    }
-    // The body's own length, whatever the filter wrote.
-    headers.insert(header::CONTENT_LENGTH, length);
+    *response.headers_mut() = headers;
     response
 }

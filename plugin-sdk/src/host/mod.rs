@@ -64,6 +64,14 @@ pub(crate) enum MetricKind {
     Histogram = 2,
 }
 
+/// The first value of header `name` (any case) among `pairs`.
+pub(crate) fn first_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 // Only the ABI serializes maps (the fake host keeps them as pairs); they are
 // tested natively all the same.
 /// Serializes header pairs as the ABI passes maps: a count, each pair's

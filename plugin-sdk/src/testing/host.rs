@@ -25,10 +25,7 @@ pub struct Call {
 impl Call {
     /// The first value of header `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        crate::host::first_value(&self.headers, name)
     }
 }
 
@@ -59,10 +56,7 @@ pub struct LocalReply {
 impl LocalReply {
     /// The first value of header `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        crate::host::first_value(&self.headers, name)
     }
 
     /// The body as JSON (`Null` when it is not JSON).
@@ -197,13 +191,7 @@ pub(crate) fn get_map(map: Map) -> HostResult<Vec<(String, String)>> {
 }
 
 pub(crate) fn get_map_value(map: Map, key: &str) -> HostResult<Option<String>> {
-    with(|host| {
-        Ok(host
-            .map(map)?
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.clone()))
-    })
+    with(|host| Ok(crate::host::first_value(host.map(map)?, key).map(str::to_owned)))
 }
 
 pub(crate) fn add_map_value(map: Map, key: &str, value: &str) -> HostResult<()> {

@@ -62,19 +62,16 @@ impl Limiter {
         let c = &self.config;
         let elapsed = now_ns.saturating_sub(bucket.updated_ns) as f64 / 1e9;
         let tokens = (bucket.tokens + elapsed * c.rate).min(c.burst);
-        if tokens >= 1.0 {
-            let bucket = Bucket {
-                tokens: tokens - 1.0,
-                updated_ns: now_ns,
-            };
-            (bucket, Ok(()))
+        let (left, verdict) = if tokens >= 1.0 {
+            (tokens - 1.0, Ok(()))
         } else {
-            let bucket = Bucket {
-                tokens,
-                updated_ns: now_ns,
-            };
-            (bucket, Err((1.0 - tokens) / c.rate))
-        }
+            (tokens, Err((1.0 - tokens) / c.rate))
+        };
+        let bucket = Bucket {
+            tokens: left,
+            updated_ns: now_ns,
+        };
+        (bucket, verdict)
     }
 
     /// Takes a token from the shared bucket `key` at `now_ns`, retrying when

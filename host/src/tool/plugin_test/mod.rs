@@ -29,7 +29,7 @@ use crate::filters::ProxyWasmFilter;
 use crate::lifecycle::{FailMode, FilterRun, Flow, HttpFilter, Lent};
 use crate::services::quota::Quotas;
 use crate::services::{RedisServices, Services};
-use crate::upstream::{Directory, UpstreamCaller, UpstreamGroup};
+use crate::upstream::{Directory, UpstreamCaller};
 use crate::wasm::{
     Event, FilterInstance, FilterSettings, LoadError, MapType, PluginLimits, Runtime, Trace,
 };
@@ -359,18 +359,10 @@ impl Test {
         let answered = reply.as_ref().map(|(r, stage)| (r.status, *stage));
         let (head, body) = match reply {
             Some((reply, _)) => {
-                let headers = reply
-                    .headers
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        let name = http::HeaderName::from_bytes(k.as_bytes()).ok()?;
-                        let value = http::HeaderValue::from_bytes(v).ok()?;
-                        Some((name, value))
-                    })
-                    .collect();
+                // The headers the gateway sends a local reply with.
                 let head = ResponseHead {
                     status: reply.status,
-                    headers,
+                    headers: reply.response_headers(),
                     details: Cow::Owned(reply.details),
                 };
                 (head, reply.body)
@@ -646,9 +638,9 @@ fn stream_info(request_id: &str) -> Arc<StreamInfo> {
 
 /// Services whose callouts reach the `--upstream` groups; no Redis.
 fn services(upstreams: &[(String, String)]) -> Result<Arc<Services>, SetupError> {
-    let mut groups = crate::upstream::Groups::new();
-    for (name, address) in upstreams {
-        let config = Upstream {
+    let configs: Vec<Upstream> = upstreams
+        .iter()
+        .map(|(name, address)| Upstream {
             name: name.clone(),
             targets: vec![Target {
                 address: address.clone(),
@@ -658,14 +650,20 @@ fn services(upstreams: &[(String, String)]) -> Result<Arc<Services>, SetupError>
             timeouts: UpstreamTimeouts::default(),
             retries: 0,
             metadata: Metadata::default(),
-        };
-        let group = UpstreamGroup::new(&config).map_err(|e| SetupError::Upstream {
-            name: name.clone(),
-            address: address.clone(),
-            reason: e.to_string(),
-        })?;
-        groups.insert(name.clone(), Arc::new(group));
-    }
+        })
+        .collect();
+    let groups = crate::upstream::build_groups(&configs, &Default::default()).map_err(|e| {
+        let address = upstreams
+            .iter()
+            .find(|(name, _)| *name == e.upstream)
+            .map(|(_, address)| address.clone())
+            .unwrap_or_default();
+        SetupError::Upstream {
+            name: e.upstream,
+            address,
+            reason: e.source.to_string(),
+        }
+    })?;
     let directory = Arc::new(Directory::new());
     directory.publish(Arc::new(groups));
     let caller = Arc::new(UpstreamCaller::new(directory));
