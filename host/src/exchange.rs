@@ -194,6 +194,8 @@ pub struct StreamData {
     /// The target (one of `info.upstream_hosts`) a filter chose for the
     /// request (Higress's `proxy_set_upstream_override_host`).
     pub upstream_override: Option<String>,
+    /// The consumer an auth filter identified the caller as.
+    pub consumer: Option<crate::services::consumers::Identified>,
 }
 
 #[cfg(test)]
@@ -235,6 +237,7 @@ impl StreamData {
             closed: false,
             properties: Vec::new(),
             upstream_override: None,
+            consumer: None,
         }
     }
 }

@@ -190,6 +190,7 @@ impl Gateway {
             .filter_map(|p| Some((p.vm_id.clone(), p.shared_data_tier.clone()?)));
         let caller = Arc::new(UpstreamCaller::new(directory.clone()));
         let services = Services::new(caller.clone(), caller, redis).with_tiers(tiers);
+        services.consumers.publish(&manifest.consumers);
         let (chains, started) =
             build_chains_over(&manifest, options, &services, &Started::default())?;
         let snapshot = snapshot::assemble(&manifest, 1, chains, &groups)?;
@@ -304,6 +305,7 @@ impl Gateway {
             started,
         };
         self.owned.directory.publish(groups);
+        self.owned.services.consumers.publish(&manifest.consumers);
         self.proxy.swap(snapshot);
         tracing::info!(generation, filters_kept = kept, "config reloaded");
         Ok(generation)

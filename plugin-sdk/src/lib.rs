@@ -61,11 +61,13 @@
 //! ([`testing`]), so a filter's callbacks run under `cargo test`.
 
 mod config;
+pub mod consumers;
 mod error;
 mod host;
 mod http;
 pub mod log;
 pub mod metrics;
+pub mod net;
 pub mod redis;
 mod runtime;
 pub mod shared;

@@ -197,7 +197,7 @@ impl Decode for AdminRole {
 }
 
 /// 64 hex digits as 32 bytes.
-fn decode_hex(text: &str) -> Option<[u8; 32]> {
+pub(super) fn decode_hex(text: &str) -> Option<[u8; 32]> {
     let bytes = text.as_bytes();
     if bytes.len() != 64 {
         return None;

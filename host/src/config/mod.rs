@@ -5,6 +5,7 @@
 //! with file, line, column and reason. Depends on nothing else in Weir.
 
 mod admin;
+mod consumers;
 mod decode;
 mod file;
 pub mod model;

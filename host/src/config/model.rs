@@ -14,6 +14,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 
 pub use super::admin::{Admin, AdminRole, AdminTls, AdminToken};
+pub use super::consumers::{BasicAuth, Consumer, ConsumerLimit, JwtIdentity};
 pub use crate::normalize::{EscapedSlashes, PathOptions};
 
 /// Index of a listener in [`Manifest::listeners`].
@@ -53,6 +54,8 @@ pub struct Manifest {
     pub shutdown_timeout: Duration,
     /// The admin API, when the manifest has one.
     pub admin: Option<Admin>,
+    /// Who calls the routes, and their credentials.
+    pub consumers: Vec<Consumer>,
 }
 
 /// One socket Weir accepts connections on.

@@ -70,6 +70,7 @@ pub struct RawManifest {
     pub global_filters: Vec<RawFilter>,
     pub redis: Vec<RawRedis>,
     pub admin: Option<super::admin::RawAdmin>,
+    pub consumers: Vec<Located<super::consumers::Consumer>>,
 }
 
 impl Decode for RawManifest {
@@ -94,6 +95,7 @@ impl Decode for RawManifest {
             global_filters: f.or("global_filters", Vec::new(), diags),
             redis: f.or("redis", Vec::new(), diags),
             admin: f.optional("admin", diags).flatten(),
+            consumers: f.or("consumers", Vec::new(), diags),
         };
         f.finish(diags);
         Some(manifest)

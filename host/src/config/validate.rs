@@ -87,6 +87,8 @@ pub fn validate(
         admin.resolve(|path, kind| checked_file(path, kind, MAX_PEM_BYTES, base_dir, diags))
     });
 
+    super::consumers::check_unique(&raw.consumers, diags);
+
     if !diags.is_empty() {
         return None;
     }
@@ -102,6 +104,7 @@ pub fn validate(
             .shutdown_timeout
             .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
         admin,
+        consumers: raw.consumers.into_iter().map(|c| c.value).collect(),
     })
 }
 

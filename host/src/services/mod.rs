@@ -6,6 +6,7 @@
 //! and [`GrpcCaller`] traits, which the proxy implements over its upstream
 //! groups.
 
+pub mod consumers;
 pub mod grpc_call;
 pub mod http_call;
 pub mod metrics;
@@ -17,6 +18,7 @@ pub mod tier;
 
 use std::sync::Arc;
 
+pub use consumers::Consumers;
 pub use grpc_call::{GrpcCaller, GrpcEvent, GrpcExchange, GrpcRequest};
 pub use http_call::{CallRequest, CallResponse, HttpCaller, NoUpstreams};
 pub use metrics::Metrics;
@@ -40,6 +42,8 @@ pub struct Services {
     pub redis: RedisServices,
     /// Shared-data stores tiered onto a Redis service, by VM id.
     pub tiers: std::collections::HashMap<String, String>,
+    /// The running manifest's consumers.
+    pub consumers: Consumers,
 }
 
 impl Services {
@@ -58,6 +62,7 @@ impl Services {
             metrics: Metrics::default(),
             redis,
             tiers: std::collections::HashMap::new(),
+            consumers: Consumers::default(),
         })
     }
 

@@ -72,6 +72,21 @@ pub(crate) struct RequestState {
     pub buffers: HashMap<Buffer, Vec<u8>>,
     pub local_reply: Option<LocalReply>,
     pub resumed: Vec<Stream>,
+    /// The `weir.consumer` property `weir.consumer_set` wrote.
+    pub consumer: Option<Vec<u8>>,
+}
+
+/// A consumer the fake host knows, with its credentials in the clear.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TestConsumer {
+    /// Its name, groups and limits (what plugins are told).
+    pub consumer: crate::consumers::Consumer,
+    /// Its API keys.
+    pub keys: Vec<String>,
+    /// Its basic-auth user name (the hash is `consumer.password_hash`).
+    pub username: Option<String>,
+    /// Its JWT identities: (issuer, subject).
+    pub subjects: Vec<(Option<String>, String)>,
 }
 
 /// The fake host of one test thread.
@@ -91,6 +106,7 @@ pub(crate) struct FakeHost {
     pub shared: HashMap<String, (Vec<u8>, u32)>,
     pub metrics: Vec<(MetricKind, String, i64)>,
     pub configuration_errors: Vec<serde_json::Value>,
+    pub consumers: Vec<TestConsumer>,
     pub next_token: u32,
     /// Host functions that answer with an error, by name (`"http_call"`).
     pub failing: HashMap<&'static str, HostError>,
@@ -219,6 +235,9 @@ pub(crate) fn remove_map_value(map: Map, key: &str) -> HostResult<()> {
 }
 
 pub(crate) fn get_property(path: &[&str]) -> HostResult<Option<Vec<u8>>> {
+    if path == ["weir", "consumer"] {
+        return with(|host| Ok(host.request()?.consumer.clone()));
+    }
     let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
     Ok(with(|host| host.properties.get(&path).cloned()))
 }
@@ -377,6 +396,48 @@ pub(crate) fn call_foreign_function(name: &str, args: &[u8]) -> HostResult<Vec<u
             }
             Ok(Vec::new())
         }
+        "weir.consumer_find" => {
+            let found = host.consumers.iter().find(|c| holds(c, &args));
+            let mut consumer = found.ok_or(HostError::NotFound)?.consumer.clone();
+            if args.get("username").is_none() {
+                consumer.password_hash = None;
+            }
+            serde_json::to_vec(&consumer).map_err(|_| HostError::SerializationFailure)
+        }
+        "weir.consumer_set" => {
+            let name = args["name"].as_str().ok_or(HostError::BadArgument)?;
+            let found = host.consumers.iter().find(|c| c.consumer.name == name);
+            let mut consumer = found.ok_or(HostError::NotFound)?.consumer.clone();
+            consumer.password_hash = None;
+            consumer.anonymous = args["anonymous"].as_bool().unwrap_or(false);
+            let property = serde_json::to_vec(&consumer).map_err(|_| HostError::SerializationFailure)?;
+            host.request()?.consumer = Some(property);
+            Ok(Vec::new())
+        }
         _ => Err(HostError::NotFound),
     })
+}
+
+/// Whether `consumer` holds the credential of a `weir.consumer_find` query.
+fn holds(consumer: &TestConsumer, query: &serde_json::Value) -> bool {
+    let text = |key: &str| query.get(key).and_then(|v| v.as_str());
+    if let Some(name) = text("name") {
+        return consumer.consumer.name == name;
+    }
+    if let Some(key) = text("key") {
+        return consumer.keys.iter().any(|k| k == key);
+    }
+    if let Some(username) = text("username") {
+        return consumer.username.as_deref() == Some(username);
+    }
+    let Some(subject) = query.get("subject") else {
+        return false;
+    };
+    let issuer = subject["issuer"].as_str();
+    let sub = subject["subject"].as_str();
+    // An identity from that issuer, or one valid from any issuer.
+    consumer
+        .subjects
+        .iter()
+        .any(|(i, s)| Some(s.as_str()) == sub && (i.as_deref() == issuer || i.is_none()))
 }

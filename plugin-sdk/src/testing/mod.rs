@@ -29,7 +29,7 @@ pub(crate) mod host;
 use std::cell::Cell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use self::host::{Call, LocalReply, RedisCall};
+pub use self::host::{Call, LocalReply, RedisCall, TestConsumer};
 use crate::host::{Buffer, LogLevel, Map, Stream};
 use crate::redis::{RedisValue, encode_value};
 use crate::runtime::{Dispatch, Runtime};
@@ -49,8 +49,17 @@ impl<P: Plugin> TestKit<P> {
     /// Configures the plugin with `config` (JSON) on a fresh fake host; the
     /// error the plugin reported when it refused it.
     pub fn configure(config: &str) -> Result<Self, ConfigError> {
+        Self::configure_with(config, Vec::new())
+    }
+
+    /// [`configure`](Self::configure) on a host that knows `consumers`.
+    pub fn configure_with(
+        config: &str,
+        consumers: Vec<TestConsumer>,
+    ) -> Result<Self, ConfigError> {
         host::reset();
         host::with(|h| {
+            h.consumers = consumers;
             h.buffers
                 .insert(Buffer::PluginConfiguration, config.as_bytes().to_vec());
             h.now_nanos = 1_700_000_000_000_000_000;
@@ -125,6 +134,12 @@ impl<P: Plugin> TestKit<P> {
     pub fn set_property(&self, path: &[&str], value: &[u8]) {
         let path = path.iter().map(|s| (*s).to_owned()).collect();
         host::with(|h| h.properties.insert(path, value.to_vec()));
+    }
+
+    /// Adds a consumer the plugin can find by its credentials (one its
+    /// configuration names must be given to [`TestKit::configure_with`]).
+    pub fn add_consumer(&self, consumer: TestConsumer) {
+        host::with(|h| h.consumers.push(consumer));
     }
 
     /// Makes host function `name` (`"http_call"`, `"redis_call"`,
@@ -238,6 +253,14 @@ impl<P: Plugin> Exchange<'_, P> {
                 .get(&self.id)
                 .and_then(|r| r.buffers.get(&buffer).cloned())
                 .unwrap_or_default()
+        })
+    }
+
+    /// The consumer a filter identified the request as.
+    pub fn consumer(&self) -> Option<crate::consumers::Consumer> {
+        host::with(|h| {
+            let state = h.requests.get(&self.id)?;
+            serde_json::from_slice(state.consumer.as_deref()?).ok()
         })
     }
 

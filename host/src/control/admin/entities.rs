@@ -1,4 +1,4 @@
-//! `/routes`, `/upstreams` and `/plugins`: the running manifest's entities,
+//! `/routes`, `/upstreams`, `/plugins` and `/consumers`: the running manifest's entities,
 //! listed, read, put and deleted one at a time. Each change is an edit of
 //! the running manifest's document applied whole through the [`Store`]
 //! (one validation and build, `If-Match` honoured), so a problem names its
@@ -25,6 +25,8 @@ pub enum Kind {
     Upstream,
     /// `plugins`.
     Plugin,
+    /// `consumers`.
+    Consumer,
 }
 
 impl Kind {
@@ -34,6 +36,7 @@ impl Kind {
             "routes" => Some(Self::Route),
             "upstreams" => Some(Self::Upstream),
             "plugins" => Some(Self::Plugin),
+            "consumers" => Some(Self::Consumer),
             _ => None,
         }
     }
@@ -44,6 +47,7 @@ impl Kind {
             Self::Route => "routes",
             Self::Upstream => "upstreams",
             Self::Plugin => "plugins",
+            Self::Consumer => "consumers",
         }
     }
 
@@ -53,6 +57,7 @@ impl Kind {
             Self::Route => "route",
             Self::Upstream => "upstream",
             Self::Plugin => "plugin",
+            Self::Consumer => "consumer",
         }
     }
 }

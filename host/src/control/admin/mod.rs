@@ -213,7 +213,7 @@ fn builtins() -> AdminResponse {
     json(StatusCode::OK, &serde_json::Value::Array(list))
 }
 
-/// Answers the endpoints under `/routes`, `/upstreams` and `/plugins`.
+/// Answers the endpoints under `/routes`, `/upstreams`, `/plugins` and `/consumers`.
 async fn route_entity(
     store: &Arc<Store>,
     request: Request<Incoming>,
@@ -537,7 +537,7 @@ mod tests {
         ]
         .map(str::to_owned)
         .to_vec();
-        for kind in ["routes", "upstreams", "plugins"] {
+        for kind in ["routes", "upstreams", "plugins", "consumers"] {
             served.extend([
                 format!("GET /{kind}"),
                 format!("GET /{kind}/{{name}}"),

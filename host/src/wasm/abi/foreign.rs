@@ -1,6 +1,7 @@
 //! `proxy_call_foreign_function`: the host extensions a filter calls by name,
 //! in one table from name to handler. Weir's own (`weir.*`: shared-data TTL
-//! and deletion, the configuration-error report of weir-sdk) and the ones
+//! and deletion, the configuration-error report of weir-sdk, consumer
+//! lookup and identification) and the ones
 //! Higress's plugin library calls (`get_log_level`,
 //! `set_global_max_requests_per_io_cycle`). A name that is not in the table
 //! answers `NOT_FOUND`, as in Envoy and Higress, so callers fall back.
@@ -8,6 +9,7 @@
 use std::time::Duration;
 
 use super::Status;
+use crate::services::consumers::Query;
 use crate::services::tier;
 use crate::wasm::vm::VmState;
 
@@ -16,10 +18,12 @@ use crate::wasm::vm::VmState;
 type Handler = fn(&mut VmState, &[u8]) -> Result<Vec<u8>, Status>;
 
 /// Every foreign function, by name.
-const FUNCTIONS: [(&str, Handler); 5] = [
+const FUNCTIONS: [(&str, Handler); 7] = [
     ("weir.shared_data_set_ttl", shared_data_set_ttl),
     ("weir.shared_data_delete", shared_data_delete),
     ("weir.configuration_error", configuration_error),
+    ("weir.consumer_find", consumer_find),
+    ("weir.consumer_set", consumer_set),
     ("get_log_level", get_log_level),
     (
         "set_global_max_requests_per_io_cycle",
@@ -84,6 +88,41 @@ fn configuration_error(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Stat
     }
     let report = serde_json::from_slice(args).map_err(|_| Status::BadArgument)?;
     state.configuration_error = Some(report);
+    Ok(Vec::new())
+}
+
+/// `weir.consumer_find` with one credential (`{"key": …}`, `{"username": …}`,
+/// `{"subject": {"issuer", "subject"}}`, `{"name": …}`): the consumer that
+/// holds it as JSON (`name`, `groups`, `limits`; `password_hash` for a user
+/// name), `NOT_FOUND` when none does.
+fn consumer_find(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
+    let query: Query = serde_json::from_slice(args).map_err(|_| Status::BadArgument)?;
+    state.services.consumers.find(&query).ok_or(Status::NotFound)
+}
+
+/// Arguments of `weir.consumer_set`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetConsumer {
+    name: String,
+    #[serde(default)]
+    anonymous: bool,
+}
+
+/// `weir.consumer_set` `{"name", "anonymous"}`: the request's caller is
+/// consumer `name` (or, with `anonymous`, a caller with no valid credential
+/// served as `name`). Only during a request (`BAD_ARGUMENT` elsewhere);
+/// `NOT_FOUND` for a name no consumer has.
+fn consumer_set(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
+    let SetConsumer { name, anonymous } =
+        serde_json::from_slice(args).map_err(|_| Status::BadArgument)?;
+    let identified = state
+        .services
+        .consumers
+        .identify(&name, anonymous)
+        .ok_or(Status::NotFound)?;
+    let stream = super::stream_in(state).ok_or(Status::BadArgument)?;
+    stream.consumer = Some(identified);
     Ok(Vec::new())
 }
 

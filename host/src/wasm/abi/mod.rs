@@ -259,6 +259,9 @@ fn add_context_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
                 Ok(borrowed) => borrowed,
                 Err(status) => return Ok(status as i32),
             };
+            if path == properties::CONSUMER {
+                return Ok(Status::BadArgument as i32);
+            }
             let Some(stream) = stream_in(state) else {
                 return Ok(Status::NotFound as i32);
             };

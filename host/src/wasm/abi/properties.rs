@@ -8,6 +8,8 @@
 //! filter see a forged `source.address`. Any other path reads back what a
 //! filter of the stream wrote there, `metadata.filter_metadata.<ns>.<key>`
 //! included (the dynamic metadata Envoy's native filters write).
+//! `weir.consumer` reads the consumer an auth filter identified; filters
+//! cannot write it as a property.
 
 use super::pairs;
 use crate::config::model::Metadata;
@@ -46,8 +48,15 @@ const XDS: [&str; 4] = [
     "cluster_metadata",
 ];
 
+/// The consumer the request was identified as (JSON: `name`, `groups`,
+/// `limits`, `anonymous`); only `weir.consumer_set` writes it.
+pub const CONSUMER: &[u8] = b"weir\0consumer";
+
 /// The value at `path` (segments separated by NUL), if there is one.
 pub fn get(state: &VmState, stream: Option<&StreamData>, path: &[u8]) -> Option<Vec<u8>> {
+    if path == CONSUMER {
+        return Some(stream?.consumer.as_ref()?.property.to_vec());
+    }
     let first = path.split(|&b| b == 0).next().unwrap_or_default();
     let is_attribute = std::str::from_utf8(first).is_ok_and(|f| ATTRIBUTES.contains(&f));
     if !is_attribute {
