@@ -68,6 +68,7 @@ mod http;
 pub mod log;
 pub mod metrics;
 pub mod net;
+pub mod params;
 pub mod redis;
 mod runtime;
 pub mod shared;
