@@ -132,6 +132,18 @@ fn failing(host: &FakeHost, name: &'static str) -> HostResult<()> {
 }
 
 impl FakeHost {
+    /// Identifies request `id` as consumer `name`, as `weir.consumer_set` does.
+    pub(crate) fn set_consumer(&mut self, id: u32, name: &str, anonymous: bool) -> HostResult<()> {
+        let found = self.consumers.iter().find(|c| c.consumer.name == name);
+        let mut consumer = found.ok_or(HostError::NotFound)?.consumer.clone();
+        consumer.password_hash = None;
+        consumer.anonymous = anonymous;
+        let property = serde_json::to_vec(&consumer).map_err(|_| HostError::SerializationFailure)?;
+        let request = self.requests.get_mut(&id).ok_or(HostError::BadArgument)?;
+        request.consumer = Some(property);
+        Ok(())
+    }
+
     fn request(&mut self) -> HostResult<&mut RequestState> {
         self.requests
             .get_mut(&self.effective)
@@ -406,12 +418,8 @@ pub(crate) fn call_foreign_function(name: &str, args: &[u8]) -> HostResult<Vec<u
         }
         "weir.consumer_set" => {
             let name = args["name"].as_str().ok_or(HostError::BadArgument)?;
-            let found = host.consumers.iter().find(|c| c.consumer.name == name);
-            let mut consumer = found.ok_or(HostError::NotFound)?.consumer.clone();
-            consumer.password_hash = None;
-            consumer.anonymous = args["anonymous"].as_bool().unwrap_or(false);
-            let property = serde_json::to_vec(&consumer).map_err(|_| HostError::SerializationFailure)?;
-            host.request()?.consumer = Some(property);
+            let anonymous = args["anonymous"].as_bool().unwrap_or(false);
+            host.set_consumer(host.effective, name, anonymous)?;
             Ok(Vec::new())
         }
         _ => Err(HostError::NotFound),

@@ -256,6 +256,14 @@ impl<P: Plugin> Exchange<'_, P> {
         })
     }
 
+    /// Identifies the request as consumer `name` (one the kit was configured
+    /// with), as an earlier auth filter would.
+    pub fn identify(&mut self, name: &str, anonymous: bool) {
+        let id = self.id;
+        let known = host::with(|h| h.set_consumer(id, name, anonymous));
+        assert!(known.is_ok(), "the kit has no consumer `{name}`");
+    }
+
     /// The consumer a filter identified the request as.
     pub fn consumer(&self) -> Option<crate::consumers::Consumer> {
         host::with(|h| {
