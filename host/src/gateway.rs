@@ -71,6 +71,8 @@ fn build_chains_over(
     services: &Arc<Services>,
     running: &Started,
 ) -> Result<(Vec<Chain>, Started), StartError> {
+    // Filters check the consumers they name against the manifest being built.
+    services.consumers.stage(&manifest.consumers);
     if manifest.plugins.is_empty() {
         return Ok((Vec::new(), Started::default()));
     }
@@ -190,9 +192,9 @@ impl Gateway {
             .filter_map(|p| Some((p.vm_id.clone(), p.shared_data_tier.clone()?)));
         let caller = Arc::new(UpstreamCaller::new(directory.clone()));
         let services = Services::new(caller.clone(), caller, redis).with_tiers(tiers);
-        services.consumers.publish(&manifest.consumers);
         let (chains, started) =
             build_chains_over(&manifest, options, &services, &Started::default())?;
+        services.consumers.publish();
         let snapshot = snapshot::assemble(&manifest, 1, chains, &groups)?;
         let runtimes = server::workers::Runtimes::build(options.worker_count())?;
         let mut listeners: Vec<Vec<server::Listener>> =
@@ -305,7 +307,7 @@ impl Gateway {
             started,
         };
         self.owned.directory.publish(groups);
-        self.owned.services.consumers.publish(&manifest.consumers);
+        self.owned.services.consumers.publish();
         self.proxy.swap(snapshot);
         tracing::info!(generation, filters_kept = kept, "config reloaded");
         Ok(generation)

@@ -506,14 +506,25 @@ fn a_builtin_plugin_is_put_listed_and_replaced_by_an_upload() {
     let builtins = call(&url, Method::GET, "/builtins", None).json();
     assert_eq!(
         each(&builtins, |b| b["name"].clone()),
-        ["cors", "header-rewrite", "jwt-auth", "rate-limit"]
+        [
+            "acl",
+            "basic-auth",
+            "cors",
+            "header-rewrite",
+            "ip-restriction",
+            "jwt-auth",
+            "key-auth",
+            "rate-limit"
+        ]
     );
+    let jwt = builtins
+        .as_array()
+        .and_then(|all| all.iter().find(|b| b["name"] == "jwt-auth"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(jwt["schema"]["required"], serde_json::json!(["secret"]));
     assert_eq!(
-        builtins[2]["schema"]["required"],
-        serde_json::json!(["secret"])
-    );
-    assert_eq!(
-        builtins[2]["size"],
+        jwt["size"],
         weir::builtins::find("jwt-auth").map_or(0, |b| b.module.len())
     );
     let put =
@@ -534,7 +545,7 @@ fn a_builtin_plugin_is_put_listed_and_replaced_by_an_upload() {
     assert_eq!(errors[0]["pointer"], "/plugins/1/builtin");
     assert_eq!(
         errors[0]["detail"],
-        "unknown built-in plugin `no-such-plugin`; this Weir has: cors, header-rewrite, jwt-auth, rate-limit"
+        "unknown built-in plugin `no-such-plugin`; this Weir has: acl, basic-auth, cors, header-rewrite, ip-restriction, jwt-auth, key-auth, rate-limit"
     );
     let both = put("greeter", r#"{"builtin": "jwt-auth", "file": "x.wasm"}"#);
     assert_eq!(both.status, 422, "{}", both.problem_text());

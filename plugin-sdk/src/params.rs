@@ -59,7 +59,9 @@ pub fn decode(text: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
                 match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     Some(byte) => {
                         out.push(byte);
@@ -100,8 +102,14 @@ mod tests {
         assert_eq!(query_param(path, "q").as_deref(), Some("a+b"));
         assert_eq!(query_param(path, "missing"), None);
         assert_eq!(query_param("/no-query", "q"), None);
-        assert_eq!(without_query_param(path, "api_key"), "/v1/items?page=2&q=a%2Bb");
-        assert_eq!(without_query_param("/x?api_key=1&api_key=2", "api_key"), "/x");
+        assert_eq!(
+            without_query_param(path, "api_key"),
+            "/v1/items?page=2&q=a%2Bb"
+        );
+        assert_eq!(
+            without_query_param("/x?api_key=1&api_key=2", "api_key"),
+            "/x"
+        );
         assert_eq!(without_query_param("/x", "api_key"), "/x");
     }
 

@@ -199,19 +199,42 @@ impl Decode for ConsumerLimit {
 }
 
 /// Checks that no two consumers share a name, an API key, a user name or a
-/// JWT identity: each credential must resolve to one consumer.
+/// JWT identity: each credential must resolve to one consumer. A consumer
+/// whose name is taken is reported for that alone.
 pub fn check_unique(consumers: &[Located<Consumer>], diags: &mut Diagnostics) {
-    let mut names = HashMap::new();
+    let mut names: HashMap<&str, u64> = HashMap::new();
     let mut keys = HashMap::new();
     let mut usernames = HashMap::new();
     let mut identities = HashMap::new();
-    for consumer in consumers {
-        let Located { value, location } = consumer;
+    for Located { value, location } in consumers {
         if value.name.is_empty() {
             diags.error(*location, "a consumer name must not be empty");
+            continue;
         }
-        let mut seen = |kind: &str, first: Option<&String>| {
-            if let Some(first) = first {
+        if let Some(line) = names.get(value.name.as_str()) {
+            diags.error(
+                *location,
+                format!(
+                    "duplicate consumer name `{}` (first defined on line {line})",
+                    value.name
+                ),
+            );
+            continue;
+        }
+        names.insert(&value.name, location.line);
+        let mut claims = Vec::new();
+        for key in &value.api_keys {
+            claims.push(("API key", keys.insert(*key, &value.name)));
+        }
+        if let Some(basic) = &value.basic_auth {
+            let first = usernames.insert(basic.username.as_str(), &value.name);
+            claims.push(("basic-auth user name", first));
+        }
+        for identity in &value.jwt {
+            claims.push(("JWT identity", identities.insert(identity, &value.name)));
+        }
+        for (kind, first) in claims {
+            if let Some(first) = first.filter(|first| **first != value.name) {
                 diags.error(
                     *location,
                     format!(
@@ -220,18 +243,6 @@ pub fn check_unique(consumers: &[Located<Consumer>], diags: &mut Diagnostics) {
                     ),
                 );
             }
-        };
-        seen("name", names.insert(value.name.clone(), value.name.clone()).as_ref());
-        for key in &value.api_keys {
-            seen("API key", keys.insert(*key, value.name.clone()).as_ref());
-        }
-        if let Some(basic) = &value.basic_auth {
-            let first = usernames.insert(basic.username.clone(), value.name.clone());
-            seen("basic-auth username", first.as_ref());
-        }
-        for identity in &value.jwt {
-            let first = identities.insert(identity.clone(), value.name.clone());
-            seen("JWT identity", first.as_ref());
         }
     }
 }

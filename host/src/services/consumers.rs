@@ -3,8 +3,11 @@
 //! identified as (`weir.consumer_set`), which later plugins read as the
 //! `weir.consumer` property.
 //!
-//! A reload publishes the new list whole ([`Consumers::publish`]): a lookup
-//! sees the old list or the new one, never a mix, and no filter restarts.
+//! A build stages the new list ([`Consumers::stage`]), which filters starting
+//! in it see when they check their configuration (an `anonymous` consumer
+//! that the same change adds), and publishes it whole once the build is
+//! swapped in ([`Consumers::publish`]): a request sees the old list or the
+//! new one, never a mix, and no filter restarts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,13 +17,14 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::token_digest;
 use crate::config::model::Consumer;
+use crate::config::token_digest;
 
-/// The consumers of the running manifest.
+/// The consumers of the running manifest, and of the one being built.
 #[derive(Default)]
 pub struct Consumers {
     index: ArcSwap<Index>,
+    staged: ArcSwap<Index>,
 }
 
 /// Every consumer by each of its credentials.
@@ -72,17 +76,15 @@ pub struct Identified {
 }
 
 impl Consumers {
-    /// Makes `consumers` the list lookups answer from.
-    pub fn publish(&self, consumers: &[Consumer]) {
+    /// Makes `consumers` the list that configure-time lookups answer from.
+    pub fn stage(&self, consumers: &[Consumer]) {
         let mut index = Index::default();
         for consumer in consumers {
             let entry = Arc::new(Entry {
                 view: view(consumer),
                 consumer: consumer.clone(),
             });
-            index
-                .by_name
-                .insert(consumer.name.clone(), entry.clone());
+            index.by_name.insert(consumer.name.clone(), entry.clone());
             for key in &consumer.api_keys {
                 index.by_key.insert(*key, entry.clone());
             }
@@ -96,13 +98,23 @@ impl Consumers {
                 index.by_subject.insert(at, entry.clone());
             }
         }
-        self.index.store(Arc::new(index));
+        self.staged.store(Arc::new(index));
     }
 
-    /// The consumer `query` names, as the JSON a plugin reads; `None` when
-    /// no consumer has that credential.
-    pub fn find(&self, query: &Query) -> Option<Vec<u8>> {
-        let index = self.index.load();
+    /// Makes the staged list the one requests see.
+    pub fn publish(&self) {
+        self.index.store(self.staged.load_full());
+    }
+
+    /// The consumer `query` names, as the JSON a plugin reads (from the
+    /// staged list while `configuring`); `None` when no consumer has that
+    /// credential.
+    pub fn find(&self, query: &Query, configuring: bool) -> Option<Vec<u8>> {
+        let index = if configuring {
+            self.staged.load()
+        } else {
+            self.index.load()
+        };
         let entry = match query {
             Query::Name(name) => index.by_name.get(name),
             Query::Key(key) => index.by_key.get(&token_digest(key.as_bytes())),
@@ -156,7 +168,7 @@ mod tests {
 
     fn consumers() -> Consumers {
         let all = Consumers::default();
-        all.publish(&[
+        all.stage(&[
             Consumer {
                 name: "ada".into(),
                 groups: vec!["staff".into()],
@@ -186,12 +198,13 @@ mod tests {
                 limits: vec![],
             },
         ]);
+        all.publish();
         all
     }
 
     fn found(all: &Consumers, query: &str) -> Option<serde_json::Value> {
         let query: Query = serde_json::from_str(query).expect("a query");
-        all.find(&query)
+        all.find(&query, false)
             .map(|bytes| serde_json::from_slice(&bytes).expect("JSON"))
     }
 
@@ -206,14 +219,20 @@ mod tests {
         assert_eq!(found(&all, r#"{"key":"k-nobody"}"#), None);
         let by_user = found(&all, r#"{"username":"ada"}"#).expect("by user name");
         assert_eq!(by_user["password_hash"], "$2b$04$hash");
-        assert_eq!(found(&all, r#"{"name":"bob"}"#).expect("by name")["name"], "bob");
+        assert_eq!(
+            found(&all, r#"{"name":"bob"}"#).expect("by name")["name"],
+            "bob"
+        );
     }
 
     #[test]
     fn a_subject_from_its_own_issuer_wins_over_one_from_any_issuer() {
         let all = consumers();
         let query = r#"{"subject":{"issuer":"https://idp","subject":"42"}}"#;
-        assert_eq!(found(&all, query).expect("issuer and subject")["name"], "ada");
+        assert_eq!(
+            found(&all, query).expect("issuer and subject")["name"],
+            "ada"
+        );
         let other = r#"{"subject":{"issuer":"https://other","subject":"42"}}"#;
         assert_eq!(found(&all, other).expect("any issuer")["name"], "bob");
         let none = r#"{"subject":{"subject":"42"}}"#;
@@ -221,10 +240,20 @@ mod tests {
     }
 
     #[test]
-    fn a_reload_replaces_the_whole_list() {
+    fn a_staged_list_is_seen_at_configure_time_until_it_is_published() {
         let all = consumers();
-        all.publish(&[]);
-        assert_eq!(found(&all, r#"{"name":"ada"}"#), None);
+        all.stage(&[]);
+        let ada: Query = serde_json::from_str(r#"{"name":"ada"}"#).expect("a query");
+        assert!(
+            all.find(&ada, true).is_none(),
+            "the build sees the new list"
+        );
+        assert!(
+            all.find(&ada, false).is_some(),
+            "requests still see the old one"
+        );
+        all.publish();
+        assert!(all.find(&ada, false).is_none());
         assert!(all.identify("ada", false).is_none());
     }
 }

@@ -138,7 +138,8 @@ impl FakeHost {
         let mut consumer = found.ok_or(HostError::NotFound)?.consumer.clone();
         consumer.password_hash = None;
         consumer.anonymous = anonymous;
-        let property = serde_json::to_vec(&consumer).map_err(|_| HostError::SerializationFailure)?;
+        let property =
+            serde_json::to_vec(&consumer).map_err(|_| HostError::SerializationFailure)?;
         let request = self.requests.get_mut(&id).ok_or(HostError::BadArgument)?;
         request.consumer = Some(property);
         Ok(())

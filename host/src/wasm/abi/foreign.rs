@@ -94,10 +94,13 @@ fn configuration_error(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Stat
 /// `weir.consumer_find` with one credential (`{"key": …}`, `{"username": …}`,
 /// `{"subject": {"issuer", "subject"}}`, `{"name": …}`): the consumer that
 /// holds it as JSON (`name`, `groups`, `limits`; `password_hash` for a user
-/// name), `NOT_FOUND` when none does.
+/// name), `NOT_FOUND` when none does. During `on_configure`, from the
+/// consumers of the manifest being built.
 fn consumer_find(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
     let query: Query = serde_json::from_slice(args).map_err(|_| Status::BadArgument)?;
-    state.services.consumers.find(&query).ok_or(Status::NotFound)
+    let configuring = state.configuration.is_some();
+    let consumers = &state.services.consumers;
+    consumers.find(&query, configuring).ok_or(Status::NotFound)
 }
 
 /// Arguments of `weir.consumer_set`.
