@@ -784,3 +784,77 @@ fn mutual_tls_admits_only_client_certificates_the_client_ca_issued() {
     assert!(stderr.contains("CertificateRequired"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn consumers_are_put_read_and_deleted_and_their_keys_work_at_once() {
+    let (weir, url, dir) = start("entities-consumers", &backend());
+    let added = call(
+        &url,
+        Method::PUT,
+        "/plugins/keys",
+        Some(r#"{"builtin": "key-auth"}"#),
+    );
+    assert_eq!(added.status, 201, "{}", added.problem_text());
+    let routed = call(
+        &url,
+        Method::PUT,
+        "/routes/private",
+        Some(
+            "{ match: { path: { prefix: /private } }, upstream: backend, \
+             filters: [{ plugin: keys, config: { sources: [{ query: key }] } }] }",
+        ),
+    );
+    assert_eq!(routed.status, 201, "{}", routed.problem_text());
+    assert_eq!(weir.fetch("/private?key=k-ada").0, 401, "no consumer yet");
+
+    let digest: String = weir::config::token_digest(b"k-ada")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let ada = format!(r#"{{"groups": ["staff"], "api_keys": ["sha256:{digest}"]}}"#);
+    let put = call(&url, Method::PUT, "/consumers/ada", Some(&ada));
+    assert_eq!(put.status, 201, "{}", put.problem_text());
+    assert_eq!(
+        weir.get("/private?key=k-ada"),
+        "backend /private",
+        "the key works at once and stays at the gateway"
+    );
+    assert_eq!(
+        call(&url, Method::GET, "/consumers/ada", None).json(),
+        serde_json::json!({"name": "ada", "groups": ["staff"], "api_keys": [format!("sha256:{digest}")]})
+    );
+
+    // The same key for another consumer: refused whole, with its place.
+    let bob = format!(r#"{{"api_keys": ["sha256:{digest}"]}}"#);
+    let clash = call(&url, Method::PUT, "/consumers/bob", Some(&bob));
+    assert_eq!(clash.status, 422);
+    assert!(
+        clash
+            .problem_text()
+            .contains("consumer `bob` has the same API key as consumer `ada`"),
+        "{}",
+        clash.problem_text()
+    );
+    let clear = call(
+        &url,
+        Method::PUT,
+        "/consumers/bob",
+        Some(r#"{"api_keys": ["k-bob"]}"#),
+    );
+    assert_eq!(clear.status, 422, "a key in the clear is refused");
+    assert_eq!(
+        each(&call(&url, Method::GET, "/consumers", None).json(), |c| {
+            c["name"].clone()
+        }),
+        ["ada"]
+    );
+
+    let deleted = call(&url, Method::DELETE, "/consumers/ada", None);
+    assert_eq!(deleted.status, 204, "{}", deleted.problem_text());
+    assert_eq!(
+        weir.fetch("/private?key=k-ada").0,
+        401,
+        "the key stopped working"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,6 +8,7 @@ mod examples;
 mod filters;
 mod forwarding;
 mod grpc;
+mod guards;
 mod hostile;
 mod limits;
 mod plugins;
