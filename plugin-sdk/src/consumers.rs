@@ -163,7 +163,12 @@ impl Auth {
         Ok(Flow::Continue)
     }
 
-    fn identify<F: Filter>(&self, http: &mut Http<'_, F>, name: &str, anonymous: bool) -> HostResult<()> {
+    fn identify<F: Filter>(
+        &self,
+        http: &mut Http<'_, F>,
+        name: &str,
+        anonymous: bool,
+    ) -> HostResult<()> {
         let args = serde_json::json!({ "name": name, "anonymous": anonymous });
         host::call_foreign_function("weir.consumer_set", args.to_string().as_bytes())?;
         if !self.consumer_header.is_empty() {

@@ -46,14 +46,13 @@ impl FromStr for Cidr {
             .parse()
             .map_err(|_| CidrError(format!("`{text}` is not an IP address or CIDR block")))?;
         let bits = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => bits,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= bits)
-                .ok_or_else(|| CidrError(format!("`{text}`: the prefix must be 0 to {bits}")))?,
-        };
+        let prefix =
+            match prefix {
+                None => bits,
+                Some(p) => p.parse::<u8>().ok().filter(|p| *p <= bits).ok_or_else(|| {
+                    CidrError(format!("`{text}`: the prefix must be 0 to {bits}"))
+                })?,
+            };
         let cidr = Self { network, prefix };
         if cidr.masked(network) != network {
             return Err(CidrError(format!(
@@ -79,11 +78,15 @@ impl Cidr {
     fn masked(&self, address: IpAddr) -> IpAddr {
         match address {
             IpAddr::V4(v4) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 IpAddr::V4((u32::from(v4) & mask).into())
             }
             IpAddr::V6(v6) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 IpAddr::V6((u128::from(v6) & mask).into())
             }
         }
@@ -192,7 +195,10 @@ mod tests {
     #[test]
     fn bad_blocks_say_what_is_wrong() {
         let error = |text: &str| text.parse::<Cidr>().expect_err(text).to_string();
-        assert_eq!(error("10.0.0.0/33"), "`10.0.0.0/33`: the prefix must be 0 to 32");
+        assert_eq!(
+            error("10.0.0.0/33"),
+            "`10.0.0.0/33`: the prefix must be 0 to 32"
+        );
         assert_eq!(
             error("10.0.0.1/8"),
             "`10.0.0.1/8` has host bits set; the network is `10.0.0.0/8`"

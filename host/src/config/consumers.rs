@@ -221,7 +221,12 @@ pub fn check_unique(consumers: &[Located<Consumer>], diags: &mut Diagnostics) {
                 );
             }
         };
-        seen("name", names.insert(value.name.clone(), value.name.clone()).as_ref());
+        seen(
+            "name",
+            names
+                .insert(value.name.clone(), value.name.clone())
+                .as_ref(),
+        );
         for key in &value.api_keys {
             seen("API key", keys.insert(*key, value.name.clone()).as_ref());
         }

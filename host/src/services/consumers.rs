@@ -14,8 +14,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::token_digest;
 use crate::config::model::Consumer;
+use crate::config::token_digest;
 
 /// The consumers of the running manifest.
 #[derive(Default)]
@@ -80,9 +80,7 @@ impl Consumers {
                 view: view(consumer),
                 consumer: consumer.clone(),
             });
-            index
-                .by_name
-                .insert(consumer.name.clone(), entry.clone());
+            index.by_name.insert(consumer.name.clone(), entry.clone());
             for key in &consumer.api_keys {
                 index.by_key.insert(*key, entry.clone());
             }
@@ -206,14 +204,20 @@ mod tests {
         assert_eq!(found(&all, r#"{"key":"k-nobody"}"#), None);
         let by_user = found(&all, r#"{"username":"ada"}"#).expect("by user name");
         assert_eq!(by_user["password_hash"], "$2b$04$hash");
-        assert_eq!(found(&all, r#"{"name":"bob"}"#).expect("by name")["name"], "bob");
+        assert_eq!(
+            found(&all, r#"{"name":"bob"}"#).expect("by name")["name"],
+            "bob"
+        );
     }
 
     #[test]
     fn a_subject_from_its_own_issuer_wins_over_one_from_any_issuer() {
         let all = consumers();
         let query = r#"{"subject":{"issuer":"https://idp","subject":"42"}}"#;
-        assert_eq!(found(&all, query).expect("issuer and subject")["name"], "ada");
+        assert_eq!(
+            found(&all, query).expect("issuer and subject")["name"],
+            "ada"
+        );
         let other = r#"{"subject":{"issuer":"https://other","subject":"42"}}"#;
         assert_eq!(found(&all, other).expect("any issuer")["name"], "bob");
         let none = r#"{"subject":{"subject":"42"}}"#;

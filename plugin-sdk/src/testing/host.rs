@@ -410,7 +410,8 @@ pub(crate) fn call_foreign_function(name: &str, args: &[u8]) -> HostResult<Vec<u
             let mut consumer = found.ok_or(HostError::NotFound)?.consumer.clone();
             consumer.password_hash = None;
             consumer.anonymous = args["anonymous"].as_bool().unwrap_or(false);
-            let property = serde_json::to_vec(&consumer).map_err(|_| HostError::SerializationFailure)?;
+            let property =
+                serde_json::to_vec(&consumer).map_err(|_| HostError::SerializationFailure)?;
             host.request()?.consumer = Some(property);
             Ok(Vec::new())
         }

@@ -53,10 +53,7 @@ impl<P: Plugin> TestKit<P> {
     }
 
     /// [`configure`](Self::configure) on a host that knows `consumers`.
-    pub fn configure_with(
-        config: &str,
-        consumers: Vec<TestConsumer>,
-    ) -> Result<Self, ConfigError> {
+    pub fn configure_with(config: &str, consumers: Vec<TestConsumer>) -> Result<Self, ConfigError> {
         host::reset();
         host::with(|h| {
             h.consumers = consumers;

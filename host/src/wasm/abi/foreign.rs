@@ -97,7 +97,11 @@ fn configuration_error(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Stat
 /// name), `NOT_FOUND` when none does.
 fn consumer_find(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
     let query: Query = serde_json::from_slice(args).map_err(|_| Status::BadArgument)?;
-    state.services.consumers.find(&query).ok_or(Status::NotFound)
+    state
+        .services
+        .consumers
+        .find(&query)
+        .ok_or(Status::NotFound)
 }
 
 /// Arguments of `weir.consumer_set`.
