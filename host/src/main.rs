@@ -615,7 +615,8 @@ fn validate(
     options: &weir::gateway::Options,
 ) -> anyhow::Result<weir::Manifest> {
     let manifest = weir::config::load(config)?;
-    weir::gateway::build_chains(&manifest, options, &weir::services::Services::standalone())?;
+    let services = weir::services::Services::checking(&manifest.consumers);
+    weir::gateway::build_chains(&manifest, options, &services)?;
     Ok(manifest)
 }
 

@@ -361,7 +361,7 @@ impl Store {
         crate::gateway::build_chains(
             &manifest,
             &crate::gateway::Options::default(),
-            &crate::services::Services::standalone(),
+            &crate::services::Services::checking(&manifest.consumers),
         )?;
         Ok(())
     }

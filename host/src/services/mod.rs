@@ -85,4 +85,13 @@ impl Services {
             RedisServices::default(),
         )
     }
+
+    /// [`standalone`](Self::standalone) services that know `consumers`: for
+    /// checking a manifest's plugins, whose configuration may name its
+    /// consumers (an auth filter's `anonymous` one must exist).
+    pub fn checking(consumers: &[crate::config::model::Consumer]) -> Arc<Self> {
+        let services = Self::standalone();
+        services.consumers.publish(consumers);
+        services
+    }
 }
