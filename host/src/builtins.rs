@@ -64,7 +64,16 @@ mod tests {
     #[test]
     fn every_builtin_is_a_wasm_module_with_an_object_schema() {
         let names: Vec<&str> = all().iter().map(|b| b.name).collect();
-        assert_eq!(names, ["cors", "header-rewrite", "jwt-auth", "rate-limit"]);
+        assert_eq!(
+            names,
+            [
+                "cors",
+                "header-rewrite",
+                "jwt-auth",
+                "oauth2-introspection",
+                "rate-limit"
+            ]
+        );
         for builtin in all() {
             assert!(
                 builtin.module.starts_with(b"\0asm"),

@@ -506,7 +506,13 @@ fn a_builtin_plugin_is_put_listed_and_replaced_by_an_upload() {
     let builtins = call(&url, Method::GET, "/builtins", None).json();
     assert_eq!(
         each(&builtins, |b| b["name"].clone()),
-        ["cors", "header-rewrite", "jwt-auth", "rate-limit"]
+        [
+            "cors",
+            "header-rewrite",
+            "jwt-auth",
+            "oauth2-introspection",
+            "rate-limit"
+        ]
     );
     assert_eq!(
         builtins[2]["schema"]["required"],
@@ -534,7 +540,7 @@ fn a_builtin_plugin_is_put_listed_and_replaced_by_an_upload() {
     assert_eq!(errors[0]["pointer"], "/plugins/1/builtin");
     assert_eq!(
         errors[0]["detail"],
-        "unknown built-in plugin `no-such-plugin`; this Weir has: cors, header-rewrite, jwt-auth, rate-limit"
+        "unknown built-in plugin `no-such-plugin`; this Weir has: cors, header-rewrite, jwt-auth, oauth2-introspection, rate-limit"
     );
     let both = put("greeter", r#"{"builtin": "jwt-auth", "file": "x.wasm"}"#);
     assert_eq!(both.status, 422, "{}", both.problem_text());

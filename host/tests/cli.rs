@@ -541,7 +541,16 @@ fn plugins_list_shows_the_builtins_without_a_gateway() {
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
     let names: Vec<&str> = rows.iter().map(|r| r[0]).collect();
-    assert_eq!(names, ["cors", "header-rewrite", "jwt-auth", "rate-limit"]);
+    assert_eq!(
+        names,
+        [
+            "cors",
+            "header-rewrite",
+            "jwt-auth",
+            "oauth2-introspection",
+            "rate-limit"
+        ]
+    );
     for row in &rows {
         let [name, version, bytes, sha256, description @ ..] = &row[..] else {
             panic!("a short row: {row:?}");
@@ -592,7 +601,7 @@ fn plugins_list_prints_a_builtins_config_schema() {
     assert_eq!(unknown.status.code(), Some(1));
     assert_eq!(
         stderr(&unknown),
-        "no built-in plugin `no-such-plugin`; this Weir has: cors, header-rewrite, jwt-auth, rate-limit\n"
+        "no built-in plugin `no-such-plugin`; this Weir has: cors, header-rewrite, jwt-auth, oauth2-introspection, rate-limit\n"
     );
 }
 

@@ -10,6 +10,7 @@ mod forwarding;
 mod grpc;
 mod hostile;
 mod limits;
+mod oauth2;
 mod plugins;
 mod pooling;
 mod redis;
