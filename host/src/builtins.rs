@@ -74,6 +74,7 @@ mod tests {
                 "ip-restriction",
                 "jwt-auth",
                 "key-auth",
+                "oauth2-introspection",
                 "rate-limit"
             ]
         );

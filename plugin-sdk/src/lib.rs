@@ -62,6 +62,7 @@
 
 mod config;
 pub mod consumers;
+pub mod duration;
 mod error;
 mod host;
 mod http;

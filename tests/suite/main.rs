@@ -11,6 +11,7 @@ mod grpc;
 mod guards;
 mod hostile;
 mod limits;
+mod oauth2;
 mod plugins;
 mod pooling;
 mod redis;
