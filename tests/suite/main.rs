@@ -12,6 +12,7 @@ mod hostile;
 mod limits;
 mod plugins;
 mod pooling;
+mod rate_limit;
 mod redis;
 mod reload;
 mod resilience;

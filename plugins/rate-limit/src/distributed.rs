@@ -53,7 +53,7 @@ pub enum Carry {
 }
 
 /// The command deciding `ask` for the limits `limits` of stored key `key`
-/// (`share`: grant a quarter of what is left near the limit).
+/// (`share`: grant at most half of what is left, for leases).
 pub fn command(
     carry: Carry,
     prefix: &str,

@@ -12,10 +12,13 @@ use weir_sdk::{HostError, HostResult, shared};
 
 use crate::algorithm::{Decision, Status};
 use crate::distributed::Grant;
+use crate::limit::Algorithm;
 use crate::local::ABSENT;
 
-/// The longest a refusal is repeated here without asking Redis again.
-const REFUSAL_KEPT_NS: u64 = 1_000_000_000;
+/// The longest a refusal is repeated here without asking Redis again (it is
+/// repeated until the permits are due back, a long wait included, but Redis
+/// is asked at least this often).
+const REFUSAL_KEPT_NS: u64 = 60_000_000_000;
 
 /// A pool as shared data keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -119,10 +122,10 @@ pub fn take(key: &str, limits: usize, now: u64) -> HostResult<Served> {
     }
 }
 
-/// Puts what Redis answered at `now` into pool `key`: the permits granted
-/// beyond the one this request takes, or the refusal. Returns the decision
-/// for this request.
-pub fn store(key: &str, grant: &Grant, now: u64) -> HostResult<Decision> {
+/// Puts what Redis answered at `now` into pool `key` of `algorithm`'s
+/// limits: the permits granted beyond the one this request takes, or the
+/// refusal. Returns the decision for this request.
+pub fn store(key: &str, algorithm: Algorithm, grant: &Grant, now: u64) -> HostResult<Decision> {
     let decision = &grant.decision;
     let spare = decision.granted.saturating_sub(1);
     let limits: Vec<(u64, u64)> = decision
@@ -146,10 +149,14 @@ pub fn store(key: &str, grant: &Grant, now: u64) -> HostResult<Decision> {
                 limits: limits.clone(),
             }
         } else {
-            // Permits of two leases lapse with the earlier one.
-            let (held, expires_ns) = match &current {
-                Some(p) => (p.permits, p.expires_ns.min(lease_end)),
-                None => (0, lease_end),
+            // Two leases' permits in one pool: a sliding window's lapse
+            // with the earlier lease (each must be served in the fixed
+            // window it was counted in); GCRA permits with the later one
+            // (serving one later than granted never adds to the count).
+            let (held, expires_ns) = match (&current, algorithm) {
+                (Some(p), Algorithm::Gcra) => (p.permits, p.expires_ns.max(lease_end)),
+                (Some(p), Algorithm::SlidingWindow) => (p.permits, p.expires_ns.min(lease_end)),
+                (None, _) => (0, lease_end),
             };
             Pool {
                 permits: held + spare,

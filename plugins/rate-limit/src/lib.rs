@@ -31,9 +31,9 @@ use crate::limit::Limit;
 /// How often a Redis failure is logged at most (each is counted).
 const WARN_EVERY_NS: u64 = 10_000_000_000;
 
-/// A near-limit lease waits for this many leases' worth of permits, so that
-/// the quarter it then takes is a whole lease.
-const LEASE_WAIT_FACTOR: u64 = 4;
+/// A refused node waits for this many leases' worth of permits, so that the
+/// half it then takes is a whole lease.
+const LEASE_WAIT_FACTOR: u64 = 2;
 
 /// The limits one request is held to (the configured ones, or its consumer's).
 struct Applied {
@@ -89,6 +89,10 @@ struct RateLimit {
     metrics: Metrics,
     /// When a Redis failure was last logged (Unix ns).
     last_warning: Cell<u64>,
+    /// Whether Redis has answered this VM's script by its SHA-1: until it
+    /// has, the script goes in full (`EVAL`, which also loads it), so that
+    /// no decision takes a second round trip.
+    script_loaded: Cell<bool>,
 }
 
 impl Plugin for RateLimit {
@@ -109,6 +113,7 @@ impl Plugin for RateLimit {
             configured,
             metrics,
             last_warning: Cell::new(0),
+            script_loaded: Cell::new(false),
         })
     }
 
@@ -190,11 +195,12 @@ impl Check {
         let count = self.applied().limits.len();
         match distributed::read_reply(&reply, count) {
             Ok(grant) => {
+                self.plugin.script_loaded.set(true);
                 let decision = match &pending.pool {
                     None => grant.decision,
                     Some(pool) => {
                         let now = now_ns(http)?;
-                        match lease::store(pool, &grant, now) {
+                        match lease::store(pool, self.plugin.settings.algorithm, &grant, now) {
                             Ok(decision) => decision,
                             Err(error) => {
                                 http.warn(&format!(
@@ -207,13 +213,17 @@ impl Check {
                 };
                 self.verdict(http, decision)
             }
-            Err(ReplyError::NoScript) if pending.carry == Carry::Sha => self.ask_redis(
-                http,
-                Pending {
-                    carry: Carry::Source,
-                    ..pending
-                },
-            ),
+            // Redis lost the script (restarted, flushed): send it again.
+            Err(ReplyError::NoScript) if pending.carry == Carry::Sha => {
+                self.plugin.script_loaded.set(false);
+                self.ask_redis(
+                    http,
+                    Pending {
+                        carry: Carry::Source,
+                        ..pending
+                    },
+                )
+            }
             Err(ReplyError::NoScript) => self.redis_failed(http, "Redis does not keep the script"),
             Err(ReplyError::Failed(why)) => self.redis_failed(http, &why),
         }
@@ -304,12 +314,17 @@ impl Filter for Check {
                 }
             };
         };
+        let carry = if plugin.script_loaded.get() {
+            Carry::Sha
+        } else {
+            Carry::Source
+        };
         let pending = match redis.mode {
             Mode::Exact => Pending {
                 key: key.into(),
                 pool: None,
                 ask: Ask::ONE,
-                carry: Carry::Sha,
+                carry,
             },
             Mode::Leased => {
                 let pool = format!("lease|{key}|{}", applied.tags);
@@ -325,7 +340,7 @@ impl Filter for Check {
                         want: redis.lease,
                         wait_for: redis.lease * LEASE_WAIT_FACTOR,
                     },
-                    carry: Carry::Sha,
+                    carry,
                 }
             }
         };

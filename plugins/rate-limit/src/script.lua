@@ -6,7 +6,7 @@
 --           p = the previous window's count})
 -- ARGV[1]   the most permits to grant
 -- ARGV[2]   when none can be granted, the permits to time the retry for
--- ARGV[3]   1: near the limit grant a quarter of what is left (leases)
+-- ARGV[3]   1: grant at most half of what is left (leases)
 -- then per limit i, ARGV[4 + 3(i-1) ..]:
 --   kind    "g" (GCRA) or "w" (sliding window)
 --   span    GCRA: microseconds between two tokens; window: its length
@@ -48,7 +48,7 @@ end
 
 local granted = least
 if share and granted > 0 then
-  granted = math.min(granted, math.max(1, math.floor(least / 4)))
+  granted = math.min(granted, math.max(1, math.floor(least / 2)))
 end
 
 local reply = { granted, 0, 0 }

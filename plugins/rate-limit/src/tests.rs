@@ -182,8 +182,8 @@ fn exact_mode_asks_the_script_once_per_request() {
     let call = exchange.redis_calls().pop().expect("a call");
     assert_eq!(call.service, "cache");
     let args = last_command(&exchange);
-    assert_eq!(args[0], "EVALSHA");
-    assert_eq!(args[1], distributed::script_sha());
+    assert_eq!(args[0], "EVAL", "the first decision brings the script");
+    assert_eq!(args[1], distributed::SCRIPT);
     assert_eq!(&args[2..4], ["1", "weir:rl:{header=k}:g100000000x10"]);
     assert_eq!(&args[4..7], ["1", "1", "0"]);
     exchange.answer_redis(call.token, &ints(&[1, 0, 100_000, 9, 100_000]));
@@ -197,6 +197,9 @@ fn exact_mode_asks_the_script_once_per_request() {
 
     let mut refused = kit.request(Request::get("/").header("x-api-key", "k"));
     refused.send_headers();
+    let args = last_command(&refused);
+    assert_eq!(args[0], "EVALSHA", "then it is named by its SHA-1");
+    assert_eq!(args[1], distributed::script_sha());
     let token = refused.redis_calls().pop().expect("a call").token;
     refused.answer_redis(token, &ints(&[0, 2_500_000, 0, 0, 1_000_000]));
     let reply = refused.local_reply().expect("a 429");
@@ -206,10 +209,16 @@ fn exact_mode_asks_the_script_once_per_request() {
 }
 
 #[test]
-fn a_missing_script_is_sent_in_full_once() {
+fn a_script_redis_lost_is_sent_again_in_full() {
     let kit = TestKit::<RateLimit>::configure(EXACT).expect("configured");
+    let mut first = kit.request(Request::get("/"));
+    first.send_headers();
+    let token = first.redis_calls().pop().expect("a call").token;
+    first.answer_redis(token, &ints(&[1, 0, 0, 9, 100_000]));
+    drop(first);
     let mut exchange = kit.request(Request::get("/"));
     exchange.send_headers();
+    assert_eq!(last_command(&exchange)[0], "EVALSHA");
     let token = exchange.redis_calls().pop().expect("a call").token;
     exchange.answer_redis(
         token,
@@ -220,9 +229,9 @@ fn a_missing_script_is_sent_in_full_once() {
     assert_eq!(args[0], "EVAL");
     assert_eq!(args[1], distributed::SCRIPT);
     let token = exchange.redis_calls().pop().expect("a call").token;
-    exchange.answer_redis(token, &ints(&[1, 0, 0, 9, 100_000]));
+    exchange.answer_redis(token, &ints(&[1, 0, 0, 8, 100_000]));
     assert!(exchange.resumed());
-    assert_eq!(kit.metric("rate_limit_redis_calls"), Some(2));
+    assert_eq!(kit.metric("rate_limit_redis_calls"), Some(3));
 }
 
 #[test]
@@ -271,8 +280,8 @@ fn leased_mode_serves_a_batch_from_the_node_and_remembers_a_refusal() {
     let args = last_command(&first);
     assert_eq!(
         &args[4..7],
-        ["5", "20", "1"],
-        "a lease of 5, waiting for 4 leases"
+        ["5", "10", "1"],
+        "a lease of 5, waiting for 2 leases"
     );
     let token = first.redis_calls().pop().expect("a call").token;
     // Five permits, 50 ms to use them, 90 left in Redis.
@@ -307,8 +316,12 @@ fn leased_mode_serves_a_batch_from_the_node_and_remembers_a_refusal() {
     );
     assert_eq!(again.redis_calls().len(), 2, "refused without asking Redis");
     drop(again);
-    // A refusal is repeated for a second at most, then Redis is asked again.
-    kit.advance(Duration::from_millis(1_001));
+    // The refusal is repeated until the permits are due back, then Redis
+    // is asked again.
+    kit.advance(Duration::from_millis(2_999));
+    assert!(!admitted(&kit, Request::get("/").header("x-api-key", "k")));
+    assert_eq!(kit.request(Request::get("/")).redis_calls().len(), 2);
+    kit.advance(Duration::from_millis(1));
     let mut later = kit.request(Request::get("/").header("x-api-key", "k"));
     assert_eq!(later.send_headers(), Flow::Pause);
     assert_eq!(later.redis_calls().len(), 3);
