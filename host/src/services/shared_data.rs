@@ -296,7 +296,10 @@ mod tests {
         data.cache.run_pending_tasks();
         assert_eq!(data.bytes_held("p"), 2 + 1 + u64::from(ENTRY_OVERHEAD));
         std::thread::sleep(Duration::from_millis(40));
-        assert!(data.get("p", "k").is_none(), "the TTL holds across the write");
+        assert!(
+            data.get("p", "k").is_none(),
+            "the TTL holds across the write"
+        );
         assert_eq!(
             data.set_ttl("p", "gone", Duration::from_secs(1)),
             Err(SetError::NotFound)
