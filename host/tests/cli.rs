@@ -587,8 +587,24 @@ fn plugins_list_prints_a_builtins_config_schema() {
         .keys()
         .map(String::as_str)
         .collect();
-    assert_eq!(properties, ["rate", "burst", "key_header"]);
-    assert_eq!(schema["required"], serde_json::json!(["rate", "burst"]));
+    assert_eq!(
+        properties,
+        [
+            "limits",
+            "algorithm",
+            "key",
+            "trusted_proxies",
+            "redis",
+            "headers",
+            "rate",
+            "burst",
+            "key_header"
+        ]
+    );
+    assert_eq!(
+        schema["properties"]["limits"]["items"]["required"],
+        serde_json::json!(["requests", "per"])
+    );
     assert_eq!(schema["additionalProperties"], false);
 
     let unknown = plugins_list(&["--schema", "no-such-plugin"]);

@@ -1,8 +1,10 @@
 //! What one light Proxy-Wasm filter costs a request: binding the stream to a
 //! VM, request and response header callbacks (the filter reads two headers and
 //! adds one), and on_log/on_done/on_delete — against the same request with
-//! an empty chain; and what starting a VM costs (instantiation, start-up,
-//! `on_vm_start`, `on_configure`) with the module already compiled.
+//! an empty chain; what the rate-limit built-in costs a request with a
+//! limit on this node (one key in shared data, updated with compare-and-swap);
+//! and what starting a VM costs (instantiation, start-up, `on_vm_start`,
+//! `on_configure`) with the module already compiled.
 //! Run with `cargo bench -p weir-tests --bench filter`.
 
 use std::hint::black_box;
@@ -112,8 +114,39 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
+    // rate-limit on this node, never refusing: one key (route and
+    // user-agent), one limit, then two limits of a sliding window.
+    let rate_limit = |config: &'static [u8]| -> Chain {
+        let wasm = std::fs::read(weir_tests::plugin_wasm("rate-limit")).expect("built-in built");
+        let plugin = runtime
+            .load("limit", "limit", &wasm, limits, Bytes::new())
+            .expect("load");
+        let settings = FilterSettings {
+            root_id: "limit".into(),
+            configuration: Bytes::from_static(config),
+        };
+        let services = weir::services::Services::standalone();
+        let instance = FilterInstance::new(plugin, settings, 1, services).expect("start");
+        Chain::new(vec![Arc::new(ProxyWasmFilter::new(
+            instance,
+            FailMode::Closed,
+        ))])
+    };
+    let gcra = rate_limit(
+        br#"{"limits": [{"requests": 1000000000, "per": "1s"}], "key": ["route", "header:user-agent"]}"#,
+    );
+    let windows = rate_limit(
+        br#"{"algorithm": "sliding_window", "limits": [{"requests": 1000000000, "per": "1s"}, {"requests": 1000000000, "per": "1h"}], "key": ["route", "header:user-agent"]}"#,
+    );
+
     let mut group = c.benchmark_group("pipeline");
     group.bench_function("empty", |b| b.iter(|| one_request(&empty, &info)));
+    group.bench_function("rate_limit_local_gcra", |b| {
+        b.iter(|| one_request(&gcra, &info))
+    });
+    group.bench_function("rate_limit_local_two_sliding_windows", |b| {
+        b.iter(|| one_request(&windows, &info))
+    });
     group.bench_function("one_light_filter", |b| b.iter(|| one_request(&one, &info)));
     group.bench_function("three_light_filters", |b| {
         b.iter(|| one_request(&three, &info))

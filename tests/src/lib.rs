@@ -669,6 +669,57 @@ impl RedisServer {
         Ok(Some(value))
     }
 
+    /// The text of `INFO section` (`commandstats`, `clients`, …).
+    pub async fn info(&self, section: &str) -> anyhow::Result<String> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let stream = tokio::net::TcpStream::connect(self.addr).await?;
+        let (read, mut write) = stream.into_split();
+        let query = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
+        write.write_all(query.as_bytes()).await?;
+        let mut reader = BufReader::new(read);
+        let mut head = String::new();
+        reader.read_line(&mut head).await?;
+        let len: usize = head
+            .strip_prefix('$')
+            .and_then(|h| h.trim_end().parse().ok())
+            .with_context(|| format!("not a bulk string: {head:?}"))?;
+        let mut text = vec![0; len];
+        reader.read_exact(&mut text).await?;
+        Ok(String::from_utf8_lossy(&text).into_owned())
+    }
+
+    /// How many times command `name` (lower case, `evalsha`) ran since the
+    /// server started or its statistics were reset (`CONFIG RESETSTAT`).
+    pub async fn command_calls(&self, name: &str) -> anyhow::Result<u64> {
+        let stats = self.info("commandstats").await?;
+        let prefix = format!("cmdstat_{name}:calls=");
+        Ok(stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(Ok(0), str::parse)?)
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and nothing is
+    /// answered, as from a server that hangs.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("the server was stopped")?;
+        let status = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} failed");
+        Ok(())
+    }
+
     /// Stops the server (requests to it fail from now on).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -14,6 +14,7 @@ mod limits;
 mod oauth2;
 mod plugins;
 mod pooling;
+mod rate_limit;
 mod redis;
 mod reload;
 mod resilience;

@@ -227,11 +227,28 @@ impl SharedData {
         }
     }
 
-    /// Gives an existing entry a new TTL.
+    /// Gives an existing entry a new TTL, in one step with the entry: its
+    /// value and CAS stay, so a writer that read it before still writes
+    /// (and nothing written in between is lost).
     pub fn set_ttl(&self, vm_id: &str, key: &str, ttl: Duration) -> Result<(), SetError> {
-        let (value, _) = self.get(vm_id, key).ok_or(SetError::NotFound)?;
-        // Same value, same size: the namespace's bytes do not change.
-        self.set(vm_id, key, value, 0, Some(ttl), u64::MAX)
+        use moka::ops::compute::Op;
+        let mut outcome = Err(SetError::NotFound);
+        let used = self.usage.of(vm_id);
+        let k = (vm_id.to_owned(), key.to_owned());
+        self.cache.entry(k.clone()).and_compute_with(|current| {
+            let Some(current) = current.map(|e| e.into_value()) else {
+                return Op::Nop;
+            };
+            // The same entry again: its weight is added as the replaced
+            // one's is released (by the removal listener).
+            used.fetch_add(weight(&k, &current), Ordering::AcqRel);
+            outcome = Ok(());
+            Op::Put(Entry {
+                expires: Some(Instant::now() + ttl),
+                ..current
+            })
+        });
+        outcome
     }
 
     /// Removes `key`.
@@ -262,6 +279,30 @@ mod tests {
         assert_eq!(
             data.get("p", "k").map(|(v, _)| v),
             Some(Bytes::from_static(b"2"))
+        );
+    }
+
+    #[test]
+    fn a_ttl_keeps_the_value_and_its_cas() {
+        let data = SharedData::new(1 << 20);
+        data.set("p", "k", Bytes::from_static(b"1"), 0, None, u64::MAX)
+            .expect("set");
+        let (_, cas) = data.get("p", "k").expect("present");
+        data.set_ttl("p", "k", Duration::from_millis(20))
+            .expect("present");
+        assert_eq!(data.get("p", "k"), Some((Bytes::from_static(b"1"), cas)));
+        data.set("p", "k", Bytes::from_static(b"2"), cas, None, u64::MAX)
+            .expect("a writer that read before the TTL still writes");
+        data.cache.run_pending_tasks();
+        assert_eq!(data.bytes_held("p"), 2 + 1 + u64::from(ENTRY_OVERHEAD));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(
+            data.get("p", "k").is_none(),
+            "the TTL holds across the write"
+        );
+        assert_eq!(
+            data.set_ttl("p", "gone", Duration::from_secs(1)),
+            Err(SetError::NotFound)
         );
     }
 

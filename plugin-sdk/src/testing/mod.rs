@@ -87,6 +87,9 @@ impl<P: Plugin> TestKit<P> {
             let state = h.requests.entry(id).or_default();
             state.maps.insert(Map::Request, request.headers);
             state.buffers.insert(Buffer::RequestBody, request.body);
+            state.consumer = request
+                .consumer
+                .and_then(|consumer| serde_json::to_vec(&consumer).ok());
         });
         self.runtime.on_context_create(id, ROOT_ID);
         Exchange { kit: self, id }
@@ -347,6 +350,7 @@ impl<P: Plugin> Drop for Exchange<'_, P> {
 pub struct Request {
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    consumer: Option<crate::consumers::Consumer>,
 }
 
 impl Request {
@@ -362,6 +366,7 @@ impl Request {
                 ("x-request-id".into(), "test-request".into()),
             ],
             body: Vec::new(),
+            consumer: None,
         }
     }
 
@@ -386,6 +391,13 @@ impl Request {
     /// Sets the body.
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = body.into();
+        self
+    }
+
+    /// Makes the request arrive identified as `consumer`, as an earlier
+    /// auth filter would have left it.
+    pub fn consumer(mut self, consumer: crate::consumers::Consumer) -> Self {
+        self.consumer = Some(consumer);
         self
     }
 }

@@ -1,166 +1,366 @@
-//! `rate-limit` (local): a token bucket per route and key, shared by every VM
-//! of the plugin on this node (Weir's shared data, updated with
-//! compare-and-swap), so the limit holds per node whatever the number of
-//! workers and VMs. A request that finds its bucket empty gets a JSON 429
-//! with `retry-after`. The key is a request header's value (or one bucket
-//! for the whole route when no header is configured).
+//! `rate-limit`: requests counted per key (client IP, consumer, header, JWT
+//! claim, route, or a combination) against one or more limits (GCRA or a
+//! sliding window), on this node or in Redis across nodes (`exact`: one
+//! script per decision; `leased`: batches of permits served from the node).
+//! A request past a limit gets a JSON 429 with `Retry-After`; responses carry
+//! the IETF `RateLimit-Policy` and `RateLimit` fields. When Redis cannot
+//! decide within its timeout, the request fails open or closed as configured.
 
+mod algorithm;
+mod config;
+mod distributed;
+mod headers;
+mod key;
+mod lease;
+mod limit;
+mod local;
+
+use std::cell::Cell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
-use serde::Deserialize;
-use weir_sdk::{ConfigError, Filter, Flow, HostError, Http, Outcome, Plugin, shared};
+use weir_sdk::metrics::Counter;
+use weir_sdk::{ConfigError, Error, Filter, Flow, Http, Outcome, Plugin, RedisValue};
 
-/// The plugin configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    /// Tokens added per second.
-    rate: f64,
-    /// Bucket size (requests allowed in a burst).
-    burst: f64,
-    /// Request header whose value keys the bucket (none: one bucket).
-    #[serde(default)]
-    key_header: Option<String>,
+use crate::algorithm::{Ask, Decision, Status};
+use crate::config::{Config, Mode, OnError, Settings};
+use crate::distributed::{Carry, ReplyError};
+use crate::lease::Served;
+use crate::limit::Limit;
+
+/// How often a Redis failure is logged at most (each is counted).
+const WARN_EVERY_NS: u64 = 10_000_000_000;
+
+/// A refused node waits for this many leases' worth of permits, so that the
+/// half it then takes is a whole lease.
+const LEASE_WAIT_FACTOR: u64 = 2;
+
+/// The limits one request is held to (the configured ones, or its consumer's).
+struct Applied {
+    limits: Rc<[Limit]>,
+    /// The limits' storage tags, joined.
+    tags: Rc<str>,
+    /// The `RateLimit-Policy` value.
+    policy: Rc<str>,
 }
 
-/// A bucket as shared data keeps it: its tokens (f64) and when they were
-/// counted (Unix nanoseconds, u64), little-endian.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Bucket {
-    tokens: f64,
-    updated_ns: u64,
-}
-
-impl Bucket {
-    fn encode(self) -> [u8; 16] {
-        let mut out = [0; 16];
-        out[..8].copy_from_slice(&self.tokens.to_le_bytes());
-        out[8..].copy_from_slice(&self.updated_ns.to_le_bytes());
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Option<Self> {
-        Some(Self {
-            tokens: f64::from_le_bytes(bytes.get(..8)?.try_into().ok()?),
-            updated_ns: u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?),
-        })
-    }
-}
-
-struct Limiter {
-    config: Config,
-    /// How long an untouched bucket is kept: by then it would be full again,
-    /// which is what a missing bucket reads as.
-    idle: Duration,
-}
-
-impl Limiter {
-    /// `bucket` refilled up to `now_ns` and, when it holds a token, less
-    /// one; `Err` with the seconds to wait when it holds none.
-    fn take(&self, bucket: Bucket, now_ns: u64) -> (Bucket, Result<(), f64>) {
-        let c = &self.config;
-        let elapsed = now_ns.saturating_sub(bucket.updated_ns) as f64 / 1e9;
-        let tokens = (bucket.tokens + elapsed * c.rate).min(c.burst);
-        let (left, verdict) = if tokens >= 1.0 {
-            (tokens - 1.0, Ok(()))
-        } else {
-            (tokens, Err((1.0 - tokens) / c.rate))
-        };
-        let bucket = Bucket {
-            tokens: left,
-            updated_ns: now_ns,
-        };
-        (bucket, verdict)
-    }
-
-    /// Takes a token from the shared bucket `key` at `now_ns`, retrying when
-    /// another VM wrote it in between (compare-and-swap).
-    fn take_shared(&self, key: &str, now_ns: u64) -> Result<Result<(), f64>, HostError> {
-        loop {
-            let (bucket, cas) = match shared::get(key)? {
-                Some(entry) => match Bucket::decode(&entry.value) {
-                    Some(bucket) => (bucket, Some(entry.cas)),
-                    None => (self.full(now_ns), Some(entry.cas)),
-                },
-                None => (self.full(now_ns), None),
-            };
-            let (bucket, verdict) = self.take(bucket, now_ns);
-            match shared::set(key, &bucket.encode(), cas) {
-                Ok(()) => {
-                    // Kept while in use; forgotten once it would be full.
-                    let _ = shared::set_ttl(key, self.idle);
-                    return Ok(verdict);
-                }
-                Err(HostError::CasMismatch) => continue,
-                Err(error) => return Err(error),
-            }
-        }
-    }
-
-    fn full(&self, now_ns: u64) -> Bucket {
-        Bucket {
-            tokens: self.config.burst,
-            updated_ns: now_ns,
+impl Applied {
+    fn new(limits: Rc<[Limit]>, settings: &Settings) -> Self {
+        let tags = limits
+            .iter()
+            .map(|l| l.tag(settings.algorithm))
+            .collect::<Vec<_>>()
+            .join(",");
+        let policy = headers::policy(&limits);
+        Self {
+            limits,
+            tags: tags.into(),
+            policy: policy.into(),
         }
     }
 }
 
-impl Plugin for Limiter {
+impl Clone for Applied {
+    fn clone(&self) -> Self {
+        Self {
+            limits: self.limits.clone(),
+            tags: self.tags.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The plugin's counters (`weir_plugin_rate_limit_…`).
+struct Metrics {
+    limited: Option<Counter>,
+    redis_calls: Option<Counter>,
+    redis_failures: Option<Counter>,
+}
+
+fn bump(counter: Option<Counter>) {
+    if let Some(counter) = counter {
+        let _ = counter.increment(1);
+    }
+}
+
+struct RateLimit {
+    settings: Settings,
+    configured: Applied,
+    metrics: Metrics,
+    /// When a Redis failure was last logged (Unix ns).
+    last_warning: Cell<u64>,
+    /// Whether Redis has answered this VM's script by its SHA-1: until it
+    /// has, the script goes in full (`EVAL`, which also loads it), so that
+    /// no decision takes a second round trip.
+    script_loaded: Cell<bool>,
+}
+
+impl Plugin for RateLimit {
     const NAME: &'static str = "rate-limit";
     type Config = Config;
-    type Filter = Limit;
+    type Filter = Check;
 
     fn configure(config: Config) -> Result<Self, ConfigError> {
-        if !(config.rate > 0.0 && config.rate.is_finite()) {
-            return Err(ConfigError::at("/rate", "must be a number above 0"));
-        }
-        if !(config.burst >= 1.0 && config.burst.is_finite()) {
-            return Err(ConfigError::at("/burst", "must be at least 1"));
-        }
-        let idle = Duration::from_secs_f64((config.burst / config.rate).min(86_400.0))
-            + Duration::from_secs(1);
-        Ok(Self { config, idle })
+        let settings = config.validate()?;
+        let configured = Applied::new(settings.limits.clone().into(), &settings);
+        let metrics = Metrics {
+            limited: Counter::define("rate_limit_limited").ok(),
+            redis_calls: Counter::define("rate_limit_redis_calls").ok(),
+            redis_failures: Counter::define("rate_limit_redis_failures").ok(),
+        };
+        Ok(Self {
+            settings,
+            configured,
+            metrics,
+            last_warning: Cell::new(0),
+            script_loaded: Cell::new(false),
+        })
     }
 
-    fn filter(self: &Rc<Self>) -> Limit {
-        Limit(self.clone())
+    fn filter(self: &Rc<Self>) -> Check {
+        Check {
+            plugin: self.clone(),
+            applied: None,
+            status: None,
+        }
     }
 }
 
-struct Limit(Rc<Limiter>);
+/// One request's check.
+struct Check {
+    plugin: Rc<RateLimit>,
+    applied: Option<Applied>,
+    /// The limits' status after an admission, for the response's fields.
+    status: Option<Vec<Status>>,
+}
 
-impl Filter for Limit {
-    fn on_request_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
-        let value = match &self.0.config.key_header {
-            Some(header) => http.request_header(header)?.unwrap_or_default(),
-            None => String::new(),
+/// A Redis decision in flight.
+struct Pending {
+    key: Rc<str>,
+    /// Leased mode: the pool the grant goes to.
+    pool: Option<String>,
+    ask: Ask,
+    carry: Carry,
+}
+
+fn now_ns<F: Filter>(http: &Http<'_, F>) -> Result<u64, Error> {
+    Ok(http
+        .now()?
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64))
+}
+
+impl Check {
+    fn applied(&self) -> Applied {
+        self.applied
+            .clone()
+            .unwrap_or_else(|| self.plugin.configured.clone())
+    }
+
+    /// Sends `pending`'s decision to Redis; the reply resumes the request.
+    fn ask_redis(&mut self, http: &mut Http<'_, Self>, pending: Pending) -> Outcome {
+        let plugin = self.plugin.clone();
+        let Some(redis) = &plugin.settings.redis else {
+            return Err(Error::msg("no Redis backend is configured"));
         };
-        // Each route that uses the plugin has buckets of its own.
-        let route = http.property(&["route_name"])?.unwrap_or_default();
-        let key = format!("{}\n{value}", String::from_utf8_lossy(&route));
-        let now = http
-            .now()?
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        match self.0.take_shared(&key, now) {
-            Ok(Ok(())) => Ok(Flow::Continue),
-            Ok(Err(wait)) => {
-                let retry_after = (wait.ceil() as u64).max(1).to_string();
-                http.deny_with(
-                    429,
-                    "rate_limited",
-                    "too many requests",
-                    &[("retry-after", &retry_after)],
+        let applied = self.applied();
+        let args = distributed::command(
+            pending.carry,
+            &redis.prefix,
+            &pending.key,
+            plugin.settings.algorithm,
+            &applied.limits,
+            pending.ask,
+            pending.pool.is_some(),
+        );
+        bump(plugin.metrics.redis_calls);
+        match http.redis(&redis.service, &args, move |check, http, reply| {
+            check.on_reply(http, pending, reply)
+        }) {
+            Ok(()) => Ok(Flow::Pause),
+            Err(error) => self.redis_failed(http, &format!("cannot call Redis: {error}")),
+        }
+    }
+
+    fn on_reply(
+        &mut self,
+        http: &mut Http<'_, Self>,
+        pending: Pending,
+        reply: Result<RedisValue, Error>,
+    ) -> Outcome {
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(error) => return self.redis_failed(http, &error.to_string()),
+        };
+        let count = self.applied().limits.len();
+        match distributed::read_reply(&reply, count) {
+            Ok(grant) => {
+                self.plugin.script_loaded.set(true);
+                let decision = match &pending.pool {
+                    None => grant.decision,
+                    Some(pool) => {
+                        let now = now_ns(http)?;
+                        match lease::store(pool, self.plugin.settings.algorithm, &grant, now) {
+                            Ok(decision) => decision,
+                            Err(error) => {
+                                http.warn(&format!(
+                                    "cannot keep a lease, its spare permits are dropped: {error}"
+                                ));
+                                grant.decision
+                            }
+                        }
+                    }
+                };
+                self.verdict(http, decision)
+            }
+            // Redis lost the script (restarted, flushed): send it again.
+            Err(ReplyError::NoScript) if pending.carry == Carry::Sha => {
+                self.plugin.script_loaded.set(false);
+                self.ask_redis(
+                    http,
+                    Pending {
+                        carry: Carry::Source,
+                        ..pending
+                    },
                 )
             }
-            // Shared data full (its quota): admit rather than refuse everyone.
-            Err(error) => {
-                http.warn(&format!("cannot count the request, admitted: {error}"));
-                Ok(Flow::Continue)
-            }
+            Err(ReplyError::NoScript) => self.redis_failed(http, "Redis does not keep the script"),
+            Err(ReplyError::Failed(why)) => self.redis_failed(http, &why),
+        }
+    }
+
+    /// Admits the request or answers 429.
+    fn verdict(&mut self, http: &mut Http<'_, Self>, decision: Decision) -> Outcome {
+        if decision.granted > 0 {
+            self.status = Some(decision.status);
+            return Ok(Flow::Continue);
+        }
+        bump(self.plugin.metrics.limited);
+        let retry = headers::retry_after(decision.retry_ns);
+        let mut fields = vec![("retry-after", retry)];
+        if self.plugin.settings.headers {
+            let applied = self.applied();
+            fields.push((headers::POLICY, applied.policy.to_string()));
+            fields.push((
+                headers::RATELIMIT,
+                headers::current(&applied.limits, &decision.status),
+            ));
+        }
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        http.deny_with(429, "rate_limited", "too many requests", &fields)
+    }
+
+    /// Redis could not decide: fail open or closed.
+    fn redis_failed(&mut self, http: &mut Http<'_, Self>, why: &str) -> Outcome {
+        let plugin = self.plugin.clone();
+        bump(plugin.metrics.redis_failures);
+        let on_error = plugin
+            .settings
+            .redis
+            .as_ref()
+            .map_or(OnError::FailOpen, |r| r.on_error);
+        let now = now_ns(http).unwrap_or(0);
+        let last = plugin.last_warning.get();
+        if last == 0 || now.saturating_sub(last) >= WARN_EVERY_NS {
+            plugin.last_warning.set(now.max(1));
+            let outcome = match on_error {
+                OnError::FailOpen => "admitted (fail_open)",
+                OnError::FailClosed => "refused (fail_closed)",
+            };
+            http.warn(&format!(
+                "Redis cannot decide, requests are {outcome}: {why}"
+            ));
+        }
+        match on_error {
+            OnError::FailOpen => Ok(Flow::Continue),
+            OnError::FailClosed => http.deny_with(
+                503,
+                "rate_limit_unavailable",
+                "the rate limit cannot be checked",
+                &[("retry-after", "1")],
+            ),
         }
     }
 }
 
-weir_sdk::export!(Limiter);
+impl Filter for Check {
+    fn on_request_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
+        let plugin = self.plugin.clone();
+        let settings = &plugin.settings;
+        let consumer = if settings.key.has_consumer() {
+            http.consumer()?
+        } else {
+            None
+        };
+        // A consumer's own limits replace the configured ones for its key.
+        if let Some(own) = consumer.as_ref().filter(|c| !c.limits.is_empty()) {
+            let limits: Rc<[Limit]> = own.limits.iter().map(Limit::of_consumer).collect();
+            self.applied = Some(Applied::new(limits, settings));
+        }
+        let applied = self.applied();
+        let key = settings
+            .key
+            .of(http, consumer.as_ref().map(|c| c.name.as_str()))?;
+        let now = now_ns(http)?;
+        let Some(redis) = &settings.redis else {
+            let stored = format!("{key}|{}", applied.tags);
+            let idle = local::idle(settings.algorithm, &applied.limits);
+            return match local::take(&stored, settings.algorithm, &applied.limits, idle, now) {
+                Ok(decision) => self.verdict(http, decision),
+                // Shared data full (its quota): admit rather than refuse everyone.
+                Err(error) => {
+                    http.warn(&format!("cannot count the request, admitted: {error}"));
+                    Ok(Flow::Continue)
+                }
+            };
+        };
+        let carry = if plugin.script_loaded.get() {
+            Carry::Sha
+        } else {
+            Carry::Source
+        };
+        let pending = match redis.mode {
+            Mode::Exact => Pending {
+                key: key.into(),
+                pool: None,
+                ask: Ask::ONE,
+                carry,
+            },
+            Mode::Leased => {
+                let pool = format!("lease|{key}|{}", applied.tags);
+                match lease::take(&pool, applied.limits.len(), now) {
+                    Ok(Served::Here(decision)) => return self.verdict(http, decision),
+                    Ok(Served::AskRedis) => {}
+                    Err(error) => http.warn(&format!("cannot read the lease pool: {error}")),
+                }
+                Pending {
+                    key: key.into(),
+                    pool: Some(pool),
+                    ask: Ask {
+                        want: redis.lease,
+                        wait_for: redis.lease * LEASE_WAIT_FACTOR,
+                    },
+                    carry,
+                }
+            }
+        };
+        self.ask_redis(http, pending)
+    }
+
+    fn on_response_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
+        if let Some(status) = self.status.take().filter(|_| self.plugin.settings.headers) {
+            let applied = self.applied();
+            http.set_response_header(headers::POLICY, &applied.policy)?;
+            http.set_response_header(
+                headers::RATELIMIT,
+                &headers::current(&applied.limits, &status),
+            )?;
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+weir_sdk::export!(RateLimit);
+
+#[cfg(test)]
+mod tests;
