@@ -75,7 +75,8 @@ mod tests {
                 "jwt-auth",
                 "key-auth",
                 "oauth2-introspection",
-                "rate-limit"
+                "rate-limit",
+                "waf"
             ]
         );
         for builtin in all() {

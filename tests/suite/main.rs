@@ -25,4 +25,5 @@ mod services;
 mod shutdown;
 mod slots;
 mod tls;
+mod waf;
 mod workers;

@@ -28,6 +28,11 @@ use crate::services::{CallResponse, GrpcEvent, Services};
 /// The root context id of every VM (each VM holds one plugin's root context).
 pub const ROOT_CONTEXT_ID: u32 = 1;
 
+/// How many callback deadlines a VM's start-up gets: instantiation, the
+/// module's initializers, and the root context's creation, `on_vm_start` and
+/// `on_configure`, each of which may build tables (a rule set's regexes).
+const STARTUP_BUDGETS: u64 = 10;
+
 /// What the host keeps per VM, reachable from host functions.
 pub struct VmState {
     pub(crate) limits: StoreLimits,
@@ -312,11 +317,9 @@ impl Vm {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         let deadline_ticks = plugin.limits.deadline_ticks();
-        // Start-up may compile tables and the like: give it ten callback budgets.
-        store.set_epoch_deadline(deadline_ticks.saturating_mul(10));
-        store.data_mut().deadline = plugin
-            .epoch()
-            .saturating_add(deadline_ticks.saturating_mul(10));
+        let startup_ticks = deadline_ticks.saturating_mul(STARTUP_BUDGETS);
+        store.set_epoch_deadline(startup_ticks);
+        store.data_mut().deadline = plugin.epoch().saturating_add(startup_ticks);
         let trap = |e: wasmtime::Error| StartError::Trap(describe_error(&e));
         let instance = match plugin.instance_pre().instantiate(&mut store) {
             Ok(instance) => instance,
@@ -372,12 +375,13 @@ impl Vm {
         let root = ROOT_CONTEXT_ID as i32;
         let c = vm.callbacks.clone();
         if let Some(f) = &c.on_context_create {
-            vm.call(f, (root, 0), ROOT_CONTEXT_ID).map_err(trap)?;
+            vm.call_with(f, (root, 0), ROOT_CONTEXT_ID, startup_ticks)
+                .map_err(trap)?;
         }
         let vm_config_len = size_arg(plugin.vm_configuration.len());
         if let Some(f) = &c.on_vm_start
             && vm
-                .call(f, (root, vm_config_len), ROOT_CONTEXT_ID)
+                .call_with(f, (root, vm_config_len), ROOT_CONTEXT_ID, startup_ticks)
                 .map_err(trap)?
                 == 0
         {
@@ -386,7 +390,7 @@ impl Vm {
         let config_len = size_arg(settings.configuration.len());
         if let Some(f) = &c.on_configure
             && vm
-                .call(f, (root, config_len), ROOT_CONTEXT_ID)
+                .call_with(f, (root, config_len), ROOT_CONTEXT_ID, startup_ticks)
                 .map_err(trap)?
                 == 0
         {
@@ -404,9 +408,20 @@ impl Vm {
         params: P,
         context: u32,
     ) -> wasmtime::Result<R> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.call_with(f, params, context, self.deadline_ticks)
+    }
+
+    /// [`call`](Self::call) under a deadline of `ticks`.
+    fn call_with<P: WasmParams, R: WasmResults>(
+        &mut self,
+        f: &TypedFunc<P, R>,
+        params: P,
+        context: u32,
+        ticks: u64,
+    ) -> wasmtime::Result<R> {
+        self.store.set_epoch_deadline(ticks);
         let state = self.store.data_mut();
-        state.deadline = state.plugin.epoch().saturating_add(self.deadline_ticks);
+        state.deadline = state.plugin.epoch().saturating_add(ticks);
         state.effective = context;
         let result = f.call(&mut self.store, params);
         let state = self.store.data_mut();
