@@ -360,6 +360,23 @@ impl Honest {
     }
 }
 
+/// The CPU time this process has used (user and system, from
+/// `/proc/self/stat`; zero where there is none).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command (which may hold spaces): state is first,
+    // utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    // Linux counts them in USER_HZ, 100 a second.
+    Duration::from_millis(ticks * 10)
+}
+
 fn percent(part: usize, whole: usize) -> f64 {
     if whole == 0 {
         0.0
@@ -457,28 +474,42 @@ async fn crs_regression_sample_and_honest_traffic() -> anyhow::Result<()> {
         honest.len()
     );
 
-    // What a request costs on this machine (a debug build of the host; the
-    // filter is the release wasm): the same honest GET, plain and filtered.
+    // What the filter costs a request here: the same honest GET on the plain
+    // route and through the waf, in this process's CPU time (the gateway runs
+    // in it) and in wall time, both including the client and a debug build
+    // of the host; the filter is the release wasm.
     let probe = raw_request(
         "GET",
         "/search?q=O%27Reilly%20books&page=2",
         "HTTP/1.1",
         &[
             ("Host", "shop.example.com"),
-            ("User-Agent", "Mozilla/5.0"),
-            ("Cookie", "a=1; b=2"),
+            (
+                "User-Agent",
+                "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
+            ),
+            (
+                "Referer",
+                "https://www.example.com/products?page=2&sort=price",
+            ),
+            (
+                "Cookie",
+                "_ga=GA1.2.1876543210.1715700000; sessionid=8f14e45fceea167a5a36dedd4bea2543",
+            ),
         ],
         b"",
         true,
     );
+    const ROUNDS: u32 = 300;
     for listener in ["plain", "pl1", "plain", "pl1"] {
-        let start = Instant::now();
-        for _ in 0..200 {
+        let (cpu, wall) = (process_cpu(), Instant::now());
+        for _ in 0..ROUNDS {
             assert_eq!(send_raw(gw.addr(listener), &probe).await, Verdict::Passed);
         }
         println!(
-            "{listener}: {} µs a request",
-            start.elapsed().as_micros() / 200
+            "{listener}: {} µs CPU, {} µs wall a request",
+            process_cpu().saturating_sub(cpu).as_micros() / u128::from(ROUNDS),
+            wall.elapsed().as_micros() / u128::from(ROUNDS)
         );
     }
 
@@ -507,7 +538,15 @@ async fn crs_regression_sample_and_honest_traffic() -> anyhow::Result<()> {
 
 /// Floors from the rates measured when the waf was written (see the
 /// README); a change that lowers one is a regression.
-const DETECTION_FLOOR: f64 = 0.0;
-const DETECTION_PL1_FLOOR: f64 = 0.0;
-const FAMILY_FLOOR: f64 = 0.0;
-const FALSE_POSITIVE_CEILING: f64 = 100.0;
+/// Of the stages that reach the waf, refused at their rule's level (93.1%
+/// measured: the misses are CRS's chained rules, which the engine leaves
+/// out, multipart bodies, and warnings that alone stay under the threshold).
+const DETECTION_FLOOR: f64 = 90.0;
+/// The same at paranoia level 1, the default (62.3% measured).
+const DETECTION_PL1_FLOOR: f64 = 58.0;
+/// XSS (941xxx, 99.2% measured) and SQL injection (942xxx, 92.5%), each.
+const FAMILY_FLOOR: f64 = 90.0;
+/// Honest requests refused at level 1 (1.3% measured: 4 of 310, each a
+/// JSON article with a Python `for` loop in a code block, which CRS's rule
+/// 932370 reads as a Windows `for` command).
+const FALSE_POSITIVE_CEILING: f64 = 2.0;

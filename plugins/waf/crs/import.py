@@ -10,9 +10,9 @@ static table: its id, paranoia level, severity, message, targets and
 excluded targets, transformations and operator, with `@pmFromFile` data
 files inlined. A rule is left out when it is a chain, does not block (a
 `pass` rule that only sets variables), or reads something the engine has
-not (transaction variables, counts, XML, uploaded files); the generated file
-lists those ids with the reason. Targets the engine has not (XML, FILES) are
-dropped from a rule that has others.
+not (transaction variables, counts, uploaded files); the generated file
+lists those ids with the reason. Targets the engine has not (FILES) are dropped
+from a rule that has others.
 """
 
 import os
@@ -39,9 +39,10 @@ TARGETS = {
     "REQUEST_LINE": "Target::RequestLine",
     "REQUEST_BODY": "Target::Body",
     "QUERY_STRING": "Target::QueryString",
+    "XML": "Target::Xml",
 }
 # Targets the engine has not; dropped from a rule.
-ABSENT = ("XML", "FILES", "FILES_NAMES")
+ABSENT = ("FILES", "FILES_NAMES")
 
 TRANSFORMS = {
     "urlDecodeUni": "UrlDecodeUni",
@@ -171,6 +172,11 @@ def targets(spec):
                 exclude.append(f"Exclude::Pattern({TARGETS[name]}, {rust_str(selector[1:-1])})")
             else:
                 exclude.append(f"Exclude::Exact({TARGETS[name]}, {rust_str(selector.lower())})")
+            continue
+        if name == "XML":
+            # `XML:/*` (texts) and `XML://@*` (attribute values): one target.
+            if TARGETS[name] not in include:
+                include.append(TARGETS[name])
             continue
         if selector:
             if name != "REQUEST_HEADERS" or selector.startswith("/"):

@@ -4,6 +4,9 @@
 //! argument need not be UTF-8. Depends on nothing else in the crate.
 
 use percent_encoding::percent_decode;
+use quick_xml::XmlVersion;
+use quick_xml::escape::resolve_predefined_entity;
+use quick_xml::events::Event;
 use serde_json::Value;
 
 /// Which collection a variable belongs to.
@@ -35,10 +38,12 @@ pub(crate) enum Kind {
     Uri,
     /// `METHOD /path?query HTTP/1.1`.
     RequestLine,
-    /// A form body, raw.
+    /// A body, raw.
     Body,
     /// The query string.
     QueryString,
+    /// An XML body's text or attribute value.
+    Xml,
 }
 
 /// One value a rule can test.
@@ -60,13 +65,18 @@ pub(crate) enum BodyFormat {
     /// `enforce_bodyproc_urlencoded`): arguments, and the raw body.
     Form,
     /// `application/json` or `…+json`: every scalar is an argument named by
-    /// its path (`json.user.name`, `json.items.0`).
+    /// its path (`json.user.name`, `json.items.0`), and the raw body.
     Json,
+    /// `application/xml`, `text/xml` or `…+xml`: every element's text and
+    /// attribute value, and the raw body.
+    Xml,
+    /// Any other `text/…`: the raw body.
+    Text,
 }
 
 impl BodyFormat {
     /// The format of a body of `content_type`; `None` for a body the rules
-    /// do not read (multipart, XML, binary).
+    /// do not read (multipart, binary).
     pub(crate) fn of(content_type: Option<&str>) -> Option<Self> {
         let Some(content_type) = content_type else {
             return Some(Self::Form);
@@ -81,16 +91,27 @@ impl BodyFormat {
             Some(Self::Form)
         } else if essence == "application/json" || essence.ends_with("+json") {
             Some(Self::Json)
+        } else if essence == "application/xml" || essence == "text/xml" || essence.ends_with("+xml")
+        {
+            Some(Self::Xml)
+        } else if essence.starts_with("text/") {
+            Some(Self::Text)
         } else {
             None
         }
     }
 }
 
-/// A body declared as JSON that is not.
+/// A body that is not the JSON or XML its content type claims.
 #[derive(Debug, thiserror::Error)]
-#[error("the body is not valid JSON: {0}")]
-pub(crate) struct InvalidBody(#[from] serde_json::Error);
+pub(crate) enum InvalidBody {
+    /// Not JSON.
+    #[error("the body is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Not XML.
+    #[error("the body is not valid XML: {0}")]
+    Xml(#[from] quick_xml::Error),
+}
 
 /// The variables of one request.
 #[derive(Debug, Default)]
@@ -112,9 +133,11 @@ impl Variables {
             Kind::RequestLine,
             format!("{method} {path} HTTP/1.1").as_bytes(),
         );
-        vars.single(Kind::Filename, filename.as_bytes());
-        let basename = filename.rsplit('/').next().unwrap_or_default();
-        vars.single(Kind::Basename, basename.as_bytes());
+        // Decoded, as ModSecurity's REQUEST_FILENAME and REQUEST_BASENAME.
+        let filename: Vec<u8> = percent_decode(filename.as_bytes()).collect();
+        let basename = filename.rsplit(|b| *b == b'/').next().unwrap_or_default();
+        vars.single(Kind::Basename, basename);
+        vars.single(Kind::Filename, &filename);
         if let Some(query) = query {
             vars.single(Kind::QueryString, query.as_bytes());
             vars.form(query.as_bytes(), true);
@@ -135,16 +158,16 @@ impl Variables {
 
     /// Adds the variables of a body in `format`.
     pub(crate) fn add_body(&mut self, format: BodyFormat, body: &[u8]) -> Result<(), InvalidBody> {
+        self.single(Kind::Body, body);
         match format {
-            BodyFormat::Form => {
-                self.single(Kind::Body, body);
-                self.form(body, false);
-            }
+            BodyFormat::Form => self.form(body, false),
             BodyFormat::Json => {
                 let value: Value = serde_json::from_slice(body)?;
                 let mut path = String::from("json");
                 self.json(&value, &mut path);
             }
+            BodyFormat::Xml => self.xml(body)?,
+            BodyFormat::Text => {}
         }
         Ok(())
     }
@@ -214,6 +237,52 @@ impl Variables {
         self.arg(false, path.as_bytes(), scalar.as_bytes());
     }
 
+    /// Each element's text (references resolved, CDATA as is) and each
+    /// attribute's value, as ModSecurity's `XML:/*` and `XML://@*`.
+    fn xml(&mut self, body: &[u8]) -> Result<(), quick_xml::Error> {
+        let mut reader = quick_xml::Reader::from_reader(body);
+        let mut text = String::new();
+        loop {
+            match reader.read_event()? {
+                Event::Eof => break,
+                Event::Start(element) | Event::Empty(element) => {
+                    self.xml_text(&mut text);
+                    for attribute in element.attributes().flatten() {
+                        let value = attribute
+                            .normalized_value(XmlVersion::Implicit1_0)
+                            .map(|v| v.into_owned().into_bytes())
+                            .unwrap_or_else(|_| attribute.value.into_owned().into_bytes());
+                        self.named(Kind::Xml, b"", &value);
+                    }
+                }
+                Event::End(_) => self.xml_text(&mut text),
+                Event::Text(chunk) => text.push_str(&chunk.xml10_content()),
+                Event::CData(chunk) => text.push_str(&chunk.xml10_content()),
+                Event::GeneralRef(reference) => match reference.resolve_char_ref() {
+                    Ok(Some(c)) => text.push(c),
+                    _ => {
+                        let name = reference.xml10_content();
+                        match resolve_predefined_entity(&name) {
+                            Some(value) => text.push_str(value),
+                            None => text.push_str(&format!("&{name};")),
+                        }
+                    }
+                },
+                _ => {}
+            }
+        }
+        self.xml_text(&mut text);
+        Ok(())
+    }
+
+    /// The text gathered since the last tag, unless blank.
+    fn xml_text(&mut self, text: &mut String) {
+        if !text.trim().is_empty() {
+            self.named(Kind::Xml, b"", text.as_bytes());
+        }
+        text.clear();
+    }
+
     fn nested(&mut self, value: &Value, path: &mut String, key: &str) {
         let len = path.len();
         path.push('.');
@@ -256,7 +325,7 @@ mod tests {
             ("User-Agent".to_owned(), "curl".to_owned()),
             ("cookie".to_owned(), "a=1; b=x%27".to_owned()),
         ];
-        let vars = Variables::from_head("GET", "/shop/item.php?id=1%27+or&flag", &headers);
+        let vars = Variables::from_head("GET", "/shop/it%65m.php?id=1%27+or&flag", &headers);
         assert_eq!(
             values(&vars, Kind::Arg { query: true }),
             [
@@ -306,6 +375,21 @@ mod tests {
             ]
         );
         assert!(vars.add_body(BodyFormat::Json, b"{not json").is_err());
+        let mut vars = Variables::default();
+        vars.add_body(
+            BodyFormat::Xml,
+            br#"<?xml version="1.0"?><a x="1 &lt; 2"><b>it&apos;s <![CDATA[<i>]]></b><c/></a>"#,
+        )
+        .expect("XML");
+        assert_eq!(
+            values(&vars, Kind::Xml),
+            [
+                (String::new(), "1 < 2".into()),
+                (String::new(), "it's <i>".into())
+            ]
+        );
+        assert_eq!(values(&vars, Kind::Body).len(), 1, "and the raw body");
+        assert!(vars.add_body(BodyFormat::Xml, b"<a><b></a>").is_err());
     }
 
     #[test]

@@ -74,10 +74,12 @@ pub(crate) enum Target {
     Uri,
     /// `REQUEST_LINE`: method, path and protocol.
     RequestLine,
-    /// `REQUEST_BODY`: a form body, raw.
+    /// `REQUEST_BODY`: a body, raw.
     Body,
     /// `QUERY_STRING`.
     QueryString,
+    /// `XML:/*` and `XML://@*`: an XML body's texts and attribute values.
+    Xml,
 }
 
 impl Target {
@@ -97,7 +99,8 @@ impl Target {
             | (Self::Uri, Kind::Uri)
             | (Self::RequestLine, Kind::RequestLine)
             | (Self::Body, Kind::Body)
-            | (Self::QueryString, Kind::QueryString) => true,
+            | (Self::QueryString, Kind::QueryString)
+            | (Self::Xml, Kind::Xml) => true,
             (Self::Header(name), Kind::Header) => variable.name == name.as_bytes(),
             _ => false,
         }

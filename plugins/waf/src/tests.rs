@@ -113,7 +113,7 @@ fn detect_mode_logs_and_lets_the_attack_through() {
 }
 
 #[test]
-fn inspects_json_and_form_bodies_once_whole() {
+fn inspects_json_form_and_xml_bodies_once_whole() {
     let kit = kit("{}");
     let json = Request::post(
         "/api/login",
