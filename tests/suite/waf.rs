@@ -33,10 +33,19 @@ routes: [{{ name: r, upstream: app, filters: [{{ plugin: waf, config: {config} }
 }
 
 /// A gateway with listeners `pl1`…`pl4`, each with a route running the waf
-/// at that paranoia level, and `plain`, whose route has no filter.
+/// at that paranoia level, `plain`, whose route has no filter, and `light`,
+/// whose route runs a filter that sets one header (the cost of any filter).
 async fn levels_gateway(app: &EchoUpstream) -> anyhow::Result<TestGateway> {
-    let mut listeners = vec!["{ name: plain, address: 127.0.0.1:0 }".to_owned()];
-    let mut routes = vec!["  - { name: plain, listeners: [plain], upstream: app }".to_owned()];
+    let mut listeners = vec![
+        "{ name: plain, address: 127.0.0.1:0 }".to_owned(),
+        "{ name: light, address: 127.0.0.1:0 }".to_owned(),
+    ];
+    let mut routes = vec![
+        "  - { name: plain, listeners: [plain], upstream: app }".to_owned(),
+        "  - { name: light, listeners: [light], upstream: app, \
+         filters: [{ plugin: stamp, config: { request: { set: [[x-stamp, \"1\"]] } } }] }"
+            .to_owned(),
+    ];
     for level in 1..=4 {
         listeners.push(format!("{{ name: pl{level}, address: 127.0.0.1:0 }}"));
         routes.push(format!(
@@ -46,7 +55,8 @@ async fn levels_gateway(app: &EchoUpstream) -> anyhow::Result<TestGateway> {
     }
     TestGateway::from_yaml(&format!(
         "apiVersion: weir/v1\nlisteners: [{}]\nupstreams: [{{ name: app, targets: [\"{}\"] }}]\n\
-         plugins: [{{ name: waf, builtin: waf, vms: 1 }}]\nroutes:\n{}\n",
+         plugins: [{{ name: waf, builtin: waf, vms: 1 }}, {{ name: stamp, builtin: header-rewrite, vms: 1 }}]\n\
+         routes:\n{}\n",
         listeners.join(", "),
         app.addr,
         routes.join("\n"),
@@ -475,9 +485,9 @@ async fn crs_regression_sample_and_honest_traffic() -> anyhow::Result<()> {
     );
 
     // What the filter costs a request here: the same honest GET on the plain
-    // route and through the waf, in this process's CPU time (the gateway runs
-    // in it) and in wall time, both including the client and a debug build
-    // of the host; the filter is the release wasm.
+    // route, through a light filter and through the waf, in this process's
+    // CPU time (the gateway runs in it) and in wall time, both including the
+    // client and a debug build of the host; the filters are release wasm.
     let probe = raw_request(
         "GET",
         "/search?q=O%27Reilly%20books&page=2",
@@ -501,7 +511,7 @@ async fn crs_regression_sample_and_honest_traffic() -> anyhow::Result<()> {
         true,
     );
     const ROUNDS: u32 = 300;
-    for listener in ["plain", "pl1", "plain", "pl1"] {
+    for listener in ["plain", "light", "pl1", "plain", "light", "pl1"] {
         let (cpu, wall) = (process_cpu(), Instant::now());
         for _ in 0..ROUNDS {
             assert_eq!(send_raw(gw.addr(listener), &probe).await, Verdict::Passed);
