@@ -126,7 +126,10 @@ mod tests {
     fn kit(config: &str) -> TestKit<Acl> {
         TestKit::configure_with(
             config,
-            vec![consumer("ada", &["staff", "ops"]), consumer("eve", &["banned"])],
+            vec![
+                consumer("ada", &["staff", "ops"]),
+                consumer("eve", &["banned"]),
+            ],
         )
         .expect("a valid config")
     }
@@ -172,13 +175,19 @@ mod tests {
         let mut request = kit.request(Request::get("/"));
         request.identify("ada", false);
         assert_eq!(request.send_headers(), Flow::Continue);
-        assert_eq!(request.request_header("x-groups").as_deref(), Some("staff,ops"));
+        assert_eq!(
+            request.request_header("x-groups").as_deref(),
+            Some("staff,ops")
+        );
     }
 
     #[test]
     fn a_config_needs_allow_or_deny_but_not_both() {
         let both = TestKit::<Acl>::configure(r#"{"allow": ["a"], "deny": ["b"]}"#);
-        assert_eq!(both.err().map(|e| e.to_string()).as_deref(), Some("/deny: give `allow` or `deny`, not both"));
+        assert_eq!(
+            both.err().map(|e| e.to_string()).as_deref(),
+            Some("/deny: give `allow` or `deny`, not both")
+        );
         assert!(TestKit::<Acl>::configure("{}").is_err());
     }
 }

@@ -66,7 +66,10 @@ impl Plugin for BasicAuth {
 
     fn configure(config: Config) -> Result<Self, ConfigError> {
         if config.realm.contains('"') || config.realm.chars().any(char::is_control) {
-            return Err(ConfigError::at("/realm", "must not contain `\"` or control characters"));
+            return Err(ConfigError::at(
+                "/realm",
+                "must not contain `\"` or control characters",
+            ));
         }
         let auth = Auth {
             anonymous: config.anonymous.clone(),
@@ -156,7 +159,9 @@ impl Filter for Check {
         let challenge = [("www-authenticate", plugin.challenge.as_str())];
         let header = http.request_header("authorization")?;
         let Some((user, password)) = header.as_deref().and_then(credentials) else {
-            return plugin.auth.refuse(http, "missing basic-auth credentials", &challenge);
+            return plugin
+                .auth
+                .refuse(http, "missing basic-auth credentials", &challenge);
         };
         let consumer = consumers::find(Credential::Username(&user))?;
         let verified = consumer.as_ref().is_some_and(|c| {
@@ -171,7 +176,9 @@ impl Filter for Check {
                 }
                 plugin.auth.admit(http, &consumer)
             }
-            _ => plugin.auth.refuse(http, "invalid user name or password", &challenge),
+            _ => plugin
+                .auth
+                .refuse(http, "invalid user name or password", &challenge),
         }
     }
 }
@@ -186,7 +193,8 @@ mod tests {
     use super::*;
 
     fn basic(user: &str, password: &str) -> String {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         format!("Basic {encoded}")
     }
 
@@ -228,8 +236,15 @@ mod tests {
                 kit.request(Request::get("/").header("authorization", &basic(name, password)));
             assert_eq!(request.send_headers(), Flow::Continue, "{name}");
             assert_eq!(request.consumer().map(|c| c.name).as_deref(), Some(name));
-            assert_eq!(request.request_header("authorization"), None, "not forwarded");
-            assert_eq!(request.request_header("x-consumer-name").as_deref(), Some(name));
+            assert_eq!(
+                request.request_header("authorization"),
+                None,
+                "not forwarded"
+            );
+            assert_eq!(
+                request.request_header("x-consumer-name").as_deref(),
+                Some(name)
+            );
         }
     }
 
@@ -262,10 +277,14 @@ mod tests {
     #[test]
     fn a_verified_pair_is_remembered_under_a_digest_not_the_password() {
         let kit = kit("{}");
-        let mut request = kit.request(Request::get("/").header("authorization", &basic("bob", "hunter2")));
+        let mut request =
+            kit.request(Request::get("/").header("authorization", &basic("bob", "hunter2")));
         assert_eq!(request.send_headers(), Flow::Continue);
         let hash = argon2_hash("hunter2");
-        assert_eq!(kit.shared(&cache_key(&hash, "hunter2")), Some(b"1".to_vec()));
+        assert_eq!(
+            kit.shared(&cache_key(&hash, "hunter2")),
+            Some(b"1".to_vec())
+        );
         assert!(!cache_key(&hash, "hunter2").contains("hunter2"));
     }
 

@@ -52,7 +52,9 @@ impl Plugin for IpRestriction {
 
     fn configure(config: Config) -> Result<Self, ConfigError> {
         if config.allow.is_empty() && config.deny.is_empty() {
-            return Err(ConfigError::new("give the blocks to `allow`, to `deny`, or both"));
+            return Err(ConfigError::new(
+                "give the blocks to `allow`, to `deny`, or both",
+            ));
         }
         if !(400..=599).contains(&config.status) {
             return Err(ConfigError::at("/status", "must be from 400 to 599"));
@@ -77,7 +79,11 @@ impl Filter for Check {
         let rules = self.0.clone();
         let Some(client) = http.client_ip(&rules.trusted)? else {
             // No address to judge: refused, never waved through.
-            return http.deny(rules.status, "ip_forbidden", "the client's address is unknown");
+            return http.deny(
+                rules.status,
+                "ip_forbidden",
+                "the client's address is unknown",
+            );
         };
         let denied = any_contains(&rules.deny, client)
             || (!rules.allow.is_empty() && !any_contains(&rules.allow, client));
@@ -138,9 +144,10 @@ mod tests {
 
     #[test]
     fn a_bad_block_is_reported_at_its_place() {
-        let error = TestKit::<IpRestriction>::configure(r#"{"allow": ["10.0.0.0/8", "10.0.0.1/8"]}"#)
-            .err()
-            .map(|e| e.to_string());
+        let error =
+            TestKit::<IpRestriction>::configure(r#"{"allow": ["10.0.0.0/8", "10.0.0.1/8"]}"#)
+                .err()
+                .map(|e| e.to_string());
         assert_eq!(
             error.as_deref(),
             Some("/allow/1: `10.0.0.1/8` has host bits set; the network is `10.0.0.0/8`")

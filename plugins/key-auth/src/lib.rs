@@ -111,7 +111,10 @@ impl Plugin for KeyAuth {
         for (i, source) in config.sources.iter().enumerate() {
             let (Source::Header(name) | Source::Query(name) | Source::Cookie(name)) = source;
             if name.is_empty() {
-                return Err(ConfigError::at(format!("/sources/{i}"), "must not be empty"));
+                return Err(ConfigError::at(
+                    format!("/sources/{i}"),
+                    "must not be empty",
+                ));
             }
         }
         if let Some(redis) = &config.redis
@@ -222,26 +225,32 @@ impl Filter for Check {
         }
         let redis_key = format!("{}{digest}", redis.prefix);
         let plugin = plugin.clone();
-        http.redis(&redis.service, &["GET", &redis_key], move |check, http, reply| {
-            let Some(redis) = &plugin.config.redis else {
-                return Err(Error::msg("the Redis lookup lost its configuration"));
-            };
-            let (name, ttl) = match reply {
-                Ok(RedisValue::Nil) => (None, redis.negative_cache_seconds),
-                Ok(value) => match value.as_str() {
-                    Some(name) => (Some(name.to_owned()), redis.cache_seconds),
-                    None => return unavailable(http, &format!("unexpected Redis reply {value:?}")),
-                },
-                Err(error) => return unavailable(http, &error.to_string()),
-            };
-            if ttl > 0 {
-                let remembered = name.as_deref().unwrap_or_default().as_bytes();
-                if shared::set(&cached, remembered, None).is_ok() {
-                    let _ = shared::set_ttl(&cached, Duration::from_secs(ttl));
+        http.redis(
+            &redis.service,
+            &["GET", &redis_key],
+            move |check, http, reply| {
+                let Some(redis) = &plugin.config.redis else {
+                    return Err(Error::msg("the Redis lookup lost its configuration"));
+                };
+                let (name, ttl) = match reply {
+                    Ok(RedisValue::Nil) => (None, redis.negative_cache_seconds),
+                    Ok(value) => match value.as_str() {
+                        Some(name) => (Some(name.to_owned()), redis.cache_seconds),
+                        None => {
+                            return unavailable(http, &format!("unexpected Redis reply {value:?}"));
+                        }
+                    },
+                    Err(error) => return unavailable(http, &error.to_string()),
+                };
+                if ttl > 0 {
+                    let remembered = name.as_deref().unwrap_or_default().as_bytes();
+                    if shared::set(&cached, remembered, None).is_ok() {
+                        let _ = shared::set_ttl(&cached, Duration::from_secs(ttl));
+                    }
                 }
-            }
-            check.resolved(http, name.as_deref(), &source)
-        })?;
+                check.resolved(http, name.as_deref(), &source)
+            },
+        )?;
         Ok(Flow::Pause)
     }
 }
@@ -292,7 +301,10 @@ mod tests {
         let mut request = kit.request(Request::get("/").header("x-api-key", "k-ada"));
         assert_eq!(request.send_headers(), Flow::Continue);
         assert_eq!(request.consumer().map(|c| c.name).as_deref(), Some("ada"));
-        assert_eq!(request.request_header("x-consumer-name").as_deref(), Some("ada"));
+        assert_eq!(
+            request.request_header("x-consumer-name").as_deref(),
+            Some("ada")
+        );
         assert_eq!(request.request_header("x-api-key"), None);
     }
 
@@ -316,10 +328,16 @@ mod tests {
         let kit = kit(r#"{"sources": [{"query": "api_key"}, {"cookie": "key"}]}"#);
         let mut query = kit.request(Request::get("/items?page=2&api_key=k-ada"));
         assert_eq!(query.send_headers(), Flow::Continue);
-        assert_eq!(query.request_header(":path").as_deref(), Some("/items?page=2"));
+        assert_eq!(
+            query.request_header(":path").as_deref(),
+            Some("/items?page=2")
+        );
         let mut cookie = kit.request(Request::get("/").header("cookie", "theme=dark; key=k-ada"));
         assert_eq!(cookie.send_headers(), Flow::Continue);
-        assert_eq!(cookie.request_header("cookie").as_deref(), Some("theme=dark"));
+        assert_eq!(
+            cookie.request_header("cookie").as_deref(),
+            Some("theme=dark")
+        );
         let kept = TestKit::<KeyAuth>::configure_with(
             r#"{"sources": [{"query": "api_key"}], "keep_key": true}"#,
             vec![ada()],
@@ -327,7 +345,10 @@ mod tests {
         .expect("a valid config");
         let mut request = kept.request(Request::get("/items?api_key=k-ada"));
         assert_eq!(request.send_headers(), Flow::Continue);
-        assert_eq!(request.request_header(":path").as_deref(), Some("/items?api_key=k-ada"));
+        assert_eq!(
+            request.request_header(":path").as_deref(),
+            Some("/items?api_key=k-ada")
+        );
     }
 
     #[test]
@@ -336,10 +357,16 @@ mod tests {
         let mut request = kit.request(Request::get("/").header("x-api-key", "nope"));
         assert_eq!(request.send_headers(), Flow::Continue);
         let consumer = request.consumer().expect("identified");
-        assert_eq!((consumer.name.as_str(), consumer.anonymous), ("guest", true));
+        assert_eq!(
+            (consumer.name.as_str(), consumer.anonymous),
+            ("guest", true)
+        );
         let unknown = TestKit::<KeyAuth>::configure_with(r#"{"anonymous": "nobody"}"#, vec![]);
         let error = unknown.err().expect("refused").to_string();
-        assert!(error.contains("/anonymous") && error.contains("no consumer is named `nobody`"), "{error}");
+        assert!(
+            error.contains("/anonymous") && error.contains("no consumer is named `nobody`"),
+            "{error}"
+        );
     }
 
     #[test]
