@@ -93,6 +93,8 @@ pub struct TestConsumer {
 #[derive(Debug, Default)]
 pub(crate) struct FakeHost {
     pub now_nanos: u64,
+    /// The tick period the plugin asked for (0: none).
+    pub tick_period_ms: u32,
     pub effective: u32,
     pub requests: HashMap<u32, RequestState>,
     /// Buffers outside any request (configuration, callout answers).
@@ -192,6 +194,11 @@ pub(crate) fn set_effective_context(context_id: u32) -> HostResult<()> {
             Err(HostError::BadArgument)
         }
     })
+}
+
+pub(crate) fn set_tick_period_milliseconds(period: u32) -> HostResult<()> {
+    with(|host| host.tick_period_ms = period);
+    Ok(())
 }
 
 pub(crate) fn get_buffer(buffer: Buffer, start: usize, max: usize) -> HostResult<Option<Vec<u8>>> {
