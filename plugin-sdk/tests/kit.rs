@@ -138,6 +138,12 @@ impl Filter for GuardFilter {
                 Ok(Flow::Pause)
             }
             Some("/motd") => self.motd(http),
+            Some("/stamp") => {
+                let before = http.property(&["guard", "stamp"])?;
+                http.set_property(&["guard", "stamp"], b"stamped")?;
+                http.set_request_header("x-stamped-before", &format!("{}", before.is_some()))?;
+                Ok(Flow::Continue)
+            }
             Some("/remember") => {
                 let seen = shared::get("seen")?.map_or(0, |e| e.value.len());
                 shared::set("seen", &vec![b'x'; seen + 1], None)?;
@@ -380,4 +386,19 @@ fn the_plugin_ticks_at_the_period_it_asked_for() {
     kit.tick();
     kit.tick();
     assert_eq!(kit.metric("guard_ticks"), Some(2));
+}
+
+#[test]
+fn a_property_a_filter_sets_belongs_to_its_request() {
+    let kit = kit();
+    let mut first = kit.request(Request::get("/stamp"));
+    assert_eq!(first.send_headers(), Flow::Continue);
+    assert_eq!(first.property(&["guard", "stamp"]), Some(b"stamped".to_vec()));
+    let mut second = kit.request(Request::get("/stamp"));
+    second.send_headers();
+    assert_eq!(
+        second.request_header("x-stamped-before").as_deref(),
+        Some("false"),
+        "the first request's property is not the second's"
+    );
 }

@@ -74,6 +74,8 @@ pub(crate) struct RequestState {
     pub resumed: Vec<Stream>,
     /// The `weir.consumer` property `weir.consumer_set` wrote.
     pub consumer: Option<Vec<u8>>,
+    /// Properties the filter set on this request (its filter state).
+    pub properties: HashMap<Vec<String>, Vec<u8>>,
 }
 
 /// A consumer the fake host knows, with its credentials in the clear.
@@ -259,12 +261,22 @@ pub(crate) fn get_property(path: &[&str]) -> HostResult<Option<Vec<u8>>> {
         return with(|host| Ok(host.request()?.consumer.clone()));
     }
     let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
-    Ok(with(|host| host.properties.get(&path).cloned()))
+    Ok(with(|host| {
+        let own = host
+            .requests
+            .get(&host.effective)
+            .and_then(|r| r.properties.get(&path));
+        own.or_else(|| host.properties.get(&path)).cloned()
+    }))
 }
 
+/// Sets a property of the effective request (outside one, of the host).
 pub(crate) fn set_property(path: &[&str], value: &[u8]) -> HostResult<()> {
     let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
-    with(|host| host.properties.insert(path, value.to_vec()));
+    with(|host| match host.requests.get_mut(&host.effective) {
+        Some(request) => request.properties.insert(path, value.to_vec()),
+        None => host.properties.insert(path, value.to_vec()),
+    });
     Ok(())
 }
 

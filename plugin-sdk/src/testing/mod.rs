@@ -121,6 +121,11 @@ impl<P: Plugin> TestKit<P> {
         host::with(|h| h.shared.get(key).map(|(value, _)| value.clone()))
     }
 
+    /// Writes `value` under shared-data `key`, as another VM of the plugin would.
+    pub fn set_shared(&self, key: &str, value: &[u8]) {
+        let _ = host::set_shared_data(key, value, 0);
+    }
+
     /// The value of metric `name`.
     pub fn metric(&self, name: &str) -> Option<i64> {
         host::with(|h| {
@@ -129,13 +134,6 @@ impl<P: Plugin> TestKit<P> {
                 .find(|(_, n, _)| n == name)
                 .map(|(_, _, v)| *v)
         })
-    }
-
-    /// The property at `path`, as a filter last set it (the fake host keeps
-    /// one set of properties for all requests).
-    pub fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
-        host::with(|h| h.properties.get(&path).cloned())
     }
 
     /// Runs the plugin's tick, as the host does every period it asked for.
@@ -173,7 +171,7 @@ impl<P: Plugin> TestKit<P> {
         self.runtime.on_http_call_response(token, 0, 0);
     }
 
-    /// Sets property `path`, as the host would provide it.
+    /// Sets property `path` for every request, as the host would provide it.
     pub fn set_property(&self, path: &[&str], value: &[u8]) {
         let path = path.iter().map(|s| (*s).to_owned()).collect();
         host::with(|h| h.properties.insert(path, value.to_vec()));
@@ -305,6 +303,12 @@ impl<P: Plugin> Exchange<'_, P> {
         let id = self.id;
         let known = host::with(|h| h.set_consumer(id, name, anonymous));
         assert!(known.is_ok(), "the kit has no consumer `{name}`");
+    }
+
+    /// Property `path` as the filter set it on this request.
+    pub fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
+        host::with(|h| h.requests.get(&self.id)?.properties.get(&path).cloned())
     }
 
     /// The consumer a filter identified the request as.
