@@ -111,6 +111,10 @@ pub struct Jwks {
     waiting: Cell<bool>,
     /// Whether ticks run at [`FAST_TICK`].
     fast: Cell<bool>,
+    /// Until then no fetch can start on the node (the last one started less
+    /// than `min_refresh_interval` ago and has ended, and this VM holds its
+    /// keys): requests need not look at shared data.
+    quiet_until: Cell<u64>,
     fetches: Option<Counter>,
     failures: Option<Counter>,
 }
@@ -136,6 +140,7 @@ impl Jwks {
             fetching: Cell::new(None),
             waiting: Cell::new(false),
             fast: Cell::new(false),
+            quiet_until: Cell::new(0),
             fetches: Counter::define("jwt_auth_jwks_fetches").ok(),
             failures: Counter::define("jwt_auth_jwks_fetch_failures").ok(),
         })
@@ -152,9 +157,11 @@ impl Jwks {
     pub fn keys(self: &Rc<Self>, kid: Option<&str>, now_ms: u64, may_wait: bool) -> Keys {
         let known = |local: &Local| local.keys.clone().filter(|keys| keys.knows(kid));
         let due = |local: &Local| now_ms >= local.fetched_ms.saturating_add(self.source.refresh_ms);
+        let quiet = now_ms < self.quiet_until.get() && self.fetching.get().is_none();
         {
             let local = self.local.borrow().clone();
             if (known(&local).is_none() || due(&local))
+                && !quiet
                 && let Some((record, _)) = self.read()
             {
                 self.adopt(&record);
@@ -162,11 +169,16 @@ impl Jwks {
         }
         let local = self.local.borrow().clone();
         if let Some(keys) = known(&local) {
-            if due(&local) {
+            if due(&local) && !quiet {
                 // Stale while revalidating: these keys serve meanwhile.
                 let _ = self.refresh(now_ms);
             }
             return Keys::Ready(keys);
+        }
+        if quiet {
+            // Nothing newer can exist yet: a flood of unknown `kid`s costs
+            // no shared-data reads.
+            return local.keys.map_or(Keys::Unavailable, Keys::Ready);
         }
         match self.refresh(now_ms) {
             Refresh::Started | Refresh::InFlight if may_wait => {
@@ -203,7 +215,7 @@ impl Jwks {
                 .borrow()
                 .fetched_ms
                 .saturating_add(self.source.refresh_ms);
-        if due && self.fetching.get().is_none() {
+        if due && self.fetching.get().is_none() && now >= self.quiet_until.get() {
             if let Some((record, _)) = self.read() {
                 self.adopt(&record);
             }
@@ -265,9 +277,12 @@ impl Jwks {
             if record.lease_until_ms > now {
                 return Refresh::InFlight;
             }
-            if record.attempt_ms != 0
-                && now < record.attempt_ms.saturating_add(self.source.min_refresh_ms)
-            {
+            let next_allowed = record.attempt_ms.saturating_add(self.source.min_refresh_ms);
+            if record.attempt_ms != 0 && now < next_allowed {
+                // The last fetch has ended: take its keys, and rest until
+                // the next may start.
+                self.adopt(&record);
+                self.quiet_until.set(next_allowed);
                 return Refresh::TooSoon;
             }
             let timeout_ms = u64::try_from(self.source.timeout.as_millis()).unwrap_or(u64::MAX);

@@ -1006,3 +1006,33 @@ fn requests_wait_for_another_vms_fetch_and_take_its_keys() {
     assert_eq!(kit.tick_period(), Some(Duration::from_secs(1)));
     assert!(kit.calls().is_empty());
 }
+
+/// Prints what one full verification costs per algorithm (header, key
+/// choice, signature, claims), natively: figures for the docs, not an
+/// assertion. `cargo test --release -p weir-jwt-auth -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand in release mode"]
+fn verify_cost_per_algorithm() {
+    let mut config = every_key();
+    config["cache_size"] = json!(0);
+    let plugin = JwtAuth::configure(serde_json::from_value(config).expect("a configuration"))
+        .expect("configured");
+    for alg in ALL {
+        let token = sign(alg, Some(&format!("{alg:?}")), &claims());
+        let rounds = if alg.family() == AlgorithmFamily::Hmac {
+            20_000
+        } else {
+            500
+        };
+        assert!(plugin.verify(&token, NOW * 1_000, false).is_ok());
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            assert!(plugin.verify(&token, NOW * 1_000, false).is_ok());
+        }
+        let each = start.elapsed() / rounds;
+        println!(
+            "{alg:?}: {:.1} µs per verification",
+            each.as_secs_f64() * 1e6
+        );
+    }
+}
