@@ -393,7 +393,10 @@ fn a_property_a_filter_sets_belongs_to_its_request() {
     let kit = kit();
     let mut first = kit.request(Request::get("/stamp"));
     assert_eq!(first.send_headers(), Flow::Continue);
-    assert_eq!(first.property(&["guard", "stamp"]), Some(b"stamped".to_vec()));
+    assert_eq!(
+        first.property(&["guard", "stamp"]),
+        Some(b"stamped".to_vec())
+    );
     let mut second = kit.request(Request::get("/stamp"));
     second.send_headers();
     assert_eq!(

@@ -19,7 +19,10 @@ use weir_tests::{EchoUpstream, TestGateway, dead_address, eventually, http1_clie
 
 /// The test keys of the jwt-auth crate (`plugins/jwt-auth/testdata`).
 fn test_key(file: &str) -> Vec<u8> {
-    let path = format!("{}/../plugins/jwt-auth/testdata/{file}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../plugins/jwt-auth/testdata/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -182,7 +185,11 @@ async fn every_algorithm_verifies_in_the_built_in_module() -> anyhow::Result<()>
     // Asymmetric keys from the JWKS, the HMAC one inline.
     let mut keys = Vec::new();
     for alg in &algorithms[3..] {
-        keys.push(public_jwk(&private(*alg, "rsa-1"), *alg, &format!("{alg:?}"))?);
+        keys.push(public_jwk(
+            &private(*alg, "rsa-1"),
+            *alg,
+            &format!("{alg:?}"),
+        )?);
     }
     let idp = JwksServer::start(&json!({ "keys": keys })).await?;
     let app = EchoUpstream::start("app").await?;
@@ -279,7 +286,11 @@ async fn rotated_keys_are_fetched_on_an_unknown_kid_within_the_rate_bound() -> a
     .await;
     assert!(accepted, "the new key was picked up");
     assert!(refused > 1, "tokens were refused while the bound held");
-    assert_eq!(idp.hits(), 2, "one fetch for the rotation, however many tries");
+    assert_eq!(
+        idp.hits(),
+        2,
+        "one fetch for the rotation, however many tries"
+    );
 
     // A flood of made-up kids within the bound fetches nothing more.
     for n in 0..20 {
@@ -301,14 +312,15 @@ async fn rotated_keys_are_fetched_on_an_unknown_kid_within_the_rate_bound() -> a
 }
 
 #[tokio::test]
-async fn without_a_reachable_jwks_tokens_get_401() -> anyhow::Result<()> {
+async fn without_a_reachable_jwks_tokens_get_503() -> anyhow::Result<()> {
     let app = EchoUpstream::start("app").await?;
     let gw = gateway(
         &app,
         dead_address().await?,
         "[{ name: jwt-auth, builtin: jwt-auth }]",
-        "[{ plugin: jwt-auth, config: { jwks: { upstream: idp, timeout_ms: 1000 } } }]",
-        "[]",
+        "[{ plugin: jwt-auth, config: { jwks: { upstream: idp, timeout_ms: 1000 }, \
+         anonymous: guest } }]",
+        "[{ name: guest }]",
     )
     .await?;
     let signed = token(
@@ -317,14 +329,18 @@ async fn without_a_reachable_jwks_tokens_get_401() -> anyhow::Result<()> {
         "k",
         &json!({"sub": "ada", "exp": now() + 600}),
     )?;
+    // Not the caller's fault, and no guess: not even the anonymous consumer.
     let (status, body, challenge) = call(&gw, Some(&signed)).await?;
-    assert_eq!(status, 401);
-    assert_eq!(body["error"]["message"], "the signing keys could not be fetched");
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "auth_unavailable");
     assert_eq!(
-        challenge,
-        r#"Bearer error="invalid_token", error_description="the signing keys could not be fetched""#
+        body["error"]["message"],
+        "the token cannot be checked now: the signing keys could not be fetched"
     );
+    assert_eq!(challenge, "");
     assert_eq!(app.hits(), 0);
+    // A request without a token is still the anonymous consumer's.
+    assert_eq!(call(&gw, None).await?.0, 200);
     Ok(())
 }
 
@@ -349,7 +365,12 @@ async fn the_tokens_subject_names_the_consumer_later_filters_key_on() -> anyhow:
     .await?;
     let key = private(Algorithm::ES384, "");
     let signed = |sub: &str, iss: &str| {
-        token(&key, Algorithm::ES384, "any", &json!({"sub": sub, "iss": iss, "exp": now() + 600}))
+        token(
+            &key,
+            Algorithm::ES384,
+            "any",
+            &json!({"sub": sub, "iss": iss, "exp": now() + 600}),
+        )
     };
     let ada = signed("ada", "https://a.test")?;
     let client = http1_client();
@@ -372,7 +393,10 @@ async fn the_tokens_subject_names_the_consumer_later_filters_key_on() -> anyhow:
     // ada from another issuer is nobody's.
     let (status, body, _) = call(&gw, Some(&signed("ada", "https://b.test")?)).await?;
     assert_eq!(status, 401);
-    assert_eq!(body["error"]["message"], "no consumer holds this token's subject");
+    assert_eq!(
+        body["error"]["message"],
+        "no consumer holds this token's subject"
+    );
     Ok(())
 }
 
@@ -380,8 +404,8 @@ async fn the_tokens_subject_names_the_consumer_later_filters_key_on() -> anyhow:
 async fn two_providers_on_one_route_with_an_anonymous_fallback() -> anyhow::Result<()> {
     let app = EchoUpstream::start("app").await?;
     let rsa = private(Algorithm::PS256, "rsa-1");
-    let idp = JwksServer::start(&json!({ "keys": [public_jwk(&rsa, Algorithm::PS256, "b1")?] }))
-        .await?;
+    let idp =
+        JwksServer::start(&json!({ "keys": [public_jwk(&rsa, Algorithm::PS256, "b1")?] })).await?;
     // Provider A signs with an HMAC secret, provider B with RSA keys from
     // its JWKS. Each filter serves callers it cannot verify as `guest`, so
     // the next one may still identify them.
@@ -416,8 +440,18 @@ async fn two_providers_on_one_route_with_an_anonymous_fallback() -> anyhow::Resu
         &json!({"sub": "ada", "iss": "https://a.test", "exp": exp}),
     )?;
     for (token, consumer, tier, sub) in [
-        (Some(&from_a), "ada", Value::from(["gold"]), Value::from(["ada"])),
-        (Some(&from_b), "bob", Value::from(["silver"]), Value::from(["bob"])),
+        (
+            Some(&from_a),
+            "ada",
+            Value::from(["gold"]),
+            Value::from(["ada"]),
+        ),
+        (
+            Some(&from_b),
+            "bob",
+            Value::from(["silver"]),
+            Value::from(["bob"]),
+        ),
         (Some(&forged), "guest", Value::Null, Value::Null),
         (None, "guest", Value::Null, Value::Null),
     ] {
@@ -431,7 +465,10 @@ async fn two_providers_on_one_route_with_an_anonymous_fallback() -> anyhow::Resu
         assert_eq!(response.status(), 200, "{consumer}");
         let echoed = json(response).await?;
         assert_eq!(echoed["headers"]["x-consumer-name"], json!([consumer]));
-        assert_eq!(echoed["headers"]["x-tier"], tier, "{consumer}: never the client's");
+        assert_eq!(
+            echoed["headers"]["x-tier"], tier,
+            "{consumer}: never the client's"
+        );
         assert_eq!(echoed["headers"]["x-jwt-sub"], sub, "{consumer}");
     }
     Ok(())

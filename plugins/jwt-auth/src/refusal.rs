@@ -1,7 +1,7 @@
 //! Why a request is refused, and the one place a refusal becomes a response:
 //! 401 with an RFC 6750 `WWW-Authenticate: Bearer` challenge (or the
-//! anonymous consumer, when the filter has one), or 403 for a valid token
-//! that lacks a scope or claim.
+//! anonymous consumer, when the filter has one), 403 for a valid token that
+//! lacks a scope or claim, or 503 when the keys to check it are missing.
 
 use weir_sdk::consumers::Auth;
 use weir_sdk::{Filter, Http, Outcome};
@@ -44,8 +44,8 @@ pub enum Refusal {
     /// A claim the filter requires to verify the token (`exp`).
     #[error("the token has no `{0}` claim")]
     MissingClaim(String),
-    /// The JWKS could not be fetched and no keys are cached.
-    #[error("the signing keys could not be fetched")]
+    /// The JWKS could not be fetched and no keys are cached (503).
+    #[error("the token cannot be checked now: the signing keys could not be fetched")]
     KeysUnavailable,
     /// The token is valid but no consumer holds its subject.
     #[error("no consumer holds this token's subject")]
@@ -93,6 +93,11 @@ pub fn respond<F: Filter>(
     scopes: &str,
 ) -> Outcome {
     let message = refusal.to_string();
+    if *refusal == Refusal::KeysUnavailable {
+        // Not the caller's fault, and no guess either way (as key-auth
+        // answers when its Redis is down): neither 401 nor anonymous.
+        return http.deny(503, "auth_unavailable", &message);
+    }
     if refusal.forbids() {
         let mut challenge =
             format!(r#"Bearer error="insufficient_scope", error_description="{message}""#);

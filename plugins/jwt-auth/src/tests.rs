@@ -144,6 +144,19 @@ fn assert_invalid(exchange: &Exchange<'_, JwtAuth>, reason: &str) {
     assert_eq!(reply.json()["error"]["code"], "unauthorized");
 }
 
+/// Asserts a 503 `auth_unavailable`, without a challenge.
+fn assert_unavailable(exchange: &Exchange<'_, JwtAuth>) {
+    let (status, message, challenge) = refusal(exchange);
+    assert_eq!(status, 503);
+    assert_eq!(
+        message,
+        "the token cannot be checked now: the signing keys could not be fetched"
+    );
+    assert_eq!(challenge, "");
+    let reply = exchange.local_reply().expect("a local reply");
+    assert_eq!(reply.json()["error"]["code"], "auth_unavailable");
+}
+
 /// A configuration trusting the public JWK of every test key (kid = alg).
 fn every_key() -> Value {
     let keys: Vec<Value> = ALL
@@ -939,21 +952,21 @@ fn without_keys_a_failed_fetch_answers_401() {
     let (waiting, _) = send(&kit, &token);
     let call = kit.calls().pop().expect("a fetch");
     kit.fail_call(call.token);
-    assert_invalid(&waiting, "the signing keys could not be fetched");
+    assert_unavailable(&waiting);
     assert!(kit.logs().iter().any(|(_, line)| line.starts_with(
         "jwt-auth: cannot fetch the JWKS from upstream `idp` /.well-known/jwks.json: the upstream call failed"
     )));
     // Within the min interval, no request fetches or waits.
     let (again, flow) = send(&kit, &token);
     assert_eq!(flow, Flow::Pause);
-    assert_invalid(&again, "the signing keys could not be fetched");
+    assert_unavailable(&again);
     assert_eq!(kit.calls().len(), 1);
     // Documents that are not a JWKS, or have no usable key, fail alike.
     for document in ["<html>", r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#] {
         kit.advance(Duration::from_secs(30));
         let (waiting, _) = send(&kit, &token);
         serve(&kit, document);
-        assert_invalid(&waiting, "the signing keys could not be fetched");
+        assert_unavailable(&waiting);
     }
     assert_eq!(kit.metric("jwt_auth_jwks_fetch_failures"), Some(3));
 }
