@@ -1049,3 +1049,43 @@ fn verify_cost_per_algorithm() {
         );
     }
 }
+
+#[test]
+fn an_earlier_auth_filters_identity_stands_and_an_anonymous_one_gives_way() {
+    let kit = TestKit::<JwtAuth>::configure_with(
+        &json!({"secret": "s3cret"}).to_string(),
+        vec![
+            consumer("ada", vec![(None, "ada")]),
+            consumer("guest", vec![]),
+        ],
+    )
+    .expect("configured");
+    // Identified by an earlier filter (an API key, say): no token needed,
+    // and the client's claim headers still never pass.
+    let mut keyed = kit.request(Request::get("/").header("x-jwt-sub", "forged"));
+    keyed.identify("ada", false);
+    assert_eq!(keyed.send_headers(), Flow::Continue);
+    assert_eq!(keyed.request_header("x-jwt-sub"), None);
+    assert_eq!(keyed.consumer().map(|c| c.name).as_deref(), Some("ada"));
+    // Anonymous so far: this filter still checks the token and identifies.
+    let token = sign_with(
+        &EncodingKey::from_secret(b"s3cret"),
+        Algorithm::HS256,
+        None,
+        &json!({"sub": "ada"}),
+    );
+    let mut guest =
+        kit.request(Request::get("/").header("authorization", &format!("Bearer {token}")));
+    guest.identify("guest", true);
+    assert_eq!(guest.send_headers(), Flow::Continue);
+    let consumer = guest.consumer().expect("a consumer");
+    assert_eq!((consumer.name.as_str(), consumer.anonymous), ("ada", false));
+    let mut nobody = kit.request(Request::get("/"));
+    nobody.identify("guest", true);
+    assert_eq!(
+        nobody.send_headers(),
+        Flow::Pause,
+        "no anonymous of its own: 401"
+    );
+    assert_eq!(refusal(&nobody).0, 401);
+}
