@@ -233,7 +233,7 @@ async fn rotated_keys_are_fetched_on_an_unknown_kid_within_the_rate_bound() -> a
         idp.addr,
         "[{ name: jwt-auth, builtin: jwt-auth, vms: 2 }]",
         "[{ plugin: jwt-auth, config: { jwks: { upstream: idp, path: /jwks, \
-         refresh_interval_seconds: 300, min_refresh_interval_seconds: 3 } } }]",
+         refresh_interval: 5m, min_refresh_interval: 3s } } }]",
         "[]",
     )
     .await?;
@@ -318,7 +318,7 @@ async fn without_a_reachable_jwks_tokens_get_503() -> anyhow::Result<()> {
         &app,
         dead_address().await?,
         "[{ name: jwt-auth, builtin: jwt-auth }]",
-        "[{ plugin: jwt-auth, config: { jwks: { upstream: idp, timeout_ms: 1000 }, \
+        "[{ plugin: jwt-auth, config: { jwks: { upstream: idp, timeout: 1s }, \
          anonymous: guest } }]",
         "[{ name: guest }]",
     )

@@ -84,13 +84,13 @@ struct JwksConfig {
     authority: Option<String>,
     /// Keys older than this are refreshed.
     #[serde(default = "default_refresh")]
-    refresh_interval_seconds: u64,
+    refresh_interval: String,
     /// At most one fetch per this long (unknown `kid`s included).
     #[serde(default = "default_min_refresh")]
-    min_refresh_interval_seconds: u64,
+    min_refresh_interval: String,
     /// How long one fetch may take.
-    #[serde(default = "default_timeout_ms")]
-    timeout_ms: u64,
+    #[serde(default = "default_timeout")]
+    timeout: String,
 }
 
 fn default_header() -> String {
@@ -117,20 +117,23 @@ fn default_jwks_path() -> String {
     "/.well-known/jwks.json".into()
 }
 
-fn default_refresh() -> u64 {
-    300
+fn default_refresh() -> String {
+    "5m".into()
 }
 
-fn default_min_refresh() -> u64 {
-    30
+fn default_min_refresh() -> String {
+    "30s".into()
 }
 
-fn default_timeout_ms() -> u64 {
-    5_000
+fn default_timeout() -> String {
+    "5s".into()
 }
 
 /// The longest a JWKS fetch may take.
-const MAX_TIMEOUT_MS: u64 = 60_000;
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// The shortest `min_refresh_interval`: it bounds the fetches that tokens
+/// naming unknown keys cause.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
 
 /// The configuration, checked.
 pub struct Settings {
@@ -327,39 +330,47 @@ impl JwksConfig {
         if !self.path.starts_with('/') {
             return Err(ConfigError::at("/jwks/path", "must start with `/`"));
         }
-        if self.refresh_interval_seconds == 0 {
+        let refresh = duration(&self.refresh_interval, "/jwks/refresh_interval")?;
+        let min_refresh = duration(&self.min_refresh_interval, "/jwks/min_refresh_interval")?;
+        let timeout = duration(&self.timeout, "/jwks/timeout")?;
+        if min_refresh < MIN_REFRESH {
             return Err(ConfigError::at(
-                "/jwks/refresh_interval_seconds",
-                "must be at least 1",
+                "/jwks/min_refresh_interval",
+                "must be at least 1s (it bounds the fetches tokens with unknown keys cause)",
             ));
         }
-        if self.min_refresh_interval_seconds == 0 {
+        if min_refresh > refresh {
             return Err(ConfigError::at(
-                "/jwks/min_refresh_interval_seconds",
-                "must be at least 1 (it bounds the fetches tokens with unknown keys cause)",
+                "/jwks/min_refresh_interval",
+                "must not exceed `refresh_interval`",
             ));
         }
-        if self.min_refresh_interval_seconds > self.refresh_interval_seconds {
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
             return Err(ConfigError::at(
-                "/jwks/min_refresh_interval_seconds",
-                "must not exceed `refresh_interval_seconds`",
+                "/jwks/timeout",
+                "must be above 0 and at most 1m",
             ));
         }
-        if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
-            return Err(ConfigError::at(
-                "/jwks/timeout_ms",
-                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
-            ));
-        }
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Ok(Source {
             upstream: self.upstream.clone(),
             path: self.path.clone(),
             authority: self.authority.clone(),
-            refresh_ms: self.refresh_interval_seconds.saturating_mul(1_000),
-            min_refresh_ms: self.min_refresh_interval_seconds.saturating_mul(1_000),
-            timeout: Duration::from_millis(self.timeout_ms),
+            refresh_ms: ms(refresh),
+            min_refresh_ms: ms(min_refresh),
+            timeout,
         })
     }
+}
+
+/// The duration `text` (`30s`, `5m`) at `at`.
+fn duration(text: &str, at: &str) -> Result<Duration, ConfigError> {
+    weir_sdk::duration::parse(text).ok_or_else(|| {
+        ConfigError::at(
+            at,
+            format!("`{text}` is not a duration (`<digits><unit>`, unit `ms`, `s`, `m` or `h`)"),
+        )
+    })
 }
 
 /// One entry of `keys`: `{ pem, kid }` or a JWK.

@@ -747,24 +747,31 @@ fn bad_configurations_are_refused_at_the_offending_field() {
     );
     assert_eq!(refused(json!({"keys": [{"pem": "junk"}]})).0, "/keys/0");
     assert_eq!(
-        refused(json!({"jwks": {"upstream": "idp", "min_refresh_interval_seconds": 0}})).0,
-        "/jwks/min_refresh_interval_seconds"
+        refused(json!({"jwks": {"upstream": "idp", "min_refresh_interval": "500ms"}})).0,
+        "/jwks/min_refresh_interval"
     );
     assert_eq!(
         refused(
-            json!({"jwks": {"upstream": "idp", "refresh_interval_seconds": 10,
-            "min_refresh_interval_seconds": 20}})
+            json!({"jwks": {"upstream": "idp", "refresh_interval": "10s",
+            "min_refresh_interval": "20s"}})
         )
         .0,
-        "/jwks/min_refresh_interval_seconds"
+        "/jwks/min_refresh_interval"
+    );
+    assert_eq!(
+        refused(json!({"jwks": {"upstream": "idp", "refresh_interval": "300"}})),
+        (
+            "/jwks/refresh_interval".into(),
+            "`300` is not a duration (`<digits><unit>`, unit `ms`, `s`, `m` or `h`)".into()
+        )
     );
     assert_eq!(
         refused(json!({"jwks": {"upstream": "idp", "path": "jwks"}})).0,
         "/jwks/path"
     );
     assert_eq!(
-        refused(json!({"jwks": {"upstream": "idp", "timeout_ms": 0}})).0,
-        "/jwks/timeout_ms"
+        refused(json!({"jwks": {"upstream": "idp", "timeout": "2m"}})).0,
+        "/jwks/timeout"
     );
     assert_eq!(
         refused(json!({"secret": "s", "forward_claims": {"a/b": "bad header"}})).0,
@@ -796,7 +803,7 @@ const JWKS_KEY: &str = "jwt-auth/jwks/idp/.well-known/jwks.json";
 fn jwks_kit() -> TestKit<JwtAuth> {
     kit(
         json!({"jwks": {"upstream": "idp", "authority": "idp.example",
-        "refresh_interval_seconds": 300, "min_refresh_interval_seconds": 30, "timeout_ms": 2000}}),
+        "refresh_interval": "5m", "min_refresh_interval": "30s", "timeout": "2s"}}),
     )
 }
 
