@@ -119,6 +119,13 @@ pub struct Jwks {
     failures: Option<Counter>,
 }
 
+/// Writes an empty record under `key`.
+fn create(key: &str) -> Result<(), HostError> {
+    let empty =
+        serde_json::to_vec(&Record::default()).map_err(|_| HostError::SerializationFailure)?;
+    shared::set(key, &empty, None)
+}
+
 /// The host's clock in milliseconds since the epoch, outside a request.
 fn now_ms() -> u64 {
     background::now()
@@ -133,6 +140,13 @@ impl Jwks {
     pub fn new(source: Source) -> Result<Self, HostError> {
         let key = format!("jwt-auth/jwks/{}{}", source.upstream, source.path);
         background::set_tick_period(SLOW_TICK)?;
+        // The record exists before any VM serves, so every lease is taken by
+        // compare-and-swap: a write to a missing key always succeeds, and
+        // two VMs could both take the lease. (The host configures a
+        // filter's VMs one after the other.)
+        if shared::get(&key)?.is_none() {
+            create(&key)?;
+        }
         Ok(Self {
             source,
             key,
@@ -271,9 +285,12 @@ impl Jwks {
             return Refresh::InFlight;
         }
         for _ in 0..CAS_ATTEMPTS {
-            let (record, cas) = self
-                .read()
-                .map_or((Record::default(), None), |(r, cas)| (r, Some(cas)));
+            let Some((record, cas)) = self.read() else {
+                // Gone (evicted, say): made again, then leased by CAS.
+                let _ = create(&self.key);
+                continue;
+            };
+            let cas = Some(cas);
             if record.lease_until_ms > now {
                 return Refresh::InFlight;
             }
