@@ -90,6 +90,11 @@ extern "C" fn proxy_on_redis_call_response(_root_id: u32, token: u32, status: u3
 }
 
 #[unsafe(no_mangle)]
+extern "C" fn proxy_on_tick(root_id: u32) {
+    with((), |d| d.on_tick(root_id));
+}
+
+#[unsafe(no_mangle)]
 extern "C" fn proxy_on_log(context_id: u32) {
     with((), |d| d.on_log(context_id));
 }

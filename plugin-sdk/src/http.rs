@@ -11,14 +11,25 @@ use crate::{Filter, Flow, Outcome};
 /// The header Weir (and Envoy) carry the request id in.
 const REQUEST_ID: &str = "x-request-id";
 
-/// A callout's continuation: runs with the filter, its request and the answer.
+/// A paused request's continuation: runs with the filter, its request and
+/// what it waited for.
 pub(crate) type Continuation<F> =
     Box<dyn FnOnce(&mut F, &mut Http<'_, F>, Answer) -> Outcome + 'static>;
 
-/// The answer a continuation gets.
+/// What a paused request waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ticket {
+    /// The answer to the callout with this token.
+    Callout(u32),
+    /// A [`background::wake`](crate::background::wake) of this event.
+    Event(String),
+}
+
+/// What a continuation gets.
 pub(crate) enum Answer {
     Call(Result<CallResponse, Error>),
     Redis(Result<RedisValue, Error>),
+    Woken,
 }
 
 /// The size of a body seen so far, in a body callback.
@@ -34,7 +45,7 @@ pub struct Body {
 /// local replies, callouts and logging. Every host call returns a `Result`.
 pub struct Http<'a, F: Filter> {
     pub(crate) plugin: &'static str,
-    pub(crate) continuations: &'a mut Vec<(u32, Continuation<F>)>,
+    pub(crate) continuations: &'a mut Vec<(Ticket, Continuation<F>)>,
     pub(crate) replied: &'a mut bool,
     pub(crate) request_id: &'a mut Option<Option<String>>,
     pub(crate) end_of_stream: bool,
@@ -218,25 +229,12 @@ impl<F: Filter> Http<'_, F> {
         request: CallRequest,
         then: impl FnOnce(&mut F, &mut Http<'_, F>, Result<CallResponse, Error>) -> Outcome + 'static,
     ) -> HostResult<()> {
-        let authority = request.authority.as_deref().unwrap_or(upstream);
-        let mut headers = vec![
-            (":method", request.method.as_str()),
-            (":path", request.path.as_str()),
-            (":authority", authority),
-        ];
-        headers.extend(
-            request
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        );
-        let timeout_ms = u32::try_from(request.timeout.as_millis()).unwrap_or(u32::MAX);
-        let token = host::http_call(upstream, &headers, &request.body, timeout_ms)?;
+        let token = request.send(upstream)?;
         self.continuations.push((
-            token,
+            Ticket::Callout(token),
             Box::new(move |filter, http, answer| match answer {
                 Answer::Call(result) => then(filter, http, result),
-                Answer::Redis(_) => Err(Error::msg("a Redis answer to an upstream call")),
+                _ => Err(Error::msg("another answer to an upstream call")),
             }),
         ));
         Ok(())
@@ -253,13 +251,34 @@ impl<F: Filter> Http<'_, F> {
     ) -> HostResult<()> {
         let token = host::redis_call(service, &redis::encode(command))?;
         self.continuations.push((
-            token,
+            Ticket::Callout(token),
             Box::new(move |filter, http, answer| match answer {
                 Answer::Redis(result) => then(filter, http, result),
-                Answer::Call(_) => Err(Error::msg("an upstream answer to a Redis call")),
+                _ => Err(Error::msg("another answer to a Redis call")),
             }),
         ));
         Ok(())
+    }
+
+    /// Parks the request until [`background::wake`](crate::background::wake)
+    /// wakes `event` on this VM (from another request's callback, a
+    /// plugin-level callout's answer, or a tick); then `then` runs. Return
+    /// [`Flow::Pause`] from the callback that parked it; the request resumes
+    /// when `then` returns [`Flow::Continue`]. A request parked on an event
+    /// nobody wakes stays paused until the client or the host gives up, so
+    /// wake from every path that ends the work waited for.
+    pub fn wait(
+        &mut self,
+        event: &str,
+        then: impl FnOnce(&mut F, &mut Http<'_, F>) -> Outcome + 'static,
+    ) {
+        self.continuations.push((
+            Ticket::Event(event.to_owned()),
+            Box::new(move |filter, http, answer| match answer {
+                Answer::Woken => then(filter, http),
+                _ => Err(Error::msg("a callout answer to a wait")),
+            }),
+        ));
     }
 
     /// Logs `message` at `level` with the plugin's name and the request id.
@@ -298,6 +317,19 @@ pub struct CallRequest {
 }
 
 impl CallRequest {
+    /// Starts the call to `upstream`; its token.
+    pub(crate) fn send(&self, upstream: &str) -> HostResult<u32> {
+        let authority = self.authority.as_deref().unwrap_or(upstream);
+        let mut headers = vec![
+            (":method", self.method.as_str()),
+            (":path", self.path.as_str()),
+            (":authority", authority),
+        ];
+        headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let timeout_ms = u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX);
+        host::http_call(upstream, &headers, &self.body, timeout_ms)
+    }
+
     /// A request with `method` for `path` (with its query), timing out after 5 s.
     pub fn new(method: &str, path: &str) -> Self {
         Self {

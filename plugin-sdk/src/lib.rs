@@ -49,6 +49,9 @@
 //! - turns callouts (upstream calls, Redis) into continuations: start one,
 //!   return [`Flow::Pause`], and the closure runs with the answer and
 //!   resumes the request when it returns [`Flow::Continue`];
+//! - lets a plugin work outside its requests ([`background`]): ticks,
+//!   upstream calls of its own, and requests parked on an event
+//!   ([`Http::wait`]) until plugin code wakes it;
 //! - returns a `Result` from every host call; a callback that fails with an
 //!   [`Error`] is logged with the request id and answered with a JSON 500
 //!   (`plugin_error`) instead of trapping the VM.
@@ -60,6 +63,7 @@
 //! Compiled natively, the host functions act on the test kit's fake host
 //! ([`testing`]), so a filter's callbacks run under `cargo test`.
 
+pub mod background;
 mod config;
 pub mod consumers;
 pub mod duration;
@@ -105,6 +109,10 @@ pub trait Plugin: Sized + 'static {
 
     /// The filter of one request.
     fn filter(self: &Rc<Self>) -> Self::Filter;
+
+    /// The tick period asked with [`background::set_tick_period`] elapsed
+    /// (on this VM's root context, outside any request).
+    fn on_tick(self: &Rc<Self>) {}
 }
 
 /// What a filter callback returns: how the request goes on, or a failure

@@ -9,9 +9,13 @@ use std::rc::Rc;
 
 use crate::error::{self, Error};
 use crate::host::{self, Buffer, LogLevel, Map, Stream as Direction};
-use crate::http::{Answer, Body, CallResponse, Continuation, Http};
+use crate::http::{Answer, Body, CallResponse, Continuation, Http, Ticket};
 use crate::redis;
-use crate::{Filter, Flow, Outcome, Plugin, config};
+use crate::{Filter, Flow, Outcome, Plugin, background, config};
+
+/// Rounds of wake-ups one callback may trigger (a woken request that wakes
+/// again, and so on) before the rest wait for the next callback.
+const WAKE_ROUNDS: usize = 8;
 
 /// The callbacks the host makes, as the exports receive them.
 pub(crate) trait Dispatch {
@@ -23,6 +27,7 @@ pub(crate) trait Dispatch {
     fn on_response_body(&self, context_id: u32, size: usize, end_of_stream: bool) -> u32;
     fn on_http_call_response(&self, token: u32, headers: usize, body_size: usize);
     fn on_redis_call_response(&self, token: u32, status: u32, size: usize);
+    fn on_tick(&self, root_id: u32);
     fn on_log(&self, context_id: u32);
     fn on_delete(&self, context_id: u32);
 }
@@ -30,7 +35,7 @@ pub(crate) trait Dispatch {
 /// A request's filter and what the SDK keeps for it.
 struct Stream<F: Filter> {
     filter: F,
-    continuations: Vec<(u32, Continuation<F>)>,
+    continuations: Vec<(Ticket, Continuation<F>)>,
     /// The direction waiting on a callout, resumed when one answers Continue.
     paused: Option<Direction>,
     replied: bool,
@@ -46,6 +51,8 @@ pub(crate) struct Runtime<P: Plugin> {
     streams: RefCell<HashMap<u32, Shared<P::Filter>>>,
     /// Which request started each callout in flight.
     callouts: RefCell<HashMap<u32, u32>>,
+    /// The requests parked on each event.
+    waiting: RefCell<HashMap<String, Vec<u32>>>,
 }
 
 impl<P: Plugin> Default for Runtime<P> {
@@ -54,6 +61,7 @@ impl<P: Plugin> Default for Runtime<P> {
             plugins: RefCell::default(),
             streams: RefCell::default(),
             callouts: RefCell::default(),
+            waiting: RefCell::default(),
         }
     }
 }
@@ -76,16 +84,20 @@ impl<P: Plugin> Runtime<P> {
             return 0;
         };
         let flow = self.run(context_id, &stream, end_of_stream, callback);
-        let mut stream = stream.borrow_mut();
-        match flow {
-            Flow::Continue => 0,
-            Flow::Pause => {
-                if !stream.continuations.is_empty() {
-                    stream.paused = Some(direction);
+        let code = {
+            let mut stream = stream.borrow_mut();
+            match flow {
+                Flow::Continue => 0,
+                Flow::Pause => {
+                    if !stream.continuations.is_empty() {
+                        stream.paused = Some(direction);
+                    }
+                    1
                 }
-                1
             }
-        }
+        };
+        self.settle();
+        code
     }
 
     /// Runs `callback` and handles its outcome: callouts it started are
@@ -122,18 +134,38 @@ impl<P: Plugin> Runtime<P> {
             }
         };
         let mut callouts = self.callouts.borrow_mut();
-        for (token, _) in &guard.continuations[before..] {
-            callouts.insert(*token, context_id);
+        let mut waiting = self.waiting.borrow_mut();
+        for (ticket, _) in &guard.continuations[before..] {
+            match ticket {
+                Ticket::Callout(token) => {
+                    callouts.insert(*token, context_id);
+                }
+                Ticket::Event(event) => waiting.entry(event.clone()).or_default().push(context_id),
+            }
         }
         flow
     }
 
-    /// Hands `answer` to the continuation of callout `token`, then resumes
-    /// the request if it answered Continue.
+    /// Hands `answer` to the continuation of callout `token`: a request's,
+    /// or else the plugin's.
     fn answer(&self, token: u32, answer: impl FnOnce() -> Answer) {
-        let Some(context_id) = self.callouts.borrow_mut().remove(&token) else {
-            return;
-        };
+        let context_id = self.callouts.borrow_mut().remove(&token);
+        match context_id {
+            Some(context_id) => self.resume(context_id, &Ticket::Callout(token), answer),
+            None => {
+                if let Some(then) = background::take_call(token)
+                    && let Answer::Call(result) = answer()
+                {
+                    then(result);
+                }
+            }
+        }
+        self.settle();
+    }
+
+    /// Runs the continuation of request `context_id` waiting on `ticket`
+    /// with `answer`, then resumes the request if it answered Continue.
+    fn resume(&self, context_id: u32, ticket: &Ticket, answer: impl FnOnce() -> Answer) {
         let Some(stream) = self.stream(context_id) else {
             return;
         };
@@ -142,7 +174,7 @@ impl<P: Plugin> Runtime<P> {
         }
         let continuation = {
             let mut stream = stream.borrow_mut();
-            let at = stream.continuations.iter().position(|(t, _)| *t == token);
+            let at = stream.continuations.iter().position(|(t, _)| t == ticket);
             at.map(|at| stream.continuations.remove(at).1)
         };
         let Some(continuation) = continuation else {
@@ -158,6 +190,23 @@ impl<P: Plugin> Runtime<P> {
             && let Some(direction) = stream.paused.take()
         {
             let _ = host::continue_stream(direction);
+        }
+    }
+
+    /// Resumes the requests parked on the events plugin code woke.
+    fn settle(&self) {
+        for _ in 0..WAKE_ROUNDS {
+            let events = background::take_wakes();
+            if events.is_empty() {
+                return;
+            }
+            for event in events {
+                let parked = self.waiting.borrow_mut().remove(&event).unwrap_or_default();
+                let ticket = Ticket::Event(event);
+                for context_id in parked {
+                    self.resume(context_id, &ticket, || Answer::Woken);
+                }
+            }
         }
     }
 }
@@ -275,6 +324,14 @@ impl<P: Plugin> Dispatch for Runtime<P> {
         })
     }
 
+    fn on_tick(&self, root_id: u32) {
+        let plugin = self.plugins.borrow().get(&root_id).cloned();
+        if let Some(plugin) = plugin {
+            plugin.on_tick();
+        }
+        self.settle();
+    }
+
     fn on_log(&self, context_id: u32) {
         if let Some(stream) = self.stream(context_id) {
             self.run(context_id, &stream, true, |filter, http| {
@@ -287,6 +344,10 @@ impl<P: Plugin> Dispatch for Runtime<P> {
     fn on_delete(&self, context_id: u32) {
         if self.streams.borrow_mut().remove(&context_id).is_some() {
             self.callouts.borrow_mut().retain(|_, id| *id != context_id);
+            self.waiting.borrow_mut().retain(|_, parked| {
+                parked.retain(|id| *id != context_id);
+                !parked.is_empty()
+            });
         } else {
             self.plugins.borrow_mut().remove(&context_id);
         }

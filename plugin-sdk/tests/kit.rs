@@ -1,14 +1,17 @@
 //! The test kit's own tests: a small filter that uses every part of the SDK
 //! (typed config, headers, deny, upstream calls, Redis, shared data,
-//! metrics, failures), driven through the kit as a host would drive it.
+//! metrics, failures, background work), driven through the kit as a host
+//! would drive it.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::Duration;
 
 use weir_sdk::metrics::Counter;
 use weir_sdk::testing::{Request, Response, TestKit};
 use weir_sdk::{
     CallRequest, ConfigError, Error, Filter, Flow, HostError, Http, Outcome, Plugin, RedisValue,
-    shared,
+    background, shared,
 };
 
 #[derive(serde::Deserialize)]
@@ -23,6 +26,34 @@ struct Guard {
     greeting: String,
     limit: u32,
     denied: Counter,
+    ticks: Counter,
+    /// The message of the day, once the plugin's own call brought it.
+    motd: RefCell<Option<String>>,
+    /// Whether that call is in flight.
+    fetching: Cell<bool>,
+}
+
+/// The event requests waiting for the message of the day park on.
+const MOTD: &str = "motd";
+
+impl Guard {
+    /// Starts the plugin's call for the message of the day, unless one is in
+    /// flight: one call serves every request waiting for it.
+    fn fetch_motd(self: &Rc<Self>) -> Result<(), HostError> {
+        if self.fetching.replace(true) {
+            return Ok(());
+        }
+        let plugin = self.clone();
+        background::call("config", CallRequest::get("/motd"), move |answer| {
+            plugin.fetching.set(false);
+            if let Ok(answer) = answer
+                && answer.status == 200
+            {
+                *plugin.motd.borrow_mut() = Some(String::from_utf8_lossy(&answer.body).into());
+            }
+            background::wake(MOTD);
+        })
+    }
 }
 
 impl Plugin for Guard {
@@ -34,11 +65,21 @@ impl Plugin for Guard {
         if config.greeting.is_empty() {
             return Err(ConfigError::at("/greeting", "must not be empty"));
         }
+        let counter = |name| Counter::define(name).map_err(|e| ConfigError::new(e.to_string()));
+        background::set_tick_period(Duration::from_secs(1))
+            .map_err(|e| ConfigError::new(e.to_string()))?;
         Ok(Self {
             greeting: config.greeting,
             limit: config.limit,
-            denied: Counter::define("guard_denied").map_err(|e| ConfigError::new(e.to_string()))?,
+            denied: counter("guard_denied")?,
+            ticks: counter("guard_ticks")?,
+            motd: RefCell::new(None),
+            fetching: Cell::new(false),
         })
+    }
+
+    fn on_tick(self: &Rc<Self>) {
+        let _ = self.ticks.increment(1);
     }
 
     fn filter(self: &Rc<Self>) -> GuardFilter {
@@ -96,6 +137,13 @@ impl Filter for GuardFilter {
                 })?;
                 Ok(Flow::Pause)
             }
+            Some("/motd") => self.motd(http),
+            Some("/stamp") => {
+                let before = http.property(&["guard", "stamp"])?;
+                http.set_property(&["guard", "stamp"], b"stamped")?;
+                http.set_request_header("x-stamped-before", &format!("{}", before.is_some()))?;
+                Ok(Flow::Continue)
+            }
             Some("/remember") => {
                 let seen = shared::get("seen")?.map_or(0, |e| e.value.len());
                 shared::set("seen", &vec![b'x'; seen + 1], None)?;
@@ -107,10 +155,32 @@ impl Filter for GuardFilter {
 
     fn on_response_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
         http.set_response_header("x-hello", &self.plugin.greeting)?;
+        if let Some(motd) = self.plugin.motd.borrow().as_deref() {
+            http.set_response_header("x-motd", motd)?;
+        }
         if let Some(user) = &self.user {
             http.set_response_header("x-served-user", user)?;
         }
         Ok(Flow::Continue)
+    }
+}
+
+impl GuardFilter {
+    /// Lets the request through once the message of the day is known; the
+    /// first request to need it has the plugin fetch it, and every request
+    /// waits for that one call.
+    fn motd(&mut self, http: &mut Http<'_, Self>) -> Outcome {
+        if self.plugin.motd.borrow().is_some() {
+            return Ok(Flow::Continue);
+        }
+        self.plugin.fetch_motd()?;
+        http.wait(MOTD, |filter, http| {
+            match filter.plugin.motd.borrow().as_deref() {
+                Some(_) => Ok(Flow::Continue),
+                None => http.deny(503, "unavailable", "no message of the day"),
+            }
+        });
+        Ok(Flow::Pause)
     }
 }
 
@@ -266,5 +336,72 @@ fn bad_configurations_are_refused_with_the_offending_field() {
         error.message.starts_with("unknown field `greting`"),
         "{}",
         error.message
+    );
+}
+
+#[test]
+fn requests_parked_on_an_event_share_one_plugin_call_that_outlives_its_starter() {
+    let kit = kit();
+    let mut first = kit.request(Request::get("/motd"));
+    assert_eq!(first.send_headers(), Flow::Pause);
+    let mut second = kit.request(Request::get("/motd"));
+    assert_eq!(second.send_headers(), Flow::Pause);
+    let calls = kit.calls();
+    assert_eq!(calls.len(), 1, "one call for both requests");
+    assert_eq!(calls[0].upstream, "config");
+    // The request whose callback started the call goes away first.
+    drop(first);
+    kit.answer_call(calls[0].token, Response::new(200).body("hello"));
+    assert!(
+        second.resumed(),
+        "the plugin's answer woke the parked request"
+    );
+    second.respond(Response::new(200));
+    assert_eq!(second.response_header("x-motd").as_deref(), Some("hello"));
+    // Known now: the next request neither waits nor calls.
+    let mut third = kit.request(Request::get("/motd"));
+    assert_eq!(third.send_headers(), Flow::Continue);
+    assert_eq!(kit.calls().len(), 1);
+}
+
+#[test]
+fn a_failed_plugin_call_wakes_its_waiters_to_answer_for_themselves() {
+    let kit = kit();
+    let mut waiting = kit.request(Request::get("/motd"));
+    assert_eq!(waiting.send_headers(), Flow::Pause);
+    let token = kit.calls()[0].token;
+    kit.fail_call(token);
+    assert_eq!(waiting.local_reply().map(|r| r.status), Some(503));
+    assert!(!waiting.resumed());
+    // Nobody waits on the event now; waking it again is harmless.
+    let mut again = kit.request(Request::get("/motd"));
+    assert_eq!(again.send_headers(), Flow::Pause);
+    assert_eq!(kit.calls().len(), 2, "a new call once the first one ended");
+}
+
+#[test]
+fn the_plugin_ticks_at_the_period_it_asked_for() {
+    let kit = kit();
+    assert_eq!(kit.tick_period(), Some(Duration::from_secs(1)));
+    kit.tick();
+    kit.tick();
+    assert_eq!(kit.metric("guard_ticks"), Some(2));
+}
+
+#[test]
+fn a_property_a_filter_sets_belongs_to_its_request() {
+    let kit = kit();
+    let mut first = kit.request(Request::get("/stamp"));
+    assert_eq!(first.send_headers(), Flow::Continue);
+    assert_eq!(
+        first.property(&["guard", "stamp"]),
+        Some(b"stamped".to_vec())
+    );
+    let mut second = kit.request(Request::get("/stamp"));
+    second.send_headers();
+    assert_eq!(
+        second.request_header("x-stamped-before").as_deref(),
+        Some("false"),
+        "the first request's property is not the second's"
     );
 }

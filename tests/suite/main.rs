@@ -10,6 +10,7 @@ mod forwarding;
 mod grpc;
 mod guards;
 mod hostile;
+mod jwt;
 mod limits;
 mod oauth2;
 mod plugins;

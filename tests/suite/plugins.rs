@@ -175,7 +175,7 @@ async fn jwt_auth_accepts_valid_tokens_only() -> anyhow::Result<()> {
         assert_eq!(response.status(), 401);
         assert_eq!(
             response.headers()["www-authenticate"],
-            r#"Bearer error="invalid_token""#
+            format!(r#"Bearer error="invalid_token", error_description="{reason}""#).as_str()
         );
         let request_id = response.headers()["x-request-id"].to_str()?.to_owned();
         assert_eq!(

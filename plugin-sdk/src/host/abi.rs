@@ -14,6 +14,7 @@ unsafe extern "C" {
     fn proxy_log(level: u32, ptr: *const u8, len: usize) -> u32;
     fn proxy_get_current_time_nanoseconds(ret: *mut u64) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_buffer_bytes(
         kind: u32,
         start: usize,
@@ -171,6 +172,11 @@ pub(crate) fn current_time_nanos() -> HostResult<u64> {
 pub(crate) fn set_effective_context(context_id: u32) -> HostResult<()> {
     // SAFETY: no pointers.
     check(unsafe { proxy_set_effective_context(context_id) })
+}
+
+pub(crate) fn set_tick_period_milliseconds(period: u32) -> HostResult<()> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_set_tick_period_milliseconds(period) })
 }
 
 pub(crate) fn get_buffer(buffer: Buffer, start: usize, max: usize) -> HostResult<Option<Vec<u8>>> {

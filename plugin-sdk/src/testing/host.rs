@@ -74,6 +74,8 @@ pub(crate) struct RequestState {
     pub resumed: Vec<Stream>,
     /// The `weir.consumer` property `weir.consumer_set` wrote.
     pub consumer: Option<Vec<u8>>,
+    /// Properties the filter set on this request (its filter state).
+    pub properties: HashMap<Vec<String>, Vec<u8>>,
 }
 
 /// A consumer the fake host knows, with its credentials in the clear.
@@ -93,6 +95,8 @@ pub struct TestConsumer {
 #[derive(Debug, Default)]
 pub(crate) struct FakeHost {
     pub now_nanos: u64,
+    /// The tick period the plugin asked for (0: none).
+    pub tick_period_ms: u32,
     pub effective: u32,
     pub requests: HashMap<u32, RequestState>,
     /// Buffers outside any request (configuration, callout answers).
@@ -194,6 +198,11 @@ pub(crate) fn set_effective_context(context_id: u32) -> HostResult<()> {
     })
 }
 
+pub(crate) fn set_tick_period_milliseconds(period: u32) -> HostResult<()> {
+    with(|host| host.tick_period_ms = period);
+    Ok(())
+}
+
 pub(crate) fn get_buffer(buffer: Buffer, start: usize, max: usize) -> HostResult<Option<Vec<u8>>> {
     with(|host| match host.buffer(buffer) {
         Ok(bytes) => {
@@ -252,12 +261,22 @@ pub(crate) fn get_property(path: &[&str]) -> HostResult<Option<Vec<u8>>> {
         return with(|host| Ok(host.request()?.consumer.clone()));
     }
     let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
-    Ok(with(|host| host.properties.get(&path).cloned()))
+    Ok(with(|host| {
+        let own = host
+            .requests
+            .get(&host.effective)
+            .and_then(|r| r.properties.get(&path));
+        own.or_else(|| host.properties.get(&path)).cloned()
+    }))
 }
 
+/// Sets a property of the effective request (outside one, of the host).
 pub(crate) fn set_property(path: &[&str], value: &[u8]) -> HostResult<()> {
     let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
-    with(|host| host.properties.insert(path, value.to_vec()));
+    with(|host| match host.requests.get_mut(&host.effective) {
+        Some(request) => request.properties.insert(path, value.to_vec()),
+        None => host.properties.insert(path, value.to_vec()),
+    });
     Ok(())
 }
 

@@ -55,6 +55,7 @@ impl<P: Plugin> TestKit<P> {
     /// [`configure`](Self::configure) on a host that knows `consumers`.
     pub fn configure_with(config: &str, consumers: Vec<TestConsumer>) -> Result<Self, ConfigError> {
         host::reset();
+        crate::background::reset();
         host::with(|h| {
             h.consumers = consumers;
             h.buffers
@@ -120,6 +121,11 @@ impl<P: Plugin> TestKit<P> {
         host::with(|h| h.shared.get(key).map(|(value, _)| value.clone()))
     }
 
+    /// Writes `value` under shared-data `key`, as another VM of the plugin would.
+    pub fn set_shared(&self, key: &str, value: &[u8]) {
+        let _ = host::set_shared_data(key, value, 0);
+    }
+
     /// The value of metric `name`.
     pub fn metric(&self, name: &str) -> Option<i64> {
         host::with(|h| {
@@ -130,7 +136,42 @@ impl<P: Plugin> TestKit<P> {
         })
     }
 
-    /// Sets property `path`, as the host would provide it.
+    /// Runs the plugin's tick, as the host does every period it asked for.
+    pub fn tick(&self) {
+        host::with(|h| h.effective = ROOT_ID);
+        self.runtime.on_tick(ROOT_ID);
+    }
+
+    /// The tick period the plugin asked for, if any.
+    pub fn tick_period(&self) -> Option<Duration> {
+        let ms = host::with(|h| h.tick_period_ms);
+        (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
+    }
+
+    /// Upstream calls made so far, by the plugin and by every request.
+    pub fn calls(&self) -> Vec<Call> {
+        host::with(|h| h.calls.clone())
+    }
+
+    /// Answers upstream call `token` (a request's or the plugin's) with `response`.
+    pub fn answer_call(&self, token: u32, response: Response) {
+        let headers = response.headers.len();
+        let size = response.body.len();
+        host::with(|h| {
+            h.effective = ROOT_ID;
+            h.maps.insert(Map::CallResponse, response.headers);
+            h.buffers.insert(Buffer::CallResponseBody, response.body);
+        });
+        self.runtime.on_http_call_response(token, headers, size);
+    }
+
+    /// Fails upstream call `token` (as a reset or timeout does).
+    pub fn fail_call(&self, token: u32) {
+        host::with(|h| h.effective = ROOT_ID);
+        self.runtime.on_http_call_response(token, 0, 0);
+    }
+
+    /// Sets property `path` for every request, as the host would provide it.
     pub fn set_property(&self, path: &[&str], value: &[u8]) {
         let path = path.iter().map(|s| (*s).to_owned()).collect();
         host::with(|h| h.properties.insert(path, value.to_vec()));
@@ -264,6 +305,12 @@ impl<P: Plugin> Exchange<'_, P> {
         assert!(known.is_ok(), "the kit has no consumer `{name}`");
     }
 
+    /// Property `path` as the filter set it on this request.
+    pub fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
+        host::with(|h| h.requests.get(&self.id)?.properties.get(&path).cloned())
+    }
+
     /// The consumer a filter identified the request as.
     pub fn consumer(&self) -> Option<crate::consumers::Consumer> {
         host::with(|h| {
@@ -297,7 +344,7 @@ impl<P: Plugin> Exchange<'_, P> {
 
     /// Upstream calls made so far (by every request of the kit).
     pub fn calls(&self) -> Vec<Call> {
-        host::with(|h| h.calls.clone())
+        self.kit.calls()
     }
 
     /// Redis commands sent so far (by every request of the kit).
@@ -307,18 +354,12 @@ impl<P: Plugin> Exchange<'_, P> {
 
     /// Answers upstream call `token` with `response`.
     pub fn answer_call(&mut self, token: u32, response: Response) {
-        let headers = response.headers.len();
-        let size = response.body.len();
-        host::with(|h| {
-            h.maps.insert(Map::CallResponse, response.headers);
-            h.buffers.insert(Buffer::CallResponseBody, response.body);
-        });
-        self.kit.runtime.on_http_call_response(token, headers, size);
+        self.kit.answer_call(token, response);
     }
 
     /// Fails upstream call `token` (as a reset or timeout does).
     pub fn fail_call(&mut self, token: u32) {
-        self.kit.runtime.on_http_call_response(token, 0, 0);
+        self.kit.fail_call(token);
     }
 
     /// Answers Redis command `token` with `reply`.
