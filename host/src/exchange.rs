@@ -162,6 +162,18 @@ impl Resume {
     }
 }
 
+/// The consumer an auth filter identified a request's caller as
+/// (`weir.consumer_set`).
+#[derive(Debug, Clone)]
+pub struct ConsumerIdentity {
+    /// The consumer's name.
+    pub name: Arc<str>,
+    /// Whether it stands for a caller with no valid credential.
+    pub anonymous: bool,
+    /// The `weir.consumer` property: the consumer's view with `anonymous`.
+    pub property: bytes::Bytes,
+}
+
 /// Everything filters can read and change about one stream.
 #[derive(Debug)]
 pub struct StreamData {
@@ -195,7 +207,7 @@ pub struct StreamData {
     /// request (Higress's `proxy_set_upstream_override_host`).
     pub upstream_override: Option<String>,
     /// The consumer an auth filter identified the caller as.
-    pub consumer: Option<crate::services::consumers::Identified>,
+    pub consumer: Option<ConsumerIdentity>,
 }
 
 #[cfg(test)]

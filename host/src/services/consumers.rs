@@ -1,7 +1,6 @@
 //! The running manifest's consumers, indexed by every credential, for the
-//! auth plugins' `weir.consumer_find`; and the consumer a request was
-//! identified as (`weir.consumer_set`), which later plugins read as the
-//! `weir.consumer` property.
+//! auth plugins' `weir.consumer_find`; and the `weir.consumer` property of
+//! a request identified as one of them (`weir.consumer_set`).
 //!
 //! A build stages the new list ([`Consumers::stage`]), which filters starting
 //! in it see when they check their configuration (an `anonymous` consumer
@@ -64,17 +63,6 @@ pub enum Query {
     },
 }
 
-/// The consumer a request was identified as.
-#[derive(Debug, Clone)]
-pub struct Identified {
-    /// The consumer's name.
-    pub name: Arc<str>,
-    /// Whether it stands for callers with no valid credential.
-    pub anonymous: bool,
-    /// The `weir.consumer` property: the consumer's view with `anonymous`.
-    pub property: Bytes,
-}
-
 impl Consumers {
     /// Makes `consumers` the list that configure-time lookups answer from.
     pub fn stage(&self, consumers: &[Consumer]) {
@@ -135,17 +123,14 @@ impl Consumers {
         Some(answer.to_string().into_bytes())
     }
 
-    /// The request identity for consumer `name`, if there is one.
-    pub fn identify(&self, name: &str, anonymous: bool) -> Option<Identified> {
+    /// The `weir.consumer` property of a request identified as consumer
+    /// `name` (its view with `anonymous`), if there is such a consumer.
+    pub fn identify(&self, name: &str, anonymous: bool) -> Option<Bytes> {
         let index = self.index.load();
         let entry = index.by_name.get(name)?;
         let mut property = entry.view.clone();
         property["anonymous"] = anonymous.into();
-        Some(Identified {
-            name: name.into(),
-            anonymous,
-            property: Bytes::from(property.to_string()),
-        })
+        Some(Bytes::from(property.to_string()))
     }
 }
 

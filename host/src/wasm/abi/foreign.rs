@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use super::Status;
+use crate::exchange::ConsumerIdentity;
 use crate::services::consumers::Query;
 use crate::services::tier;
 use crate::wasm::vm::VmState;
@@ -119,11 +120,16 @@ struct SetConsumer {
 fn consumer_set(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
     let SetConsumer { name, anonymous } =
         serde_json::from_slice(args).map_err(|_| Status::BadArgument)?;
-    let identified = state
+    let property = state
         .services
         .consumers
         .identify(&name, anonymous)
         .ok_or(Status::NotFound)?;
+    let identified = ConsumerIdentity {
+        name: name.into(),
+        anonymous,
+        property,
+    };
     let stream = super::stream_in(state).ok_or(Status::BadArgument)?;
     stream.consumer = Some(identified);
     Ok(Vec::new())
