@@ -357,21 +357,19 @@ async fn the_tokens_subject_names_the_consumer_later_filters_key_on() -> anyhow:
         "[{ name: jwt-auth, builtin: jwt-auth }, { name: limit, builtin: rate-limit }]",
         &format!(
             "[{{ plugin: jwt-auth, config: {{ keys: [{{ pem: {:?} }}], consumer_required: true }} }}, \
-             {{ plugin: limit, config: {{ rate: 0.01, burst: 1, key_header: x-consumer-name }} }}]",
+             {{ plugin: limit, config: {{ limits: [{{ requests: 1, per: 1h }}], \
+             key: [consumer, \"claim:/org/id\"] }} }}]",
             String::from_utf8(test_key("ec-p384.pub.pem"))?
         ),
         CONSUMERS,
     )
     .await?;
     let key = private(Algorithm::ES384, "");
-    let signed = |sub: &str, iss: &str| {
-        token(
-            &key,
-            Algorithm::ES384,
-            "any",
-            &json!({"sub": sub, "iss": iss, "exp": now() + 600}),
-        )
+    let signed_for = |sub: &str, iss: &str, org: &str| {
+        let claims = json!({"sub": sub, "iss": iss, "org": {"id": org}, "exp": now() + 600});
+        token(&key, Algorithm::ES384, "any", &claims)
     };
+    let signed = |sub: &str, iss: &str| signed_for(sub, iss, "acme");
     let ada = signed("ada", "https://a.test")?;
     let client = http1_client();
     let echoed = json(
@@ -384,8 +382,12 @@ async fn the_tokens_subject_names_the_consumer_later_filters_key_on() -> anyhow:
     )
     .await?;
     assert_eq!(echoed["headers"]["x-consumer-name"], json!(["ada"]));
-    // The rate limit keys on the consumer: ada's bucket is empty, bob's full.
+    // The rate limit keys on the consumer and a claim of the token (from
+    // weir.jwt_claims): ada's bucket for acme is empty, her bucket for
+    // globex and bob's are full.
     assert_eq!(call(&gw, Some(&ada)).await?.0, 429);
+    let ada_globex = signed_for("ada", "https://a.test", "globex")?;
+    assert_eq!(call(&gw, Some(&ada_globex)).await?.0, 200);
     let bob = signed("bob", "https://anywhere.test")?;
     let (status, body, _) = call(&gw, Some(&bob)).await?;
     assert_eq!(status, 200);
