@@ -144,6 +144,17 @@ impl Auth {
         Ok(Flow::Continue)
     }
 
+    /// A valid credential that names no consumer: the request goes on
+    /// without one, and a consumer header the client sent is dropped, so it
+    /// cannot pass for an identity (unless an earlier filter served the
+    /// request as its anonymous consumer, whose name stands).
+    pub fn admit_without_consumer<F: Filter>(&self, http: &mut Http<'_, F>) -> HostResult<()> {
+        if !self.consumer_header.is_empty() && http.consumer()?.is_none() {
+            http.remove_request_header(&self.consumer_header)?;
+        }
+        Ok(())
+    }
+
     /// The caller has no valid credential (`reason` says why): served as the
     /// anonymous consumer when there is one, else answered 401 with
     /// `headers` (a `www-authenticate` challenge).

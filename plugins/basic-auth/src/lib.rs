@@ -122,12 +122,7 @@ fn cache_key(hash: &str, password: &str) -> String {
     digest.update(hash.as_bytes());
     digest.update([0]);
     digest.update(password.as_bytes());
-    let hex: String = digest
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{CACHE_PREFIX}{hex}")
+    format!("{CACHE_PREFIX}{:x}", digest.finalize())
 }
 
 struct Check(Rc<BasicAuth>);

@@ -266,12 +266,7 @@ impl Check {
             None if plugin.consumer_required => {
                 return respond(http, &plugin.auth, &Refusal::NoConsumer, &plugin.scopes);
             }
-            None => {
-                // The client's own value must not pass for an identity.
-                if http.consumer()?.is_none() && !plugin.auth.consumer_header.is_empty() {
-                    http.remove_request_header(&plugin.auth.consumer_header)?;
-                }
-            }
+            None => plugin.auth.admit_without_consumer(http)?,
         }
         for (path, header) in &plugin.forward {
             if let Some(value) = path.find(claims).and_then(policy::header_value) {

@@ -243,12 +243,7 @@ impl Introspector {
         match consumer {
             Some(consumer) => policy.auth.admit(http, &consumer),
             None => {
-                // A valid token of no consumer: the name upstream is nobody's,
-                // unless an earlier filter served the request as anonymous.
-                let header = &policy.auth.consumer_header;
-                if !header.is_empty() && http.consumer()?.is_none() {
-                    http.remove_request_header(header)?;
-                }
+                policy.auth.admit_without_consumer(http)?;
                 Ok(Flow::Continue)
             }
         }

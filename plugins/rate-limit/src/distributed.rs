@@ -18,10 +18,7 @@ pub fn script_sha() -> &'static str {
     static SHA: OnceLock<String> = OnceLock::new();
     SHA.get_or_init(|| {
         use sha1::{Digest, Sha1};
-        Sha1::digest(SCRIPT.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        format!("{:x}", Sha1::digest(SCRIPT.as_bytes()))
     })
 }
 

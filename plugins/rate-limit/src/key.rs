@@ -104,10 +104,7 @@ fn push_value(key: &mut String, value: &str) {
         return;
     }
     use sha1::{Digest, Sha1};
-    key.push('#');
-    for byte in Sha1::digest(value.as_bytes()) {
-        key.push_str(&format!("{byte:02x}"));
-    }
+    key.push_str(&format!("#{:x}", Sha1::digest(value.as_bytes())));
 }
 
 /// Claim `name` (a top-level name, or a JSON pointer) of `claims` (JSON),
