@@ -448,11 +448,14 @@ async fn fail_mid_run(mode: &str, failure: Failure) -> anyhow::Result<()> {
     );
     let fail = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        // The moment the failure begins, not when stopping returns: a request
+        // can see the dead connection while the process is still being reaped.
+        let failing_from = Instant::now();
         match failure {
             Failure::Stopped => redis.stop(),
             Failure::Hung => redis.pause()?,
         }
-        anyhow::Ok(Instant::now())
+        anyhow::Ok(failing_from)
     };
     let (sent, failed_at) = tokio::join!(load, fail);
     let (mut sent, failed_at) = (sent?, failed_at?);
