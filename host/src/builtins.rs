@@ -69,6 +69,7 @@ mod tests {
             [
                 "acl",
                 "basic-auth",
+                "cache",
                 "cors",
                 "header-rewrite",
                 "ip-restriction",

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Manifest;
 use crate::config::model::Listener;
 use crate::lifecycle::{Chain, Proxy};
+use crate::services::response_cache::{self, Purge};
 use crate::services::{RedisService, RedisServices, Services};
 use crate::snapshot::{self, BuildError, MissingGroup, Started};
 use crate::upstream::{self, Directory, InvalidTarget, UpstreamCaller};
@@ -334,6 +335,16 @@ impl Gateway {
     /// How many workers serve.
     pub fn workers(&self) -> usize {
         self.worker_count
+    }
+
+    /// Removes the cached responses `purge` selects, on this node and in
+    /// every Redis service the cache uses (which tells the other nodes);
+    /// how many went from memory here and from Redis.
+    pub async fn purge_responses(&self, purge: &Purge) -> (usize, usize) {
+        let services = &self.owned.services;
+        let local = services.response_cache.purge_local(purge);
+        let shared = response_cache::tier::purge(services, purge).await;
+        (local, shared)
     }
 
     /// Every metric the plugins defined, in the Prometheus text format.

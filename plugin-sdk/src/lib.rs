@@ -52,18 +52,21 @@
 //! - lets a plugin work outside its requests ([`background`]): ticks,
 //!   upstream calls of its own, and requests parked on an event
 //!   ([`Http::wait`]) until plugin code wakes it;
+//! - keeps whole responses in the host's response cache ([`cache`]) and
+//!   answers hits without their bodies entering the filter;
 //! - returns a `Result` from every host call; a callback that fails with an
 //!   [`Error`] is logged with the request id and answered with a JSON 500
 //!   (`plugin_error`) instead of trapping the VM.
 //!
 //! Weir-only services ([`Http::redis`], [`shared::set_ttl`],
-//! [`shared::delete`]) are linked into a module only when it calls them, so
+//! [`shared::delete`], [`cache`]) are linked into a module only when it calls them, so
 //! a filter that does not still loads in any Proxy-Wasm host (Envoy).
 //!
 //! Compiled natively, the host functions act on the test kit's fake host
 //! ([`testing`]), so a filter's callbacks run under `cargo test`.
 
 pub mod background;
+pub mod cache;
 mod config;
 pub mod consumers;
 pub mod duration;

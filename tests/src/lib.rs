@@ -181,7 +181,9 @@ async fn echo(
 
 /// A running gateway built from a YAML manifest.
 pub struct TestGateway {
-    gateway: Option<weir::Gateway>,
+    gateway: Option<Arc<weir::Gateway>>,
+    /// The admin API, once [`TestGateway::serve_admin`] started it.
+    admin: Option<JoinHandle<()>>,
     /// Directory the manifest's relative paths resolve against (certificates live here).
     pub dir: tempfile::TempDir,
 }
@@ -248,7 +250,8 @@ routes: [{{ name: all, upstream: echo }}]
         let manifest = weir::config::load(&path)?;
         let gateway = weir::Gateway::start_with(manifest, options).await?;
         Ok(Self {
-            gateway: Some(gateway),
+            gateway: Some(Arc::new(gateway)),
+            admin: None,
             dir,
         })
     }
@@ -265,12 +268,12 @@ routes: [{{ name: all, upstream: echo }}]
 
     /// The generation of the running config (the first is 1).
     pub fn generation(&self) -> u64 {
-        self.gateway.as_ref().map_or(0, weir::Gateway::generation)
+        self.gateway.as_ref().map_or(0, |g| g.generation())
     }
 
     /// How many workers serve.
     pub fn workers(&self) -> usize {
-        self.gateway.as_ref().map_or(0, weir::Gateway::workers)
+        self.gateway.as_ref().map_or(0, |g| g.workers())
     }
 
     /// Address of the listener named `name`.
@@ -294,11 +297,38 @@ routes: [{{ name: all, upstream: echo }}]
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     }
 
+    /// Serves the real admin API of the manifest's `admin:` section (which
+    /// must be there) over this gateway, as `weir run` does; its address.
+    pub async fn serve_admin(&mut self) -> anyhow::Result<SocketAddr> {
+        let path = self.dir.path().join("weir.yaml");
+        let text = std::fs::read_to_string(&path)?;
+        let admin = weir::config::load(&path)?
+            .admin
+            .context("the manifest has no admin section")?;
+        let gateway = self.gateway.clone().context("the gateway was shut down")?;
+        let listener = weir::control::admin::bind(&admin).await?;
+        let address = listener.local_addr()?;
+        let store = Arc::new(weir::control::Store::new(gateway, path, text, Some(&admin)));
+        self.admin = Some(weir::control::admin::serve(listener, store));
+        Ok(address)
+    }
+
     /// Shuts down gracefully; returns whether everything drained in time.
     pub async fn shutdown(&mut self) -> bool {
+        if let Some(admin) = self.admin.take() {
+            admin.abort();
+        }
         match self.gateway.take() {
             Some(g) => g.shutdown().await,
             None => true,
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(admin) = self.admin.take() {
+            admin.abort();
         }
     }
 }

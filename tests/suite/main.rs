@@ -1,6 +1,7 @@
 //! End-to-end tests: the real gateway on port 0 against real upstream servers.
 
 mod balancing;
+mod cache;
 mod compat;
 mod edge;
 mod envoy;

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod queues;
 pub mod quota;
 pub mod redis;
+pub mod response_cache;
 pub mod shared_data;
 pub mod tier;
 
@@ -24,6 +25,7 @@ pub use http_call::{CallRequest, CallResponse, HttpCaller, NoUpstreams};
 pub use metrics::Metrics;
 pub use queues::Queues;
 pub use redis::{RedisService, RedisServices};
+pub use response_cache::ResponseCache;
 pub use shared_data::SharedData;
 
 /// Everything filters can reach besides their stream; one per gateway.
@@ -44,6 +46,8 @@ pub struct Services {
     pub tiers: std::collections::HashMap<String, String>,
     /// The running manifest's consumers.
     pub consumers: Consumers,
+    /// Whole responses, for the `weir.cache_*` functions.
+    pub response_cache: ResponseCache,
 }
 
 impl Services {
@@ -63,6 +67,7 @@ impl Services {
             redis,
             tiers: std::collections::HashMap::new(),
             consumers: Consumers::default(),
+            response_cache: ResponseCache::default(),
         })
     }
 

@@ -70,6 +70,11 @@ impl RedisServices {
         self.clients.contains_key(name)
     }
 
+    /// The URL of service `name`.
+    pub fn url(&self, name: &str) -> Option<String> {
+        self.clients.get(name).map(|c| c.service.url.clone())
+    }
+
     /// Starts `query` (raw RESP) on service `name`.
     pub fn call(&self, name: &str, query: &[u8]) -> Result<PendingRedisCall, RedisCallError> {
         let args = parse_command(query).ok_or(RedisCallError::BadQuery)?;

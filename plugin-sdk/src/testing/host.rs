@@ -111,6 +111,11 @@ pub(crate) struct FakeHost {
     pub metrics: Vec<(MetricKind, String, i64)>,
     pub configuration_errors: Vec<serde_json::Value>,
     pub consumers: Vec<TestConsumer>,
+    /// The response cache: the stored head (as `weir.cache_store` got it,
+    /// plus `stored_nanos`) and body, by key.
+    pub cache: HashMap<String, (serde_json::Value, Vec<u8>)>,
+    /// Refresh claims on cache entries: until when, in nanoseconds.
+    pub cache_claims: HashMap<String, u64>,
     pub next_token: u32,
     /// Host functions that answer with an error, by name (`"http_call"`).
     pub failing: HashMap<&'static str, HostError>,
@@ -409,11 +414,19 @@ pub(crate) fn record_metric(id: u32, sample: u64) -> HostResult<()> {
 }
 
 /// Weir's foreign functions the fake host knows: the configuration-error
-/// report, shared-data TTLs (accepted, not enforced) and deletion.
+/// report, shared-data TTLs (accepted, not enforced) and deletion, consumers,
+/// and the response cache (in memory, by the fake clock; a Redis tier is not
+/// emulated: lookups never pend).
 pub(crate) fn call_foreign_function(name: &str, args: &[u8]) -> HostResult<Vec<u8>> {
+    if name == "weir.cache_store" {
+        return with(|host| host.cache_store(args));
+    }
     let args: serde_json::Value =
         serde_json::from_slice(args).map_err(|_| HostError::BadArgument)?;
     with(|host| match name {
+        "weir.cache_lookup" => host.cache_lookup(&args),
+        "weir.cache_respond" => host.cache_respond(&args),
+        "weir.cache_claim_refresh" => host.cache_claim(&args),
         "weir.configuration_error" => {
             host.configuration_errors.push(args);
             Ok(Vec::new())
@@ -444,6 +457,91 @@ pub(crate) fn call_foreign_function(name: &str, args: &[u8]) -> HostResult<Vec<u
         }
         _ => Err(HostError::NotFound),
     })
+}
+
+impl FakeHost {
+    /// `weir.cache_store`: the head's length, the head, the body.
+    fn cache_store(&mut self, args: &[u8]) -> HostResult<Vec<u8>> {
+        let (len, rest) = args
+            .split_first_chunk::<4>()
+            .ok_or(HostError::BadArgument)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let head = rest.get(..len).ok_or(HostError::BadArgument)?;
+        let mut head: serde_json::Value =
+            serde_json::from_slice(head).map_err(|_| HostError::BadArgument)?;
+        let key = head["key"]
+            .as_str()
+            .ok_or(HostError::BadArgument)?
+            .to_owned();
+        let body = if head["keep_body"].as_bool() == Some(true) {
+            self.live_entry(&key).ok_or(HostError::NotFound)?.1.clone()
+        } else {
+            rest[len..].to_vec()
+        };
+        head["stored_nanos"] = self.now_nanos.into();
+        self.cache.insert(key, (head, body));
+        Ok(Vec::new())
+    }
+
+    /// The entry under `key` while its `ttl_ms` lasts on the fake clock.
+    fn live_entry(&self, key: &str) -> Option<&(serde_json::Value, Vec<u8>)> {
+        let entry = self.cache.get(key)?;
+        let stored = entry.0["stored_nanos"].as_u64()?;
+        let ttl = entry.0["ttl_ms"].as_u64()?.saturating_mul(1_000_000);
+        (self.now_nanos < stored.saturating_add(ttl)).then_some(entry)
+    }
+
+    fn cache_lookup(&self, args: &serde_json::Value) -> HostResult<Vec<u8>> {
+        let key = args["key"].as_str().ok_or(HostError::BadArgument)?;
+        let (head, body) = self.live_entry(key).ok_or(HostError::NotFound)?;
+        let stored = head["stored_nanos"].as_u64().unwrap_or_default();
+        let found = serde_json::json!({
+            "status": head["status"],
+            "headers": head["headers"],
+            "meta": head["meta"],
+            "age_ms": self.now_nanos.saturating_sub(stored) / 1_000_000,
+            "size": body.len(),
+        });
+        serde_json::to_vec(&found).map_err(|_| HostError::SerializationFailure)
+    }
+
+    fn cache_respond(&mut self, args: &serde_json::Value) -> HostResult<Vec<u8>> {
+        let key = args["key"].as_str().ok_or(HostError::BadArgument)?;
+        let (head, body) = self.live_entry(key).ok_or(HostError::NotFound)?.clone();
+        let pairs = |v: &serde_json::Value| -> Vec<(String, String)> {
+            serde_json::from_value(v.clone()).unwrap_or_default()
+        };
+        let given = pairs(&args["headers"]);
+        let mut headers: Vec<(String, String)> = pairs(&head["headers"])
+            .into_iter()
+            .filter(|(n, _)| !given.iter().any(|(g, _)| g.eq_ignore_ascii_case(n)))
+            .collect();
+        headers.extend(given);
+        let status = args["status"].as_u64().or(head["status"].as_u64());
+        let status = status
+            .and_then(|s| u16::try_from(s).ok())
+            .ok_or(HostError::BadArgument)?;
+        self.request()?.local_reply = Some(LocalReply {
+            status,
+            details: "cache_hit".into(),
+            headers,
+            body,
+        });
+        Ok(Vec::new())
+    }
+
+    fn cache_claim(&mut self, args: &serde_json::Value) -> HostResult<Vec<u8>> {
+        let key = args["key"].as_str().ok_or(HostError::BadArgument)?;
+        let period = args["ms"].as_u64().ok_or(HostError::BadArgument)?;
+        self.live_entry(key).ok_or(HostError::NotFound)?;
+        let now = self.now_nanos;
+        let until = self.cache_claims.entry(key.to_owned()).or_default();
+        if *until > now {
+            return Err(HostError::CasMismatch);
+        }
+        *until = now.saturating_add(period.saturating_mul(1_000_000));
+        Ok(Vec::new())
+    }
 }
 
 /// Whether `consumer` holds the credential of a `weir.consumer_find` query.

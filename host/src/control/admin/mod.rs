@@ -17,6 +17,7 @@
 //! | `GET /plugins/{name}/versions` | read | the uploaded versions, and which one runs |
 //! | `POST /plugins/{name}/rollback` | admin | runs the version before the running one (or `?version=n`) |
 //! | `GET /upstreams/{name}/targets` | read | each target's weight and requests in flight |
+//! | `DELETE /cache?key=…` (or `prefix=…`, `route=…`) | admin | purges cached responses (the `cache` built-in's) here and in Redis, which tells the other nodes |
 //! | `GET /builtins` | read | the plugins built into the binary, with their config schemas (not under `/plugins`, where a plugin may be called `builtin`) |
 //!
 //! With `admin.tls` the listener speaks HTTPS; with `admin.tls.client_ca` it
@@ -52,6 +53,7 @@ use super::store::{Applied, ChangeError, EditError, Store};
 use crate::config::MAX_MANIFEST_BYTES;
 use crate::config::model::Admin;
 use crate::server::tls::{self, TlsError};
+use crate::services::response_cache::Purge;
 
 /// The OpenAPI description served at `/openapi.json`.
 const OPENAPI: &str = include_str!("openapi.json");
@@ -185,13 +187,39 @@ async fn handle(store: &Arc<Store>, request: Request<Incoming>) -> AdminResponse
             "application/json",
         )),
         (Method::GET, "/builtins") => Ok(builtins()),
-        (_, "/healthz" | "/readyz" | "/config" | "/openapi.json" | "/builtins") => {
+        (Method::DELETE, "/cache") => purge_cache(store, request.uri().query()).await,
+        (_, "/healthz" | "/readyz" | "/config" | "/openapi.json" | "/builtins" | "/cache") => {
             Err(Problem::method_not_allowed(&path))
         }
         (_, "/config/validate") => Err(Problem::method_not_allowed(&path)),
         _ => route_entity(store, request, &path).await,
     };
     result.unwrap_or_else(|problem| problem.response())
+}
+
+/// `DELETE /cache?key=…` (or `?prefix=…`, `?route=…`): purges cached
+/// responses here and in the Redis services the cache uses.
+async fn purge_cache(store: &Store, query: Option<&str>) -> Result<AdminResponse, Problem> {
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let purge = match params.as_slice() {
+        [(name, value)] if !value.is_empty() => match name.as_str() {
+            "key" => Some(Purge::Key(value.clone())),
+            "prefix" => Some(Purge::Prefix(value.clone())),
+            "route" => Some(Purge::route(value)),
+            _ => None,
+        },
+        _ => None,
+    }
+    .ok_or_else(|| {
+        Problem::bad_request("give exactly one of `key`, `prefix` or `route`, not empty")
+    })?;
+    let (memory, redis) = store.gateway().purge_responses(&purge).await;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "purged": { "memory": memory, "redis": redis } }),
+    ))
 }
 
 /// `GET /builtins`: what `weir plugins list` prints, with each schema.
@@ -531,6 +559,7 @@ mod tests {
             "POST /config/validate",
             "GET /openapi.json",
             "GET /builtins",
+            "DELETE /cache",
             "GET /upstreams/{name}/targets",
             "GET /plugins/{name}/versions",
             "POST /plugins/{name}/rollback",

@@ -88,6 +88,16 @@ impl Problem {
         )
     }
 
+    /// The request's query asks for something that cannot be done.
+    pub fn bad_request(detail: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
+    }
+
     /// The request body cannot be read.
     pub fn bad_body(detail: &str) -> Self {
         Self::new(

@@ -1,14 +1,14 @@
 //! `proxy_call_foreign_function`: the host extensions a filter calls by name,
 //! in one table from name to handler. Weir's own (`weir.*`: shared-data TTL
 //! and deletion, the configuration-error report of weir-sdk, consumer
-//! lookup and identification) and the ones
+//! lookup and identification, the response cache) and the ones
 //! Higress's plugin library calls (`get_log_level`,
 //! `set_global_max_requests_per_io_cycle`). A name that is not in the table
 //! answers `NOT_FOUND`, as in Envoy and Higress, so callers fall back.
 
 use std::time::Duration;
 
-use super::Status;
+use super::{Status, response_cache};
 use crate::exchange::ConsumerIdentity;
 use crate::services::consumers::Query;
 use crate::services::tier;
@@ -19,12 +19,16 @@ use crate::wasm::vm::VmState;
 type Handler = fn(&mut VmState, &[u8]) -> Result<Vec<u8>, Status>;
 
 /// Every foreign function, by name.
-const FUNCTIONS: [(&str, Handler); 7] = [
+const FUNCTIONS: [(&str, Handler); 11] = [
     ("weir.shared_data_set_ttl", shared_data_set_ttl),
     ("weir.shared_data_delete", shared_data_delete),
     ("weir.configuration_error", configuration_error),
     ("weir.consumer_find", consumer_find),
     ("weir.consumer_set", consumer_set),
+    ("weir.cache_lookup", response_cache::lookup),
+    ("weir.cache_respond", response_cache::respond),
+    ("weir.cache_store", response_cache::store),
+    ("weir.cache_claim_refresh", response_cache::claim_refresh),
     ("get_log_level", get_log_level),
     (
         "set_global_max_requests_per_io_cycle",

@@ -29,6 +29,7 @@ mod higress;
 mod memory;
 pub(crate) mod pairs;
 mod properties;
+mod response_cache;
 mod services;
 mod wasi;
 

@@ -18,7 +18,7 @@ use crate::services::metrics::{Kind, MetricError};
 use crate::services::queues::EnqueueError;
 use crate::services::shared_data::SetError;
 use crate::services::tier;
-use crate::wasm::vm::{Delivery, Home};
+use crate::wasm::vm::{Delivery, Home, VmState};
 
 pub fn add(r: &mut Registry<'_>) -> wasmtime::Result<()> {
     add_http_call(r)?;
@@ -130,7 +130,11 @@ impl CalloutKind {
 /// [`caps::CALLOUTS_IN_FLIGHT`] outstanding, counting gRPC streams the
 /// server has closed and the filter not yet).
 pub(super) fn callout_room(c: &Ctx<'_>) -> bool {
-    let state = c.data();
+    has_callout_room(c.data())
+}
+
+/// [`callout_room`] of a VM's state.
+pub(super) fn has_callout_room(state: &VmState) -> bool {
     let lingering = state.grpc.values().filter(|g| g.remote_closed).count();
     state.callouts.load(Ordering::Acquire) + lingering < caps::CALLOUTS_IN_FLIGHT
 }
@@ -165,16 +169,21 @@ pub(super) fn reserve(
     kind: CalloutKind,
     token_ptr: i32,
 ) -> Result<Reserved, Status> {
-    let home = c.data().home.clone().ok_or(Status::InternalFailure)?;
+    let reserved = reserve_token(c.data_mut(), kind)?;
+    memory::write_u32(c, token_ptr, reserved.token)?;
+    Ok(reserved)
+}
+
+/// Hands out a token of `kind` and counts the callout in flight.
+pub(super) fn reserve_token(state: &mut VmState, kind: CalloutKind) -> Result<Reserved, Status> {
+    let home = state.home.clone().ok_or(Status::InternalFailure)?;
     let runtime = crate::worker::runtime_for(home.slot).ok_or(Status::InternalFailure)?;
-    let next = c.data().last_token.wrapping_add(4);
-    let token = next | kind as u32;
-    memory::write_u32(c, token_ptr, token)?;
-    c.data_mut().last_token = next;
-    let counter = c.data().callouts.clone();
+    let next = state.last_token.wrapping_add(4);
+    state.last_token = next;
+    let counter = state.callouts.clone();
     counter.fetch_add(1, Ordering::AcqRel);
     Ok(Reserved {
-        token,
+        token: next | kind as u32,
         home,
         runtime,
         in_flight: InFlight(counter),
@@ -192,15 +201,29 @@ fn start_callout<T: Send + 'static>(
 where
     Result<T, String>: IntoDelivery,
 {
+    match reserve(c, kind, token_ptr) {
+        Ok(reserved) => {
+            launch(reserved, pending);
+            Status::Ok as i32
+        }
+        Err(status) => status as i32,
+    }
+}
+
+/// Runs `pending` on the VM's worker and delivers its outcome under the
+/// reserved token.
+pub(super) fn launch<T: Send + 'static>(
+    reserved: Reserved,
+    pending: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+) where
+    Result<T, String>: IntoDelivery,
+{
     let Reserved {
         token,
         home,
         runtime,
         in_flight,
-    } = match reserve(c, kind, token_ptr) {
-        Ok(reserved) => reserved,
-        Err(status) => return status as i32,
-    };
+    } = reserved;
     runtime.spawn(async move {
         let result = pending.await;
         drop(in_flight);
@@ -208,11 +231,10 @@ where
             instance.deliver(home.slot, home.generation, result.into_delivery(token));
         }
     });
-    Status::Ok as i32
 }
 
 /// Turns a callout's outcome into what the VM receives.
-trait IntoDelivery {
+pub(super) trait IntoDelivery {
     fn into_delivery(self, token: u32) -> Delivery;
 }
 
