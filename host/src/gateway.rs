@@ -43,6 +43,9 @@ pub struct Options {
     /// VMs per filter instance for plugins that do not set `vms` (default: one
     /// per worker, so each worker has its own).
     pub vms: Option<usize>,
+    /// Bytes the response cache holds in memory (default
+    /// [`response_cache::DEFAULT_MAX_BYTES`]).
+    pub response_cache_bytes: Option<u64>,
 }
 
 impl Options {
@@ -192,7 +195,12 @@ impl Gateway {
             .iter()
             .filter_map(|p| Some((p.vm_id.clone(), p.shared_data_tier.clone()?)));
         let caller = Arc::new(UpstreamCaller::new(directory.clone()));
-        let services = Services::new(caller.clone(), caller, redis).with_tiers(tiers);
+        let cache_bytes = options
+            .response_cache_bytes
+            .unwrap_or(response_cache::DEFAULT_MAX_BYTES);
+        let services = Services::new(caller.clone(), caller, redis)
+            .with_tiers(tiers)
+            .with_response_cache(cache_bytes);
         let (chains, started) =
             build_chains_over(&manifest, options, &services, &Started::default())?;
         services.consumers.publish();

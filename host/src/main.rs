@@ -56,6 +56,7 @@ impl Cli {
             cache_dir,
             workers,
             vms: None,
+            response_cache_bytes: None,
         }
     }
 }
@@ -80,6 +81,10 @@ enum Command {
         /// connections (default: one per core).
         #[arg(long, env = "WEIR_WORKERS", value_parser = clap::value_parser!(usize))]
         workers: Option<usize>,
+        /// Memory for cached responses (the `cache` built-in's), like
+        /// `256MiB`; one entry may take at most an eighth of it.
+        #[arg(long, env = "WEIR_RESPONSE_CACHE_SIZE", default_value = "256MiB", value_parser = byte_size)]
+        response_cache_size: u64,
         /// Reload when the manifest file changes (`--watch false` reloads on
         /// SIGHUP only).
         #[arg(long, env = "WEIR_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
@@ -316,13 +321,17 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             workers,
+            response_cache_size,
             watch,
             cluster,
             cluster_key,
             cluster_poll,
         } => match run(
             config.clone(),
-            cli.options(*workers),
+            weir::gateway::Options {
+                response_cache_bytes: Some(*response_cache_size),
+                ..cli.options(*workers)
+            },
             *watch,
             cluster.as_ref().map(|url| ClusterSettings {
                 url: url.clone(),
@@ -559,6 +568,12 @@ fn pause_limit(text: &str) -> Result<std::time::Duration, String> {
 }
 
 /// A poll period: `100ms` to `1h`.
+fn byte_size(text: &str) -> Result<u64, String> {
+    weir::config::parse_size(text)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{text}` is not a size above 0 (like 64MiB, 1GiB)"))
+}
+
 fn poll_period(text: &str) -> Result<std::time::Duration, String> {
     weir::config::parse_duration(text)
         .filter(|d| (100..=3_600_000).contains(&d.as_millis()))

@@ -82,6 +82,14 @@ impl Services {
         self
     }
 
+    /// Gives the response cache a memory budget of `max_bytes`.
+    pub fn with_response_cache(mut self: Arc<Self>, max_bytes: u64) -> Arc<Self> {
+        if let Some(services) = Arc::get_mut(&mut self) {
+            services.response_cache = ResponseCache::new(max_bytes);
+        }
+        self
+    }
+
     /// Services with no upstreams and no Redis (for checking plugins without serving).
     pub fn standalone() -> Arc<Self> {
         Self::new(
