@@ -3,8 +3,8 @@
 #
 #   ROUTES           entries "name|path|filters (YAML flow list)|header (wrk -H)|body file"
 #                    (the body file is optional: with one, the request is a
-#                    POST of it); the first entry of each kind is the baseline
-#                    named "plain" (GET) or "plain POST".
+#                    POST of it as JSON); a route whose name begins with
+#                    "plain" is the baseline of the routes after it.
 #   MANIFEST_EXTRA   YAML added after `upstreams:` (plugins, consumers, redis)
 #   UPSTREAM_EXTRA   nginx `location` blocks added to the upstream's server
 #   NEEDS_REDIS      1 to start a redis-server ($REDIS_PORT)
@@ -127,13 +127,15 @@ for block in re.split(r"\n(?=[^\n]+\t\d+\n)", text.strip()):
     p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", body)
     runs.setdefault(name, []).append((rps, p99, int(bad.group(1)) if bad else 0))
-baselines = {n: statistics.median(r[0] for r in rs) for n, rs in runs.items() if n.startswith("plain")}
 print("\n| route | requests/s (median) | p99 ms | cost per request | refused |\n|---|---:|---:|---:|---:|")
-for name, rs in runs.items():
+base = None
+for name, rs in runs.items():  # in ROUTES order: each "plain…" route is the baseline of those after it
     rps = statistics.median(r[0] for r in rs)
     p99 = statistics.median(r[1] for r in rs)
-    base = baselines.get("plain POST" if "POST" in name else "plain")
-    cost = "—" if name in baselines or base is None else f"{(1 / rps - 1 / base) * 1e6:.1f} µs"
+    if name.startswith("plain"):
+        base, cost = rps, "—"
+    else:
+        cost = f"{(1 / rps - 1 / base) * 1e6:.1f} µs"
     print(f"| {name} | {rps:,.0f} | {p99:.2f} | {cost} | {sum(r[2] for r in rs)} |")
 PY
 }

@@ -344,20 +344,6 @@ impl Exchange {
         Ok(key)
     }
 
-    /// The key of the variant the request selects among `names`.
-    fn variant_key(
-        &self,
-        names: &[String],
-        header: impl Fn(&str) -> Result<Option<String>, Error>,
-    ) -> Result<String, Error> {
-        let mut key = format!("{}\nvary", self.primary);
-        for name in names {
-            let value = header(name)?.unwrap_or_default();
-            key.push_str(&format!("\n{name}={value}"));
-        }
-        Ok(key)
-    }
-
     /// Goes on with what a lookup of `key` found.
     fn found(&mut self, http: &mut Http<'_, Self>, key: String, entry: Option<Cached>) -> Outcome {
         let Some(entry) = entry else {
@@ -367,7 +353,7 @@ impl Exchange {
             if key != self.primary {
                 return self.miss();
             }
-            let variant = self.variant_key(&names, |n| Ok(http.request_header(n)?))?;
+            let variant = variant_key(&self.primary, &names, |n| Ok(http.request_header(n)?))?;
             return self.look_up(http, variant);
         }
         self.serve(http, key, &entry)
@@ -516,12 +502,9 @@ impl Exchange {
         if too_large || self.head_request {
             return Ok(());
         }
-        let key = if keep.vary.is_empty() {
-            self.primary.clone()
-        } else {
-            self.plugin.store_variants(&self.primary, &keep)?;
-            self.variant_key(&keep.vary, |n| Ok(http.request_header(n)?))?
-        };
+        let key = self
+            .plugin
+            .entry_key(&self.primary, &keep, |n| Ok(http.request_header(n)?))?;
         self.state = State::Storing(Pending {
             key,
             keep,
@@ -573,6 +556,21 @@ impl Exchange {
             Err(error) => Err(error.into()),
         }
     }
+}
+
+/// The key of the variant of `primary` that a request with these
+/// `header` values selects among `names`.
+fn variant_key(
+    primary: &str,
+    names: &[String],
+    header: impl Fn(&str) -> Result<Option<String>, Error>,
+) -> Result<String, Error> {
+    let mut key = format!("{primary}\nvary");
+    for name in names {
+        let value = header(name)?.unwrap_or_default();
+        key.push_str(&format!("\n{name}={value}"));
+    }
+    Ok(key)
 }
 
 /// The header names of a variants entry (one whose responses vary).
@@ -636,6 +634,22 @@ impl Cache {
         Ok(Some((keep, stored)))
     }
 
+    /// The key a response kept as `keep` is stored under: `primary`, or,
+    /// for a response that varies, its variant's key (the variants entry
+    /// naming the headers is stored under `primary` first).
+    fn entry_key(
+        &self,
+        primary: &str,
+        keep: &Keep,
+        header: impl Fn(&str) -> Result<Option<String>, Error>,
+    ) -> Result<String, Error> {
+        if keep.vary.is_empty() {
+            return Ok(primary.to_owned());
+        }
+        self.store_variants(primary, keep)?;
+        variant_key(primary, &keep.vary, header)
+    }
+
     /// Stores the variants entry of `primary`: the header names its
     /// responses vary on.
     fn store_variants(&self, primary: &str, keep: &Keep) -> Result<(), Error> {
@@ -692,18 +706,9 @@ impl Refresh {
         if response.body.len() > self.plugin.max_entry_bytes {
             return;
         }
-        let key = if keep.vary.is_empty() {
-            self.primary.clone()
-        } else {
-            if self.plugin.store_variants(&self.primary, &keep).is_err() {
-                return;
-            }
-            let mut key = format!("{}\nvary", self.primary);
-            for name in &keep.vary {
-                let value = header(&self.request_headers, name).unwrap_or_default();
-                key.push_str(&format!("\n{name}={value}"));
-            }
-            key
+        let value = |name: &str| Ok(header(&self.request_headers, name).map(str::to_owned));
+        let Ok(key) = self.plugin.entry_key(&self.primary, &keep, value) else {
+            return;
         };
         let _ = self.plugin.store(&Pending {
             key,
