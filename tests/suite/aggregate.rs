@@ -7,6 +7,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use weir_tests::{EchoUpstream, FixedUpstream, TestGateway, dead_address, http1_client, json};
 
+/// The counters of the plugin named `compose`.
+const CALL_FAILURES: &str = r#"weir_plugin_aggregate_call_failures{plugin="compose"}"#;
+const PARTIAL_ANSWERS: &str = r#"weir_plugin_aggregate_partial_answers{plugin="compose"}"#;
+const FAILED_ANSWERS: &str = r#"weir_plugin_aggregate_failed_answers{plugin="compose"}"#;
+
 /// A gateway whose route `/users/...` is answered by an aggregate filter
 /// with `config` (a YAML flow mapping), over `upstreams` (YAML list items).
 async fn gateway(upstreams: &[(&str, String)], config: &str) -> anyhow::Result<TestGateway> {
@@ -157,6 +162,8 @@ async fn aggregate_answers_what_arrived_when_a_backend_is_slow_and_another_fails
         "the slow call is cut at its 200 ms timeout, not awaited for 5 s: {took:?}"
     );
     assert_eq!(slow.hits(), 1);
+    assert_eq!(gw.metric(PARTIAL_ANSWERS), Some(1));
+    assert_eq!(gw.metric(CALL_FAILURES), Some(4));
     Ok(())
 }
 
@@ -192,6 +199,7 @@ async fn aggregate_fails_with_502_at_the_first_failure_by_default() -> anyhow::R
         "answered at the failure, not after the 2 s call: {took:?}"
     );
     assert_eq!((slow.hits(), failing.hits(), fast.hits()), (1, 1, 1));
+    assert_eq!(gw.metric(FAILED_ANSWERS), Some(1));
     Ok(())
 }
 

@@ -317,11 +317,31 @@ fn compile(pattern: &str) -> Result<Regex, String> {
         Regex::builder()
             .syntax(syntax::Config::new().unicode(false).utf8(false))
             .build(pattern)
-            .map_err(|e| format!("not a regex: {e}"))
+            .map_err(|e| match e.syntax_error() {
+                Some(syntax) => format!("not a regex: {}", one_line(&syntax.to_string())),
+                None => format!("not a regex: {e}"),
+            })
     };
     // Checked as written first, so an error's position is in the user's text.
     build(pattern)?;
     build(&format!("^(?:{pattern})$"))
+}
+
+/// A syntax error's text on one line: regex-syntax draws the pattern with a
+/// caret under the fault and the reason below (`error: unclosed group`),
+/// which reads as `unclosed group, at character 8`.
+fn one_line(drawn: &str) -> String {
+    let lines: Vec<&str> = drawn.lines().collect();
+    let reason = lines
+        .iter()
+        .rev()
+        .find_map(|line| line.strip_prefix("error: "))
+        .unwrap_or(drawn);
+    // The caret line is indented by four, as the pattern above it.
+    match lines.get(2).and_then(|caret| caret.find('^')) {
+        Some(at) if at >= 4 => format!("{reason}, at character {}", at - 3),
+        _ => reason.to_owned(),
+    }
 }
 
 /// Whether `name` is an HTTP field name (RFC 9110 `token`), lower case.

@@ -25,6 +25,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
+use weir_sdk::metrics::Counter;
 use weir_sdk::{
     CallRequest, CallResponse, ConfigError, Error, Filter, Flow, HostResult, Http, Outcome, Plugin,
     params,
@@ -37,18 +38,53 @@ use crate::template::{Source, Values};
 /// The header that marks an answer missing some calls' parts.
 const PARTIAL_HEADER: &str = "x-aggregate-partial";
 
-impl Plugin for Aggregation {
+/// The plugin's counters, when the host could define them.
+struct Metrics {
+    /// Calls that failed before their request was answered.
+    call_failures: Option<Counter>,
+    /// Answers with some calls' parts missing (`partial`).
+    partial_answers: Option<Counter>,
+    /// Requests answered 502 because a call failed.
+    failed_answers: Option<Counter>,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        Self {
+            call_failures: Counter::define("aggregate_call_failures").ok(),
+            partial_answers: Counter::define("aggregate_partial_answers").ok(),
+            failed_answers: Counter::define("aggregate_failed_answers").ok(),
+        }
+    }
+
+    fn count(counter: Option<Counter>) {
+        if let Some(counter) = counter {
+            let _ = counter.increment(1);
+        }
+    }
+}
+
+/// A configured aggregation and its counters.
+pub struct Aggregator {
+    aggregation: Aggregation,
+    metrics: Metrics,
+}
+
+impl Plugin for Aggregator {
     const NAME: &'static str = "aggregate";
     type Config = Config;
     type Filter = Fanout;
 
     fn configure(config: Config) -> Result<Self, ConfigError> {
-        Aggregation::from_config(config)
+        Ok(Self {
+            aggregation: Aggregation::from_config(config)?,
+            metrics: Metrics::define(),
+        })
     }
 
     fn filter(self: &Rc<Self>) -> Fanout {
         Fanout {
-            aggregation: self.clone(),
+            plugin: self.clone(),
             outcomes: Vec::new(),
             pending: 0,
             started: SystemTime::UNIX_EPOCH,
@@ -62,7 +98,7 @@ type Part = Result<Map<String, Value>, Failure>;
 
 /// One request's calls.
 pub struct Fanout {
-    aggregation: Rc<Aggregation>,
+    plugin: Rc<Aggregator>,
     /// Each call's outcome once known, in the order of the calls.
     outcomes: Vec<Option<Part>>,
     /// Calls without an outcome yet.
@@ -141,7 +177,8 @@ impl RequestValues {
 impl Fanout {
     /// Starts every call; the request waits for their answers.
     fn start(&mut self, http: &mut Http<'_, Self>, values: &RequestValues) -> Outcome {
-        let aggregation = self.aggregation.clone();
+        let plugin = self.plugin.clone();
+        let aggregation = &plugin.aggregation;
         self.started = http.now()?;
         self.outcomes = vec![None; aggregation.calls.len()];
         self.pending = aggregation.calls.len();
@@ -184,7 +221,8 @@ impl Fanout {
         if self.answered {
             return Ok(Flow::Pause);
         }
-        let aggregation = self.aggregation.clone();
+        let plugin = self.plugin.clone();
+        let aggregation = &plugin.aggregation;
         let Some(call) = aggregation.calls.get(i) else {
             return Err(Error::msg(format!("an answer to unknown call {i}")));
         };
@@ -201,6 +239,9 @@ impl Fanout {
         if let Some(slot) = self.outcomes.get_mut(i)
             && slot.is_none()
         {
+            if outcome.is_err() {
+                Metrics::count(self.plugin.metrics.call_failures);
+            }
             *slot = Some(outcome);
             self.pending -= 1;
         }
@@ -212,7 +253,8 @@ impl Fanout {
         if self.answered {
             return Ok(Flow::Pause);
         }
-        let aggregation = self.aggregation.clone();
+        let plugin = self.plugin.clone();
+        let aggregation = &plugin.aggregation;
         let fatal =
             aggregation.calls.iter().zip(&self.outcomes).find_map(
                 |(call, outcome)| match outcome {
@@ -226,6 +268,7 @@ impl Fanout {
             );
         if let Some((call, failure)) = fatal {
             self.answered = true;
+            Metrics::count(plugin.metrics.failed_answers);
             let message = format!("call `{}` failed: {failure}", call.name);
             http.warn(&message);
             return http.deny(502, "upstream_failed", &message);
@@ -239,7 +282,8 @@ impl Fanout {
 
     /// Answers with the merged document.
     fn respond(&mut self, http: &mut Http<'_, Self>) -> Outcome {
-        let aggregation = self.aggregation.clone();
+        let plugin = self.plugin.clone();
+        let aggregation = &plugin.aggregation;
         let mut document = Map::new();
         let mut errors = Map::new();
         for (call, outcome) in aggregation
@@ -257,6 +301,7 @@ impl Fanout {
         }
         let partial = !errors.is_empty();
         if partial {
+            Metrics::count(plugin.metrics.partial_answers);
             document.insert(aggregation.errors_key.clone(), Value::Object(errors));
         }
         let body = serde_json::to_vec(&Value::Object(document))
@@ -271,8 +316,9 @@ impl Fanout {
 
 impl Filter for Fanout {
     fn on_request_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
-        let aggregation = self.aggregation.clone();
-        match RequestValues::read(http, &aggregation)? {
+        let plugin = self.plugin.clone();
+        let aggregation = &plugin.aggregation;
+        match RequestValues::read(http, aggregation)? {
             Some(values) => self.start(http, &values),
             None => http.deny(
                 404,
@@ -283,7 +329,7 @@ impl Filter for Fanout {
     }
 }
 
-weir_sdk::export!(Aggregation);
+weir_sdk::export!(Aggregator);
 
 #[cfg(test)]
 mod tests;
