@@ -33,9 +33,10 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// The failure of a call whose host answer was `error`, after `elapsed`
-    /// of its `timeout`: the host does not say which, so a failure at the
-    /// timeout counts as one.
+    /// The failure of a call that got no answer, `elapsed` after it started
+    /// with `timeout`: the host does not say whether the connection failed
+    /// or the time ran out, so a failure at the timeout or later counts as
+    /// a timeout.
     pub fn of_no_answer(elapsed: Duration, timeout: Duration) -> Self {
         if elapsed >= timeout {
             Self::TimedOut(timeout)

@@ -201,10 +201,10 @@ impl Fanout {
             {
                 request = request.header("x-request-id", id);
             }
-            let started = http.call(&call.upstream, request, move |this, http, result| {
+            let sent = http.call(&call.upstream, request, move |this, http, result| {
                 this.on_answer(http, i, result)
             });
-            if let Err(error) = started {
+            if let Err(error) = sent {
                 self.settle(i, Err(Failure::NotStarted(error.to_string())));
             }
         }
