@@ -68,6 +68,7 @@ mod tests {
             names,
             [
                 "acl",
+                "aggregate",
                 "basic-auth",
                 "cache",
                 "cors",

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real gateway on port 0 against real upstream servers.
 
+mod aggregate;
 mod balancing;
 mod cache;
 mod compat;
