@@ -71,6 +71,7 @@ mod config;
 pub mod consumers;
 pub mod duration;
 mod error;
+pub mod headers;
 mod host;
 mod http;
 pub mod log;

@@ -3,7 +3,8 @@
 use std::rc::Rc;
 
 use serde::Deserialize;
-use weir_sdk::{ConfigError, Filter, Flow, HostResult, Http, Outcome, Plugin};
+use weir_sdk::headers::{HeaderEdit, Side};
+use weir_sdk::{ConfigError, Filter, Flow, Http, Outcome, Plugin};
 
 /// Edits of one direction, applied in this order: remove, set, add.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -17,6 +18,19 @@ struct Edits {
     remove: Vec<String>,
 }
 
+impl Edits {
+    /// The edits in the order they apply.
+    fn in_order(self) -> Vec<HeaderEdit<String>> {
+        let removed = self
+            .remove
+            .into_iter()
+            .map(|name| HeaderEdit::Remove { name });
+        let set = (self.set.into_iter()).map(|(name, value)| HeaderEdit::Set { name, value });
+        let added = (self.add.into_iter()).map(|(name, value)| HeaderEdit::Append { name, value });
+        removed.chain(set).chain(added).collect()
+    }
+}
+
 /// The plugin configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -26,7 +40,8 @@ struct Config {
 }
 
 struct HeaderRewrite {
-    config: Config,
+    request: Vec<HeaderEdit<String>>,
+    response: Vec<HeaderEdit<String>>,
 }
 
 impl Plugin for HeaderRewrite {
@@ -35,7 +50,10 @@ impl Plugin for HeaderRewrite {
     type Filter = Rewrite;
 
     fn configure(config: Config) -> Result<Self, ConfigError> {
-        Ok(Self { config })
+        Ok(Self {
+            request: config.request.in_order(),
+            response: config.response.in_order(),
+        })
     }
 
     fn filter(self: &Rc<Self>) -> Rewrite {
@@ -45,64 +63,56 @@ impl Plugin for HeaderRewrite {
 
 struct Rewrite(Rc<HeaderRewrite>);
 
-/// Header operations of one direction of a request.
-trait Headers {
-    fn set(&mut self, name: &str, value: &str) -> HostResult<()>;
-    fn add(&mut self, name: &str, value: &str) -> HostResult<()>;
-    fn remove(&mut self, name: &str) -> HostResult<()>;
-}
-
-/// The request's headers.
-struct Upstream<'h, 'a>(&'h mut Http<'a, Rewrite>);
-/// The response's headers.
-struct Downstream<'h, 'a>(&'h mut Http<'a, Rewrite>);
-
-impl Headers for Upstream<'_, '_> {
-    fn set(&mut self, name: &str, value: &str) -> HostResult<()> {
-        self.0.set_request_header(name, value)
-    }
-    fn add(&mut self, name: &str, value: &str) -> HostResult<()> {
-        self.0.add_request_header(name, value)
-    }
-    fn remove(&mut self, name: &str) -> HostResult<()> {
-        self.0.remove_request_header(name)
-    }
-}
-
-impl Headers for Downstream<'_, '_> {
-    fn set(&mut self, name: &str, value: &str) -> HostResult<()> {
-        self.0.set_response_header(name, value)
-    }
-    fn add(&mut self, name: &str, value: &str) -> HostResult<()> {
-        self.0.add_response_header(name, value)
-    }
-    fn remove(&mut self, name: &str) -> HostResult<()> {
-        self.0.remove_response_header(name)
-    }
-}
-
-/// Applies `edits` to `headers`.
-fn apply(edits: &Edits, headers: &mut impl Headers) -> Outcome {
-    for name in &edits.remove {
-        headers.remove(name)?;
-    }
-    for (name, value) in &edits.set {
-        headers.set(name, value)?;
-    }
-    for (name, value) in &edits.add {
-        headers.add(name, value)?;
-    }
-    Ok(Flow::Continue)
-}
-
 impl Filter for Rewrite {
     fn on_request_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
-        apply(&self.0.config.request, &mut Upstream(http))
+        http.edit_headers(Side::Request, &self.0.request, |_, v| Some(v.clone()))?;
+        Ok(Flow::Continue)
     }
 
     fn on_response_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
-        apply(&self.0.config.response, &mut Downstream(http))
+        http.edit_headers(Side::Response, &self.0.response, |_, v| Some(v.clone()))?;
+        Ok(Flow::Continue)
     }
 }
 
 weir_sdk::export!(HeaderRewrite);
+
+#[cfg(test)]
+mod tests {
+    use weir_sdk::testing::{Request, Response, TestKit};
+
+    use super::*;
+
+    #[test]
+    fn removes_then_sets_then_adds_on_both_sides() {
+        let kit = TestKit::<HeaderRewrite>::configure(
+            r#"{"request": {"remove": ["cookie", "x-env"], "set": [["x-env", "prod"]], "add": [["x-tag", "a"]]},
+                "response": {"set": [["x-served-by", "weir"]], "remove": ["server"]}}"#,
+        )
+        .expect("configured");
+        let mut exchange = kit.request(
+            Request::get("/")
+                .header("cookie", "s=1")
+                .header("x-env", "dev"),
+        );
+        assert_eq!(exchange.send_headers(), Flow::Continue);
+        assert_eq!(exchange.request_header("cookie"), None);
+        assert_eq!(exchange.request_header("x-env").as_deref(), Some("prod"));
+        assert_eq!(exchange.request_header("x-tag").as_deref(), Some("a"));
+        exchange.respond(Response::new(200).header("server", "app"));
+        assert_eq!(exchange.response_header("server"), None);
+        assert_eq!(
+            exchange.response_header("x-served-by").as_deref(),
+            Some("weir")
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_edits_at_their_place() {
+        let Err(error) = TestKit::<HeaderRewrite>::configure(r#"{"request": {"rename": []}}"#)
+        else {
+            panic!("accepted an unknown field");
+        };
+        assert_eq!(error.pointer, "/request/rename");
+    }
+}
