@@ -78,6 +78,7 @@ mod tests {
                 "key-auth",
                 "oauth2-introspection",
                 "rate-limit",
+                "transform",
                 "waf"
             ]
         );

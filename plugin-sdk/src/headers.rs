@@ -91,31 +91,31 @@ impl<F: Filter> Http<'_, F> {
         host::remove_map_value(side.map(), name)
     }
 
-    /// Applies `edits` to the headers of `side`, in order. `value(i, v)`
-    /// gives the value of edit `i` (described by `v`); an edit whose value
-    /// is `None` is skipped.
+    /// Applies `edits` to the headers of `side`, in order. `value(v)` gives
+    /// the text of a value described by `v` (for this request); an edit whose
+    /// value is `None` is skipped.
     pub fn edit_headers<V>(
         &mut self,
         side: Side,
         edits: &[HeaderEdit<V>],
-        mut value: impl FnMut(usize, &V) -> Option<String>,
+        mut value: impl FnMut(&V) -> Option<String>,
     ) -> HostResult<()> {
-        for (i, edit) in edits.iter().enumerate() {
+        for edit in edits {
             match edit {
                 HeaderEdit::Add { name, value: v } => {
                     if self.header(side, name)?.is_none()
-                        && let Some(value) = value(i, v)
+                        && let Some(value) = value(v)
                     {
                         self.set_header(side, name, &value)?;
                     }
                 }
                 HeaderEdit::Set { name, value: v } => {
-                    if let Some(value) = value(i, v) {
+                    if let Some(value) = value(v) {
                         self.set_header(side, name, &value)?;
                     }
                 }
                 HeaderEdit::Append { name, value: v } => {
-                    if let Some(value) = value(i, v) {
+                    if let Some(value) = value(v) {
                         self.append_header(side, name, &value)?;
                     }
                 }

@@ -65,12 +65,12 @@ struct Rewrite(Rc<HeaderRewrite>);
 
 impl Filter for Rewrite {
     fn on_request_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
-        http.edit_headers(Side::Request, &self.0.request, |_, v| Some(v.clone()))?;
+        http.edit_headers(Side::Request, &self.0.request, |v| Some(v.clone()))?;
         Ok(Flow::Continue)
     }
 
     fn on_response_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
-        http.edit_headers(Side::Response, &self.0.response, |_, v| Some(v.clone()))?;
+        http.edit_headers(Side::Response, &self.0.response, |v| Some(v.clone()))?;
         Ok(Flow::Continue)
     }
 }

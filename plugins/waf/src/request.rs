@@ -369,9 +369,9 @@ mod tests {
         assert_eq!(
             values(&vars, Kind::Arg { query: false }),
             [
+                ("json.user.name".into(), "x' or 1=1".into()),
                 ("json.tags.0".into(), "a".into()),
-                ("json.tags.1".into(), "2".into()),
-                ("json.user.name".into(), "x' or 1=1".into())
+                ("json.tags.1".into(), "2".into())
             ]
         );
         assert!(vars.add_body(BodyFormat::Json, b"{not json").is_err());
