@@ -28,5 +28,6 @@ mod services;
 mod shutdown;
 mod slots;
 mod tls;
+mod transform;
 mod waf;
 mod workers;
