@@ -174,6 +174,12 @@ async fn json_bodies_are_rewritten_on_the_way_up_and_down() -> anyhow::Result<()
         text,
         j!({"echo": {"method": "POST", "path": "/users", "body": upstream_got}}).to_string()
     );
+
+    // A HEAD answer has no body to rewrite, whatever its headers say.
+    let head = http1_client().head(gw.url("main", "/users")).send().await?;
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-type"], "application/json");
+    assert_eq!(app.hits(), 2);
     Ok(())
 }
 
