@@ -208,14 +208,13 @@ impl Filter for TransformFilter {
     }
 
     fn on_response_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
-        if self.replied {
-            return Ok(Flow::Continue);
-        }
-        // Bodies are rewritten on the upstream's answers only, and not on
-        // those that have none whatever their headers say.
-        let upstream = http
-            .property(&CODE_DETAILS)?
-            .is_none_or(|details| details == b"via_upstream");
+        // Bodies are rewritten on the upstream's answers only (not on this
+        // filter's or another's local reply, nor on Weir's own errors), and
+        // not on those that have none whatever their headers say.
+        let upstream = !self.replied
+            && http
+                .property(&CODE_DETAILS)?
+                .is_none_or(|details| details == b"via_upstream");
         let bodiless =
             http.method()?.as_deref() == Some("HEAD") || matches!(http.status()?, Some(204 | 304));
         self.response_body = self.head(http, Side::Response, upstream && !bodiless)?;

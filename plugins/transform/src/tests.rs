@@ -189,6 +189,25 @@ fn a_body_that_is_not_its_content_type_is_refused_not_passed_half_done() {
 }
 
 #[test]
+fn the_filters_own_answers_get_response_headers_but_keep_their_body() {
+    let kit = kit(r#"{"request": {"json": [{"remove": "/a"}]},
+            "response": {"headers": {"set": [["x-env", "prod"]]}, "json": [{"wrap": "data"}]}}"#);
+    let mut exchange =
+        kit.request(Request::post("/", "[").header("content-type", "application/json"));
+    exchange.send_headers();
+    assert_eq!(exchange.send_body(), Flow::Pause);
+    let reply = exchange.local_reply().expect("refused");
+    let body = String::from_utf8(reply.body.clone()).expect("UTF-8");
+    exchange.respond(
+        Response::new(400)
+            .header("content-type", "application/json")
+            .body(body.clone()),
+    );
+    assert_eq!(exchange.response_header("x-env").as_deref(), Some("prod"));
+    assert_eq!(text(exchange.response_body()), body, "not wrapped");
+}
+
+#[test]
 fn bodies_over_the_limit_get_the_configured_answer() {
     let kit = kit(
         r#"{"max_body_bytes": 16, "request": {"json": [{"remove": "/a"}],
