@@ -100,6 +100,8 @@ struct QueryConfig {
 #[serde(deny_unknown_fields)]
 struct JsonEditConfig {
     set: Option<String>,
+    /// `Some(Null)` for `value: null`, `None` when there is no `value`.
+    #[serde(default, deserialize_with = "present")]
     value: Option<Value>,
     remove: Option<String>,
     rename: Option<String>,
@@ -109,6 +111,11 @@ struct JsonEditConfig {
     wrap: Option<String>,
     unwrap: Option<String>,
     keep: Option<Vec<String>>,
+}
+
+/// A value that is there, even `null`.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 /// A body format conversion.

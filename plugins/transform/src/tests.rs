@@ -128,6 +128,7 @@ const JSON_EDITS: &str = r#"{"request": {"json": [
     {"rename": "/user_name", "to": "username"},
     {"set": "/meta/by", "value": "${consumer}"},
     {"set": "/meta/version", "value": 2},
+    {"set": "/meta/deleted", "value": null},
     {"move": "/legacy/id", "to": "/id"},
     {"wrap": "data"}
 ]}}"#;
@@ -151,7 +152,7 @@ fn json_request_bodies_are_edited_by_pointer() {
     assert_eq!(exchange.send_body(), Flow::Continue);
     assert_eq!(
         text(exchange.request_body()),
-        r#"{"data":{"username":"ada","legacy":{},"meta":{"by":"alice","version":2},"id":7}}"#
+        r#"{"data":{"username":"ada","legacy":{},"meta":{"by":"alice","version":2,"deleted":null},"id":7}}"#
     );
 }
 
