@@ -76,6 +76,7 @@ mod tests {
                 "key-auth",
                 "oauth2-introspection",
                 "rate-limit",
+                "validation",
                 "waf"
             ]
         );
