@@ -26,5 +26,6 @@ mod services;
 mod shutdown;
 mod slots;
 mod tls;
+mod validation;
 mod waf;
 mod workers;
