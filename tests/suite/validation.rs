@@ -388,7 +388,36 @@ async fn an_upstream_that_breaks_its_contract_is_replaced_with_502() -> anyhow::
         gw.metric(r#"weir_plugin_validation_response_violations{plugin="validate"}"#),
         Some(2)
     );
+
+    // The filter's own 400 is not checked as the operation's response.
+    let invalid = client.get(gw.url("main", "/pets/0")).send().await?;
+    assert_eq!(
+        violations(invalid, 400, "validation_failed").await?,
+        json!([{"in": "path", "pointer": "/petId", "message": "0 is less than the minimum of 1"}])
+    );
     upstream.abort();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_routes_fixed_response_is_not_checked_as_the_upstreams() -> anyhow::Result<()> {
+    let gw = TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+plugins: [{{ name: validate, builtin: validation, vms: 1 }}]
+routes:
+  - name: r
+    respond: {{ status: 418, body: teapot }}
+    filters:
+      - plugin: validate
+        config:
+          responses: enforce
+{PETSTORE}"#
+    ))
+    .await?;
+    let response = http1_client().get(gw.url("main", "/pets/1")).send().await?;
+    assert_eq!(response.status(), 418);
+    assert_eq!(response.text().await?, "teapot");
     Ok(())
 }
 

@@ -334,6 +334,15 @@ fn cookie_pairs(header: Option<&str>) -> Vec<(String, String)> {
 }
 
 impl ValidationFilter {
+    /// Counts a request this filter refuses; its answer is not checked as
+    /// a response.
+    fn refused(&mut self) {
+        self.operation = None;
+        if let Some(rejected) = self.plugin.rejected {
+            let _ = rejected.increment(1);
+        }
+    }
+
     fn new_report(&self) -> Report {
         Report::new(self.plugin.max_violations)
     }
@@ -343,9 +352,7 @@ impl ValidationFilter {
         if report.is_empty() {
             return Ok(Flow::Continue);
         }
-        if let Some(rejected) = self.plugin.rejected {
-            let _ = rejected.increment(1);
-        }
+        self.refused();
         let what = match self.plugin.contract {
             Contract::Schemas(_) => "its schema",
             Contract::OpenApi { .. } => "the API description",
@@ -501,9 +508,7 @@ impl ValidationFilter {
         match plan {
             BodyPlan::Skip => self.decide(http, &report),
             BodyPlan::Unsupported(accepted) => {
-                if let Some(rejected) = self.plugin.rejected {
-                    let _ = rejected.increment(1);
-                }
+                self.refused();
                 let content_type = http.request_header("content-type")?;
                 http.deny(
                     415,
@@ -547,12 +552,19 @@ impl ValidationFilter {
         }
     }
 
-    /// Checks the response head; a body to check is kept for later.
+    /// Checks the response head; a body to check is kept for later. Only
+    /// the upstream's responses are checked, not the gateway's own answers
+    /// (this filter's, another filter's, a route's fixed response).
     fn response_head(&mut self, http: &mut Http<'_, Self>, mode: ResponseMode) -> Outcome {
         let Some(operation) = self.operation.clone() else {
             return Ok(Flow::Continue);
         };
         if !operation.has_responses() {
+            return Ok(Flow::Continue);
+        }
+        if let Some(details) = http.property(&["response", "code_details"])?
+            && details != b"via_upstream"
+        {
             return Ok(Flow::Continue);
         }
         let status = http.status()?.unwrap_or_default();
@@ -667,9 +679,7 @@ impl Filter for ValidationFilter {
         }
         if body.size > self.plugin.max_body_bytes {
             self.pending = None;
-            if let Some(rejected) = self.plugin.rejected {
-                let _ = rejected.increment(1);
-            }
+            self.refused();
             return http.deny(
                 413,
                 "body_too_large",

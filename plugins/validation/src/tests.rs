@@ -714,3 +714,21 @@ fn bad_descriptions_are_refused_where_they_are_wrong() {
         "responses": {"2XY": {"description": "x"}}}}}}));
     assert_eq!(error.pointer, "/openapi/paths/~1a/get/responses/2XY");
 }
+
+#[test]
+fn only_the_upstreams_responses_are_checked() {
+    let kit = kit(json!({"openapi": petstore(), "responses": "enforce"}));
+    // This filter's own 400 is not an undescribed status of the operation.
+    let mut refused = kit.request(Request::get("/pets?limit=0"));
+    assert_eq!(refused.send_headers(), Flow::Pause);
+    assert_eq!(refused.respond(Response::new(400)), Flow::Continue);
+    assert_eq!(refused.local_reply().map(|r| r.status), Some(400));
+    drop(refused);
+    // Another filter's or the route's answer is not the upstream's either.
+    kit.set_property(&["response", "code_details"], b"direct_response");
+    let (flow, reply) = respond(&kit, Request::get("/pets"), Response::new(401));
+    assert_eq!((flow, reply), (Flow::Continue, None));
+    kit.set_property(&["response", "code_details"], b"via_upstream");
+    let (_, reply) = respond(&kit, Request::get("/pets"), Response::new(401));
+    assert_eq!(reply.map(|r| r.0), Some(502));
+}
