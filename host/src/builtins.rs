@@ -79,6 +79,7 @@ mod tests {
                 "oauth2-introspection",
                 "rate-limit",
                 "transform",
+                "validation",
                 "waf"
             ]
         );

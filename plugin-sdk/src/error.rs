@@ -40,16 +40,34 @@ impl std::error::Error for Error {}
 /// `{"error": {"status", "code", "message", "request_id"}}`, members in the
 /// order Weir writes them.
 pub(crate) fn body(status: u16, code: &str, message: &str, request_id: Option<&str>) -> String {
+    body_with(status, code, message, request_id, &NoDetails {})
+}
+
+/// Nothing beyond Weir's own members.
+#[derive(serde::Serialize)]
+pub(crate) struct NoDetails {}
+
+/// [`body`] with the members of `details` (a struct or map) after Weir's own
+/// in the `error` object.
+pub(crate) fn body_with<D: serde::Serialize + ?Sized>(
+    status: u16,
+    code: &str,
+    message: &str,
+    request_id: Option<&str>,
+    details: &D,
+) -> String {
     #[derive(serde::Serialize)]
-    struct Body<'a> {
-        error: Detail<'a>,
+    struct Body<'a, D: ?Sized> {
+        error: Detail<'a, D>,
     }
     #[derive(serde::Serialize)]
-    struct Detail<'a> {
+    struct Detail<'a, D: ?Sized> {
         status: u16,
         code: &'a str,
         message: &'a str,
         request_id: &'a str,
+        #[serde(flatten)]
+        details: &'a D,
     }
     let body = Body {
         error: Detail {
@@ -57,6 +75,7 @@ pub(crate) fn body(status: u16, code: &str, message: &str, request_id: Option<&s
             code,
             message,
             request_id: request_id.unwrap_or("-"),
+            details,
         },
     };
     serde_json::to_string(&body).unwrap_or_default()
@@ -69,6 +88,21 @@ mod tests {
         assert_eq!(
             super::body(403, "forbidden", "no \"x\"", Some("r1")),
             r#"{"error":{"status":403,"code":"forbidden","message":"no \"x\"","request_id":"r1"}}"#
+        );
+    }
+
+    #[test]
+    fn details_follow_weirs_members() {
+        #[derive(serde::Serialize)]
+        struct Details {
+            violations: Vec<&'static str>,
+        }
+        let details = Details {
+            violations: vec!["a", "b"],
+        };
+        assert_eq!(
+            super::body_with(400, "bad", "m", None, &details),
+            r#"{"error":{"status":400,"code":"bad","message":"m","request_id":"-","violations":["a","b"]}}"#
         );
     }
 }

@@ -193,8 +193,22 @@ impl<F: Filter> Http<'_, F> {
         message: &str,
         headers: &[(&str, &str)],
     ) -> Outcome {
+        self.deny_with_details(status, code, message, headers, &error::NoDetails {})
+    }
+
+    /// [`deny_with`](Self::deny_with) with the members of `details` (a
+    /// struct or map, e.g. `{"violations": [...]}`) after Weir's own in the
+    /// `error` object.
+    pub fn deny_with_details<D: serde::Serialize + ?Sized>(
+        &mut self,
+        status: u16,
+        code: &str,
+        message: &str,
+        headers: &[(&str, &str)],
+        details: &D,
+    ) -> Outcome {
         let request_id = self.request_id();
-        let body = error::body(status, code, message, request_id.as_deref());
+        let body = error::body_with(status, code, message, request_id.as_deref(), details);
         let mut all = vec![("content-type", "application/json")];
         all.extend_from_slice(headers);
         self.respond_with_details(status, code, &all, body.as_bytes())

@@ -29,5 +29,6 @@ mod shutdown;
 mod slots;
 mod tls;
 mod transform;
+mod validation;
 mod waf;
 mod workers;
