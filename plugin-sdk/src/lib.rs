@@ -75,6 +75,7 @@ pub mod headers;
 mod host;
 mod http;
 pub mod log;
+pub mod media;
 pub mod metrics;
 pub mod net;
 pub mod params;

@@ -3,6 +3,7 @@
 //! `crate::xml`).
 
 use serde_json::{Map, Value};
+use weir_sdk::media;
 
 use crate::xml::{self, XmlError};
 
@@ -37,18 +38,11 @@ pub enum BodyError {
 impl Format {
     /// Whether a body of content type `content_type` is in this format.
     pub fn matches(self, content_type: &str) -> bool {
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let kind = media::kind(content_type);
         match self {
-            Self::Json => essence == "application/json" || suffixed(&essence, "+json"),
-            Self::Form => essence == "application/x-www-form-urlencoded",
-            Self::Xml => {
-                essence == "application/xml" || essence == "text/xml" || suffixed(&essence, "+xml")
-            }
+            Self::Json => kind == media::Kind::Json,
+            Self::Form => kind == media::Kind::Form,
+            Self::Xml => kind == media::Kind::Xml,
         }
     }
 
@@ -78,11 +72,6 @@ impl Format {
             Self::Xml => xml::from_json(document)?.into_bytes(),
         })
     }
-}
-
-/// Whether `essence` is `application/…<suffix>` (structured syntax suffix).
-fn suffixed(essence: &str, suffix: &str) -> bool {
-    essence.starts_with("application/") && essence.ends_with(suffix)
 }
 
 /// A form as a JSON object: each field a string, a repeated field an array

@@ -13,26 +13,14 @@ pub enum Format {
     Form,
 }
 
-/// The media type of a `content-type` value: lower case, without parameters.
-pub fn essence(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
-}
+pub use weir_sdk::media::essence;
 
 /// The format of media type `media` (an [`essence`]), if the schemas check it.
 pub fn format_of(media: &str) -> Option<Format> {
-    if media == "application/json"
-        || (media.starts_with("application/") && media.ends_with("+json"))
-    {
-        Some(Format::Json)
-    } else if media == "application/x-www-form-urlencoded" {
-        Some(Format::Form)
-    } else {
-        None
+    match weir_sdk::media::kind(media) {
+        weir_sdk::media::Kind::Json => Some(Format::Json),
+        weir_sdk::media::Kind::Form => Some(Format::Form),
+        _ => None,
     }
 }
 

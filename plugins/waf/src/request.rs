@@ -8,6 +8,7 @@ use quick_xml::XmlVersion;
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::Event;
 use serde_json::Value;
+use weir_sdk::media;
 
 /// Which collection a variable belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,23 +82,12 @@ impl BodyFormat {
         let Some(content_type) = content_type else {
             return Some(Self::Form);
         };
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        if essence == "application/x-www-form-urlencoded" {
-            Some(Self::Form)
-        } else if essence == "application/json" || essence.ends_with("+json") {
-            Some(Self::Json)
-        } else if essence == "application/xml" || essence == "text/xml" || essence.ends_with("+xml")
-        {
-            Some(Self::Xml)
-        } else if essence.starts_with("text/") {
-            Some(Self::Text)
-        } else {
-            None
+        match media::kind(content_type) {
+            media::Kind::Form => Some(Self::Form),
+            media::Kind::Json => Some(Self::Json),
+            media::Kind::Xml => Some(Self::Xml),
+            media::Kind::Text => Some(Self::Text),
+            media::Kind::Other => None,
         }
     }
 }
