@@ -14,163 +14,33 @@
 //! upstream serves the stored body. `x-cache` says which:
 //! `HIT`, `MISS`, `STALE`, `REVALIDATED` or `BYPASS`.
 
+mod config;
 mod policy;
+mod store;
 
 use std::rc::Rc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use weir_sdk::background;
 use weir_sdk::cache::{self, Cached, Entry, Lookup};
 use weir_sdk::{
-    Body, CallRequest, CallResponse, ConfigError, Error, Filter, Flow, HostError, Http, Outcome,
-    Plugin,
+    Body, CallRequest, ConfigError, Error, Filter, Flow, HostError, Http, Outcome, Plugin,
 };
 
-use self::policy::{Defaults, Keep};
+use self::config::{Config, KeyConfig};
+use self::policy::Defaults;
+use self::store::{Meta, NOT_FORWARDED, Pending, Refresh, header, variant_key, variants};
 
 /// Header pairs, names in lower case.
 type Headers = Vec<(String, String)>;
 
-/// The plugin configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {
-    /// Freshness of a response that gives none, for the `statuses` listed.
-    #[serde(default = "default_ttl")]
-    ttl: String,
-    /// Statuses kept on `ttl` when the response gives no freshness.
-    #[serde(default = "default_statuses")]
-    statuses: Vec<u16>,
-    /// How long a stale entry is served while it is refreshed, unless the
-    /// response's own `stale-while-revalidate` says.
-    #[serde(default = "default_zero")]
-    stale_while_revalidate: String,
-    /// How long an entry with an `ETag` or `Last-Modified` is kept past its
-    /// staleness, to be revalidated instead of fetched whole.
-    #[serde(default = "default_revalidate_for")]
-    revalidate_for: String,
-    /// The largest body kept; larger responses pass through unstored.
-    #[serde(default = "default_max_entry_bytes")]
-    max_entry_bytes: usize,
-    /// What the key holds besides route, host and path.
-    #[serde(default)]
-    key: KeyConfig,
-    /// A Redis service of the manifest that every node shares entries through.
-    #[serde(default)]
-    redis: Option<RedisConfig>,
-    /// How long one background refresh of a stale entry may take before
-    /// another request may start one.
-    #[serde(default = "default_refresh_timeout")]
-    refresh_timeout: String,
-    /// The response header that says how the request was served.
-    #[serde(default = "default_status_header")]
-    status_header: String,
-}
-
-/// What the key holds besides route, host and path.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyConfig {
-    /// The query string.
-    #[serde(default = "yes")]
-    query: bool,
-    /// The consumer's name (entries per consumer).
-    #[serde(default)]
-    consumer: bool,
-    /// Request headers, besides those the response varies on.
-    #[serde(default)]
-    headers: Vec<String>,
-}
-
-impl Default for KeyConfig {
-    fn default() -> Self {
-        Self {
-            query: true,
-            consumer: false,
-            headers: Vec::new(),
-        }
-    }
-}
-
-/// Entries shared through Redis.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RedisConfig {
-    /// The manifest's Redis service.
-    service: String,
-}
-
-fn default_ttl() -> String {
-    "60s".into()
-}
-
-fn default_statuses() -> Vec<u16> {
-    vec![200, 203, 204, 300, 301, 308, 404, 410]
-}
-
-fn default_zero() -> String {
-    "0s".into()
-}
-
-fn default_revalidate_for() -> String {
-    "10m".into()
-}
-
-fn default_max_entry_bytes() -> usize {
-    1 << 20
-}
-
-fn default_refresh_timeout() -> String {
-    "10s".into()
-}
-
-fn default_status_header() -> String {
-    "x-cache".into()
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Headers never stored with an entry: hop-by-hop ones, and those the cache
-/// writes itself on every answer.
-const NOT_STORED: [&str; 11] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "age",
-    "set-cookie",
-];
-
-/// Request headers a background refresh does not send.
-const NOT_FORWARDED: [&str; 6] = [
-    "connection",
-    "content-length",
-    "if-none-match",
-    "if-modified-since",
-    "transfer-encoding",
-    "upgrade",
-];
-
 struct Cache {
-    defaults: Defaults<'static>,
+    defaults: Defaults,
     max_entry_bytes: usize,
     key: KeyConfig,
     redis: Option<String>,
     refresh_timeout: Duration,
     status_header: String,
-}
-
-fn duration(text: &str, pointer: &str) -> Result<Duration, ConfigError> {
-    weir_sdk::duration::parse(text)
-        .ok_or_else(|| ConfigError::at(pointer, "must be a duration such as 30s, 5m or 1h"))
 }
 
 impl Plugin for Cache {
@@ -179,69 +49,7 @@ impl Plugin for Cache {
     type Filter = Exchange;
 
     fn configure(config: Config) -> Result<Self, ConfigError> {
-        if let Some((i, _)) = config
-            .statuses
-            .iter()
-            .enumerate()
-            .find(|(_, s)| !(200..=599).contains(*s))
-        {
-            return Err(ConfigError::at(
-                format!("/statuses/{i}"),
-                "must be a status from 200 to 599",
-            ));
-        }
-        if config.max_entry_bytes == 0 {
-            return Err(ConfigError::at("/max_entry_bytes", "must be above 0"));
-        }
-        if let Some((i, _)) = config
-            .key
-            .headers
-            .iter()
-            .enumerate()
-            .find(|(_, h)| h.is_empty())
-        {
-            return Err(ConfigError::at(
-                format!("/key/headers/{i}"),
-                "must not be empty",
-            ));
-        }
-        if let Some(redis) = &config.redis
-            && redis.service.is_empty()
-        {
-            return Err(ConfigError::at("/redis/service", "must not be empty"));
-        }
-        if config.status_header.is_empty() {
-            return Err(ConfigError::at("/status_header", "must not be empty"));
-        }
-        let refresh_timeout = duration(&config.refresh_timeout, "/refresh_timeout")?;
-        if refresh_timeout.is_zero() {
-            return Err(ConfigError::at("/refresh_timeout", "must be above 0"));
-        }
-        let statuses: &'static [u16] = Vec::leak(config.statuses);
-        Ok(Self {
-            defaults: Defaults {
-                ttl: duration(&config.ttl, "/ttl")?,
-                statuses,
-                stale_while_revalidate: duration(
-                    &config.stale_while_revalidate,
-                    "/stale_while_revalidate",
-                )?,
-                revalidate_for: duration(&config.revalidate_for, "/revalidate_for")?,
-            },
-            max_entry_bytes: config.max_entry_bytes,
-            key: KeyConfig {
-                headers: config
-                    .key
-                    .headers
-                    .iter()
-                    .map(|h| h.to_ascii_lowercase())
-                    .collect(),
-                ..config.key
-            },
-            redis: config.redis.map(|r| r.service),
-            refresh_timeout,
-            status_header: config.status_header.to_ascii_lowercase(),
-        })
+        config::settle(config)
     }
 
     fn filter(self: &Rc<Self>) -> Exchange {
@@ -256,28 +64,6 @@ impl Plugin for Cache {
     }
 }
 
-/// The filter's metadata on an entry.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize, Deserialize)]
-struct Meta {
-    fresh_ms: u64,
-    stale_ms: u64,
-    initial_age_ms: u64,
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-impl Meta {
-    fn of(keep: &Keep) -> Self {
-        Self {
-            fresh_ms: millis(keep.fresh),
-            stale_ms: millis(keep.stale),
-            initial_age_ms: millis(keep.initial_age),
-        }
-    }
-}
-
 /// What one request's filter is doing.
 enum State {
     /// Nothing to do for the response.
@@ -288,15 +74,6 @@ enum State {
     Revalidating(String),
     /// Collecting the response body to store it.
     Storing(Pending),
-}
-
-/// A response being stored once its body is complete.
-struct Pending {
-    key: String,
-    keep: Keep,
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
 }
 
 struct Exchange {
@@ -558,33 +335,6 @@ impl Exchange {
     }
 }
 
-/// The key of the variant of `primary` that a request with these
-/// `header` values selects among `names`.
-fn variant_key(
-    primary: &str,
-    names: &[String],
-    header: impl Fn(&str) -> Result<Option<String>, Error>,
-) -> Result<String, Error> {
-    let mut key = format!("{primary}\nvary");
-    for name in names {
-        let value = header(name)?.unwrap_or_default();
-        key.push_str(&format!("\n{name}={value}"));
-    }
-    Ok(key)
-}
-
-/// The header names of a variants entry (one whose responses vary).
-fn variants(entry: &Cached) -> Option<Vec<String>> {
-    serde_json::from_value(entry.meta.get("vary")?.clone()).ok()
-}
-
-fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
 /// Whether the request's own validators match `entry` (a 304 answers it).
 fn unchanged_for_client(http: &Http<'_, Exchange>, entry: &Cached) -> Result<bool, Error> {
     if let Some(if_none_match) = http.request_header("if-none-match")? {
@@ -598,126 +348,6 @@ fn unchanged_for_client(http: &Http<'_, Exchange>, entry: &Cached) -> Result<boo
             .is_some_and(|modified| policy::not_modified_since(&since, modified)));
     }
     Ok(false)
-}
-
-impl Cache {
-    /// How `status` with `headers` is kept, with the headers to store;
-    /// `None` when it is not.
-    fn keep(
-        &self,
-        status: u16,
-        headers: &[(String, String)],
-        authorized: bool,
-    ) -> Result<Option<(Keep, Headers)>, Error> {
-        let response = policy::Response {
-            status,
-            cache_control: header(headers, "cache-control"),
-            expires: header(headers, "expires"),
-            date: header(headers, "date"),
-            age: header(headers, "age"),
-            etag: header(headers, "etag"),
-            last_modified: header(headers, "last-modified"),
-            vary: header(headers, "vary"),
-            has_set_cookie: header(headers, "set-cookie").is_some(),
-        };
-        let now = background::now()?;
-        let Ok(keep) = policy::decide(&response, authorized, &self.defaults, now) else {
-            return Ok(None);
-        };
-        let stored = headers
-            .iter()
-            .filter(|(n, _)| {
-                !n.starts_with(':') && !NOT_STORED.contains(&n.as_str()) && *n != self.status_header
-            })
-            .cloned()
-            .collect();
-        Ok(Some((keep, stored)))
-    }
-
-    /// The key a response kept as `keep` is stored under: `primary`, or,
-    /// for a response that varies, its variant's key (the variants entry
-    /// naming the headers is stored under `primary` first).
-    fn entry_key(
-        &self,
-        primary: &str,
-        keep: &Keep,
-        header: impl Fn(&str) -> Result<Option<String>, Error>,
-    ) -> Result<String, Error> {
-        if keep.vary.is_empty() {
-            return Ok(primary.to_owned());
-        }
-        self.store_variants(primary, keep)?;
-        variant_key(primary, &keep.vary, header)
-    }
-
-    /// Stores the variants entry of `primary`: the header names its
-    /// responses vary on.
-    fn store_variants(&self, primary: &str, keep: &Keep) -> Result<(), Error> {
-        let meta = serde_json::json!({ "vary": keep.vary });
-        cache::store(
-            &Entry {
-                key: primary,
-                keep_for: keep.keep,
-                status: 200,
-                headers: &[],
-                meta: &meta,
-                redis: self.redis.as_deref(),
-                keep_body: false,
-            },
-            b"",
-        )?;
-        Ok(())
-    }
-
-    /// Stores a whole response under `key`.
-    fn store(&self, pending: &Pending) -> Result<(), HostError> {
-        let meta = serde_json::to_value(Meta::of(&pending.keep)).unwrap_or_default();
-        cache::store(
-            &Entry {
-                key: &pending.key,
-                keep_for: pending.keep.keep,
-                status: pending.status,
-                headers: &pending.headers,
-                meta: &meta,
-                redis: self.redis.as_deref(),
-                keep_body: false,
-            },
-            &pending.body,
-        )
-    }
-}
-
-/// A background refresh of a stale entry: what storing its answer needs.
-struct Refresh {
-    plugin: Rc<Cache>,
-    primary: String,
-    authorized: bool,
-    request_headers: Vec<(String, String)>,
-}
-
-impl Refresh {
-    fn store(&self, response: &CallResponse) {
-        let Ok(Some((keep, headers))) =
-            self.plugin
-                .keep(response.status, &response.headers, self.authorized)
-        else {
-            return;
-        };
-        if response.body.len() > self.plugin.max_entry_bytes {
-            return;
-        }
-        let value = |name: &str| Ok(header(&self.request_headers, name).map(str::to_owned));
-        let Ok(key) = self.plugin.entry_key(&self.primary, &keep, value) else {
-            return;
-        };
-        let _ = self.plugin.store(&Pending {
-            key,
-            keep,
-            status: response.status,
-            headers,
-            body: response.body.clone(),
-        });
-    }
 }
 
 impl Filter for Exchange {
@@ -798,229 +428,4 @@ impl Filter for Exchange {
 weir_sdk::export!(Cache);
 
 #[cfg(test)]
-mod tests {
-    use weir_sdk::testing::{Request, Response, TestKit};
-
-    use super::*;
-
-    fn kit(config: &str) -> TestKit<Cache> {
-        let kit = TestKit::configure(config).expect("a valid config");
-        kit.set_property(&["route_name"], b"shop");
-        kit.set_property(&["cluster_name"], b"app");
-        kit
-    }
-
-    fn get(path: &str) -> Request {
-        Request::get(path).header(":authority", "example.com")
-    }
-
-    /// Runs a request that misses, answered upstream with `response`.
-    fn miss(kit: &TestKit<Cache>, request: Request, response: Response) {
-        let mut exchange = kit.request(request);
-        assert_eq!(
-            exchange.send_headers(),
-            Flow::Continue,
-            "a miss goes upstream"
-        );
-        exchange.respond(response);
-        assert_eq!(exchange.response_header("x-cache").as_deref(), Some("MISS"));
-    }
-
-    fn ok(cache_control: &str, body: &str) -> Response {
-        Response::new(200)
-            .header("cache-control", cache_control)
-            .header("content-type", "text/plain")
-            .body(body)
-    }
-
-    #[test]
-    fn a_stored_response_is_served_by_the_host_until_it_is_stale() {
-        let kit = kit("{}");
-        miss(&kit, get("/items?page=2"), ok("max-age=60", "page two"));
-        kit.advance(Duration::from_secs(30));
-        let mut hit = kit.request(get("/items?page=2"));
-        assert_eq!(hit.send_headers(), Flow::Pause);
-        let reply = hit.local_reply().expect("answered from the cache");
-        assert_eq!((reply.status, &reply.body[..]), (200, &b"page two"[..]));
-        assert_eq!(reply.header("x-cache"), Some("HIT"));
-        assert_eq!(reply.header("age"), Some("30"));
-        assert_eq!(reply.header("content-type"), Some("text/plain"));
-        let mut other = kit.request(get("/items?page=3"));
-        assert_eq!(
-            other.send_headers(),
-            Flow::Continue,
-            "another query, another key"
-        );
-        kit.advance(Duration::from_secs(31));
-        let mut stale = kit.request(get("/items?page=2"));
-        assert_eq!(
-            stale.send_headers(),
-            Flow::Continue,
-            "stale, no validator: fetched"
-        );
-    }
-
-    #[test]
-    fn no_store_private_and_cookies_are_never_stored() {
-        let kit = kit("{}");
-        for (path, response) in [
-            ("/a", ok("no-store", "a")),
-            ("/b", ok("private, max-age=60", "b")),
-            ("/c", ok("max-age=60", "c").header("set-cookie", "s=1")),
-        ] {
-            miss(&kit, get(path), response);
-            let mut again = kit.request(get(path));
-            assert_eq!(again.send_headers(), Flow::Continue, "{path} was stored");
-        }
-    }
-
-    #[test]
-    fn the_client_validators_get_a_304_from_the_cache() {
-        let kit = kit("{}");
-        miss(
-            &kit,
-            get("/doc"),
-            ok("max-age=60", "doc").header("etag", "\"v7\""),
-        );
-        let mut conditional = kit.request(get("/doc").header("if-none-match", "W/\"v7\""));
-        assert_eq!(conditional.send_headers(), Flow::Pause);
-        let reply = conditional.local_reply().expect("a 304");
-        assert_eq!(reply.status, 304);
-        assert!(reply.body.is_empty());
-        assert_eq!(reply.header("etag"), Some("\"v7\""));
-        let mut changed = kit.request(get("/doc").header("if-none-match", "\"v6\""));
-        assert_eq!(changed.send_headers(), Flow::Pause);
-        assert_eq!(changed.local_reply().map(|r| r.status), Some(200));
-    }
-
-    #[test]
-    fn a_stale_entry_with_an_etag_is_revalidated_and_a_304_serves_it() {
-        let kit = kit("{}");
-        miss(
-            &kit,
-            get("/doc"),
-            ok("max-age=1", "v1 body").header("etag", "\"v1\""),
-        );
-        kit.advance(Duration::from_secs(5));
-        let mut revalidate = kit.request(get("/doc"));
-        assert_eq!(revalidate.send_headers(), Flow::Continue);
-        assert_eq!(
-            revalidate.request_header("if-none-match").as_deref(),
-            Some("\"v1\"")
-        );
-        revalidate.respond(Response::new(304).header("cache-control", "max-age=60"));
-        let reply = revalidate.local_reply().expect("the stored body");
-        assert_eq!((reply.status, &reply.body[..]), (200, &b"v1 body"[..]));
-        assert_eq!(reply.header("x-cache"), Some("REVALIDATED"));
-        assert_eq!(reply.header("cache-control"), Some("max-age=60"));
-        let mut hit = kit.request(get("/doc"));
-        assert_eq!(hit.send_headers(), Flow::Pause, "fresh again for 60 s");
-        assert_eq!(
-            hit.local_reply()
-                .and_then(|r| r.header("x-cache").map(str::to_owned))
-                .as_deref(),
-            Some("HIT")
-        );
-    }
-
-    #[test]
-    fn stale_while_revalidate_serves_stale_and_refreshes_once() {
-        let kit = kit(r#"{"stale_while_revalidate": "30s"}"#);
-        miss(
-            &kit,
-            get("/feed").header("accept", "text/plain"),
-            ok("max-age=10", "old"),
-        );
-        kit.advance(Duration::from_secs(15));
-        for _ in 0..3 {
-            let mut stale = kit.request(get("/feed"));
-            assert_eq!(stale.send_headers(), Flow::Pause);
-            let reply = stale.local_reply().expect("served stale");
-            assert_eq!(
-                (reply.header("x-cache"), &reply.body[..]),
-                (Some("STALE"), &b"old"[..])
-            );
-        }
-        let calls = kit.calls();
-        assert_eq!(calls.len(), 1, "one refresh for three stale answers");
-        assert_eq!(calls[0].upstream, "app");
-        assert_eq!(calls[0].header(":path"), Some("/feed"));
-        kit.answer_call(calls[0].token, ok("max-age=10", "new"));
-        let mut fresh = kit.request(get("/feed"));
-        assert_eq!(fresh.send_headers(), Flow::Pause);
-        let reply = fresh.local_reply().expect("the refreshed entry");
-        assert_eq!(
-            (reply.header("x-cache"), &reply.body[..]),
-            (Some("HIT"), &b"new"[..])
-        );
-    }
-
-    #[test]
-    fn responses_that_vary_are_kept_per_variant() {
-        let kit = kit("{}");
-        let french = || get("/hello").header("accept-language", "fr");
-        let english = || get("/hello").header("accept-language", "en");
-        miss(
-            &kit,
-            french(),
-            ok("max-age=60", "bonjour").header("vary", "Accept-Language"),
-        );
-        miss(
-            &kit,
-            english(),
-            ok("max-age=60", "hello").header("vary", "Accept-Language"),
-        );
-        for (request, body) in [(french(), "bonjour"), (english(), "hello")] {
-            let mut hit = kit.request(request);
-            assert_eq!(hit.send_headers(), Flow::Pause);
-            assert_eq!(
-                hit.local_reply().map(|r| r.body),
-                Some(body.as_bytes().to_vec())
-            );
-        }
-    }
-
-    #[test]
-    fn other_methods_and_no_cache_requests_bypass_the_cache() {
-        let kit = kit("{}");
-        miss(&kit, get("/x"), ok("max-age=60", "one"));
-        let mut post = kit.request(Request::post("/x", "{}").header(":authority", "example.com"));
-        assert_eq!(post.send_headers(), Flow::Continue);
-        post.respond(ok("max-age=60", "posted"));
-        assert_eq!(post.response_header("x-cache").as_deref(), Some("BYPASS"));
-        let mut reload = kit.request(get("/x").header("cache-control", "no-cache"));
-        assert_eq!(reload.send_headers(), Flow::Continue);
-        reload.respond(ok("max-age=60", "two"));
-        assert_eq!(reload.response_header("x-cache").as_deref(), Some("BYPASS"));
-        let mut hit = kit.request(get("/x"));
-        assert_eq!(hit.send_headers(), Flow::Pause);
-        assert_eq!(
-            hit.local_reply().map(|r| r.body),
-            Some(b"two".to_vec()),
-            "the reload refreshed it"
-        );
-    }
-
-    #[test]
-    fn a_body_over_the_limit_is_passed_on_unstored() {
-        let kit = kit(r#"{"max_entry_bytes": 8}"#);
-        miss(&kit, get("/big"), ok("max-age=60", "nine bytes"));
-        let mut again = kit.request(get("/big"));
-        assert_eq!(again.send_headers(), Flow::Continue);
-    }
-
-    #[test]
-    fn bad_settings_are_refused_at_their_field() {
-        for (config, pointer) in [
-            (r#"{"ttl": "soon"}"#, "/ttl"),
-            (r#"{"statuses": [200, 99]}"#, "/statuses/1"),
-            (r#"{"max_entry_bytes": 0}"#, "/max_entry_bytes"),
-            (r#"{"key": {"headers": [""]}}"#, "/key/headers/0"),
-            (r#"{"redis": {"service": ""}}"#, "/redis/service"),
-            (r#"{"refresh_timeout": "0s"}"#, "/refresh_timeout"),
-        ] {
-            let error = TestKit::<Cache>::configure(config).err().expect("refused");
-            assert_eq!(error.pointer, pointer, "{config}");
-        }
-    }
-}
+mod tests;

@@ -58,11 +58,11 @@ pub struct Response<'a> {
 }
 
 /// What the configuration adds to the rules.
-pub struct Defaults<'a> {
+pub struct Defaults {
     /// Freshness of a cacheable status whose response says nothing.
     pub ttl: Duration,
     /// Statuses kept when the response gives no freshness of its own.
-    pub statuses: &'a [u16],
+    pub statuses: Vec<u16>,
     /// Staleness served while one refresh runs, unless the response says.
     pub stale_while_revalidate: Duration,
     /// How long a stale entry with a validator is kept for revalidation.
@@ -106,7 +106,7 @@ pub enum Skip {
 pub fn decide(
     response: &Response<'_>,
     authorized: bool,
-    defaults: &Defaults<'_>,
+    defaults: &Defaults,
     now: SystemTime,
 ) -> Result<Keep, Skip> {
     let cc = response
@@ -220,12 +220,14 @@ pub fn not_modified_since(if_modified_since: &str, last_modified: &str) -> bool 
 mod tests {
     use super::*;
 
-    const DEFAULTS: Defaults<'static> = Defaults {
-        ttl: Duration::from_secs(60),
-        statuses: &[200, 301, 404],
-        stale_while_revalidate: Duration::ZERO,
-        revalidate_for: Duration::from_secs(600),
-    };
+    fn defaults() -> Defaults {
+        Defaults {
+            ttl: Duration::from_secs(60),
+            statuses: vec![200, 301, 404],
+            stale_while_revalidate: Duration::ZERO,
+            revalidate_for: Duration::from_secs(600),
+        }
+    }
 
     fn response(cache_control: Option<&'static str>) -> Response<'static> {
         Response {
@@ -262,52 +264,55 @@ mod tests {
     fn s_maxage_wins_over_max_age_over_expires_over_the_default() {
         let mut r = response(Some("max-age=10, s-maxage=20"));
         assert_eq!(
-            decide(&r, false, &DEFAULTS, now()).map(|k| k.fresh),
+            decide(&r, false, &defaults(), now()).map(|k| k.fresh),
             Ok(Duration::from_secs(20))
         );
         r.cache_control = Some("max-age=10");
         r.expires = Some("Wed, 02 Dec 2026 12:05:00 GMT");
         assert_eq!(
-            decide(&r, false, &DEFAULTS, now()).map(|k| k.fresh),
+            decide(&r, false, &defaults(), now()).map(|k| k.fresh),
             Ok(Duration::from_secs(10))
         );
         r.cache_control = None;
         r.date = Some("Wed, 02 Dec 2026 12:00:00 GMT");
         assert_eq!(
-            decide(&r, false, &DEFAULTS, now()).map(|k| k.fresh),
+            decide(&r, false, &defaults(), now()).map(|k| k.fresh),
             Ok(Duration::from_secs(300))
         );
         r.expires = None;
         assert_eq!(
-            decide(&r, false, &DEFAULTS, now()).map(|k| k.fresh),
+            decide(&r, false, &defaults(), now()).map(|k| k.fresh),
             Ok(Duration::from_secs(60))
         );
         r.status = 500;
-        assert_eq!(decide(&r, false, &DEFAULTS, now()), Err(Skip::NoFreshness));
+        assert_eq!(
+            decide(&r, false, &defaults(), now()),
+            Err(Skip::NoFreshness)
+        );
     }
 
     #[test]
     fn no_store_private_cookies_and_vary_star_are_not_kept() {
         assert_eq!(
-            decide(&response(Some("no-store")), false, &DEFAULTS, now()),
+            decide(&response(Some("no-store")), false, &defaults(), now()),
             Err(Skip::Forbidden)
         );
         assert_eq!(
             decide(
                 &response(Some("private, max-age=9")),
                 false,
-                &DEFAULTS,
+                &defaults(),
                 now()
             ),
             Err(Skip::Forbidden)
         );
         let mut r = response(None);
         r.has_set_cookie = true;
-        assert_eq!(decide(&r, false, &DEFAULTS, now()), Err(Skip::SetsCookie));
+        assert_eq!(decide(&r, false, &defaults(), now()), Err(Skip::SetsCookie));
         let mut r = response(None);
         r.vary = Some("Accept, *");
         assert_eq!(
-            decide(&r, false, &DEFAULTS, now()),
+            decide(&r, false, &defaults(), now()),
             Err(Skip::VariesOnEverything)
         );
     }
@@ -315,18 +320,26 @@ mod tests {
     #[test]
     fn an_authorized_request_is_shared_only_when_the_response_allows() {
         assert_eq!(
-            decide(&response(Some("max-age=9")), true, &DEFAULTS, now()),
+            decide(&response(Some("max-age=9")), true, &defaults(), now()),
             Err(Skip::Authorized)
         );
-        assert!(decide(&response(Some("public, max-age=9")), true, &DEFAULTS, now()).is_ok());
-        assert!(decide(&response(Some("s-maxage=9")), true, &DEFAULTS, now()).is_ok());
+        assert!(
+            decide(
+                &response(Some("public, max-age=9")),
+                true,
+                &defaults(),
+                now()
+            )
+            .is_ok()
+        );
+        assert!(decide(&response(Some("s-maxage=9")), true, &defaults(), now()).is_ok());
     }
 
     #[test]
     fn staleness_validators_and_age_shape_how_long_it_is_kept() {
         let mut r = response(Some("max-age=100, stale-while-revalidate=30"));
         r.age = Some("40");
-        let keep = decide(&r, false, &DEFAULTS, now()).expect("kept");
+        let keep = decide(&r, false, &defaults(), now()).expect("kept");
         assert_eq!(keep.fresh, Duration::from_secs(60));
         assert_eq!(keep.stale, Duration::from_secs(30));
         assert_eq!(
@@ -336,7 +349,7 @@ mod tests {
         );
         r.etag = Some("\"v1\"");
         r.cache_control = Some("max-age=100, must-revalidate, stale-while-revalidate=30");
-        let keep = decide(&r, false, &DEFAULTS, now()).expect("kept");
+        let keep = decide(&r, false, &defaults(), now()).expect("kept");
         assert_eq!(
             keep.stale,
             Duration::ZERO,
@@ -344,10 +357,10 @@ mod tests {
         );
         assert_eq!(keep.keep, Duration::from_secs(60 + 600));
         let mut r = response(Some("no-cache"));
-        assert_eq!(decide(&r, false, &DEFAULTS, now()), Err(Skip::Useless));
+        assert_eq!(decide(&r, false, &defaults(), now()), Err(Skip::Useless));
         r.etag = Some("\"v1\"");
         assert_eq!(
-            decide(&r, false, &DEFAULTS, now()).map(|k| (k.fresh, k.keep)),
+            decide(&r, false, &defaults(), now()).map(|k| (k.fresh, k.keep)),
             Ok((Duration::ZERO, Duration::from_secs(600)))
         );
     }
