@@ -125,6 +125,42 @@ async fn set_buffer_bytes_past_the_end_appends_as_in_envoy() -> anyhow::Result<(
     Ok(())
 }
 
+/// Pauses the request until its body has arrived, then adds
+/// `x-after-body: 1` to the request headers (map 0), as filters that decide
+/// on the body do (Envoy sends the headers only when the filter lets them go).
+fn header_after_body_wat() -> String {
+    format!(
+        r#"(module
+{ADD_HEADER_IMPORT}
+  (memory (export "memory") 1)
+  (data (i32.const 16) "x-after-body1")
+{WAT_FILTER_BASICS}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (i32.const 1))
+  (func (export "proxy_on_request_body") (param i32 i32) (param $eos i32) (result i32)
+    (if (i32.eqz (local.get $eos)) (then (return (i32.const 1))))
+    (if (call $add (i32.const 0) (i32.const 16) (i32.const 12) (i32.const 28) (i32.const 1))
+      (then unreachable))
+    (i32.const 0)))
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_header_added_once_the_body_is_in_reaches_the_upstream() -> anyhow::Result<()> {
+    let up = EchoUpstream::start("echo").await?;
+    let gw = gateway_with_plugins(&[&up], &[("after", &header_after_body_wat())]).await?;
+    let response = http1_client()
+        .post(gw.url("main", "/"))
+        .body("payload")
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let echoed = json(response).await?;
+    assert_eq!(echoed["headers"]["x-after-body"], "1");
+    assert_eq!(echoed["body"], "payload");
+    Ok(())
+}
+
 /// Calls WASI `poll_oneoff` the way Go's runtime sleeps (`usleep`: one
 /// relative clock subscription on the monotonic clock, here of 10 s) and
 /// reports in request headers: `x-poll-errno`, `x-poll-events` (events

@@ -113,24 +113,30 @@ async fn request_phases(
     {
         return Ok(Err(reply));
     }
-    apply_request_head(run, parts, client_host)?;
     let body = body::limited(incoming, limit);
+    // The head is copied after the body's lead, since the request is not
+    // sent before it: filters that paused for the body may still edit it.
     let outgoing = if end_of_stream {
+        apply_request_head(run, parts, client_host)?;
         body::empty()
     } else {
         match lead_body(run, Direction::Request, body, limit).await? {
             Lead::Reply(reply) => return Ok(Err(reply)),
             Lead::Complete(bytes) => {
+                apply_request_head(run, parts, client_host)?;
                 set_content_length(&mut parts.headers, bytes.len());
                 body::full(bytes)
             }
-            Lead::Streaming { prefix, rest } => body::boxed(Filtered::new(
-                rest,
-                run.clone(),
-                Direction::Request,
-                limit,
-                prefix,
-            )),
+            Lead::Streaming { prefix, rest } => {
+                apply_request_head(run, parts, client_host)?;
+                body::boxed(Filtered::new(
+                    rest,
+                    run.clone(),
+                    Direction::Request,
+                    limit,
+                    prefix,
+                ))
+            }
         }
     };
     let target = chain::lock(run).data_mut().and_then(|data| {
