@@ -125,9 +125,10 @@ async fn set_buffer_bytes_past_the_end_appends_as_in_envoy() -> anyhow::Result<(
     Ok(())
 }
 
-/// Pauses the request until its body has arrived, then adds
-/// `x-after-body: 1` to the request headers (map 0), as filters that decide
-/// on the body do (Envoy sends the headers only when the filter lets them go).
+/// Holds the request body until it has all arrived, then adds
+/// `x-after-body: 1` to the request headers (map 0). Weir sends the request
+/// upstream only after the filters had the body's lead, so the header goes
+/// with it (it used to be dropped without a word).
 fn header_after_body_wat() -> String {
     format!(
         r#"(module
@@ -135,7 +136,7 @@ fn header_after_body_wat() -> String {
   (memory (export "memory") 1)
   (data (i32.const 16) "x-after-body1")
 {WAT_FILTER_BASICS}  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
-    (i32.const 1))
+    (i32.const 0))
   (func (export "proxy_on_request_body") (param i32 i32) (param $eos i32) (result i32)
     (if (i32.eqz (local.get $eos)) (then (return (i32.const 1))))
     (if (call $add (i32.const 0) (i32.const 16) (i32.const 12) (i32.const 28) (i32.const 1))
