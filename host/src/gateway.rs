@@ -17,7 +17,7 @@ use crate::lifecycle::{Chain, Proxy};
 use crate::services::response_cache::{self, Purge};
 use crate::services::{RedisService, RedisServices, Services};
 use crate::snapshot::{self, BuildError, MissingGroup, Started};
-use crate::upstream::{self, Directory, InvalidTarget, UpstreamCaller};
+use crate::upstream::{self, Directory, InvalidUpstream, UpstreamCaller};
 use crate::wasm::{LoadError, Runtime};
 
 /// One problem per line, each with its place in the manifest.
@@ -117,7 +117,7 @@ pub enum StartError {
     Workers(#[from] WorkerError),
     /// An upstream group could not be built.
     #[error(transparent)]
-    Upstream(#[from] InvalidTarget),
+    Upstream(#[from] InvalidUpstream),
     /// The Wasm runtime could not start.
     #[error(transparent)]
     Runtime(#[from] LoadError),

@@ -19,6 +19,7 @@ pub mod filters;
 pub mod gateway;
 pub mod lifecycle;
 pub mod normalize;
+mod pem;
 mod request_id;
 pub mod router;
 mod server;

@@ -29,6 +29,7 @@ mod shutdown;
 mod slots;
 mod tls;
 mod transform;
+mod upstream_tls;
 mod validation;
 mod waf;
 mod workers;

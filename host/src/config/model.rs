@@ -153,6 +153,21 @@ pub struct Upstream {
     pub retries: u32,
     /// What filters read as `cluster_metadata`.
     pub metadata: Metadata,
+    /// TLS to the targets; `None` speaks cleartext HTTP/1.1.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS to an upstream's targets (HTTP/1.1 over TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and verified in the certificate (default: each
+    /// target's host).
+    pub server_name: Option<String>,
+    /// PEM file of the CA certificates that may sign the targets'
+    /// certificates (default: the system's roots).
+    pub ca: Option<PathBuf>,
+    /// PEM files of the client certificate chain and key (mutual TLS).
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// Metadata a route or an upstream carries for its filters to read (the

@@ -283,6 +283,37 @@ pub struct RawUpstream {
     pub timeouts: UpstreamTimeouts,
     pub retries: u32,
     pub metadata: Metadata,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// TLS to an upstream's targets, as written.
+#[derive(Debug)]
+pub struct RawUpstreamTls {
+    pub server_name: Option<Located<String>>,
+    pub ca: Option<Located<String>>,
+    pub cert: Option<Located<String>>,
+    pub key: Option<Located<String>>,
+}
+
+impl Decode for RawUpstreamTls {
+    fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
+        let mut f = Fields::of(node, "upstream TLS settings", diags)?;
+        let tls = Self {
+            server_name: f.optional("server_name", diags).flatten(),
+            ca: f.optional("ca", diags).flatten(),
+            cert: f.optional("cert", diags).flatten(),
+            key: f.optional("key", diags).flatten(),
+        };
+        f.finish(diags);
+        if tls.cert.is_some() != tls.key.is_some() {
+            diags.error(
+                node.location,
+                "a client certificate needs both `cert` and `key`".to_owned(),
+            );
+            return None;
+        }
+        Some(tls)
+    }
 }
 
 impl Decode for RawUpstream {
@@ -304,6 +335,7 @@ impl Decode for RawUpstream {
             timeouts: f.or("timeouts", UpstreamTimeouts::default(), diags),
             retries: f.within("retries", RETRIES, 0, diags),
             metadata: f.or("metadata", Metadata::default(), diags),
+            tls: f.optional("tls", diags).flatten(),
         };
         f.finish(diags);
         Some(Self {

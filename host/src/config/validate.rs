@@ -14,7 +14,7 @@ use super::file::{self, MAX_PEM_BYTES, MAX_PLUGIN_BYTES};
 use super::model::{
     Certificate, FilterRef, Listener, ListenerId, ListenerTls, Manifest, PathMatch, PathRewrite,
     Plugin, PluginId, PluginModule, Redis, Rewrite, Route, RouteAction, Target, Upstream,
-    UpstreamId,
+    UpstreamId, UpstreamTls,
 };
 use super::raw::{
     RawFilter, RawListener, RawManifest, RawModule, RawPlugin, RawRoute, RawUpstream,
@@ -76,7 +76,11 @@ pub fn validate(
         .into_iter()
         .map(|l| listener(l, base_dir, diags))
         .collect();
-    let upstreams: Vec<Option<Upstream>> = raw.upstreams.into_iter().map(upstream).collect();
+    let upstreams: Vec<Option<Upstream>> = raw
+        .upstreams
+        .into_iter()
+        .map(|u| upstream(u, base_dir, diags))
+        .collect();
     let routes: Vec<Option<Route>> = raw
         .routes
         .into_iter()
@@ -203,7 +207,17 @@ fn checked_file(
     resolved
 }
 
-fn upstream(raw: RawUpstream) -> Option<Upstream> {
+fn upstream(raw: RawUpstream, base_dir: &Path, diags: &mut Diagnostics) -> Option<Upstream> {
+    let mut pem = |path: &Located<String>, kind| checked_file(path, kind, MAX_PEM_BYTES, base_dir, diags);
+    let tls = raw.tls.map(|tls| UpstreamTls {
+        server_name: tls.server_name.map(|n| n.value.to_ascii_lowercase()),
+        ca: tls.ca.as_ref().map(|ca| pem(ca, "CA")),
+        client: tls
+            .cert
+            .as_ref()
+            .zip(tls.key.as_ref())
+            .map(|(cert, key)| (pem(cert, "certificate"), pem(key, "key"))),
+    });
     let targets = raw.targets?;
     Some(Upstream {
         name: raw.name.value,
@@ -218,6 +232,7 @@ fn upstream(raw: RawUpstream) -> Option<Upstream> {
         timeouts: raw.timeouts,
         retries: raw.retries,
         metadata: raw.metadata,
+        tls,
     })
 }
 

@@ -6,11 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 
 use crate::config::model::{AdminTls, ListenerTls};
 
@@ -18,13 +16,8 @@ use crate::config::model::{AdminTls, ListenerTls};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM file could not be read or holds nothing usable.
-    #[error("{}: {reason}", path.display())]
-    Pem {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    Pem(#[from] crate::pem::PemError),
     /// A client CA file holds no certificate rustls can verify clients with.
     #[error("client CA {}: {reason}", path.display())]
     ClientCa {
@@ -94,12 +87,7 @@ pub fn admin_server_config(tls: &AdminTls) -> Result<Arc<ServerConfig>, TlsError
                 path: ca.clone(),
                 reason,
             };
-            let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| ca_error(e.to_string()))? {
-                roots
-                    .add(cert.map_err(|e| ca_error(e.to_string()))?)
-                    .map_err(|e| ca_error(e.to_string()))?;
-            }
+            let roots = crate::pem::roots(ca).map_err(|e| ca_error(e.reason))?;
             let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
                 .build()
                 .map_err(|e| ca_error(e.to_string()))?;
@@ -117,18 +105,8 @@ fn load_certified_key(
     key: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, TlsError> {
-    let pem_error = |path: &Path, reason: String| TlsError::Pem {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| pem_error(cert, e.to_string()))?;
-    if chain.is_empty() {
-        return Err(pem_error(cert, "no certificate found".into()));
-    }
-    let private_key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, e.to_string()))?;
+    let chain = crate::pem::chain(cert)?;
+    let private_key = crate::pem::key(key)?;
     CertifiedKey::from_der(chain, private_key, provider).map_err(|source| TlsError::Rustls {
         path: cert.to_path_buf(),
         source,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::{InvalidTarget, UpstreamGroup};
+use super::{InvalidUpstream, UpstreamGroup};
 use crate::config::model::Upstream;
 
 /// Upstream groups by name.
@@ -48,14 +48,14 @@ impl Directory {
 /// Builds a group for every upstream of the manifest, keyed by name. A group
 /// of `running` whose configuration is unchanged is kept as it is, with its
 /// pooled connections and balancer state.
-pub fn build(upstreams: &[Upstream], running: &Groups) -> Result<Groups, InvalidTarget> {
+pub fn build(upstreams: &[Upstream], running: &Groups) -> Result<Groups, InvalidUpstream> {
     upstreams
         .iter()
         .map(|u| {
             if let Some(kept) = running.get(&u.name).filter(|g| g.config() == u) {
                 return Ok((u.name.clone(), Arc::clone(kept)));
             }
-            let group = UpstreamGroup::new(u).map_err(|source| InvalidTarget {
+            let group = UpstreamGroup::new(u).map_err(|source| InvalidUpstream {
                 upstream: u.name.clone(),
                 source,
             })?;

@@ -9,6 +9,7 @@ mod directory;
 mod grpc;
 mod h2;
 mod pool;
+mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -95,12 +96,23 @@ impl HttpError for UpstreamError {
 
 /// Why an upstream group could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream `{upstream}` has an invalid target: {source}")]
-pub struct InvalidTarget {
+#[error("upstream `{upstream}` {source}")]
+pub struct InvalidUpstream {
     /// Upstream name.
     pub upstream: String,
-    /// Parse error.
-    pub source: http::uri::InvalidUri,
+    /// What is wrong with it.
+    pub source: GroupError,
+}
+
+/// What is wrong with an upstream's settings.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// A target is not `host:port`.
+    #[error("has an invalid target: {0}")]
+    Target(#[from] http::uri::InvalidUri),
+    /// Its TLS settings cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsSetupError),
 }
 
 /// One target of a group: its connections and its live load.
@@ -144,7 +156,13 @@ pub struct UpstreamGroup {
 
 impl UpstreamGroup {
     /// Builds the group and its connection pool from config.
-    pub fn new(config: &Upstream) -> Result<Self, http::uri::InvalidUri> {
+    pub fn new(config: &Upstream) -> Result<Self, GroupError> {
+        let tls = config
+            .tls
+            .as_ref()
+            .map(tls::UpstreamConnector::new)
+            .transpose()?
+            .map(Arc::new);
         let targets = config
             .targets
             .iter()
@@ -154,13 +172,14 @@ impl UpstreamGroup {
                     h2: h2::H2Connection::new(authority.clone(), config.timeouts.connect),
                     pool: Arc::new(ConnectionPool::new(
                         authority,
+                        tls.clone(),
                         config.timeouts.connect,
                         config.timeouts.idle,
                     )),
                     in_flight: AtomicUsize::new(0),
                 })
             })
-            .collect::<Result<Vec<_>, http::uri::InvalidUri>>()?;
+            .collect::<Result<Vec<_>, GroupError>>()?;
         Ok(Self {
             config: config.clone(),
             name: config.name.clone(),

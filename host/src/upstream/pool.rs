@@ -1,4 +1,4 @@
-//! Keep-alive HTTP/1.1 connections to one target.
+//! Keep-alive HTTP/1.1 connections to one target, over TCP or TLS.
 //!
 //! Each connection is a hyper `SendRequest` whose connection task runs on the
 //! worker that opened it. A request takes the most recently used idle
@@ -27,6 +27,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::tls::UpstreamConnector;
 use crate::body::Body;
 
 /// Idle connections kept per target; more are closed when their response ends.
@@ -82,6 +83,8 @@ impl IdleList {
 /// The keep-alive connections to one target.
 pub struct ConnectionPool {
     target: Authority,
+    /// TLS to the target, when its group has it.
+    tls: Option<Arc<UpstreamConnector>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     /// One list per worker, sized by the first worker that uses the pool.
@@ -91,10 +94,16 @@ pub struct ConnectionPool {
 }
 
 impl ConnectionPool {
-    /// A pool for `target` (`host:port`).
-    pub fn new(target: Authority, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    /// A pool for `target` (`host:port`), over `tls` when given.
+    pub fn new(
+        target: Authority,
+        tls: Option<Arc<UpstreamConnector>>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
         Self {
             target,
+            tls,
             connect_timeout,
             idle_timeout,
             per_worker: OnceLock::new(),
@@ -143,17 +152,45 @@ impl ConnectionPool {
         Ok(self.pooled_response(response, sender))
     }
 
-    /// Opens a connection and spawns its task on the current worker.
+    /// Opens a connection (with its TLS handshake, within the connect
+    /// timeout too) and spawns its task on the current worker.
     async fn connect(self: &Arc<Self>) -> Result<SendRequest<Body>, SendError> {
         let stream = connect_tcp(&self.target, self.connect_timeout).await?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        let sender = match &self.tls {
+            None => self.handshake(stream).await?,
+            Some(tls) => {
+                let secured =
+                    tokio::time::timeout(self.connect_timeout, tls.connect(&self.target, stream))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "no TLS handshake within the connect timeout",
+                            ))
+                        })
+                        .map_err(|source| SendError::Connect {
+                            target: self.target.clone(),
+                            source,
+                        })?;
+                self.handshake(secured).await?
+            }
+        };
+        self.start_reaper(self.list());
+        Ok(sender)
+    }
+
+    /// HTTP/1.1 on `io`, its connection task spawned.
+    async fn handshake<I>(&self, io: I) -> Result<SendRequest<Body>, SendError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = http1::handshake(TokioIo::new(io)).await?;
         let target = self.target.clone();
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%target, %error, "upstream connection ended with an error");
             }
         });
-        self.start_reaper(self.list());
         Ok(sender)
     }
 

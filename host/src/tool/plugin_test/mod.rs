@@ -650,6 +650,7 @@ fn services(upstreams: &[(String, String)]) -> Result<Arc<Services>, SetupError>
             timeouts: UpstreamTimeouts::default(),
             retries: 0,
             metadata: Metadata::default(),
+            tls: None,
         })
         .collect();
     let groups = crate::upstream::build_groups(&configs, &Default::default()).map_err(|e| {
