@@ -62,6 +62,9 @@ pub enum Lookup {
     /// Not in memory; Redis is being asked and the continuation runs with
     /// its answer. Return [`Flow::Pause`].
     Pending,
+    /// Fresh, and already sent by the host (asked with `serve_fresh`).
+    /// Return [`Flow::Pause`].
+    Served,
 }
 
 /// A response to store with [`store`].
@@ -78,6 +81,12 @@ pub struct Entry<'a> {
     pub headers: &'a [(String, String)],
     /// The filter's own metadata, handed back by lookups.
     pub meta: &'a serde_json::Value,
+    /// How long a lookup with `serve_fresh` may send it at once.
+    #[serde(rename = "fresh_ms", serialize_with = "as_optional_millis")]
+    pub fresh_for: Option<Duration>,
+    /// Its age when stored, added to its time in the cache for `age`.
+    #[serde(rename = "age_offset_ms", serialize_with = "as_millis")]
+    pub age_offset: Duration,
     /// A Redis service of the manifest to share it through.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<&'a str>,
@@ -86,8 +95,19 @@ pub struct Entry<'a> {
     pub keep_body: bool,
 }
 
+fn millis(d: &Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    s.serialize_u64(millis(d))
+}
+
+fn as_optional_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&millis(d)),
+        None => s.serialize_none(),
+    }
 }
 
 /// Stores `entry` with `body`. [`HostError::BadArgument`] when the host will
@@ -107,7 +127,7 @@ pub fn store(entry: &Entry<'_>, body: &[u8]) -> HostResult<()> {
 pub fn claim_refresh(key: &str, period: Duration) -> HostResult<bool> {
     let args = serde_json::json!({
         "key": key,
-        "ms": u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+        "ms": millis(&period),
     });
     match host::call_foreign_function("weir.cache_claim_refresh", args.to_string().as_bytes()) {
         Ok(_) => Ok(true),
@@ -127,13 +147,18 @@ impl<F: Filter> Http<'_, F> {
     /// ([`Lookup::Found`] / [`Lookup::Missing`]) and `then` is dropped; when
     /// Redis is asked the answer is [`Lookup::Pending`] and `then` runs with
     /// the entry, or `None` for a miss or an unreachable Redis.
+    ///
+    /// With `serve_fresh`, an entry in memory still within its
+    /// [`Entry::fresh_for`] is sent by the host at once, with its `age` and
+    /// these headers ([`Lookup::Served`]): a fresh hit in one host call.
     pub fn cache_lookup(
         &mut self,
         key: &str,
         redis: Option<&str>,
+        serve_fresh: Option<&[(&str, &str)]>,
         then: impl FnOnce(&mut F, &mut Http<'_, F>, Option<Cached>) -> Outcome + 'static,
     ) -> HostResult<Lookup> {
-        let args = serde_json::json!({ "key": key, "redis": redis });
+        let args = serde_json::json!({ "key": key, "redis": redis, "serve_fresh": serve_fresh });
         let answer =
             match host::call_foreign_function("weir.cache_lookup", args.to_string().as_bytes()) {
                 Ok(answer) => answer,
@@ -141,11 +166,18 @@ impl<F: Filter> Http<'_, F> {
                 Err(error) => return Err(error),
             };
         #[derive(Deserialize)]
-        struct Pending {
-            pending: u32,
+        #[serde(untagged)]
+        enum Reply {
+            Pending { pending: u32 },
+            Served { served: bool },
         }
-        let Ok(Pending { pending: token }) = serde_json::from_slice(&answer) else {
-            return cached(&answer).map(Lookup::Found);
+        let token = match serde_json::from_slice(&answer) {
+            Ok(Reply::Pending { pending }) => pending,
+            Ok(Reply::Served { served: true }) => {
+                *self.replied = true;
+                return Ok(Lookup::Served);
+            }
+            _ => return cached(&answer).map(Lookup::Found),
         };
         self.continuations.push((
             Ticket::Callout(token),

@@ -491,10 +491,20 @@ impl FakeHost {
         (self.now_nanos < stored.saturating_add(ttl)).then_some(entry)
     }
 
-    fn cache_lookup(&self, args: &serde_json::Value) -> HostResult<Vec<u8>> {
+    fn cache_lookup(&mut self, args: &serde_json::Value) -> HostResult<Vec<u8>> {
         let key = args["key"].as_str().ok_or(HostError::BadArgument)?;
         let (head, body) = self.live_entry(key).ok_or(HostError::NotFound)?;
         let stored = head["stored_nanos"].as_u64().unwrap_or_default();
+        let in_cache_ms = self.now_nanos.saturating_sub(stored) / 1_000_000;
+        let fresh = head["fresh_ms"].as_u64().is_some_and(|f| in_cache_ms < f);
+        if let Some(extra) = args["serve_fresh"].as_array().filter(|_| fresh) {
+            let age = (in_cache_ms + head["age_offset_ms"].as_u64().unwrap_or_default()) / 1000;
+            let mut headers = vec![serde_json::json!(["age", age.to_string()])];
+            headers.extend(extra.iter().cloned());
+            let respond = serde_json::json!({ "key": key, "headers": headers });
+            self.cache_respond(&respond)?;
+            return Ok(br#"{"served":true}"#.to_vec());
+        }
         let found = serde_json::json!({
             "status": head["status"],
             "headers": head["headers"],

@@ -60,6 +60,7 @@ impl Plugin for Cache {
             primary: String::new(),
             head_request: false,
             authorized: false,
+            serve_fresh: false,
         }
     }
 }
@@ -85,6 +86,9 @@ struct Exchange {
     primary: String,
     head_request: bool,
     authorized: bool,
+    /// Whether a fresh entry may be sent by the host at once (the request
+    /// carries no validators of its own to compare).
+    serve_fresh: bool,
 }
 
 /// Answers an entry's status header names.
@@ -139,13 +143,20 @@ impl Exchange {
     fn look_up(&mut self, http: &mut Http<'_, Self>, key: String) -> Outcome {
         let redis = self.plugin.redis.clone();
         let answer_key = key.clone();
+        let status_header = self.plugin.status_header.clone();
+        let hit = [(status_header.as_str(), HIT)];
+        let serve_fresh = self.serve_fresh.then_some(&hit[..]);
         // A request paused for Redis resumes when `found` goes on upstream.
-        match http.cache_lookup(&key, redis.as_deref(), move |exchange, http, entry| {
-            exchange.found(http, answer_key, entry)
-        }) {
+        let lookup = http.cache_lookup(
+            &key,
+            redis.as_deref(),
+            serve_fresh,
+            move |exchange, http, entry| exchange.found(http, answer_key, entry),
+        );
+        match lookup {
             Ok(Lookup::Found(entry)) => self.found(http, key, Some(entry)),
             Ok(Lookup::Missing) => self.miss(),
-            Ok(Lookup::Pending) => Ok(Flow::Pause),
+            Ok(Lookup::Pending | Lookup::Served) => Ok(Flow::Pause),
             Err(error) => {
                 // The cache is an optimisation: without it the upstream answers.
                 http.warn(&format!("cannot look the response up: {error}"));
@@ -164,11 +175,14 @@ impl Exchange {
     /// revalidation, or fetches anew.
     fn serve(&mut self, http: &mut Http<'_, Self>, key: String, entry: &Cached) -> Outcome {
         let meta: Meta = serde_json::from_value(entry.meta.clone()).unwrap_or_default();
-        let age = entry.age_ms.saturating_add(meta.initial_age_ms);
-        if age < meta.fresh_ms {
+        // Freshness counts from when it was stored (the age it arrived with
+        // is taken off when it is stored); `age` says both.
+        let in_cache = entry.age_ms;
+        let age = in_cache.saturating_add(meta.initial_age_ms);
+        if in_cache < meta.fresh_ms {
             return self.hit(http, &key, entry, age, HIT);
         }
-        if age < meta.fresh_ms.saturating_add(meta.stale_ms) {
+        if in_cache < meta.fresh_ms.saturating_add(meta.stale_ms) {
             if cache::claim_refresh(&key, self.plugin.refresh_timeout).unwrap_or(false)
                 && let Err(error) = self.refresh_in_background(http)
             {
@@ -294,7 +308,8 @@ impl Exchange {
 
     /// A 304 to a revalidation: the stored entry, fresh again, is the answer.
     fn revalidated(&mut self, http: &mut Http<'_, Self>, key: &str) -> Outcome {
-        let Lookup::Found(entry) = http.cache_lookup(key, None, |_, _, _| Ok(Flow::Continue))?
+        let Lookup::Found(entry) =
+            http.cache_lookup(key, None, None, |_, _, _| Ok(Flow::Continue))?
         else {
             return Ok(Flow::Continue);
         };
@@ -318,6 +333,8 @@ impl Exchange {
                     headers: &headers,
                     meta: &meta,
                     redis: self.plugin.redis.as_deref(),
+                    fresh_for: Some(keep.fresh),
+                    age_offset: keep.initial_age,
                     keep_body: true,
                 },
                 b"",
@@ -377,6 +394,8 @@ impl Filter for Exchange {
             self.outcome = Some(BYPASS);
             return Ok(Flow::Continue);
         }
+        self.serve_fresh = http.request_header("if-none-match")?.is_none()
+            && http.request_header("if-modified-since")?.is_none();
         let primary = self.primary.clone();
         self.look_up(http, primary)
     }

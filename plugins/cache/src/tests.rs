@@ -222,3 +222,25 @@ fn bad_settings_are_refused_at_their_field() {
         assert_eq!(error.pointer, pointer, "{config}");
     }
 }
+
+#[test]
+fn the_age_a_response_arrived_with_shortens_its_freshness_and_shows_in_age() {
+    let kit = kit("{}");
+    miss(
+        &kit,
+        get("/aged"),
+        ok("max-age=160", "aged").header("age", "100"),
+    );
+    kit.advance(Duration::from_secs(30));
+    let mut hit = kit.request(get("/aged"));
+    assert_eq!(hit.send_headers(), Flow::Pause);
+    let reply = hit.local_reply().expect("fresh for 60 s in the cache");
+    assert_eq!(reply.header("age"), Some("130"));
+    kit.advance(Duration::from_secs(31));
+    let mut stale = kit.request(get("/aged"));
+    assert_eq!(
+        stale.send_headers(),
+        Flow::Continue,
+        "160 s old: fetched again"
+    );
+}

@@ -47,9 +47,32 @@ pub struct Head {
     pub stored_ms: u64,
     /// How long it is kept from then, in milliseconds.
     pub ttl_ms: u64,
+    /// How long from then a lookup may serve it at once (the plugin's
+    /// freshness); `None`: never without the plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fresh_ms: Option<u64>,
+    /// Added to its time in the cache for the `age` header it is served with
+    /// (the age it arrived with).
+    #[serde(default)]
+    pub age_offset_ms: u64,
 }
 
 impl Head {
+    /// Milliseconds since it was stored.
+    pub fn stored_for(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.stored_ms)
+    }
+
+    /// Whether a lookup may serve it at once.
+    pub fn fresh(&self, now_ms: u64) -> bool {
+        self.fresh_ms.is_some_and(|fresh| self.stored_for(now_ms) < fresh)
+    }
+
+    /// Its age in whole seconds, as the `age` header says it.
+    pub fn age_seconds(&self, now_ms: u64) -> u64 {
+        (self.stored_for(now_ms) + self.age_offset_ms) / 1000
+    }
+
     /// How long from now it still has to live; `None` once it is past.
     fn remaining(&self, now_ms: u64) -> Option<Duration> {
         let end = self.stored_ms.saturating_add(self.ttl_ms);
@@ -252,6 +275,8 @@ mod tests {
             meta: serde_json::json!({"etag": "\"v1\""}),
             stored_ms: now_ms(),
             ttl_ms,
+            fresh_ms: None,
+            age_offset_ms: 0,
         }
     }
 

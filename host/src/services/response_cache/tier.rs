@@ -281,6 +281,8 @@ mod tests {
             meta: serde_json::json!({"fresh_ms": 5}),
             stored_ms: 42,
             ttl_ms: 1_000,
+            fresh_ms: Some(500),
+            age_offset_ms: 3_000,
         };
         let bytes = encode(&head, b"body \r\n bytes");
         let (back, body) = decode(&bytes).expect("decodes");

@@ -4,9 +4,9 @@
 //!
 //! | function | arguments | answer |
 //! |---|---|---|
-//! | `weir.cache_lookup` | `{"key", "redis"?}` | the entry's [`Found`] (no body); with `redis`, a local miss answers `{"pending": token}` and the entry (or nil) arrives as that token's Redis-call answer; `NOT_FOUND` otherwise |
+//! | `weir.cache_lookup` | `{"key", "redis"?, "serve_fresh"?: [[name, value]]}` | the entry's [`Found`] (no body); with `serve_fresh`, an entry still within its `fresh_ms` is sent at once instead (with its `age` and those headers) and the answer is `{"served": true}`; with `redis`, a local miss answers `{"pending": token}` and the entry (or nil) arrives as that token's Redis-call answer; `NOT_FOUND` otherwise |
 //! | `weir.cache_respond` | `{"key", "headers"?: [[name, value]], "status"?}` | answers the request with the entry, its body never entering the guest; `headers` replace the stored ones of the same name; `NOT_FOUND` when it is gone |
-//! | `weir.cache_store` | length of the JSON (u32 LE), `{"key", "ttl_ms", "status", "headers", "meta", "redis"?, "keep_body"?}`, then the body | stores the response (`keep_body`: with the body stored now, for a revalidated entry); `BAD_ARGUMENT` when too large |
+//! | `weir.cache_store` | length of the JSON (u32 LE), `{"key", "ttl_ms", "status", "headers", "meta", "fresh_ms"?, "age_offset_ms"?, "redis"?, "keep_body"?}`, then the body | stores the response (`keep_body`: with the body stored now, for a revalidated entry); `BAD_ARGUMENT` when too large |
 //! | `weir.cache_claim_refresh` | `{"key", "ms"}` | `OK` for the one caller that refreshes the entry in the next `ms`, `CAS_MISMATCH` for the others, `NOT_FOUND` without entry |
 
 use std::time::Duration;
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::services::{CalloutKind, has_callout_room, launch, reserve_token};
 use super::{Status, stream_in};
-use crate::exchange::LocalReply;
+use crate::exchange::{LocalReply, StreamData};
 use crate::services::response_cache::{Entry, Head, now_ms, tier};
 use crate::wasm::vm::VmState;
 
@@ -40,7 +40,7 @@ fn found(entry: &Entry) -> Vec<u8> {
         status: entry.head.status,
         headers: &entry.head.headers,
         meta: &entry.head.meta,
-        age_ms: now_ms().saturating_sub(entry.head.stored_ms),
+        age_ms: entry.head.stored_for(now_ms()),
         size: entry.body.len(),
     })
     .unwrap_or_default()
@@ -59,14 +59,29 @@ struct Lookup {
     key: String,
     #[serde(default)]
     redis: Option<String>,
+    #[serde(default)]
+    serve_fresh: Option<Vec<(String, String)>>,
 }
 
 /// `weir.cache_lookup`.
 pub(super) fn lookup(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
-    let Lookup { key, redis } = serde_json::from_slice(args).map_err(|_| Status::BadArgument)?;
+    let Lookup {
+        key,
+        redis,
+        serve_fresh,
+    } = serde_json::from_slice(args).map_err(|_| Status::BadArgument)?;
     let key = key_of(key)?;
     let plugin = state.plugin.name.clone();
     if let Some(entry) = state.services.response_cache.get(&plugin, &key) {
+        let now = now_ms();
+        if let Some(headers) = serve_fresh
+            && entry.head.fresh(now)
+            && let Some(stream) = stream_in(state).filter(|s| !s.response_sent)
+        {
+            let age = ("age".to_owned(), entry.head.age_seconds(now).to_string());
+            reply_with(stream, &entry, entry.head.status, [age].into_iter().chain(headers));
+            return Ok(br#"{"served":true}"#.to_vec());
+        }
         return Ok(found(&entry));
     }
     let Some(service) = redis else {
@@ -121,6 +136,19 @@ pub(super) fn respond(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Statu
     let stream = stream_in(state)
         .filter(|s| !s.response_sent)
         .ok_or(Status::BadArgument)?;
+    reply_with(stream, &entry, status, headers);
+    Ok(Vec::new())
+}
+
+/// Answers `stream` with `entry` as `status`, `headers` replacing the
+/// stored ones of the same name.
+fn reply_with(
+    stream: &mut StreamData,
+    entry: &Entry,
+    status: u16,
+    headers: impl IntoIterator<Item = (String, String)>,
+) {
+    let headers: Vec<(String, String)> = headers.into_iter().collect();
     let replaced = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
     let mut reply_headers: Vec<(String, Vec<u8>)> = entry
         .head
@@ -137,7 +165,6 @@ pub(super) fn respond(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Statu
         details: "cache_hit".into(),
     });
     stream.resume.wake();
-    Ok(Vec::new())
 }
 
 #[derive(Deserialize)]
@@ -150,6 +177,10 @@ struct Store {
     headers: Vec<(String, String)>,
     #[serde(default)]
     meta: serde_json::Value,
+    #[serde(default)]
+    fresh_ms: Option<u64>,
+    #[serde(default)]
+    age_offset_ms: u64,
     #[serde(default)]
     redis: Option<String>,
     #[serde(default)]
@@ -170,6 +201,8 @@ pub(super) fn store(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status>
         status,
         headers,
         meta,
+        fresh_ms,
+        age_offset_ms,
         redis,
         keep_body,
     } = serde_json::from_slice(json).map_err(|_| Status::BadArgument)?;
@@ -191,6 +224,8 @@ pub(super) fn store(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status>
         meta,
         stored_ms: now_ms(),
         ttl_ms,
+        fresh_ms,
+        age_offset_ms,
     };
     let entry = Entry::new(head, body).ok_or(Status::BadArgument)?;
     if redis
