@@ -100,26 +100,28 @@ const BYPASS: &str = "BYPASS";
 
 impl Exchange {
     /// The key before variants: route, method, host, path (and query, consumer, headers).
-    fn primary_key(&self, http: &Http<'_, Self>) -> Result<String, Error> {
+    fn primary_key(
+        &self,
+        http: &Http<'_, Self>,
+        headers: &[(String, String)],
+    ) -> Result<String, Error> {
         let config = &self.plugin.key;
         let route = http.property(&["route_name"])?.unwrap_or_default();
-        let host = http.authority()?.unwrap_or_default().to_ascii_lowercase();
-        let path = if config.query {
-            http.path()?
-        } else {
-            http.path_only()?
+        let host = header(headers, ":authority")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let path = header(headers, ":path").unwrap_or_default();
+        let path = match path.split_once('?') {
+            Some((bare, _)) if !config.query => bare,
+            _ => path,
         };
-        let mut key = format!(
-            "{} GET {host}{}",
-            String::from_utf8_lossy(&route),
-            path.unwrap_or_default()
-        );
+        let mut key = format!("{} GET {host}{path}", String::from_utf8_lossy(&route));
         if config.consumer {
             let consumer = http.consumer()?.map(|c| c.name).unwrap_or_default();
             key.push_str(&format!("\nconsumer={consumer}"));
         }
         for name in &config.headers {
-            let value = http.request_header(name)?.unwrap_or_default();
+            let value = header(headers, name).unwrap_or_default();
             key.push_str(&format!("\n{name}={value}"));
         }
         Ok(key)
@@ -369,21 +371,21 @@ fn unchanged_for_client(http: &Http<'_, Exchange>, entry: &Cached) -> Result<boo
 
 impl Filter for Exchange {
     fn on_request_headers(&mut self, http: &mut Http<'_, Self>) -> Outcome {
-        let method = http.method()?.unwrap_or_default();
+        // One host call for every header this needs (a hit is a handful of calls in all).
+        let headers = http.request_headers()?;
+        let method = header(&headers, ":method").unwrap_or_default();
         if method != "GET" && method != "HEAD" {
             self.outcome = Some(BYPASS);
             return Ok(Flow::Continue);
         }
         self.head_request = method == "HEAD";
-        self.authorized = http.request_header("authorization")?.is_some();
-        self.primary = self.primary_key(http)?;
-        let cc = http
-            .request_header("cache-control")?
-            .map(|v| policy::CacheControl::parse(&v))
+        self.authorized = header(&headers, "authorization").is_some();
+        self.primary = self.primary_key(http, &headers)?;
+        let cc = header(&headers, "cache-control")
+            .map(policy::CacheControl::parse)
             .unwrap_or_default();
-        let pragma_no_cache = http
-            .request_header("pragma")?
-            .is_some_and(|p| p.to_ascii_lowercase().contains("no-cache"));
+        let pragma_no_cache =
+            header(&headers, "pragma").is_some_and(|p| p.to_ascii_lowercase().contains("no-cache"));
         if cc.no_store {
             self.outcome = Some(BYPASS);
             return Ok(Flow::Continue);
@@ -394,8 +396,8 @@ impl Filter for Exchange {
             self.outcome = Some(BYPASS);
             return Ok(Flow::Continue);
         }
-        self.serve_fresh = http.request_header("if-none-match")?.is_none()
-            && http.request_header("if-modified-since")?.is_none();
+        self.serve_fresh = header(&headers, "if-none-match").is_none()
+            && header(&headers, "if-modified-since").is_none();
         let primary = self.primary.clone();
         self.look_up(http, primary)
     }
