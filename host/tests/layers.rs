@@ -6,7 +6,14 @@ use std::path::{Path, PathBuf};
 
 /// Lowest first. A module may import modules of earlier layers only.
 const LAYERS: &[&[&str]] = &[
-    &["worker", "body", "request_id", "normalize", "builtins", "pem"],
+    &[
+        "worker",
+        "body",
+        "request_id",
+        "normalize",
+        "builtins",
+        "pem",
+    ],
     &["config"],
     &["error", "exchange", "services"],
     &["router", "upstream", "wasm"],

@@ -136,7 +136,10 @@ async fn a_target_another_ca_signed_is_refused() -> anyhow::Result<()> {
     .await?;
     let response = http1_client().get(gw.url("main", "/")).send().await?;
     assert_eq!(response.status(), 502);
-    assert_eq!(json(response).await?["error"]["code"], "upstream_unavailable");
+    assert_eq!(
+        json(response).await?["error"]["code"],
+        "upstream_unavailable"
+    );
     Ok(())
 }
 
@@ -171,6 +174,10 @@ async fn mutual_tls_presents_the_client_certificate_the_upstream_requires() -> a
     )
     .await?;
     let response = http1_client().get(without.url("main", "/")).send().await?;
-    assert_eq!(response.status(), 502, "the upstream refuses a client without a certificate");
+    assert_eq!(
+        response.status(),
+        502,
+        "the upstream refuses a client without a certificate"
+    );
     Ok(())
 }

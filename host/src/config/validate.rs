@@ -208,7 +208,8 @@ fn checked_file(
 }
 
 fn upstream(raw: RawUpstream, base_dir: &Path, diags: &mut Diagnostics) -> Option<Upstream> {
-    let mut pem = |path: &Located<String>, kind| checked_file(path, kind, MAX_PEM_BYTES, base_dir, diags);
+    let mut pem =
+        |path: &Located<String>, kind| checked_file(path, kind, MAX_PEM_BYTES, base_dir, diags);
     let tls = raw.tls.map(|tls| UpstreamTls {
         server_name: tls.server_name.map(|n| n.value.to_ascii_lowercase()),
         ca: tls.ca.as_ref().map(|ca| pem(ca, "CA")),

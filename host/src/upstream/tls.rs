@@ -51,7 +51,9 @@ impl UpstreamConnector {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots);
         let mut config = match &tls.client {
-            Some((cert, key)) => builder.with_client_auth_cert(pem::chain(cert)?, pem::key(key)?)?,
+            Some((cert, key)) => {
+                builder.with_client_auth_cert(pem::chain(cert)?, pem::key(key)?)?
+            }
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -65,7 +65,8 @@ impl Head {
 
     /// Whether a lookup may serve it at once.
     pub fn fresh(&self, now_ms: u64) -> bool {
-        self.fresh_ms.is_some_and(|fresh| self.stored_for(now_ms) < fresh)
+        self.fresh_ms
+            .is_some_and(|fresh| self.stored_for(now_ms) < fresh)
     }
 
     /// Its age in whole seconds, as the `age` header says it.

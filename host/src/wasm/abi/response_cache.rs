@@ -79,7 +79,12 @@ pub(super) fn lookup(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status
             && let Some(stream) = stream_in(state).filter(|s| !s.response_sent)
         {
             let age = ("age".to_owned(), entry.head.age_seconds(now).to_string());
-            reply_with(stream, &entry, entry.head.status, [age].into_iter().chain(headers));
+            reply_with(
+                stream,
+                &entry,
+                entry.head.status,
+                [age].into_iter().chain(headers),
+            );
             return Ok(br#"{"served":true}"#.to_vec());
         }
         return Ok(found(&entry));
