@@ -67,6 +67,17 @@ async fn gateway_with_plugins(
     gateway_with_files(&yaml, &files).await
 }
 
+/// `POST /` with the body `payload`; its 200 response.
+async fn post_payload(gw: &TestGateway) -> anyhow::Result<reqwest::Response> {
+    let response = http1_client()
+        .post(gw.url("main", "/"))
+        .body("payload")
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    Ok(response)
+}
+
 /// The request headers the echo upstream saw for `GET /`.
 async fn echoed_headers(gw: &TestGateway) -> anyhow::Result<serde_json::Value> {
     let response = http1_client().get(gw.url("main", "/")).send().await?;
@@ -110,13 +121,7 @@ fn body_edits_wat() -> String {
 async fn set_buffer_bytes_past_the_end_appends_as_in_envoy() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
     let gw = gateway_with_plugins(&[&up], &[("edits", &body_edits_wat())]).await?;
-    let response = http1_client()
-        .post(gw.url("main", "/"))
-        .body("payload")
-        .send()
-        .await?;
-    assert_eq!(response.status(), 200);
-    let text = response.text().await?;
+    let text = post_payload(&gw).await?.text().await?;
     let echoed = text
         .strip_suffix('!')
         .unwrap_or_else(|| panic!("the response body was appended to: {text}"));
@@ -150,13 +155,7 @@ fn header_after_body_wat() -> String {
 async fn a_header_added_once_the_body_is_in_reaches_the_upstream() -> anyhow::Result<()> {
     let up = EchoUpstream::start("echo").await?;
     let gw = gateway_with_plugins(&[&up], &[("after", &header_after_body_wat())]).await?;
-    let response = http1_client()
-        .post(gw.url("main", "/"))
-        .body("payload")
-        .send()
-        .await?;
-    assert_eq!(response.status(), 200);
-    let echoed = json(response).await?;
+    let echoed = json(post_payload(&gw).await?).await?;
     assert_eq!(echoed["headers"]["x-after-body"], serde_json::json!(["1"]));
     assert_eq!(echoed["body"], "payload");
     Ok(())
