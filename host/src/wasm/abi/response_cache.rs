@@ -71,8 +71,10 @@ pub(super) fn lookup(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status
         serve_fresh,
     } = serde_json::from_slice(args).map_err(|_| Status::BadArgument)?;
     let key = key_of(key)?;
-    let plugin = state.plugin.name.clone();
-    if let Some(entry) = state.services.response_cache.get(&plugin, &key) {
+    // The plugin's `Arc`, not a copy of its name: this is a hit's hot path.
+    let owner = state.plugin.clone();
+    let plugin = owner.name.as_str();
+    if let Some(entry) = state.services.response_cache.get(plugin, &key) {
         let now = now_ms();
         if let Some(headers) = serve_fresh
             && entry.head.fresh(now)
@@ -96,7 +98,7 @@ pub(super) fn lookup(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status
         return Err(Status::BadArgument);
     }
     let fetch =
-        tier::fetch(&state.services, &service, &plugin, &key).map_err(|_| Status::BadArgument)?;
+        tier::fetch(&state.services, &service, plugin, &key).map_err(|_| Status::BadArgument)?;
     let reserved = reserve_token(state, CalloutKind::Redis)?;
     let token = reserved.token;
     launch(reserved, async move {
@@ -128,11 +130,12 @@ pub(super) fn respond(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Statu
         headers,
         status,
     } = serde_json::from_slice(args).map_err(|_| Status::BadArgument)?;
-    let plugin = state.plugin.name.clone();
+    let owner = state.plugin.clone();
+    let plugin = owner.name.as_str();
     let entry = state
         .services
         .response_cache
-        .get(&plugin, &key)
+        .get(plugin, &key)
         .ok_or(Status::NotFound)?;
     let status = status.unwrap_or(entry.head.status);
     if !(200..=599).contains(&status) {
@@ -212,11 +215,12 @@ pub(super) fn store(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status>
         keep_body,
     } = serde_json::from_slice(json).map_err(|_| Status::BadArgument)?;
     let key = key_of(key)?;
-    let plugin = state.plugin.name.clone();
+    let owner = state.plugin.clone();
+    let plugin = owner.name.as_str();
     let cache = &state.services.response_cache;
     let body = if keep_body {
         cache
-            .get(&plugin, &key)
+            .get(plugin, &key)
             .ok_or(Status::NotFound)?
             .body
             .clone()
@@ -240,10 +244,10 @@ pub(super) fn store(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status>
         return Err(Status::BadArgument);
     }
     let entry = cache
-        .insert(&plugin, &key, entry)
+        .insert(plugin, &key, entry)
         .ok_or(Status::BadArgument)?;
     if let Some(service) = &redis {
-        tier::store(&state.services, service, &plugin, &key, &entry);
+        tier::store(&state.services, service, plugin, &key, &entry);
     }
     Ok(Vec::new())
 }
@@ -258,12 +262,13 @@ struct Claim {
 /// `weir.cache_claim_refresh`.
 pub(super) fn claim_refresh(state: &mut VmState, args: &[u8]) -> Result<Vec<u8>, Status> {
     let Claim { key, ms } = serde_json::from_slice(args).map_err(|_| Status::BadArgument)?;
-    let plugin = state.plugin.name.clone();
+    let owner = state.plugin.clone();
+    let plugin = owner.name.as_str();
     let cache = &state.services.response_cache;
-    if cache.get(&plugin, &key).is_none() {
+    if cache.get(plugin, &key).is_none() {
         return Err(Status::NotFound);
     }
-    if cache.claim_refresh(&plugin, &key, Duration::from_millis(ms)) {
+    if cache.claim_refresh(plugin, &key, Duration::from_millis(ms)) {
         Ok(Vec::new())
     } else {
         Err(Status::CasMismatch)
