@@ -718,6 +718,28 @@ impl RedisServer {
         Ok(String::from_utf8_lossy(&text).into_owned())
     }
 
+    /// How many clients are subscribed to `channel` (`PUBSUB NUMSUB`).
+    pub async fn subscribers(&self, channel: &str) -> anyhow::Result<u64> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let stream = tokio::net::TcpStream::connect(self.addr).await?;
+        let (read, mut write) = stream.into_split();
+        let query = format!(
+            "*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n${}\r\n{channel}\r\n",
+            channel.len()
+        );
+        write.write_all(query.as_bytes()).await?;
+        // `*2`, `$<len>`, the channel, `:<count>`.
+        let mut lines = BufReader::new(read).lines();
+        for _ in 0..3 {
+            lines.next_line().await?.context("a short PUBSUB reply")?;
+        }
+        let count = lines.next_line().await?.context("no subscriber count")?;
+        count
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("not a count: {count:?}"))
+    }
+
     /// How many times command `name` (lower case, `evalsha`) ran since the
     /// server started or its statistics were reset (`CONFIG RESETSTAT`).
     pub async fn command_calls(&self, name: &str) -> anyhow::Result<u64> {

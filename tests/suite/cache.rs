@@ -432,6 +432,17 @@ async fn two_nodes_share_entries_and_purges_through_redis() -> anyhow::Result<()
     );
     assert_eq!(origin.hits(), 1, "one upstream request for both nodes");
 
+    // Each node listens for purges from its first use of the service.
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            redis
+                .subscribers("weir:cache:purge")
+                .await
+                .is_ok_and(|n| n == 2)
+        })
+        .await,
+        "both nodes listen for purges"
+    );
     origin.change(|b| b.version = 2);
     let (status, purged) = purge(admin, "?route=shop", Some(ADMIN_TOKEN)).await?;
     assert_eq!(
