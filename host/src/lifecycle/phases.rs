@@ -114,31 +114,33 @@ async fn request_phases(
         return Ok(Err(reply));
     }
     let body = body::limited(incoming, limit);
-    // The head is copied after the body's lead, since the request is not
-    // sent before it: filters that paused for the body may still edit it.
-    let outgoing = if end_of_stream {
-        apply_request_head(run, parts, client_host)?;
-        body::empty()
+    let (outgoing, complete) = if end_of_stream {
+        (body::empty(), None)
     } else {
         match lead_body(run, Direction::Request, body, limit).await? {
             Lead::Reply(reply) => return Ok(Err(reply)),
             Lead::Complete(bytes) => {
-                apply_request_head(run, parts, client_host)?;
-                set_content_length(&mut parts.headers, bytes.len());
-                body::full(bytes)
+                let len = bytes.len();
+                (body::full(bytes), Some(len))
             }
-            Lead::Streaming { prefix, rest } => {
-                apply_request_head(run, parts, client_host)?;
+            Lead::Streaming { prefix, rest } => (
                 body::boxed(Filtered::new(
                     rest,
                     run.clone(),
                     Direction::Request,
                     limit,
                     prefix,
-                ))
-            }
+                )),
+                None,
+            ),
         }
     };
+    // The head is copied after the body's lead, since the request is not
+    // sent before it: filters that paused for the body may still edit it.
+    apply_request_head(run, parts, client_host)?;
+    if let Some(len) = complete {
+        set_content_length(&mut parts.headers, len);
+    }
     let target = chain::lock(run).data_mut().and_then(|data| {
         data.request_sent = true;
         data.upstream_override.take()
