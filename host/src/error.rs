@@ -6,11 +6,13 @@
 //! [`HttpError`]: which status it answers with, a stable code, and whose fault
 //! it is ([`Fault`]), so logs and metrics can tell a bad client from a bad
 //! upstream from a bug in Weir. [`respond`] is the only place an error becomes
-//! a response. This module sits at the bottom: it imports no other layer.
+//! a response: Weir's JSON error, or for a gRPC client a trailers-only gRPC
+//! answer. This module sits at the bottom: it imports no other layer.
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 use crate::body::{self, Body};
+use crate::grpc;
 use crate::request_id::REQUEST_ID;
 
 /// Whose fault an error is.
@@ -38,9 +40,23 @@ pub trait HttpError: std::error::Error + Send + Sync + 'static {
 }
 
 /// Turns an error into the JSON response every gateway error uses:
-/// `{"error": {"status", "code", "message", "request_id"}}`.
-pub fn respond(error: &dyn HttpError, request_id: &HeaderValue) -> Response<Body> {
+/// `{"error": {"status", "code", "message", "request_id"}}`; or, when the
+/// request is gRPC (`grpc`), into gRPC's own form of an error: `200`, no
+/// body, `grpc-status` mapped from the HTTP status ([`grpc::status_for`]) and
+/// `grpc-message` with the error's message, in the head (trailers-only).
+pub fn respond(
+    error: &dyn HttpError,
+    request_id: &HeaderValue,
+    grpc: Option<grpc::Kind>,
+) -> Response<Body> {
     let status = error.status();
+    if let Some(kind) = grpc {
+        let mut response = Response::new(body::empty());
+        let headers = response.headers_mut();
+        grpc::set_status(headers, kind, grpc::status_for(status), &error.to_string());
+        headers.insert(REQUEST_ID, request_id.clone());
+        return response;
+    }
     let payload = serde_json::json!({
         "error": {
             "status": status.as_u16(),
@@ -85,7 +101,7 @@ mod tests {
 
     #[tokio::test]
     async fn renders_the_json_error_body() {
-        let response = respond(&TooLarge, &HeaderValue::from_static("req-1"));
+        let response = respond(&TooLarge, &HeaderValue::from_static("req-1"), None);
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(response.headers()[REQUEST_ID], "req-1");
         let bytes = response
@@ -103,5 +119,21 @@ mod tests {
                 .as_str()
                 .is_some_and(|m| m.contains("10 bytes"))
         );
+    }
+
+    #[tokio::test]
+    async fn answers_a_grpc_client_with_a_trailers_only_status() {
+        let id = HeaderValue::from_static("req-2");
+        let response = respond(&TooLarge, &id, Some(grpc::Kind::Web { text: false }));
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(headers["content-type"], "application/grpc-web");
+        assert_eq!(headers["grpc-status"], "8");
+        assert_eq!(
+            headers["grpc-message"],
+            "the request body exceeds the limit of 10 bytes"
+        );
+        assert_eq!(headers[REQUEST_ID], "req-2");
+        assert!(http_body::Body::is_end_stream(response.body()));
     }
 }

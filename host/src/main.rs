@@ -1,15 +1,16 @@
 //! The `weir` command: `weir run --config weir.yaml` (SIGHUP or an edit of
 //! the file reloads it), `weir validate weir.yaml`, and the admin API's
 //! clients: `weir apply`, `weir admin …`, `weir plugins …` (whose `list`
-//! shows the plugins built into the binary, and needs no gateway); and
-//! `weir plugin test`, one request through one filter without a gateway.
+//! shows the plugins built into the binary, and needs no gateway);
+//! `weir plugin test`, one request through one filter without a gateway;
+//! and `weir completions SHELL` and `weir man`, generated from this parser.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use weir::Gateway;
 use weir::control::cluster::{Cluster, ClusterSettings};
 
@@ -25,7 +26,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "An API gateway whose policies are Wasm filters"
 )]
 struct Cli {
-    /// Log filter, e.g. `info`, `warn,weir::access=off` (tracing-subscriber syntax).
+    /// Log filter, e.g. `info`, `warn,weir::plugin=debug` (tracing-subscriber syntax).
     #[arg(long, env = "WEIR_LOG", default_value = "info", global = true)]
     log: String,
     /// Log format.
@@ -57,6 +58,7 @@ impl Cli {
             workers,
             vms: None,
             response_cache_bytes: None,
+            without_access_log: false,
         }
     }
 }
@@ -139,6 +141,20 @@ enum Command {
         command: PluginsCommand,
         #[command(flatten)]
         admin: AdminArgs,
+    },
+    /// Print a shell completion script, e.g.
+    /// `weir completions bash > /usr/share/bash-completion/completions/weir`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `weir man | man -l -`; with `--dir`,
+    /// write `weir.1` and one page per command (`weir-run.1`, …) there.
+    Man {
+        /// Write every page into this directory (made if missing) instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -274,16 +290,16 @@ fn main() -> ExitCode {
     init_logging(&cli.log, cli.log_format);
     match &cli.command {
         Command::Validate { config } => match validate(config, &cli.options(None)) {
-            Ok(manifest) => {
-                println!(
-                    "{}: ok ({}, {}, {})",
+            Ok(manifest) => print_bytes(
+                format!(
+                    "{}: ok ({}, {}, {})\n",
                     config.display(),
                     count(manifest.listeners.len(), "listener"),
                     count(manifest.upstreams.len(), "upstream"),
                     count(manifest.routes.len(), "route")
-                );
-                ExitCode::SUCCESS
-            }
+                )
+                .as_bytes(),
+            ),
             Err(error) => {
                 eprintln!("{error}");
                 ExitCode::from(2)
@@ -318,6 +334,33 @@ fn main() -> ExitCode {
                 admin_call(admin, AdminRequest::Rollback(name, *version))
             }
         },
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "weir", &mut script);
+            print_bytes(&script)
+        }
+        Command::Man { dir } => {
+            let pages = match dir {
+                Some(dir) => std::fs::create_dir_all(dir)
+                    .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+                    .with_context(|| format!("cannot write the man pages to {}", dir.display()))
+                    .map(|()| Vec::new()),
+                None => {
+                    let mut page = Vec::new();
+                    clap_mangen::Man::new(Cli::command())
+                        .render(&mut page)
+                        .map(|()| page)
+                        .context("cannot render the man page")
+                }
+            };
+            match pages {
+                Ok(page) => print_bytes(&page),
+                Err(error) => {
+                    eprintln!("{error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run {
             config,
             workers,
@@ -348,6 +391,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes `bytes` to stdout, as every command prints its output (not
+/// `println!`, which panics when the reader has gone). A reader that stops
+/// early (`| head`) is no failure; any other write error is reported, exit 1.
+fn print_bytes(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cannot write to stdout: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `weir plugins list`: the built-ins as a table, or one's schema; exit 1
 /// for a name that is no built-in.
 fn list_builtins(schema: Option<&str>) -> ExitCode {
@@ -367,14 +426,10 @@ fn list_builtins(schema: Option<&str>) -> ExitCode {
                 b.description
             ));
         }
-        println!("{}", lines.join("\n"));
-        return ExitCode::SUCCESS;
+        return print_bytes(format!("{}\n", lines.join("\n")).as_bytes());
     };
     match weir::builtins::find(name) {
-        Some(builtin) => {
-            println!("{}", builtin.schema.trim_end());
-            ExitCode::SUCCESS
-        }
+        Some(builtin) => print_bytes(format!("{}\n", builtin.schema.trim_end()).as_bytes()),
         None => {
             eprintln!(
                 "no built-in plugin `{name}`; this Weir has: {}",
@@ -476,8 +531,7 @@ fn admin_call(admin: &AdminArgs, request: AdminRequest<'_>) -> ExitCode {
                 version.to_str().unwrap_or_default().trim_matches('"')
             );
         }
-        println!("{}", render(&request, &answer));
-        ExitCode::SUCCESS
+        print_bytes(format!("{}\n", render(&request, &answer)).as_bytes())
     } else {
         eprintln!("{}", answer.problem_text());
         ExitCode::FAILURE
@@ -533,11 +587,11 @@ fn plugin_test(args: &PluginTestArgs, cache_dir: Option<PathBuf>) -> ExitCode {
         });
     match report {
         Ok(report) => {
-            print!("{}", plugin_test::render(&report));
+            let printed = print_bytes(plugin_test::render(&report).as_bytes());
             if report.failed() {
                 ExitCode::FAILURE
             } else {
-                ExitCode::SUCCESS
+                printed
             }
         }
         Err(error) => {
@@ -640,25 +694,30 @@ fn run(
     watch: bool,
     cluster: Option<ClusterSettings>,
 ) -> anyhow::Result<()> {
-    let text = weir::control::read_manifest(&config)?;
-    let base_dir = config.parent().unwrap_or(std::path::Path::new("."));
-    let manifest = weir::config::parse(&text, &config, base_dir)?;
-    if let Some(settings) = &cluster {
-        settings.client().context("cannot join the cluster")?;
-    }
     // The workers run their own runtimes (`Gateway::start_with` starts them);
     // this one runs start-up, the admin API, reloads and shutdown.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the control runtime")?;
+    // First thing: until the handlers are in place, SIGHUP (a reload asked
+    // for early, by `systemctl reload` say) would kill the process.
+    let signals = {
+        let _runtime = runtime.enter();
+        weir::control::Signals::install()?
+    };
+    let text = weir::control::read_manifest(&config)?;
+    let base_dir = config.parent().unwrap_or(std::path::Path::new("."));
+    let manifest = weir::config::parse(&text, &config, base_dir)?;
+    if let Some(settings) = &cluster {
+        settings.client().context("cannot join the cluster")?;
+    }
     runtime.block_on(async {
         let admin = manifest.admin.clone();
         let admin_listener = match &admin {
             Some(admin) => Some(weir::control::admin::bind(admin).await?),
             None => None,
         };
-        let signals = weir::control::Signals::install()?;
         let gateway = Arc::new(Gateway::start_with(manifest, &options).await?);
         let store = Arc::new(weir::control::Store::new(
             gateway.clone(),
@@ -693,14 +752,24 @@ fn run(
     })
 }
 
+/// Logs to stderr: text lines (coloured on a terminal only) or JSON lines.
 fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colours(std::env::var_os("NO_COLOR").as_deref()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Whether text logs are coloured: only when stderr is a terminal (a file,
+/// a pipe or the journal gets plain text) and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>).
+fn colours(no_color: Option<&std::ffi::OsStr>) -> bool {
+    use std::io::IsTerminal;
+    no_color.is_none_or(|value| value.is_empty()) && std::io::stderr().is_terminal()
 }

@@ -312,8 +312,8 @@ fn upstream_targets_show_their_live_state() {
     assert_eq!(
         targets.json(),
         serde_json::json!([
-            {"address": "127.0.0.1:7", "weight": 1, "in_flight": 0, "health": "unknown"},
-            {"address": "127.0.0.1:8", "weight": 3, "in_flight": 0, "health": "unknown"},
+            {"address": "127.0.0.1:7", "weight": 1, "in_flight": 0, "health": "unchecked", "ejections": 0},
+            {"address": "127.0.0.1:8", "weight": 3, "in_flight": 0, "health": "unchecked", "ejections": 0},
         ])
     );
     let _ = std::fs::remove_dir_all(&dir);

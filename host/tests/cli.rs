@@ -626,3 +626,267 @@ fn the_quickstart_manifest_validates_with_no_plugin_file() {
     let output = validate(&quickstart);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
 }
+
+/// Every command `weir` has, as completions and the man page must name them.
+const COMMANDS: [&str; 8] = [
+    "run",
+    "validate",
+    "apply",
+    "admin",
+    "plugin",
+    "plugins",
+    "completions",
+    "man",
+];
+
+/// `weir completions <shell>`, which must succeed; its stdout.
+fn completions(shell: &str) -> String {
+    let output = weir()
+        .args(["completions", shell])
+        .output()
+        .expect("weir runs");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    stdout(&output)
+}
+
+/// What bash completes for the words `line` (the last one being completed)
+/// with `script` loaded, one candidate a line.
+fn bash_completes(script: &Path, line: &[&str]) -> Vec<String> {
+    let words = line
+        .iter()
+        .map(|w| format!("'{w}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let program = format!(
+        "source '{}'; COMP_WORDS=({words}); COMP_CWORD={}; \
+         _weir weir '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display(),
+        line.len() - 1,
+        line[line.len() - 1],
+        line[line.len().saturating_sub(2)],
+    );
+    let output = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &program])
+        .output()
+        .expect("bash runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn bash_completion_script_completes_commands_and_their_options() {
+    let script = completions("bash");
+    assert!(script.contains("_weir() {"), "{script}");
+    assert!(script.contains("complete -F _weir"), "{script}");
+    let dir = std::env::temp_dir().join(format!("weir-completions-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("weir.bash");
+    std::fs::write(&file, &script).expect("write the script");
+
+    let mut commands = bash_completes(&file, &["weir", ""]);
+    commands.retain(|c| !c.starts_with('-') && c != "help");
+    let mut expected = COMMANDS.map(str::to_owned).to_vec();
+    expected.sort();
+    commands.sort();
+    assert_eq!(commands, expected);
+    assert_eq!(
+        bash_completes(&file, &["weir", "pl"]),
+        ["plugin", "plugins"]
+    );
+    assert_eq!(
+        bash_completes(&file, &["weir", "run", "--w"]),
+        ["--workers", "--watch"]
+    );
+    assert_eq!(
+        bash_completes(&file, &["weir", "completions", "z"]),
+        ["zsh"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn zsh_fish_elvish_and_powershell_completions_name_every_command() {
+    for (shell, opening, command_entry) in [
+        ("zsh", "#compdef weir\n", "'{}:"),
+        ("fish", "# Print an optspec", "-f -a \"{}\""),
+        ("elvish", "\nuse builtin;\n", "cand {} "),
+        (
+            "powershell",
+            "\nusing namespace System.Management.Automation",
+            "'{}',",
+        ),
+    ] {
+        let script = completions(shell);
+        assert!(script.starts_with(opening), "{shell}: {script}");
+        for command in COMMANDS {
+            let entry = command_entry.replace("{}", command);
+            assert!(script.contains(&entry), "{shell}: no `{entry}` in {script}");
+        }
+    }
+    let unknown = weir()
+        .args(["completions", "cmd.exe"])
+        .output()
+        .expect("weir runs");
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("invalid value 'cmd.exe'"));
+}
+
+#[test]
+fn man_prints_a_roff_page_naming_every_command_and_writes_one_per_command() {
+    let output = weir().arg("man").output().expect("weir runs");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let page = stdout(&output);
+    assert!(page.contains("\n.TH weir 1 "), "{page}");
+    for section in ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "SUBCOMMANDS"] {
+        assert!(
+            page.contains(&format!("\n.SH {section}\n")),
+            "no {section}: {page}"
+        );
+    }
+    assert!(page.contains("weir \\- An API gateway whose policies are Wasm filters"));
+    for command in COMMANDS {
+        assert!(
+            page.contains(&format!("weir\\-{}(1)", command.replace('-', "\\-"))),
+            "`{command}` missing from {page}"
+        );
+    }
+
+    let dir = std::env::temp_dir().join(format!("weir-man-{}", std::process::id()));
+    let output = weir()
+        .args(["man", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("weir runs");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "");
+    for command in COMMANDS {
+        let file = dir.join(format!("weir-{command}.1"));
+        let text =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(
+            text.contains(&format!("\n.TH weir-{command} 1 ")),
+            "{}: {text}",
+            file.display()
+        );
+    }
+    let run = std::fs::read_to_string(dir.join("weir-run.1")).expect("weir-run.1");
+    assert!(run.contains("\\-\\-config"), "{run}");
+    let top = std::fs::read_to_string(dir.join("weir.1")).expect("weir.1");
+    assert!(top.contains("\n.TH weir 1 "), "{top}");
+    assert!(top.contains("weir\\-run(1)"), "{top}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The example manifests `examples/` must hold, each of which must validate.
+const EXAMPLES: [&str; 5] = ["auth", "plugin", "rate-limit", "tls", "weir"];
+
+/// Makes, in `dir`, the files example `name`'s header comment tells its
+/// reader to make: a certificate for `tls`, the filter module for `plugin`.
+fn make_example_files(name: &str, dir: &Path) {
+    match name {
+        "tls" => {
+            let certs = dir.join("certs");
+            std::fs::create_dir_all(&certs).expect("certs dir");
+            let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+                .expect("a self-signed certificate");
+            std::fs::write(certs.join("localhost.crt"), made.cert.pem()).expect("write cert");
+            std::fs::write(
+                certs.join("localhost.key"),
+                made.signing_key.serialize_pem(),
+            )
+            .expect("write key");
+        }
+        "plugin" => {
+            let filter = package_dir().join("../examples/filters/rust-weir-sdk");
+            let mut build = Command::new("bash");
+            build
+                .arg(filter.join("build.sh"))
+                .arg(dir.join("filters/rust-weir-sdk/out"))
+                // The module builds in this package's target directory:
+                // the source tree stays clean.
+                .env(
+                    "CARGO_TARGET_DIR",
+                    Path::new(env!("CARGO_TARGET_TMPDIR")).join("example-filter-target"),
+                );
+            for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
+                build.env_remove(var);
+            }
+            let output = build.output().expect("bash runs");
+            assert!(
+                output.status.success(),
+                "building the example filter failed: {}",
+                stderr(&output)
+            );
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_example_manifest_validates_once_its_files_are_made() {
+    let examples = package_dir().join("../examples");
+    let mut names: Vec<String> = std::fs::read_dir(&examples)
+        .expect("examples/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| {
+            p.file_stem()
+                .expect("a file name")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    for name in EXAMPLES {
+        assert!(names.iter().any(|n| n == name), "no examples/{name}.yaml");
+    }
+    for name in &names {
+        // A copy in a directory of its own, where the files it names are
+        // made as its comment says (examples/ itself may hold them or not).
+        let dir = std::env::temp_dir().join(format!("weir-example-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let manifest = dir.join(format!("{name}.yaml"));
+        std::fs::copy(examples.join(format!("{name}.yaml")), &manifest).expect("copy");
+        make_example_files(name, &dir);
+        let output = validate(&manifest);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "examples/{name}.yaml: {}",
+            stderr(&output)
+        );
+        assert!(
+            stdout(&output).starts_with(&format!("{}: ok (", manifest.display())),
+            "{}",
+            stdout(&output)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn commands_printing_to_a_closed_pipe_exit_quietly() {
+    for args in [
+        &["plugins", "list"][..],
+        &["plugins", "list", "--schema", "jwt-auth"],
+        &["completions", "bash"],
+        &["man"],
+        &["validate", "../examples/weir.yaml"],
+    ] {
+        // The reader is gone before weir writes: as `weir … | head` once
+        // head has read enough.
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let output = weir()
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("weir runs");
+        assert_eq!(
+            (output.status.code(), stderr(&output).as_str()),
+            (Some(0), ""),
+            "weir {args:?}"
+        );
+    }
+}

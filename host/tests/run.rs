@@ -461,3 +461,481 @@ fn a_copied_binary_runs_builtin_plugins_with_no_module_on_disk() {
     drop(weir);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The signals `pid` has installed handlers for: `SigCgt` of
+/// `/proc/PID/status`, where bit N-1 stands for signal N.
+fn caught_signals(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// SIGHUP (1) and SIGUSR1 (10) in a `SigCgt` mask.
+const HUP_AND_USR1: u64 = 1 | 1 << 9;
+
+/// A manifest answering `up` on `/` after `routes` other routes: long enough
+/// to read and build that a signal sent as soon as the handlers are in
+/// place arrives while the gateway starts.
+fn with_many_routes(routes: usize) -> String {
+    let mut text = String::from(
+        "apiVersion: weir/v1\n\
+         listeners: [{ name: main, address: 127.0.0.1:0 }]\n\
+         routes:\n",
+    );
+    for i in 0..routes {
+        text.push_str(&format!(
+            "  - {{ name: r{i}, match: {{ path: {{ prefix: /r{i}/ }} }}, respond: {{ body: r{i} }} }}\n"
+        ));
+    }
+    text.push_str("  - { name: root, match: { path: { exact: / } }, respond: { body: up } }\n");
+    text
+}
+
+/// Waits until `weir` has logged a line starting with each of `messages`, in any order.
+fn wait_for_all(weir: &mut Running, messages: &[&str]) {
+    let mut missing = messages.to_vec();
+    while !missing.is_empty() {
+        let line = weir.wait_for(|l| missing.iter().any(|m| is_message(l, m)));
+        missing.retain(|m| !is_message(&line, m));
+    }
+}
+
+#[test]
+fn sighup_and_sigusr1_never_kill_the_gateway_even_while_it_starts() {
+    let dir = test_dir("signals");
+    let manifest = dir.join("weir.yaml");
+    std::fs::write(&manifest, with_many_routes(20_000)).expect("write manifest");
+    let mut weir = Running::spawn_command(support::weir(), &manifest, &["--watch", "false"]);
+    let pid = weir.child.id();
+
+    // The first moment the handlers can be seen, while the gateway starts.
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while caught_signals(pid) & HUP_AND_USR1 != HUP_AND_USR1 {
+        assert!(
+            weir.child.try_wait().expect("wait").is_none(),
+            "weir exited while starting; seen: {:#?}",
+            weir.seen
+        );
+        assert!(Instant::now() < deadline, "no SIGHUP handler in time");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    weir.signal("HUP");
+    weir.signal("USR1");
+    let listening = weir.wait_for(|l| is_message(l, "listening"));
+    weir.address = listening["fields"]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    wait_for_all(
+        &mut weir,
+        &["SIGHUP: reloading", "SIGUSR1: reopening the access log"],
+    );
+    assert!(weir.child.try_wait().expect("wait").is_none(), "alive");
+    assert_eq!(weir.get("/"), "up");
+    assert_eq!(weir.get("/r19999/x"), "r19999");
+
+    // Once serving, and several at once.
+    for _ in 0..5 {
+        weir.signal("HUP");
+    }
+    weir.signal("USR1");
+    wait_for_all(
+        &mut weir,
+        &["SIGHUP: reloading", "SIGUSR1: reopening the access log"],
+    );
+    assert!(weir.child.try_wait().expect("wait").is_none(), "alive");
+    assert_eq!(weir.get("/"), "up");
+
+    weir.signal("TERM");
+    assert!(weir.wait_exit(), "exit status after SIGTERM");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `weir --log-format text run` on `manifest` with `env`, its stderr
+/// into `stderr`.
+fn text_logging(manifest: &Path, stderr: std::process::Stdio) -> Command {
+    let mut command = support::weir();
+    command
+        .env_remove("NO_COLOR")
+        .env("WEIR_LOG", "info")
+        .env("WEIR_CACHE_DIR", "none")
+        .args(["--log-format", "text", "run", "--config"])
+        .arg(manifest)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr);
+    command
+}
+
+/// Polls `read` until what it returns contains `needle`; fails after
+/// [`STEP_TIMEOUT`].
+fn read_until(mut read: impl FnMut() -> Vec<u8>, needle: &str) -> Vec<u8> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let bytes = read();
+        if String::from_utf8_lossy(&bytes).contains(needle) {
+            return bytes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{needle}` within {STEP_TIMEOUT:?}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn text_logs_written_to_a_file_carry_no_colour_codes() {
+    let dir = test_dir("plain-logs");
+    let manifest = dir.join("weir.yaml");
+    std::fs::write(&manifest, answering("hello")).expect("write manifest");
+    let log = dir.join("stderr.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut child = text_logging(&manifest, file.into())
+        .spawn()
+        .expect("weir starts");
+    read_until(|| std::fs::read(&log).unwrap_or_default(), " listening ");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().expect("wait").success());
+    let text = std::fs::read_to_string(&log).expect("the log");
+    assert!(!text.contains('\x1b'), "escape codes in: {text:?}");
+    assert!(text.contains(" INFO weir::gateway: listening "), "{text}");
+    assert!(text.contains(" INFO weir: stopped drained=true"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn text_logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
+    let dir = test_dir("tty-logs");
+    let manifest = dir.join("weir.yaml");
+    std::fs::write(&manifest, answering("hello")).expect("write manifest");
+    for (no_color, coloured) in [(None, true), (Some(""), true), (Some("1"), false)] {
+        // `script` (util-linux) runs the command on a pseudo-terminal and
+        // copies what it writes there to its stdout.
+        let weir = text_logging(&manifest, std::process::Stdio::null());
+        let line = std::iter::once(weir.get_program())
+            .chain(weir.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut script = Command::new("script");
+        script
+            .args(["-qfec", &format!("exec {line}"), "/dev/null"])
+            .env_remove("NO_COLOR")
+            .env("WEIR_LOG", "info")
+            .env("WEIR_CACHE_DIR", "none")
+            .env_remove("WEIR_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        if let Some(value) = no_color {
+            script.env("NO_COLOR", value);
+        }
+        let mut script = script.spawn().expect("script (util-linux) runs");
+        let mut stdout = script.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut chunk) {
+                if tx.send(chunk[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let output = read_until(
+            || {
+                seen.extend(rx.try_iter().flatten());
+                seen.clone()
+            },
+            "listening",
+        );
+        // `exec` made weir the child of `script`.
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", script.id()))
+            .expect("script's children");
+        let pid = children.split_whitespace().next().expect("weir runs");
+        let _ = Command::new("kill").args(["-TERM", pid]).status();
+        let _ = script.wait();
+        let text = String::from_utf8_lossy(&output);
+        assert_eq!(
+            text.contains("\x1b["),
+            coloured,
+            "NO_COLOR={no_color:?}: {text:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `dist/weir.service`.
+fn systemd_unit() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/weir.service"))
+        .expect("dist/weir.service")
+}
+
+/// The values of the unit's `key=` lines, in order.
+fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+        .collect()
+}
+
+/// Runs `systemd-analyze` with `args`; its status and output.
+fn systemd_analyze(args: &[&str], unit: &Path) -> (bool, String) {
+    let output = Command::new("systemd-analyze")
+        .args(args)
+        .arg(unit)
+        .output()
+        .expect("systemd-analyze runs (Debian's systemd package; scripts/test installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn the_systemd_unit_verifies_is_hardened_and_its_commands_serve_reload_and_stop() {
+    let unit = systemd_unit();
+    assert_eq!(
+        unit_values(&unit, "ExecStart"),
+        ["/usr/local/bin/weir run --config /etc/weir/weir.yaml"]
+    );
+    assert_eq!(
+        unit_values(&unit, "ExecReload"),
+        ["/bin/kill -HUP $MAINPID"]
+    );
+    assert_eq!(unit_values(&unit, "KillSignal"), ["SIGTERM"]);
+    assert_eq!(unit_values(&unit, "Restart"), ["on-failure"]);
+    assert_eq!(
+        unit_values(&unit, "AmbientCapabilities"),
+        ["CAP_NET_BIND_SERVICE"]
+    );
+    assert_eq!(unit_values(&unit, "ProtectSystem"), ["strict"]);
+    assert_eq!(unit_values(&unit, "LimitNOFILE"), ["1048576"]);
+    assert!(
+        unit_values(&unit, "MemoryDenyWriteExecute").is_empty(),
+        "plugins are compiled to machine code at load"
+    );
+
+    // systemd's own checks, on a copy that runs this build's binary.
+    let dir = test_dir("systemd");
+    let copy = dir.join("weir.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/weir", env!("CARGO_BIN_EXE_weir")),
+    )
+    .expect("write the unit");
+    let (ok, report) = systemd_analyze(&["verify", "--man=no"], &copy);
+    assert!(ok, "systemd-analyze verify: {report}");
+    let (ok, report) = systemd_analyze(&["security", "--offline=yes", "--threshold=25"], &copy);
+    assert!(ok, "exposure above 2.5: {report}");
+
+    // Its environment is accepted (the cache directory moved into the
+    // test's directory); its command line serves; its reload command
+    // reloads; its stop signal drains and exits 0.
+    let manifest = dir.join("weir.yaml");
+    std::fs::write(&manifest, answering("from the unit")).expect("write manifest");
+    let cache = dir.join("cache");
+    let mut validate = support::weir();
+    for line in unit_values(&unit, "Environment") {
+        let (name, value) = line.split_once('=').expect("VAR=value");
+        validate.env(name, value.replace("%C", &cache.display().to_string()));
+    }
+    let output = validate
+        .arg("validate")
+        .arg(&manifest)
+        .output()
+        .expect("weir runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let exec_start = unit_values(&unit, "ExecStart")[0];
+    let args: Vec<&str> = exec_start
+        .split_whitespace()
+        .skip(1)
+        .map(|arg| {
+            if arg == "/etc/weir/weir.yaml" {
+                manifest.to_str().expect("UTF-8 path")
+            } else {
+                arg
+            }
+        })
+        .collect();
+    // `Running` adds `--log-format json run --config FILE` itself.
+    assert_eq!(args, ["run", "--config", manifest.to_str().expect("UTF-8")]);
+    let mut weir = Running::spawn_command(support::weir(), &manifest, &[]);
+    let listening = weir.wait_for(|l| is_message(l, "listening"));
+    weir.address = listening["fields"]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(weir.get("/"), "from the unit");
+
+    let reload =
+        unit_values(&unit, "ExecReload")[0].replace("$MAINPID", &weir.child.id().to_string());
+    let mut reload = reload.split_whitespace();
+    let status = Command::new(reload.next().expect("a program"))
+        .args(reload)
+        .status()
+        .expect("the reload command runs");
+    assert!(status.success());
+    weir.wait_for(|l| is_message(l, "SIGHUP: reloading"));
+    assert_eq!(weir.get("/"), "from the unit");
+
+    weir.signal("TERM");
+    assert!(weir.wait_exit(), "exit status after the unit's KillSignal");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `examples/NAME.yaml` written into `dir` with its gateway listener on a
+/// free port (0) and its demo upstream, which the gateway must be told, on
+/// a port found free just before.
+fn example_on_free_ports(name: &str, dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{name}.yaml")),
+    )
+    .expect("the example");
+    let demo = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    assert!(text.contains("127.0.0.1:8080") && text.contains("127.0.0.1:3001"));
+    let manifest = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &manifest,
+        text.replace("127.0.0.1:8080", "127.0.0.1:0")
+            .replace("127.0.0.1:3001", &demo.to_string()),
+    )
+    .expect("write the example");
+    manifest
+}
+
+/// Starts `weir run` on `manifest`, its address that of listener `public`.
+fn start_example(manifest: &Path) -> Running {
+    let mut weir = Running::spawn_command(support::weir(), manifest, &[]);
+    let line = weir.wait_for(|l| is_message(l, "listening") && l["fields"]["listener"] == "public");
+    weir.address = line["fields"]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    weir
+}
+
+/// `GET path` with `headers` (one connection): status, head and body.
+fn get_with(weir: &Running, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut stream = std::net::TcpStream::connect(&weir.address).expect("connect");
+    let mut request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[test]
+fn the_auth_example_answers_as_its_comment_says() {
+    let dir = test_dir("example-auth");
+    let weir = start_example(&example_on_free_ports("auth", &dir));
+    let (status, _, body) = get_with(&weir, "/api/orders", &[]);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains(r#""message":"missing API key""#), "{body}");
+    let (status, _, body) = get_with(&weir, "/api/orders", &[("x-api-key", "wrong")]);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains(r#""message":"invalid API key""#), "{body}");
+    let (status, _, body) = get_with(&weir, "/api/orders", &[("x-api-key", "ada-demo-key")]);
+    assert_eq!((status, body.as_str()), (200, r#"{"orders":[]}"#));
+    let (status, _, body) = get_with(&weir, "/api/orders?api_key=ada-demo-key", &[]);
+    assert_eq!((status, body.as_str()), (200, r#"{"orders":[]}"#));
+    assert_eq!(weir.get("/status"), "up\n");
+    drop(weir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_rate_limit_example_answers_as_its_comment_says() {
+    let dir = test_dir("example-rate-limit");
+    let weir = start_example(&example_on_free_ports("rate-limit", &dir));
+    // A burst of 10 passes; the limit refills 5 a second, so on a slow
+    // machine a few more may pass before the first 429.
+    let mut passed = 0;
+    let limited = loop {
+        let (status, head, body) = get_with(&weir, "/api", &[]);
+        match status {
+            200 => {
+                assert_eq!(body, "ok\n");
+                assert!(
+                    head.contains(
+                        "\r\nratelimit-policy: \"per-second\";q=5;w=1, \"per-minute\";q=100;w=60"
+                    ),
+                    "{head}"
+                );
+                passed += 1;
+                assert!(passed < 100, "no 429 within the minute's 100");
+            }
+            429 => break (head, body),
+            other => panic!("status {other}: {body}"),
+        }
+    };
+    assert!(passed >= 10, "only {passed} passed before the first 429");
+    let (head, body) = limited;
+    assert!(head.contains("\r\nretry-after: "), "{head}");
+    assert!(body.contains(r#""code":"rate_limited""#), "{body}");
+    drop(weir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_plugin_example_runs_the_example_filter_built_as_its_comment_says() {
+    let dir = test_dir("example-plugin");
+    let manifest = example_on_free_ports("plugin", &dir);
+    let filter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/filters/rust-weir-sdk");
+    let mut build = Command::new("bash");
+    build
+        .arg(filter.join("build.sh"))
+        .arg(dir.join("filters/rust-weir-sdk/out"))
+        .env(
+            "CARGO_TARGET_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("example-filter-target"),
+        );
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
+        build.env_remove(var);
+    }
+    let output = build.output().expect("bash runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let weir = start_example(&manifest);
+    let (status, head, body) = get_with(&weir, "/hello", &[]);
+    assert_eq!((status, body.as_str()), (200, "hello\n"));
+    assert!(
+        head.lines().any(|l| l == "x-hello: hello from rust"),
+        "{head}"
+    );
+    let (status, head, body) = get_with(&weir, "/forbidden", &[]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains(r#""code":"forbidden""#), "{body}");
+    assert!(
+        head.lines().any(|l| l == "x-hello: hello from rust"),
+        "{head}"
+    );
+    drop(weir);
+    let _ = std::fs::remove_dir_all(&dir);
+}

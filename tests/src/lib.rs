@@ -1,6 +1,10 @@
 //! Test support for Weir's end-to-end suite: the real gateway on port 0,
 //! real upstream servers on loopback, real TLS certificates.
 
+mod backend;
+
+pub use backend::{Backend, Behaviour};
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,6 +21,11 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+mod discovery;
+pub use discovery::{ConsulInstance, ConsulServer, DNS_ZONE, DnsServer, EtcdServer, EurekaServer};
+pub mod browser;
+pub mod websocket;
 
 /// The text of [`WAT_ABI_AND_ALLOCATOR`], as a literal `concat!` can splice.
 macro_rules! wat_abi_and_allocator {
@@ -91,7 +100,13 @@ pub struct EchoUpstream {
 impl EchoUpstream {
     /// Starts an echo upstream called `name` on a free loopback port.
     pub async fn start(name: &str) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts an echo upstream called `name` on `addr` (any loopback
+    /// address, `127.0.0.2` too; port 0 for a free one).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
         let (task_name, task_hits) = (Arc::new(name.to_owned()), hits.clone());
@@ -248,7 +263,13 @@ routes: [{{ name: all, upstream: echo }}]
         let path = dir.path().join("weir.yaml");
         std::fs::write(&path, yaml)?;
         let manifest = weir::config::load(&path)?;
-        let gateway = weir::Gateway::start_with(manifest, options).await?;
+        // The access log would write to the test binary's stdout; a test
+        // that reads it sends it to a file with its own `access_log:`.
+        let options = weir::gateway::Options {
+            without_access_log: !yaml.contains("access_log:"),
+            ..options.clone()
+        };
+        let gateway = weir::Gateway::start_with(manifest, &options).await?;
         Ok(Self {
             gateway: Some(Arc::new(gateway)),
             admin: None,
@@ -271,6 +292,16 @@ routes: [{{ name: all, upstream: echo }}]
         self.gateway.as_ref().map_or(0, |g| g.generation())
     }
 
+    /// The directory the manifest (and what it names by relative path) is in.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The running gateway, for what a test reads of it directly.
+    pub fn gateway(&self) -> &weir::Gateway {
+        self.gateway.as_deref().expect("the gateway was shut down")
+    }
+
     /// How many workers serve.
     pub fn workers(&self) -> usize {
         self.gateway.as_ref().map_or(0, |g| g.workers())
@@ -284,17 +315,54 @@ routes: [{{ name: all, upstream: echo }}]
             .unwrap_or_else(|| panic!("no listener named {name}"))
     }
 
+    /// Each target of upstream `name` with its health as the admin API
+    /// shows it (`healthy`, `unhealthy`, `ejected`, `unchecked`).
+    pub fn target_health(&self, name: &str) -> Vec<(String, &'static str)> {
+        let group = self.gateway.as_ref().and_then(|g| g.upstream(name));
+        group.map_or_else(Vec::new, |g| {
+            g.target_statuses()
+                .into_iter()
+                .map(|t| (t.address, t.health.as_str()))
+                .collect()
+        })
+    }
+
     /// `http://<addr of listener>` + `path`.
     pub fn url(&self, listener: &str, path: &str) -> String {
         format!("http://{}{path}", self.addr(listener))
     }
 
-    /// The value of plugin metric `name` (as rendered, e.g.
-    /// `weir_plugin_x{plugin="p"}`); `None` when no plugin defined it.
+    /// Every metric as `/metrics` shows it (Prometheus text format).
+    pub fn metrics_text(&self) -> String {
+        self.gateway
+            .as_ref()
+            .map(|g| g.metrics(weir::observe::Format::Prometheus))
+            .unwrap_or_default()
+    }
+
+    /// The value of the series `name` (as rendered, e.g.
+    /// `weir_plugin_x{plugin="p"}`; a counter's is found with or without
+    /// its `_total`); `None` when there is no such series.
     pub fn metric(&self, name: &str) -> Option<i64> {
-        let text = self.gateway.as_ref()?.plugin_metrics();
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        let total = match name.split_once('{') {
+            Some((family, labels)) => format!("{family}_total{{{labels}"),
+            None => format!("{name}_total"),
+        };
+        self.metrics_text().lines().find_map(|line| {
+            let value = [name, total.as_str()]
+                .iter()
+                .find_map(|series| line.strip_prefix(series)?.strip_prefix(' '))?;
+            value.parse().ok()
+        })
+    }
+
+    /// The addresses of the running group `upstream`'s targets, sorted.
+    pub fn target_addresses(&self, upstream: &str) -> Vec<String> {
+        let mut addresses: Vec<String> = (self.target_health(upstream).into_iter())
+            .map(|(address, _)| address)
+            .collect();
+        addresses.sort();
+        addresses
     }
 
     /// Serves the real admin API of the manifest's `admin:` section (which
@@ -414,8 +482,14 @@ pub fn captured_logs(needle: &str) -> Vec<String> {
 /// `plugin="…"` field) for [`captured_logs`]. Call it before the gateway
 /// starts to see what the plugin logs while starting.
 pub fn capture_logs_of(plugin: &str) {
+    capture_logs_containing(&format!("plugin=\"{plugin}\""));
+}
+
+/// Keeps, from now on, the log lines (plugin output, Weir's warnings and
+/// discovery's news) that contain `needle` for [`captured_logs`].
+pub fn capture_logs_containing(needle: &str) {
     if let Ok(mut watched) = log_capture().watched.lock() {
-        watched.push(format!("plugin=\"{plugin}\""));
+        watched.push(needle.to_owned());
     }
 }
 
@@ -434,7 +508,7 @@ fn log_capture() -> &'static Arc<LogCapture> {
         let sink = capture.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "weir::plugin=info,weir::wasm=warn",
+                "weir::plugin=info,weir::wasm=warn,weir::upstream::discovery=info",
             ))
             .with_ansi(false)
             .with_writer(move || LineSink(sink.clone()))

@@ -132,7 +132,20 @@ async fn an_infinite_loop_hits_the_cpu_deadline() -> anyhow::Result<()> {
         200,
         "a fresh VM serves the next request"
     );
+    assert_eq!(vm_failures(&gw, "deadline"), Some(1));
+    assert_eq!(vm_failures(&gw, "trap"), None);
+    assert_eq!(gw.metric(RESTARTS), Some(1));
     Ok(())
+}
+
+/// `weir_plugin_vm_restarts_total` of the hostile plugin.
+const RESTARTS: &str = r#"weir_plugin_vm_restarts_total{plugin="hostile"}"#;
+
+/// How many of the hostile plugin's VMs failed with `kind`, as `/metrics` says.
+fn vm_failures(gw: &TestGateway, kind: &str) -> Option<i64> {
+    gw.metric(&format!(
+        r#"weir_plugin_vm_failures_total{{plugin="hostile",kind="{kind}"}}"#
+    ))
 }
 
 #[tokio::test]
@@ -146,6 +159,13 @@ async fn a_memory_bomb_stops_at_the_cap() -> anyhow::Result<()> {
     .await?;
     assert_fails_closed(hostile_request(&gw).await?, "trapped").await?;
     assert_eq!(normal_request(&gw).await?, 200);
+    assert_eq!(vm_failures(&gw, "out_of_memory"), Some(1));
+    assert_eq!(
+        vm_failures(&gw, "trap"),
+        None,
+        "a trap after a refused grow is out of memory"
+    );
+    assert_eq!(gw.metric(RESTARTS), Some(1));
     Ok(())
 }
 
@@ -164,6 +184,8 @@ async fn a_trap_in_any_phase_fails_only_its_own_request() -> anyhow::Result<()> 
         assert_fails_closed(response, "trapped").await?;
         assert_eq!(normal_request(&gw).await?, 200, "after a trap in {phase}");
         assert_eq!(normal_request(&gw).await?, 200, "after a trap in {phase}");
+        assert_eq!(vm_failures(&gw, "trap"), Some(1), "{phase}");
+        assert_eq!(gw.metric(RESTARTS), Some(1), "{phase}");
     }
     // A trap in on_log comes after the response: the request itself succeeded.
     let up = EchoUpstream::start("echo").await?;

@@ -229,8 +229,10 @@ fn versioned_manifest(upstream: &EchoUpstream, plugin: &str, version: u32, extra
 listeners: [{{ name: main, address: 127.0.0.1:0 }}]
 upstreams: [{{ name: backend, targets: [{addr}] }}]
 plugins:
-  - {{ name: stamp, file: "{plugin}" }}
-  - {{ name: sdk, file: "{wasm}" }}
+  # The swaps are under test, not CPU deadlines: a loaded machine may hold
+  # a callback off the CPU for a while.
+  - {{ name: stamp, file: "{plugin}", limits: {{ callback_deadline: 2s }} }}
+  - {{ name: sdk, file: "{wasm}", limits: {{ callback_deadline: 2s }} }}
 routes:
 {extra}  - name: r
     upstream: backend
@@ -254,7 +256,11 @@ async fn versioned_request(client: &reqwest::Client, url: &str) -> Option<String
         Err(error) => return Some(format!("request failed: {error}")),
     };
     if response.status() != 200 {
-        return Some(format!("status {}", response.status()));
+        let status = response.status();
+        return Some(format!(
+            "status {status}: {}",
+            response.text().await.unwrap_or_default()
+        ));
     }
     let answered: Vec<String> = response
         .headers()

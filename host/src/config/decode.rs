@@ -392,6 +392,17 @@ impl<'a> Fields<'a> {
         self.bounded(key, range, diags).unwrap_or(default)
     }
 
+    /// Like [`Fields::within`] for a duration, falling back to `default`.
+    pub fn duration(
+        &mut self,
+        key: &'static str,
+        range: RangeInclusive<HumanDuration>,
+        default: Duration,
+        diags: &mut Diagnostics,
+    ) -> Duration {
+        self.within(key, range, HumanDuration(default), diags).0
+    }
+
     /// Records every key that was never asked for.
     pub fn finish(self, diags: &mut Diagnostics) {
         for (key, key_node, _) in &self.entries {

@@ -4,14 +4,19 @@
 //! validated [`Manifest`] (`model`, via `validate`). Every problem is reported
 //! with file, line, column and reason. Depends on nothing else in Weir.
 
+pub mod access_log;
 mod admin;
 mod consumers;
 mod decode;
+mod discovery;
 mod file;
 pub mod model;
 mod node;
 mod raw;
+pub mod tracing;
+mod traffic;
 mod validate;
+mod websocket;
 mod yaml;
 
 use std::fmt;
@@ -19,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use admin::token_digest;
 pub use decode::{Diagnostic, parse_duration, parse_size};
+pub use discovery::{BadTargets, parse_target, parse_target_list};
 pub use file::{FileError, MAX_MANIFEST_BYTES, MAX_PEM_BYTES, MAX_PLUGIN_BYTES, read as read_file};
 pub use model::Manifest;
 pub use node::Location;

@@ -15,6 +15,15 @@ use regex::Regex;
 
 pub use super::admin::{Admin, AdminRole, AdminTls, AdminToken};
 pub use super::consumers::{BasicAuth, Consumer, ConsumerLimit, JwtIdentity};
+pub use super::discovery::{
+    ConsulDiscovery, Discovery, DnsDiscovery, DnsRecord, EtcdDiscovery, EurekaDiscovery,
+    FileDiscovery, HttpEndpoint, Secret,
+};
+pub use super::traffic::{
+    ActiveCheck, CircuitBreaker, ErrorBreaker, HashKey, HealthChecks, LbPolicy, OutlierDetection,
+    ProbeKind, RetryOn, RetryPolicy,
+};
+pub use super::websocket::WebSocket;
 pub use crate::normalize::{EscapedSlashes, PathOptions};
 
 /// Index of a listener in [`Manifest::listeners`].
@@ -56,6 +65,10 @@ pub struct Manifest {
     pub admin: Option<Admin>,
     /// Who calls the routes, and their credentials.
     pub consumers: Vec<Consumer>,
+    /// The access log's settings (read when the gateway starts).
+    pub access_log: super::access_log::AccessLogConfig,
+    /// Tracing's settings, when traces are on (read when the gateway starts).
+    pub tracing: Option<super::tracing::TracingConfig>,
 }
 
 /// One socket Weir accepts connections on.
@@ -153,11 +166,38 @@ pub struct Upstream {
     pub retries: u32,
     /// What filters read as `cluster_metadata`.
     pub metadata: Metadata,
-    /// TLS to the targets; `None` speaks cleartext HTTP/1.1.
+    /// TLS to the targets; `None` speaks cleartext.
     pub tls: Option<UpstreamTls>,
+    /// How targets found down are taken out of rotation.
+    pub health: HealthChecks,
+    /// A target that comes back (or joins) ramps its share of traffic up
+    /// from a tenth to all of it over this long.
+    pub slow_start: Option<Duration>,
+    /// Limits that fail fast, and the error-rate breaker.
+    pub circuit_breaker: CircuitBreaker,
+    /// The HTTP version spoken to the targets.
+    pub protocol: UpstreamProtocol,
+    /// Where the group learns its targets besides `targets` (which are then
+    /// its targets until the source's first answer).
+    pub discovery: Option<Discovery>,
 }
 
-/// TLS to an upstream's targets (HTTP/1.1 over TLS).
+/// The HTTP version an upstream's targets are spoken to with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 only (gRPC-Web requests then go on untranslated).
+    Http1,
+    /// HTTP/2 only: h2c with prior knowledge in cleartext, `h2` by ALPN
+    /// over TLS (a target that does not agree is a connect failure).
+    Http2,
+    /// Over TLS, what the target picks by ALPN (`h2` offered first, then
+    /// `http/1.1`); in cleartext, HTTP/1.1, but h2c for gRPC requests,
+    /// which need HTTP/2.
+    #[default]
+    Auto,
+}
+
+/// TLS to an upstream's targets (the HTTP version by `protocol` and ALPN).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTls {
     /// The name sent as SNI and verified in the certificate (default: each
@@ -186,15 +226,6 @@ pub struct Target {
     pub address: String,
     /// Relative share of traffic (≥ 1).
     pub weight: u32,
-}
-
-/// Load-balancing policy of an upstream group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LbPolicy {
-    /// Smooth weighted round robin.
-    RoundRobin,
-    /// Power of two random choices on in-flight requests per weight.
-    LeastRequest,
 }
 
 /// Timeouts towards an upstream group.
@@ -233,10 +264,60 @@ pub struct Route {
     pub rewrite: Rewrite,
     /// Overrides the upstream's request timeout.
     pub timeout: Option<Duration>,
+    /// When requests are tried again (default: the upstream's `retries`
+    /// on connect failure).
+    pub retry: Option<RetryPolicy>,
+    /// The answer when the upstream's circuit is open or no target is healthy.
+    pub fallback: Option<FixedResponse>,
     /// The route's own filters, in order (after the global ones).
     pub filters: Vec<FilterRef>,
     /// What filters read as `route_metadata`.
     pub metadata: Metadata,
+    /// A copy of each request (or a sample) sent to another group, whose
+    /// answers are dropped.
+    pub mirror: Option<Mirror>,
+    /// Whether WebSocket upgrades pass, and their tunnel's limits.
+    pub websocket: WebSocket,
+}
+
+/// The largest weight of one group in a route's `split`.
+pub const MAX_SPLIT_WEIGHT: u32 = 1_000_000;
+
+/// A route's requests shared between upstream groups by weight (a canary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// The groups in file order, each with its weight (some may be 0; the
+    /// sum is positive).
+    pub groups: Vec<(UpstreamId, u32)>,
+    /// What keeps one client on one group while the weights stay the same
+    /// (hashed as a consistent-hash group hashes it); `None` picks at
+    /// random for each request.
+    pub sticky: Option<HashKey>,
+}
+
+/// Default [`Mirror::percent`].
+pub const DEFAULT_MIRROR_PERCENT: u32 = 100;
+/// Default [`Mirror::max_body_bytes`].
+pub const DEFAULT_MIRROR_BODY_BYTES: u64 = 64 << 10;
+/// Default [`Mirror::timeout`].
+pub const DEFAULT_MIRROR_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default [`Mirror::max_in_flight`].
+pub const DEFAULT_MIRROR_IN_FLIGHT: usize = 256;
+
+/// Shadow traffic: copies of a route's requests sent, fire and forget, to
+/// another upstream group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    /// The group the copies go to.
+    pub upstream: UpstreamId,
+    /// The share of requests copied, 0 to 100.
+    pub percent: u32,
+    /// Requests with a longer body are not copied.
+    pub max_body_bytes: u64,
+    /// How long one copy may take, answer body included.
+    pub timeout: Duration,
+    /// Copies in flight at once; more are dropped (and counted).
+    pub max_in_flight: usize,
 }
 
 /// A Wasm plugin: a module and the sandbox its VMs run in.
@@ -439,6 +520,8 @@ pub enum ValueMatch {
 pub enum RouteAction {
     /// Forward to an upstream group.
     Forward(UpstreamId),
+    /// Forward to one of several upstream groups, chosen by weight.
+    Split(Split),
     /// Answer with a fixed response.
     Respond(FixedResponse),
 }

@@ -16,10 +16,13 @@ use regex::Regex;
 
 use super::decode::{ByteSize, Decode, Diagnostics, Fields, HumanDuration, Located, mismatch};
 use super::model::{
-    EscapedSlashes, FixedResponse, HeaderMatch, HostMatch, LbPolicy, ListenerLimits, Metadata,
-    PathMatch, PathOptions, PathRewrite, QueryMatch, RouteMatch, UpstreamTimeouts, ValueMatch,
+    CircuitBreaker, DEFAULT_MIRROR_BODY_BYTES, DEFAULT_MIRROR_IN_FLIGHT, DEFAULT_MIRROR_PERCENT,
+    DEFAULT_MIRROR_TIMEOUT, EscapedSlashes, FixedResponse, HeaderMatch, HealthChecks, HostMatch,
+    LbPolicy, ListenerLimits, MAX_SPLIT_WEIGHT, Metadata, PathMatch, PathOptions, PathRewrite,
+    QueryMatch, RetryPolicy, RouteMatch, Target, UpstreamProtocol, UpstreamTimeouts, ValueMatch,
 };
 use super::node::{Location, Node, Value};
+use super::traffic::SLOW_START;
 use crate::builtins::{self, Builtin};
 
 // The allowed range of every numeric setting, each documented in
@@ -71,6 +74,8 @@ pub struct RawManifest {
     pub redis: Vec<RawRedis>,
     pub admin: Option<super::admin::RawAdmin>,
     pub consumers: Vec<Located<super::consumers::Consumer>>,
+    pub access_log: Option<super::access_log::AccessLogConfig>,
+    pub tracing: Option<super::tracing::TracingConfig>,
 }
 
 impl Decode for RawManifest {
@@ -96,6 +101,8 @@ impl Decode for RawManifest {
             redis: f.or("redis", Vec::new(), diags),
             admin: f.optional("admin", diags).flatten(),
             consumers: f.or("consumers", Vec::new(), diags),
+            access_log: f.optional("access_log", diags).flatten(),
+            tracing: f.optional("tracing", diags).flatten(),
         };
         f.finish(diags);
         Some(manifest)
@@ -207,22 +214,13 @@ impl Decode for ListenerLimits {
                     diags,
                 )
                 .0,
-            header_read_timeout: f
-                .within(
-                    "header_read_timeout",
-                    TIMEOUT,
-                    HumanDuration(defaults.header_read_timeout),
-                    diags,
-                )
-                .0,
-            idle_timeout: f
-                .within(
-                    "idle_timeout",
-                    TIMEOUT,
-                    HumanDuration(defaults.idle_timeout),
-                    diags,
-                )
-                .0,
+            header_read_timeout: f.duration(
+                "header_read_timeout",
+                TIMEOUT,
+                defaults.header_read_timeout,
+                diags,
+            ),
+            idle_timeout: f.duration("idle_timeout", TIMEOUT, defaults.idle_timeout, diags),
             max_connections: f.within(
                 "max_connections",
                 CONNECTIONS,
@@ -284,6 +282,11 @@ pub struct RawUpstream {
     pub retries: u32,
     pub metadata: Metadata,
     pub tls: Option<RawUpstreamTls>,
+    pub health: HealthChecks,
+    pub slow_start: Option<HumanDuration>,
+    pub circuit_breaker: CircuitBreaker,
+    pub protocol: UpstreamProtocol,
+    pub discovery: Option<super::discovery::Discovery>,
 }
 
 /// TLS to an upstream's targets, as written.
@@ -320,22 +323,39 @@ impl Decode for RawUpstream {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         let mut f = Fields::of(node, "upstream", diags)?;
         let name = f.required("name", diags);
-        require_entries(
-            f.node("targets"),
-            "an upstream needs at least one target",
-            diags,
-        );
+        // With discovery, `targets` are optional: the targets until its first answer.
+        let discovered = f.node("discovery").is_some();
+        if !discovered {
+            require_entries(
+                f.node("targets"),
+                "an upstream needs at least one target",
+                diags,
+            );
+        }
         let upstream = RawUpstream {
             name: Located {
                 value: String::new(),
                 location: node.location,
             },
-            targets: f.required("targets", diags),
-            lb: f.or("lb", LbPolicy::RoundRobin, diags),
+            targets: if discovered {
+                f.optional("targets", diags)
+                    .map(|targets| targets.unwrap_or_default())
+            } else {
+                f.required("targets", diags)
+            },
+            lb: {
+                let (lb, hash_on) = (f.node("lb"), f.node("hash_on"));
+                LbPolicy::decode_with_key(lb, hash_on, node, diags)
+            },
             timeouts: f.or("timeouts", UpstreamTimeouts::default(), diags),
             retries: f.within("retries", RETRIES, 0, diags),
             metadata: f.or("metadata", Metadata::default(), diags),
             tls: f.optional("tls", diags).flatten(),
+            health: f.or("health", HealthChecks::default(), diags),
+            slow_start: f.bounded("slow_start", SLOW_START, diags),
+            circuit_breaker: f.or("circuit_breaker", CircuitBreaker::default(), diags),
+            protocol: f.or("protocol", UpstreamProtocol::Auto, diags),
+            discovery: f.optional("discovery", diags).flatten(),
         };
         f.finish(diags);
         Some(Self {
@@ -377,6 +397,16 @@ impl Decode for RawTarget {
             address: check_target_address(address?, diags)?,
             weight: weight.map_or(1, |w| w.value.clamp(1, MAX_WEIGHT)),
         })
+    }
+}
+
+impl RawTarget {
+    /// The validated target.
+    pub fn into_target(self) -> Target {
+        Target {
+            address: self.address,
+            weight: self.weight,
+        }
     }
 }
 
@@ -446,12 +476,13 @@ impl Decode for EscapedSlashes {
     }
 }
 
-impl Decode for LbPolicy {
+impl Decode for UpstreamProtocol {
     fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
         match &node.value {
-            Value::Str(s) if s == "round_robin" => Some(LbPolicy::RoundRobin),
-            Value::Str(s) if s == "least_request" => Some(LbPolicy::LeastRequest),
-            _ => mismatch(node, "`round_robin` or `least_request`", diags),
+            Value::Str(s) if s == "http1" => Some(Self::Http1),
+            Value::Str(s) if s == "http2" => Some(Self::Http2),
+            Value::Str(s) if s == "auto" => Some(Self::Auto),
+            _ => mismatch(node, "`http1`, `http2` or `auto`", diags),
         }
     }
 }
@@ -479,12 +510,19 @@ pub struct RawRoute {
     pub listeners: Vec<Located<String>>,
     pub matcher: RouteMatch,
     pub upstream: Option<Located<String>>,
+    /// `Some(None)` when `split` is present but invalid.
+    pub split: Option<Option<RawSplit>>,
+    pub sticky: Option<Located<super::traffic::HashKey>>,
     /// `Some(None)` when `respond` is present but invalid.
     pub respond: Option<Option<FixedResponse>>,
     pub rewrite: RawRewrite,
     pub timeout: Option<HumanDuration>,
+    pub retry: Option<RetryPolicy>,
+    pub fallback: Option<FixedResponse>,
     pub filters: Vec<RawFilter>,
     pub metadata: Metadata,
+    pub mirror: Option<RawMirror>,
+    pub websocket: super::websocket::WebSocket,
 }
 
 impl Decode for RawRoute {
@@ -492,6 +530,7 @@ impl Decode for RawRoute {
         let mut f = Fields::of(node, "route", diags)?;
         let name = f.required("name", diags);
         let respond_given = f.node("respond").is_some();
+        let split_given = f.node("split").is_some();
         let route = RawRoute {
             location: node.location,
             name: Located {
@@ -501,16 +540,132 @@ impl Decode for RawRoute {
             listeners: f.or("listeners", Vec::new(), diags),
             matcher: f.or("match", RouteMatch::default(), diags),
             upstream: f.optional("upstream", diags).flatten(),
+            split: split_given.then(|| f.optional("split", diags).flatten()),
+            sticky: f.optional("sticky", diags).flatten(),
             respond: respond_given.then(|| f.optional("respond", diags).flatten()),
             rewrite: f.or("rewrite", RawRewrite::default(), diags),
             timeout: f.bounded("timeout", TIMEOUT, diags),
+            retry: f.optional("retry", diags).flatten(),
+            fallback: f.optional("fallback", diags).flatten(),
             filters: f.or("filters", Vec::new(), diags),
             metadata: f.or("metadata", Metadata::default(), diags),
+            mirror: f.optional("mirror", diags).flatten(),
+            websocket: f.or("websocket", Default::default(), diags),
         };
         f.finish(diags);
         Some(Self {
             name: name?,
             ..route
+        })
+    }
+}
+
+/// A route's `split` as written: its groups by name, with their weights.
+#[derive(Debug)]
+pub struct RawSplit {
+    pub location: Location,
+    /// The entries that decoded.
+    pub groups: Vec<RawSplitGroup>,
+    /// Whether every entry decoded (else their weights say nothing as a whole).
+    pub complete: bool,
+}
+
+impl Decode for RawSplit {
+    fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
+        let written = match &node.value {
+            Value::Seq(items) if items.is_empty() => {
+                diags.error(node.location, "a split needs at least one upstream");
+                return None;
+            }
+            Value::Seq(items) => items.len(),
+            _ => 0,
+        };
+        let groups: Vec<RawSplitGroup> = Vec::decode(node, diags)?;
+        Some(Self {
+            location: node.location,
+            complete: groups.len() == written,
+            groups,
+        })
+    }
+}
+
+/// One group of a `split` as written.
+#[derive(Debug)]
+pub struct RawSplitGroup {
+    pub upstream: Located<String>,
+    pub weight: u32,
+}
+
+impl Decode for RawSplitGroup {
+    fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
+        let mut f = Fields::of(node, "split entry", diags)?;
+        let upstream = f.required("upstream", diags);
+        let weight = f.required::<Located<u32>>("weight", diags);
+        f.finish(diags);
+        let weight = weight?;
+        if weight.value > MAX_SPLIT_WEIGHT {
+            diags.error(
+                weight.location,
+                format!(
+                    "weight must be at most {MAX_SPLIT_WEIGHT}, found {}",
+                    weight.value
+                ),
+            );
+            return None;
+        }
+        Some(Self {
+            upstream: upstream?,
+            weight: weight.value,
+        })
+    }
+}
+
+/// The copies a mirror may hold in flight: each holds up to its
+/// `max_body_bytes`.
+pub const MIRROR_IN_FLIGHT: RangeInclusive<usize> = 1..=100_000;
+/// The body a mirror copies: up to 64MiB (it is held until the copy is sent).
+pub const MIRROR_BODY_BYTES: RangeInclusive<ByteSize> = ByteSize(0)..=ByteSize(64 << 20);
+
+/// A route's `mirror` as written.
+#[derive(Debug)]
+pub struct RawMirror {
+    pub upstream: Located<String>,
+    pub percent: u32,
+    pub max_body_bytes: u64,
+    pub timeout: std::time::Duration,
+    pub max_in_flight: usize,
+}
+
+impl Decode for RawMirror {
+    fn decode(node: &Node, diags: &mut Diagnostics) -> Option<Self> {
+        let mut f = Fields::of(node, "mirror", diags)?;
+        let upstream = f.required("upstream", diags);
+        let mirror = Self {
+            upstream: Located {
+                value: String::new(),
+                location: node.location,
+            },
+            percent: f.within("percent", 0..=100, DEFAULT_MIRROR_PERCENT, diags),
+            max_body_bytes: f
+                .within(
+                    "max_body_bytes",
+                    MIRROR_BODY_BYTES,
+                    ByteSize(DEFAULT_MIRROR_BODY_BYTES),
+                    diags,
+                )
+                .0,
+            timeout: f.duration("timeout", TIMEOUT, DEFAULT_MIRROR_TIMEOUT, diags),
+            max_in_flight: f.within(
+                "max_in_flight",
+                MIRROR_IN_FLIGHT,
+                DEFAULT_MIRROR_IN_FLIGHT,
+                diags,
+            ),
+        };
+        f.finish(diags);
+        Some(Self {
+            upstream: upstream?,
+            ..mirror
         })
     }
 }
@@ -1195,14 +1350,7 @@ impl Decode for RawRedis {
         let mut f = Fields::of(node, "Redis service", diags)?;
         let name = f.required("name", diags);
         let url = f.required::<Located<String>>("url", diags);
-        let timeout = f
-            .within(
-                "timeout",
-                TIMEOUT,
-                HumanDuration(DEFAULT_REDIS_TIMEOUT),
-                diags,
-            )
-            .0;
+        let timeout = f.duration("timeout", TIMEOUT, DEFAULT_REDIS_TIMEOUT, diags);
         f.finish(diags);
         let url = url.and_then(|u| {
             if u.value.starts_with("redis://") {

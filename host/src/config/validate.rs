@@ -9,15 +9,18 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::access_log::AccessLogPath;
 use super::decode::{Diagnostics, Located};
 use super::file::{self, MAX_PEM_BYTES, MAX_PLUGIN_BYTES};
 use super::model::{
-    Certificate, FilterRef, Listener, ListenerId, ListenerTls, Manifest, PathMatch, PathRewrite,
-    Plugin, PluginId, PluginModule, Redis, Rewrite, Route, RouteAction, Target, Upstream,
-    UpstreamId, UpstreamTls,
+    Certificate, Discovery, FilterRef, FixedResponse, Listener, ListenerId, ListenerTls, Manifest,
+    Mirror, PathMatch, PathRewrite, Plugin, PluginId, PluginModule, Redis, Rewrite, Route,
+    RouteAction, Split, Upstream, UpstreamId, UpstreamTls,
 };
+use super::node::Location;
 use super::raw::{
-    RawFilter, RawListener, RawManifest, RawModule, RawPlugin, RawRoute, RawUpstream,
+    RawFilter, RawListener, RawManifest, RawModule, RawPlugin, RawRoute, RawSplit, RawTarget,
+    RawUpstream,
 };
 
 /// The only manifest version this build understands.
@@ -109,6 +112,15 @@ pub fn validate(
             .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
         admin,
         consumers: raw.consumers.into_iter().map(|c| c.value).collect(),
+        access_log: raw.access_log.map_or_else(Default::default, |mut log| {
+            if let AccessLogPath::File(path) = &mut log.path
+                && path.is_relative()
+            {
+                *path = base_dir.join(&*path);
+            }
+            log
+        }),
+        tracing: raw.tracing,
     })
 }
 
@@ -220,20 +232,23 @@ fn upstream(raw: RawUpstream, base_dir: &Path, diags: &mut Diagnostics) -> Optio
             .map(|(cert, key)| (pem(cert, "certificate"), pem(key, "key"))),
     });
     let targets = raw.targets?;
+    let mut discovery = raw.discovery;
+    if let Some(Discovery::File(file)) = &mut discovery {
+        file.path = base_dir.join(&file.path);
+    }
     Some(Upstream {
         name: raw.name.value,
-        targets: targets
-            .into_iter()
-            .map(|t| Target {
-                address: t.address,
-                weight: t.weight,
-            })
-            .collect(),
+        targets: targets.into_iter().map(RawTarget::into_target).collect(),
         lb: raw.lb,
         timeouts: raw.timeouts,
         retries: raw.retries,
         metadata: raw.metadata,
         tls,
+        health: raw.health,
+        slow_start: raw.slow_start.map(|d| d.0),
+        circuit_breaker: raw.circuit_breaker,
+        protocol: raw.protocol,
+        discovery,
     })
 }
 
@@ -345,39 +360,51 @@ fn route(
             ),
         }
     }
-    let action = match (raw.upstream, raw.respond) {
-        (Some(upstream), None) => match upstream_ids.get(&upstream.value) {
-            Some(&i) => Some(RouteAction::Forward(UpstreamId(i))),
-            None => {
-                diags.error(
-                    upstream.location,
-                    format!(
-                        "route `{}` names unknown upstream `{}`",
-                        raw.name.value, upstream.value
-                    ),
-                );
-                None
-            }
-        },
-        (None, Some(response)) => response.map(RouteAction::Respond),
-        (Some(_), Some(_)) => {
+    let action = action(
+        &raw.name.value,
+        raw.location,
+        raw.upstream,
+        raw.split,
+        raw.respond,
+        upstream_ids,
+        diags,
+    );
+    let action = match (action, raw.sticky) {
+        (Some(RouteAction::Split(mut split)), Some(sticky)) => {
+            split.sticky = Some(sticky.value);
+            Some(RouteAction::Split(split))
+        }
+        (action, Some(sticky)) => {
             diags.error(
-                raw.location,
+                sticky.location,
                 format!(
-                    "route `{}` has both `upstream` and `respond`; pick one",
+                    "route `{}` has `sticky` but no `split`; stickiness chooses among a split's upstreams",
                     raw.name.value
                 ),
             );
-            None
+            action
         }
-        (None, None) => {
-            diags.error(
-                raw.location,
-                format!("route `{}` needs `upstream` or `respond`", raw.name.value),
-            );
-            None
-        }
+        (action, None) => action,
     };
+    let mirror = raw.mirror.and_then(|m| {
+        if matches!(action, Some(RouteAction::Respond(_))) {
+            diags.error(
+                m.upstream.location,
+                format!(
+                    "route `{}` answers by itself (`respond`); only a forwarding route can be mirrored",
+                    raw.name.value
+                ),
+            );
+        }
+        let upstream = known_upstream(&raw.name.value, &m.upstream, upstream_ids, diags)?;
+        Some(Mirror {
+            upstream,
+            percent: m.percent,
+            max_body_bytes: m.max_body_bytes,
+            timeout: m.timeout,
+            max_in_flight: m.max_in_flight,
+        })
+    });
     if let Some(path) = &raw.rewrite.path
         && matches!(path.value, PathRewrite::ReplacePrefix(_))
         && !matches!(raw.matcher.path, PathMatch::Prefix(_))
@@ -396,6 +423,17 @@ fn route(
             ),
         );
     }
+    if matches!(action, Some(RouteAction::Respond(_)))
+        && (raw.retry.is_some() || raw.fallback.is_some())
+    {
+        diags.error(
+            raw.location,
+            format!(
+                "route `{}` answers by itself: `retry` and `fallback` only apply to an `upstream`",
+                raw.name.value
+            ),
+        );
+    }
     Some(Route {
         name: raw.name.value,
         listeners,
@@ -406,7 +444,112 @@ fn route(
             host: raw.rewrite.host,
         },
         timeout: raw.timeout.map(|d| d.0),
+        retry: raw.retry,
+        fallback: raw.fallback,
         filters: route_filters,
         metadata: raw.metadata,
+        mirror,
+        websocket: raw.websocket,
+    })
+}
+
+/// The upstream group `name` names, recording an unknown one.
+fn known_upstream(
+    route: &str,
+    name: &Located<String>,
+    upstream_ids: &HashMap<String, usize>,
+    diags: &mut Diagnostics,
+) -> Option<UpstreamId> {
+    if let Some(&i) = upstream_ids.get(&name.value) {
+        return Some(UpstreamId(i));
+    }
+    diags.error(
+        name.location,
+        format!("route `{route}` names unknown upstream `{}`", name.value),
+    );
+    None
+}
+
+/// What a route does: exactly one of `upstream`, `split` and `respond`.
+fn action(
+    route: &str,
+    location: Location,
+    upstream: Option<Located<String>>,
+    split: Option<Option<RawSplit>>,
+    respond: Option<Option<FixedResponse>>,
+    upstream_ids: &HashMap<String, usize>,
+    diags: &mut Diagnostics,
+) -> Option<RouteAction> {
+    let given: Vec<&'static str> = [
+        upstream.is_some().then_some("`upstream`"),
+        split.is_some().then_some("`split`"),
+        respond.is_some().then_some("`respond`"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match (upstream, split, respond) {
+        (Some(upstream), None, None) => {
+            known_upstream(route, &upstream, upstream_ids, diags).map(RouteAction::Forward)
+        }
+        (None, Some(split), None) => {
+            weighted_split(route, split?, upstream_ids, diags).map(RouteAction::Split)
+        }
+        (None, None, Some(response)) => response.map(RouteAction::Respond),
+        (None, None, None) => {
+            diags.error(
+                location,
+                format!("route `{route}` needs `upstream`, `split` or `respond`"),
+            );
+            None
+        }
+        _ => {
+            let both = match given.as_slice() {
+                [first, second] => format!("both {first} and {second}"),
+                _ => "`upstream`, `split` and `respond`".to_owned(),
+            };
+            diags.error(location, format!("route `{route}` has {both}; pick one"));
+            None
+        }
+    }
+}
+
+/// A route's split: every upstream known and named once, weights with a
+/// positive sum.
+fn weighted_split(
+    route: &str,
+    raw: RawSplit,
+    upstream_ids: &HashMap<String, usize>,
+    diags: &mut Diagnostics,
+) -> Option<Split> {
+    let mut groups = Vec::with_capacity(raw.groups.len());
+    let mut valid = raw.complete;
+    for entry in &raw.groups {
+        let Some(id) = known_upstream(route, &entry.upstream, upstream_ids, diags) else {
+            valid = false;
+            continue;
+        };
+        if groups.iter().any(|&(seen, _)| seen == id) {
+            diags.error(
+                entry.upstream.location,
+                format!(
+                    "route `{route}` names upstream `{}` twice in its split",
+                    entry.upstream.value
+                ),
+            );
+            valid = false;
+        }
+        groups.push((id, entry.weight));
+    }
+    if valid && groups.iter().all(|&(_, weight)| weight == 0) {
+        diags.error(
+            raw.location,
+            format!("route `{route}` splits by weights that are all 0; give one a weight above 0"),
+        );
+        valid = false;
+    }
+    valid.then_some(Split {
+        groups,
+        sticky: None,
     })
 }

@@ -13,15 +13,16 @@ pub mod cluster;
 mod store;
 pub mod versions;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
-pub use store::{Applied, ChangeError, EditError, Store, read_manifest};
+use crate::file_watch;
+
+pub use store::{ADMIN_API, Applied, ChangeError, EditError, Store, read_manifest};
 
 /// How long the manifest file must stay quiet before an edit is reloaded:
 /// editors and `cp` write a file in several steps.
@@ -53,7 +54,7 @@ pub enum ControlError {
 pub async fn reload_file(store: &Arc<Store>, cause: &'static str) -> Result<Applied, ChangeError> {
     let blocking = store.clone();
     // Reading, validating and building all block (files, compilation, VMs).
-    let result = tokio::task::spawn_blocking(move || blocking.reload_file())
+    let result = tokio::task::spawn_blocking(move || blocking.reload_file(cause))
         .await
         .unwrap_or_else(|e| Err(ChangeError::Task(e.to_string())));
     let manifest = store.path().display();
@@ -71,17 +72,32 @@ pub async fn reload_file(store: &Arc<Store>, cause: &'static str) -> Result<Appl
     result
 }
 
+/// Reads the TLS listeners' certificate files again (an unchanged manifest
+/// does not rebuild anything, but its certificate files may have changed);
+/// failures are logged where they happen.
+async fn reload_certificates(store: &Arc<Store>) {
+    let gateway = store.gateway().clone();
+    let _ = tokio::task::spawn_blocking(move || gateway.reload_certificates()).await;
+}
+
 /// The signals a running gateway answers, taken over from their default
-/// actions. Install them before the gateway starts serving, so that a
-/// SIGHUP sent as soon as it listens reloads instead of killing it.
+/// actions (SIGHUP's and SIGUSR1's is to kill the process). Install them
+/// first thing, before the manifest is read: a signal that arrives while
+/// the gateway starts is kept and answered once it serves (SIGHUP reloads,
+/// SIGTERM stops it as soon as start-up is done).
+///
+/// Other parts may listen for the same signals (tokio delivers each one to
+/// every listener); installing these first makes sure none of them is fatal.
 pub struct Signals {
     term: Signal,
     interrupt: Signal,
     hangup: Signal,
+    user1: Signal,
 }
 
 impl Signals {
-    /// Starts listening for SIGTERM, SIGINT and SIGHUP.
+    /// Starts listening for SIGTERM, SIGINT, SIGHUP and SIGUSR1. Must be
+    /// called within a tokio runtime.
     pub fn install() -> Result<Self, ControlError> {
         let listen = |kind: SignalKind, name: &'static str| {
             signal(kind).map_err(|source| ControlError::Signal {
@@ -93,12 +109,15 @@ impl Signals {
             term: listen(SignalKind::terminate(), "SIGTERM")?,
             interrupt: listen(SignalKind::interrupt(), "SIGINT")?,
             hangup: listen(SignalKind::hangup(), "SIGHUP")?,
+            user1: listen(SignalKind::user_defined1(), "SIGUSR1")?,
         })
     }
 }
 
-/// Serves until SIGTERM or Ctrl-C, reloading the store's manifest on SIGHUP
-/// and, when `watch_file` is set, whenever the file changes.
+/// Serves until SIGTERM or Ctrl-C, reloading the store's manifest (and the
+/// listeners' certificates) on SIGHUP and, when `watch_file` is set,
+/// whenever the file changes; SIGUSR1 reopens the access log's file (after
+/// it was rotated).
 pub async fn run_until_stopped(
     store: &Arc<Store>,
     signals: Signals,
@@ -108,9 +127,14 @@ pub async fn run_until_stopped(
         mut term,
         mut interrupt,
         mut hangup,
+        mut user1,
     } = signals;
     let (_watcher, mut edits) = if watch_file {
-        let (watcher, edits) = watch(store.path())?;
+        let (watcher, edits) =
+            file_watch::watch(store.path()).map_err(|e| ControlError::Watch {
+                path: e.dir,
+                source: e.source,
+            })?;
         // An edit made while the gateway started, before the watch began,
         // is caught here (a file that did not change is left alone).
         let _ = reload_file(store, "file changed").await;
@@ -123,52 +147,18 @@ pub async fn run_until_stopped(
             _ = term.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),
             _ = hangup.recv() => {
+                tracing::info!(manifest = %store.path().display(), "SIGHUP: reloading the manifest and certificates");
                 let _ = reload_file(store, "SIGHUP").await;
+                reload_certificates(store).await;
+            }
+            _ = user1.recv() => {
+                tracing::info!("SIGUSR1: reopening the access log");
+                store.gateway().reopen_access_log();
             }
             Some(()) = edits.recv() => {
-                settle(&mut edits).await;
+                file_watch::settle(&mut edits, SETTLE).await;
                 let _ = reload_file(store, "file changed").await;
             }
         }
     }
-}
-
-/// Waits until no edit has arrived for [`SETTLE`], dropping the ones that did.
-async fn settle(edits: &mut mpsc::Receiver<()>) {
-    while let Ok(Some(())) = tokio::time::timeout(SETTLE, edits.recv()).await {}
-}
-
-/// Watches the directory of `path` (editors replace a file by renaming a new
-/// one over it, which a watch on the file itself would miss) and sends one
-/// message per event that touches the file.
-fn watch(path: &Path) -> Result<(RecommendedWatcher, mpsc::Receiver<()>), ControlError> {
-    let file = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let dir = file
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let name = file.file_name().map(|n| n.to_os_string());
-    let (tx, rx) = mpsc::channel(16);
-    let handler = move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if event.kind.is_access() {
-            return;
-        }
-        let touches = event
-            .paths
-            .iter()
-            .any(|p| p.file_name().map(|n| n.to_os_string()) == name);
-        if touches {
-            // A full channel already holds a pending reload.
-            let _ = tx.try_send(());
-        }
-    };
-    let watch_error = |source| ControlError::Watch {
-        path: dir.clone(),
-        source,
-    };
-    let mut watcher = notify::recommended_watcher(handler).map_err(watch_error)?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(watch_error)?;
-    Ok((watcher, rx))
 }

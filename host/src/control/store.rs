@@ -146,6 +146,9 @@ impl Applied {
     }
 }
 
+/// The cause of the changes made through the admin API.
+pub const ADMIN_API: &str = "admin API";
+
 /// The text that runs and where it came from.
 struct Running {
     generation: u64,
@@ -243,18 +246,31 @@ impl Store {
 
     /// Loads the file again and runs it if it changed. Blocks (a build
     /// compiles plugins and starts VMs): call it from a blocking task.
-    pub fn reload_file(&self) -> Result<Applied, ChangeError> {
+    /// `cause` says what asked (for the recent reloads).
+    pub fn reload_file(&self, cause: &'static str) -> Result<Applied, ChangeError> {
         let mut running = self.lock();
-        let text = read_manifest(&self.path)?;
-        self.run(&mut running, &text)
+        let text = match read_manifest(&self.path) {
+            Ok(text) => text,
+            Err(error) => {
+                self.gateway.reload_refused(cause, &error.to_string());
+                return Err(error.into());
+            }
+        };
+        self.run(&mut running, &text, cause)
     }
 
     /// Runs manifest `text` and writes it to the file; with `if_match`, only
-    /// when that is the running version. Blocks: call it from a blocking task.
-    pub fn apply(&self, text: &str, if_match: Option<&str>) -> Result<Applied, ChangeError> {
+    /// when that is the running version; `cause` says who sent it. Blocks:
+    /// call it from a blocking task.
+    pub fn apply(
+        &self,
+        text: &str,
+        if_match: Option<&str>,
+        cause: &'static str,
+    ) -> Result<Applied, ChangeError> {
         let mut running = self.lock();
         self.check_preconditions(&running, if_match)?;
-        self.run_and_write(&mut running, text)
+        self.run_and_write(&mut running, text, cause)
     }
 
     /// Edits the running manifest's document (JSON, from
@@ -280,7 +296,7 @@ impl Store {
             return Ok((Applied::Unchanged { version }, said));
         }
         let text: Arc<str> = config::emit(&document).map_err(EditError::from)?.into();
-        self.run_and_write(&mut running, &text)
+        self.run_and_write(&mut running, &text, ADMIN_API)
             .map(|applied| (applied, said))
             .map_err(|source| match source {
                 // Both carry places in the edited text.
@@ -320,8 +336,13 @@ impl Store {
     }
 
     /// Runs manifest `text` in place of `running` and writes it to the file.
-    fn run_and_write(&self, running: &mut Running, text: &str) -> Result<Applied, ChangeError> {
-        let applied = self.run(running, text)?;
+    fn run_and_write(
+        &self,
+        running: &mut Running,
+        text: &str,
+        cause: &'static str,
+    ) -> Result<Applied, ChangeError> {
+        let applied = self.run(running, text, cause)?;
         if let Applied::Swapped { .. } = applied {
             write_atomically(&self.path, text.as_bytes()).map_err(|source| ChangeError::Write {
                 path: self.path.clone(),
@@ -331,17 +352,31 @@ impl Store {
         Ok(applied)
     }
 
-    /// Runs manifest `text` in place of `running`, unless it is the running text.
-    fn run(&self, running: &mut Running, text: &str) -> Result<Applied, ChangeError> {
+    /// Runs manifest `text` in place of `running`, unless it is the running
+    /// text; the gateway remembers the attempt with its `cause`.
+    fn run(
+        &self,
+        running: &mut Running,
+        text: &str,
+        cause: &'static str,
+    ) -> Result<Applied, ChangeError> {
         let digest = config::token_digest(text.as_bytes());
         if digest == running.digest {
             return Ok(Applied::Unchanged {
                 version: version(running),
             });
         }
-        let manifest = config::parse(text, &self.path, self.base_dir())?;
-        self.check_admin(&manifest)?;
-        let generation = self.gateway.reload(&manifest)?;
+        let checked = config::parse(text, &self.path, self.base_dir())
+            .map_err(ChangeError::from)
+            .and_then(|manifest| self.check_admin(&manifest).map(|()| manifest));
+        let manifest = match checked {
+            Ok(manifest) => manifest,
+            Err(error) => {
+                self.gateway.reload_refused(cause, &error.to_string());
+                return Err(error);
+            }
+        };
+        let generation = self.gateway.reload_because(&manifest, cause)?;
         *running = Running {
             generation,
             digest,

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
 
@@ -17,8 +18,9 @@ use crate::exchange::LocalReply;
 
 /// How a body starts out after its first pass through the filters.
 pub(super) enum Lead {
-    /// The filters buffered it to the end: here it is, whole.
-    Complete(Bytes),
+    /// The filters buffered it to the end: here it is, whole, with its
+    /// trailers (as the filters left them) if it had any (gRPC's status).
+    Complete(Bytes, Option<HeaderMap>),
     /// Data went on before the end: send `prefix`, then stream `rest` through the filters.
     Streaming { prefix: Bytes, rest: Body },
     /// A filter answered locally.
@@ -36,16 +38,18 @@ where
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
+    let mut kept_trailers = None;
     loop {
         let (chunk, end) = match body.frame().await {
             None => (Bytes::new(), true),
             Some(Err(e)) => return Err(body_error(e.into(), limit)),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => (data, body.is_end_stream()),
-                // Trailers: run them, and end the body (they are dropped for a buffered body).
+                // Trailers: run them, and end the body; they go on after it.
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        chain::lock(run).trailers(direction, trailers)?;
+                        let (trailers, _) = chain::lock(run).trailers(direction, trailers)?;
+                        kept_trailers = Some(trailers);
                     }
                     (Bytes::new(), true)
                 }
@@ -54,7 +58,7 @@ where
         let step = chain::lock(run).body(direction, chunk, end, limit)?;
         match step {
             BodyStep::Reply(reply) => return Ok(Lead::Reply(reply)),
-            BodyStep::Emit(bytes) if end => return Ok(Lead::Complete(bytes)),
+            BodyStep::Emit(bytes) if end => return Ok(Lead::Complete(bytes, kept_trailers)),
             BodyStep::Emit(prefix) if !prefix.is_empty() => {
                 return Ok(Lead::Streaming {
                     prefix,
@@ -64,6 +68,15 @@ where
             BodyStep::Emit(_) | BodyStep::Buffering => {}
         }
     }
+}
+
+/// `bytes`, then `trailers` when there are some.
+pub(super) fn whole(bytes: Bytes, trailers: Option<HeaderMap>) -> Body {
+    let Some(trailers) = trailers else {
+        return body::full(bytes);
+    };
+    let trailers = std::future::ready(Some(Ok(trailers)));
+    body::boxed(http_body_util::Full::new(bytes).with_trailers(trailers))
 }
 
 /// A filter answered locally after the head had gone on; the stream is aborted.

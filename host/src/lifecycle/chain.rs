@@ -10,22 +10,40 @@
 //! Knows filters only through the [`HttpFilter`] trait: no wasmtime, no hyper.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::filter::{FailMode, FilterFailure, FilterRun, Flow, HttpFilter, Lent};
 use crate::error::{Fault, HttpError};
 use crate::exchange::{
     LocalReply, Phase, RequestHead, ResponseHead, Resume, StreamData, StreamInfo,
 };
+use crate::observe::trace::{self, Kind, Span};
+use crate::observe::{Flag, Metrics, Record};
 
 /// An ordered chain of filters (global filters first, then the route's).
 #[derive(Clone, Default)]
 pub struct Chain {
     filters: Arc<[Arc<dyn HttpFilter>]>,
+    /// Each filter's callback-time histograms, when the chain is timed.
+    clocks: Option<Arc<[PhaseClocks]>>,
 }
+
+/// One filter's callback-time histograms, one per [`Call`] kind.
+struct PhaseClocks([Histogram; 6]);
+
+/// The `phase` label of each [`Call`] kind, in [`Call::index`] order.
+const PHASES: [&str; 6] = [
+    "request_headers",
+    "request_body",
+    "request_trailers",
+    "response_headers",
+    "response_body",
+    "response_trailers",
+];
 
 /// Why a request cannot go on through its chain.
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +161,24 @@ impl Chain {
     pub fn new(filters: Vec<Arc<dyn HttpFilter>>) -> Self {
         Self {
             filters: filters.into(),
+            clocks: None,
         }
+    }
+
+    /// Times every filter callback into `metrics`' per-plugin, per-phase
+    /// histograms.
+    pub fn timed(mut self, metrics: &Metrics) -> Self {
+        let clocks = self.filters.iter().map(|filter| {
+            let plugin: Arc<str> = filter.name().into();
+            PhaseClocks(PHASES.map(|phase| metrics.plugin_phase(&plugin, phase)))
+        });
+        self.clocks = Some(clocks.collect());
+        self
+    }
+
+    /// Its filters' names, in order.
+    pub fn filter_names(&self) -> impl Iterator<Item = &str> {
+        self.filters.iter().map(|filter| filter.name())
     }
 
     /// True when there is no filter: the lifecycle then skips every phase.
@@ -161,6 +196,7 @@ impl Chain {
             response_body: BodyState::default(),
             reached: 0,
             finished: false,
+            record: None,
         };
         for filter in self.filters.iter() {
             match filter.start(&mut run.data) {
@@ -194,6 +230,21 @@ enum Call {
     Trailers(Direction),
 }
 
+impl Call {
+    /// Its place in [`PHASES`].
+    fn index(self) -> usize {
+        let (direction, part) = match self {
+            Call::Headers(d, _) => (d, 0),
+            Call::Body(d, _) => (d, 1),
+            Call::Trailers(d) => (d, 2),
+        };
+        match direction {
+            Direction::Request => part,
+            Direction::Response => 3 + part,
+        }
+    }
+}
+
 /// One request's pass through a chain.
 pub struct Run {
     chain: Chain,
@@ -204,9 +255,16 @@ pub struct Run {
     /// How many filters, from the first, the request headers phase reached.
     reached: usize,
     finished: bool,
+    /// The request's record: filter time and failures are added to it.
+    record: Option<Arc<Record>>,
 }
 
 impl Run {
+    /// Adds the time filters take, and their failures, to `record`.
+    pub fn observe(&mut self, record: Arc<Record>) {
+        self.record = Some(record);
+    }
+
     /// The stream data (heads as filters left them).
     pub fn data(&self) -> Option<&StreamData> {
         self.data.as_deref()
@@ -254,10 +312,21 @@ impl Run {
 
     /// Calls filter `i`, handling failure per its fail mode; `Ok(None)` = skipped.
     fn call(&mut self, i: usize, call: Call) -> Result<Option<Flow>, ChainError> {
+        if !matches!(self.runs.get(i), Some(Some(_))) {
+            return Ok(None);
+        }
+        let mut span = self.traced(i, call);
         let Some(Some(run)) = self.runs.get_mut(i) else {
             return Ok(None);
         };
         let data = &mut self.data;
+        let entered = span.as_ref().map(|(span, plugin)| {
+            trace::enter(trace::Current {
+                context: span.context().clone(),
+                plugin: plugin.clone(),
+            })
+        });
+        let started = Instant::now();
         let result = match call {
             Call::Headers(Direction::Request, end) => run.on_request_headers(data, end),
             Call::Headers(Direction::Response, end) => run.on_response_headers(data, end),
@@ -266,14 +335,50 @@ impl Run {
             Call::Trailers(Direction::Request) => run.on_request_trailers(data),
             Call::Trailers(Direction::Response) => run.on_response_trailers(data),
         };
+        let took = started.elapsed();
+        drop(entered);
+        if let Some((mut span, _)) = span.take() {
+            if let Err(error) = &result {
+                span.fail("plugin_failed", || error.to_string());
+            }
+            span.end();
+        }
+        if let Some(record) = &self.record {
+            record.add_plugin_time(took);
+        }
+        if let Some(clocks) = self.chain.clocks.as_ref().and_then(|c| c.get(i)) {
+            clocks.0[call.index()].observe(took.as_secs_f64());
+        }
         match result {
             Ok(flow) => Ok(Some(flow)),
             Err(error) => self.fail(i, error).map(|()| None),
         }
     }
 
+    /// The span of filter `i`'s `call` and the filter's name, when the
+    /// request is traced.
+    fn traced(&self, i: usize, call: Call) -> Option<(Span, Arc<str>)> {
+        let record = self.record.as_ref()?;
+        let trace = record.trace()?;
+        let plugin: Arc<str> = self.name(i).into();
+        let phase = PHASES[call.index()];
+        let mut span = (trace.context).child(|| format!("plugin {plugin} {phase}"), Kind::Internal);
+        span.set("weir.plugin", || &*plugin);
+        span.set("weir.phase", || phase);
+        span.set("weir.request_id", || {
+            record.request_id.to_str().unwrap_or("-")
+        });
+        if let Some(data) = self.data() {
+            span.set("http.route", || data.info.route_name.as_str());
+        }
+        Some((span, plugin))
+    }
+
     /// Applies filter `i`'s fail mode to `error`.
     fn fail(&mut self, i: usize, error: FilterFailure) -> Result<(), ChainError> {
+        if let Some(record) = &self.record {
+            record.flag(Flag::PluginFailed);
+        }
         // Dropped without `finish`: a filter that just failed is not called again.
         if let Some(slot) = self.runs.get_mut(i) {
             *slot = None;
@@ -472,7 +577,22 @@ impl Run {
             data.request_sent = true;
             data.response_sent = true;
         }
-        for run in self.runs.iter_mut().flatten() {
+        // Plugins' log lines in `on_log` name the request's trace.
+        let trace = (self.record.as_ref())
+            .and_then(|r| r.trace())
+            .map(|t| t.context.clone());
+        for (i, run) in self.runs.iter_mut().enumerate() {
+            let Some(run) = run else { continue };
+            let _entered = trace.as_ref().map(|context| {
+                trace::enter(trace::Current {
+                    context: context.clone(),
+                    plugin: self
+                        .chain
+                        .filters
+                        .get(i)
+                        .map_or("".into(), |f| f.name().into()),
+                })
+            });
             run.finish(&mut self.data);
         }
     }

@@ -8,6 +8,7 @@ use super::chain::ChainError;
 use super::target::TargetError;
 use crate::body::{self, BoxError};
 use crate::error::{Fault, HttpError};
+use crate::observe::Flag;
 use crate::upstream::UpstreamError;
 
 /// Why a request got an error response.
@@ -46,6 +47,12 @@ pub enum RequestError {
         /// Why.
         reason: String,
     },
+    /// A WebSocket handshake on a route that does not allow upgrades.
+    #[error("route `{route}` does not allow WebSocket upgrades")]
+    WebSocketNotAllowed {
+        /// The route's name.
+        route: String,
+    },
     /// The upstream exchange failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -62,6 +69,7 @@ impl HttpError for RequestError {
             Self::Target(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::WebSocketNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::Upstream(e) => e.status(),
             Self::Chain(e) => e.status(),
         }
@@ -75,6 +83,7 @@ impl HttpError for RequestError {
             Self::Target(_) => "invalid_host",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BadRequest { .. } => "bad_request",
+            Self::WebSocketNotAllowed { .. } => "websocket_not_allowed",
             Self::Upstream(e) => e.code(),
             Self::Chain(e) => e.code(),
         }
@@ -86,7 +95,8 @@ impl HttpError for RequestError {
             | Self::MethodNotAllowed { .. }
             | Self::Target(_)
             | Self::BodyTooLarge { .. }
-            | Self::BadRequest { .. } => Fault::Downstream,
+            | Self::BadRequest { .. }
+            | Self::WebSocketNotAllowed { .. } => Fault::Downstream,
             Self::Upstream(e) => e.fault(),
             Self::Chain(e) => e.fault(),
         }
@@ -102,6 +112,23 @@ impl HttpError for RequestError {
             Self::Upstream(e) => e.add_headers(headers),
             Self::Chain(e) => e.add_headers(headers),
             _ => {}
+        }
+    }
+}
+
+impl RequestError {
+    /// The access log's flag for this failure, if it has one.
+    pub fn flag(&self) -> Option<Flag> {
+        match self {
+            Self::NoRoute { .. } | Self::MethodNotAllowed { .. } => Some(Flag::NoRoute),
+            Self::Upstream(UpstreamError::Timeout { .. }) => Some(Flag::UpstreamTimeout),
+            Self::Upstream(UpstreamError::Unavailable { .. } | UpstreamError::Failed { .. }) => {
+                Some(Flag::UpstreamFailed)
+            }
+            Self::Upstream(UpstreamError::CircuitOpen { .. }) => Some(Flag::CircuitOpen),
+            Self::Upstream(UpstreamError::NoHealthyTarget { .. }) => Some(Flag::NoHealthyUpstream),
+            Self::Chain(ChainError::Filter(_)) => Some(Flag::PluginFailed),
+            _ => None,
         }
     }
 }

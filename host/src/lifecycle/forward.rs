@@ -9,9 +9,10 @@ use http_body::Body as _;
 
 use super::Connection;
 use super::error::{RequestError, body_error};
+use super::grpc_proxy;
 use super::headers::{self, ClientSide, strip_hop_by_hop};
 use super::rewrite;
-use super::snapshot::{RouteEntry, Target};
+use super::snapshot::{Destination, RouteEntry};
 use crate::body::{self, Body, Primed};
 use crate::config::model::{FixedResponse, Route};
 use crate::upstream::OutgoingBody;
@@ -22,21 +23,31 @@ use crate::upstream::OutgoingBody;
 /// (`x-forwarded-host`), whatever filters made of it.
 pub(super) async fn exchange(
     entry: &RouteEntry,
+    destination: Destination<'_>,
     mut parts: http::request::Parts,
     body: Body,
     prefer: Option<&str>,
     conn: &Connection,
     client_host: Option<HeaderValue>,
 ) -> Result<Response<Body>, RequestError> {
-    let group = match &entry.target {
-        Target::Respond(fixed) => return Ok(fixed_response(fixed)),
-        Target::Forward(group) => group,
+    let group = match destination {
+        Destination::Respond(fixed) => return Ok(fixed_response(fixed)),
+        Destination::Upstream(group) => group,
     };
     // Hop-by-hop headers left on receipt; only filters can have added some since.
     let filtered = !entry.chain.is_empty();
     prepare_upstream(&mut parts, &entry.route, conn, client_host, filtered)?;
+    let timeout = entry.route.timeout.unwrap_or(group.request_timeout());
+    let grpc = grpc_proxy::Call::prepare(&mut parts.headers, group.config().protocol, timeout);
+    let body = match &grpc {
+        Some(call) => call.request_body(body),
+        None => body,
+    };
     let limit = conn.limits.max_body_bytes;
-    let replay = group.retries() > 0 && parts.method.is_idempotent();
+    let retry = entry.route.retry.as_ref();
+    // A gRPC stream is never held for a replay.
+    let replay = group.retries_under(retry) && parts.method.is_idempotent() && grpc.is_none();
+    let shadow = entry.mirror.as_ref().and_then(|m| m.sample(&parts));
     let primed = if body.is_end_stream() {
         Primed::Partial(body)
     } else {
@@ -45,12 +56,28 @@ pub(super) async fn exchange(
             .map_err(|e| body_error(e, limit))?
     };
     let outgoing = match primed {
-        Primed::Complete(bytes) if replay => OutgoingBody::Replayable(bytes),
-        Primed::Complete(bytes) => OutgoingBody::Streaming(body::full(bytes)),
+        Primed::Complete(bytes) => {
+            if let Some(shadow) = shadow {
+                shadow.send(bytes.clone());
+            }
+            if replay {
+                OutgoingBody::Replayable(bytes)
+            } else {
+                OutgoingBody::Streaming(body::full(bytes))
+            }
+        }
         Primed::Partial(body) if replay => {
-            OutgoingBody::Replayable(read_bounded(body, limit).await?)
+            let bytes = read_bounded(body, limit).await?;
+            if let Some(shadow) = shadow {
+                shadow.send(bytes.clone());
+            }
+            OutgoingBody::Replayable(bytes)
         }
         Primed::Partial(body) => {
+            let body = match shadow {
+                Some(shadow) => shadow.tee(body),
+                None => body,
+            };
             let unknown_length = !parts.headers.contains_key(header::CONTENT_LENGTH);
             if !body.is_end_stream()
                 && unknown_length
@@ -66,13 +93,28 @@ pub(super) async fn exchange(
             OutgoingBody::Streaming(body)
         }
     };
-    let response = group
+    let affinity = group.affinity(&parts, conn.client_ip.to_str().unwrap_or_default(), prefer);
+    let sent = group
         .send_to(
             Request::from_parts(parts, outgoing),
-            entry.route.timeout,
-            prefer,
+            grpc.as_ref()
+                .and_then(grpc_proxy::Call::timeout)
+                .or(entry.route.timeout),
+            affinity,
+            retry,
         )
-        .await?;
+        .await;
+    let response = match (sent, &entry.route.fallback) {
+        (Err(error), Some(fallback)) if error.is_unavailable() => {
+            tracing::debug!(route = %entry.route.name, %error, "answering with the route's fallback");
+            return Ok(fixed_response(fallback));
+        }
+        (sent, _) => sent?,
+    };
+    let response = match &grpc {
+        Some(call) => call.response(response),
+        None => response,
+    };
     let (mut parts, body) = response.into_parts();
     // Weir speaks HTTP/1.1 to its clients whatever the upstream spoke (an
     // HTTP/1.0 answer would otherwise downgrade and close the client's connection).
@@ -83,7 +125,7 @@ pub(super) async fn exchange(
 }
 
 /// Header hygiene, forwarding headers and rewrites for the upstream request.
-fn prepare_upstream(
+pub(super) fn prepare_upstream(
     parts: &mut http::request::Parts,
     route: &Route,
     conn: &Connection,
@@ -143,7 +185,7 @@ async fn read_bounded(body: Body, limit: u64) -> Result<bytes::Bytes, RequestErr
 }
 
 /// The response of a `respond:` route.
-fn fixed_response(fixed: &FixedResponse) -> Response<Body> {
+pub(super) fn fixed_response(fixed: &FixedResponse) -> Response<Body> {
     let mut response = Response::new(body::full(fixed.body.clone()));
     *response.status_mut() = fixed.status;
     let headers = response.headers_mut();

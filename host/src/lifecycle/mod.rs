@@ -6,6 +6,9 @@
 //!                  → finish (when the response body is done) → access log
 //! ```
 //!
+//! A WebSocket handshake takes the same path; its upstream leg is
+//! `upgrade::exchange`, and a switch hands the server a [`Tunnel`].
+//!
 //! A route's filters are [`HttpFilter`]s in a [`Chain`]; a route with none
 //! skips the phases and pays nothing for them. The config comes from the
 //! [`Snapshot`] the [`Proxy`] holds behind an `ArcSwap`, read once per
@@ -19,31 +22,45 @@ mod chain;
 mod error;
 mod filter;
 mod forward;
+mod grpc_proxy;
+mod grpc_web;
 mod headers;
+mod mirror;
+mod observed;
 mod phases;
 mod rewrite;
 mod snapshot;
+mod split;
 mod target;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
+use prometheus_client::metrics::gauge::Gauge;
 
 pub use chain::{BodyStep, Chain, ChainError, Direction, Run, SharedRun, Step};
 pub use error::RequestError;
 pub use filter::{FailMode, FilterFailure, FilterRun, Flow, HttpFilter, Lent};
 pub use headers::{ClientSide, ip_header_value, strip_hop_by_hop};
-pub use snapshot::{ListenerRoutes, RouteEntry, Snapshot, Target};
+pub use mirror::{Mirror, MirrorCounts};
+pub use observed::Raised;
+pub use snapshot::{Destination, ListenerRoutes, RouteEntry, Snapshot, Target};
+pub use split::Split;
 pub use target::TargetError;
+pub use upgrade::{Tunnel, take_tunnel};
+
+use observed::{Pending, Settling};
 
 use crate::body::Body;
 use crate::config::model::ListenerLimits;
-use crate::error::{self as respond_error, HttpError};
+use crate::error::{self as respond_error, Fault, HttpError};
+use crate::grpc;
+use crate::observe::{Metrics, Observer, Record, TlsSession};
 use crate::request_id::{self, REQUEST_ID};
 use crate::router::RequestView;
 
@@ -62,21 +79,51 @@ pub struct Connection {
     pub tls: bool,
     /// The server name the client asked for in its TLS handshake (SNI).
     pub sni: Option<String>,
+    /// The TLS version and server name, for the access log.
+    pub tls_session: Option<TlsSession>,
     /// The listener's limits.
     pub limits: Arc<ListenerLimits>,
+    /// The listener's gauges.
+    pub gauges: ListenerGauges,
+}
+
+/// A listener's gauges, looked up once when it starts.
+#[derive(Debug, Clone)]
+pub struct ListenerGauges {
+    /// Client connections open now.
+    pub connections: Gauge,
+    /// Requests being served now.
+    pub requests: Gauge,
+}
+
+impl ListenerGauges {
+    /// The gauges of `listener` in `metrics`.
+    pub fn new(metrics: &Metrics, listener: &Arc<str>) -> Self {
+        Self {
+            connections: metrics.active_connections(listener),
+            requests: metrics.active_requests(listener),
+        }
+    }
 }
 
 /// Serves requests with whatever config snapshot is current.
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
+    observer: Arc<Observer>,
 }
 
 impl Proxy {
-    /// A proxy serving `snapshot`.
-    pub fn new(snapshot: Snapshot) -> Self {
+    /// A proxy serving `snapshot`, settling every request into `observer`.
+    pub fn new(snapshot: Snapshot, observer: Arc<Observer>) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
+            observer,
         }
+    }
+
+    /// Where requests are counted and logged.
+    pub fn observer(&self) -> &Arc<Observer> {
+        &self.observer
     }
 
     /// The snapshot requests start with now.
@@ -90,57 +137,92 @@ impl Proxy {
         self.snapshot.swap(Arc::new(snapshot))
     }
 
-    /// Serves one request end to end; never fails (errors become JSON responses).
+    /// Serves one request end to end; never fails (errors become JSON
+    /// responses). Its record is settled when the response body is done.
     pub async fn handle(
         &self,
         mut request: Request<Incoming>,
         conn: &Connection,
     ) -> Response<Body> {
         let request_id = request_id::ensure(request.headers_mut());
-        // What the access log needs of the request, kept only when it is on.
-        let logged = tracing::enabled!(target: "weir::access", tracing::Level::INFO).then(|| {
-            let (method, uri) = (request.method(), request.uri());
-            (Instant::now(), method.clone(), uri.path().to_owned())
-        });
+        let active = Raised::new(conn.gauges.requests.clone());
+        let mut record = Record::new(
+            request_id.clone(),
+            request.method().clone(),
+            request.uri().clone(),
+            conn.remote,
+            conn.listener.clone(),
+            conn.tls_session.clone(),
+        );
+        if let Some(tracer) = self.observer.tracer() {
+            record = record.with_trace(observed::start_trace(tracer, &mut request, conn));
+        }
+        let record = Arc::new(record);
+        request.extensions_mut().insert(record.clone());
+        let pending = Pending::new(record.clone(), self.observer.clone(), active);
+        let head_only = request.method() == http::Method::HEAD;
+        let grpc = grpc::Kind::of(request.headers());
         let snapshot = self.snapshot.load_full();
-        let (route, mut response) = match serve(&snapshot, request, conn, &request_id).await {
-            Ok((route, response)) => (Some(route), response),
-            Err((route, error)) => (route, failed(route, &error, &request_id)),
+        let mut response = match serve(&snapshot, request, conn, &record).await {
+            Ok(response) => response,
+            Err((route, error)) => failed(route, &error, &record, grpc),
         };
         response
             .headers_mut()
             .insert(REQUEST_ID, request_id.clone());
-        if let Some((started, method, path)) = logged {
-            tracing::info!(
-                target: "weir::access",
-                request_id = %request_id::text(&request_id),
-                client = %conn.remote,
-                %method,
-                %path,
-                route = route.map_or("-", |r| r.route.name.as_str()),
-                status = response.status().as_u16(),
-                micros = started.elapsed().as_micros() as u64,
-            );
-        }
-        response
+        let status = response.status();
+        record.update(|details| details.status = status.as_u16());
+        let bodiless = head_only
+            || status.is_informational()
+            || status == http::StatusCode::NO_CONTENT
+            || status == http::StatusCode::NOT_MODIFIED;
+        response.map(|body| crate::body::boxed(Settling::new(body, pending, bodiless)))
     }
 }
 
-/// Logs a request's failure and answers it with Weir's JSON error.
+/// Logs a request's failure and answers it with Weir's JSON error (a gRPC
+/// status for a gRPC client).
 fn failed(
     route: Option<&RouteEntry>,
     error: &RequestError,
-    request_id: &HeaderValue,
+    record: &Record,
+    grpc: Option<grpc::Kind>,
 ) -> Response<Body> {
-    tracing::warn!(
-        request_id = %request_id::text(request_id),
-        route = route.map_or("-", |r| r.route.name.as_str()),
-        code = error.code(),
-        fault = ?error.fault(),
-        %error,
-        "request failed"
-    );
-    respond_error::respond(error, request_id)
+    if let Some(flag) = error.flag() {
+        record.flag(flag);
+    }
+    let request_id = &record.request_id;
+    let response = respond_error::respond(error, request_id, grpc);
+    // A client's own mistake (no route, a bad request) is for the access
+    // log only; the gateway's and the upstream's failures are warnings.
+    if error.fault() == Fault::Downstream {
+        tracing::debug!(
+            request_id = %request_id::text(request_id),
+            route = route.map_or("-", |r| r.route.name.as_str()),
+            code = error.code(),
+            %error,
+            "request refused"
+        );
+    } else {
+        tracing::warn!(
+            request_id = %request_id::text(request_id),
+            route = route.map_or("-", |r| r.route.name.as_str()),
+            code = error.code(),
+            fault = ?error.fault(),
+            grpc_status = grpc_status(&response),
+            %error,
+            "request failed"
+        );
+    }
+    response
+}
+
+/// The `grpc-status` a response carries in its head (a trailers-only
+/// answer, such as Weir's own gRPC errors), for logs; `-` when none.
+fn grpc_status(response: &Response<Body>) -> &str {
+    (response.headers().get(grpc::GRPC_STATUS))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
 }
 
 /// A request's failure, with the route it had matched (if any).
@@ -151,8 +233,8 @@ async fn serve<'a>(
     snapshot: &'a Snapshot,
     mut request: Request<Incoming>,
     conn: &Connection,
-    request_id: &HeaderValue,
-) -> Result<(&'a RouteEntry, Response<Body>), Failure<'a>> {
+    record: &Arc<Record>,
+) -> Result<Response<Body>, Failure<'a>> {
     let no_route = |request: &Request<Incoming>| RequestError::NoRoute {
         method: request.method().clone(),
         path: request.uri().path().to_owned(),
@@ -160,6 +242,8 @@ async fn serve<'a>(
     let Some(served) = snapshot.listener(&conn.listener) else {
         return Err((None, no_route(&request)));
     };
+    // Before the hop-by-hop headers that announce it go.
+    let upgrade = upgrade::detect(&mut request);
     target::canonicalize(&mut request, &served.paths).map_err(|e| (None, e.into()))?;
     let view = view(&request);
     let Some(entry) = snapshot.route(served, &view) else {
@@ -174,9 +258,12 @@ async fn serve<'a>(
         };
         return Err((None, error));
     };
-    phases::run(entry, request, conn, request_id)
+    record.update(|details| {
+        details.route = Some(entry.name.clone());
+        details.route_stats = Some(entry.stats.clone());
+    });
+    phases::run(entry, request, upgrade, conn, record)
         .await
-        .map(|response| (entry, response))
         .map_err(|error| (Some(entry), error))
 }
 

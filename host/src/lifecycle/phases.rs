@@ -16,15 +16,22 @@ use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use hyper::body::Incoming;
 
-use super::body::{Filtered, Lead, lead_body};
+use super::body::{Filtered, Lead, lead_body, whole};
 use super::chain::{self, Direction, SharedRun};
 use super::error::RequestError;
-use super::forward;
-use super::snapshot::{RouteEntry, Target};
+use super::observed::CountedIn;
+use super::snapshot::{Destination, RouteEntry};
+use super::upgrade::{self, Upgrade};
 use super::{Connection, declared_length};
+use super::{forward, grpc_proxy};
 use crate::body::{self, Body, Retaining};
 use crate::error::HttpError;
 use crate::exchange::{LocalReply, RequestHead, ResponseHead, StreamInfo};
+use crate::observe::{Flag, Record};
+
+/// The header the auth built-ins name the caller's consumer in (their
+/// default `consumer_header`), read into the access log.
+const CONSUMER_HEADER: &str = "x-consumer-name";
 
 /// How long a paused filter may hold a stream when the route sets no timeout.
 const DEFAULT_PAUSE_LIMIT: Duration = Duration::from_secs(30);
@@ -39,63 +46,96 @@ const DEFAULT_PAUSE_LIMIT: Duration = Duration::from_secs(30);
 pub(super) async fn run(
     entry: &RouteEntry,
     request: Request<Incoming>,
+    upgrade: Option<Upgrade>,
     conn: &Connection,
-    request_id: &HeaderValue,
+    record: &Arc<Record>,
 ) -> Result<Response<Body>, RequestError> {
+    let request_id = &record.request_id;
     let limit = conn.limits.max_body_bytes;
     if declared_length(request.headers()).is_some_and(|len| len > limit) {
         return Err(RequestError::BodyTooLarge { limit });
     }
+    // A split picks its group here, so filters see the one chosen.
+    let client_ip = conn.client_ip.to_str().unwrap_or_default();
+    let destination = (entry.target).destination(request.headers(), request.uri(), client_ip);
+    if upgrade.is_some() {
+        upgrade::admit(entry, !request.body().is_end_stream())?;
+    }
     if entry.chain.is_empty() {
         let (parts, incoming) = request.into_parts();
         let client_host = parts.headers.get(header::HOST).cloned();
-        let body = body::limited(incoming, limit);
-        return forward::exchange(entry, parts, body, None, conn, client_host).await;
+        if let Some(kind) = upgrade {
+            return upgrade::exchange(entry, destination, parts, kind, None, conn, client_host)
+                .await;
+        }
+        let body = body::limited(CountedIn::new(incoming, record.clone()), limit);
+        return forward::exchange(entry, destination, parts, body, None, conn, client_host).await;
     }
+    let grpc = crate::grpc::Kind::of(request.headers());
     let (mut parts, incoming) = request.into_parts();
+    if upgrade.is_some() {
+        upgrade::restore_headers(&mut parts.headers);
+    }
     // Filters see the host as `:authority` only; it goes back into `Host` on the way out.
     let client_host = parts.headers.remove(header::HOST);
-    let info = Arc::new(stream_info(entry, &parts, conn, request_id));
+    let info = Arc::new(stream_info(entry, destination, &parts, conn, request_id));
     let head = request_head(&mut parts, conn, client_host.as_ref());
-    let run: SharedRun = Arc::new(Mutex::new(entry.chain.start(info, head)?));
+    let mut run = entry.chain.start(info, head)?;
+    run.observe(record.clone());
+    let run: SharedRun = Arc::new(Mutex::new(run));
     let pause_limit = entry
         .route
         .timeout
-        .or(match &entry.target {
-            Target::Forward(group) => Some(group.request_timeout()),
-            Target::Respond(_) => None,
-        })
+        .or(destination.group().map(|group| group.request_timeout()))
         .unwrap_or(DEFAULT_PAUSE_LIMIT);
 
     let phases = request_phases(
         &run,
         &mut parts,
-        incoming,
+        CountedIn::new(incoming, record.clone()),
         client_host.as_ref(),
         limit,
         pause_limit,
     );
     let answer = match phases.await {
         Ok(Ok((body, target))) => {
-            let details = match entry.target {
-                Target::Forward(_) => "via_upstream",
-                Target::Respond(_) => "direct_response",
+            // Auth filters name the caller's consumer to the upstream in this header.
+            if let Some(consumer) = parts.headers.get(CONSUMER_HEADER)
+                && let Ok(consumer) = consumer.to_str()
+            {
+                record.update(|details| details.consumer = Some(consumer.to_owned()));
+            }
+            let details = match destination {
+                Destination::Upstream(_) => "via_upstream",
+                Destination::Respond(_) => "direct_response",
             };
-            forward::exchange(entry, parts, body, target.as_deref(), conn, client_host)
-                .await
-                .map(|response| (response, Cow::Borrowed(details)))
+            let prefer = target.as_deref();
+            let response = match upgrade {
+                Some(kind) => {
+                    upgrade::exchange(entry, destination, parts, kind, prefer, conn, client_host)
+                        .await
+                }
+                None => {
+                    forward::exchange(entry, destination, parts, body, prefer, conn, client_host)
+                        .await
+                }
+            };
+            response.map(|response| (response, Cow::Borrowed(details)))
         }
         Ok(Err(mut reply)) => {
+            if reply.status == StatusCode::TOO_MANY_REQUESTS.as_u16() {
+                record.flag(Flag::RateLimited);
+            }
             let details = Cow::Owned(std::mem::take(&mut reply.details));
-            Ok((local_response(reply), details))
+            Ok((local_response(reply, grpc), details))
         }
         Err(error) => Err(error),
     };
     let (response, details) = answer.unwrap_or_else(|error| {
-        let response = super::failed(Some(entry), &error, request_id);
+        let response = super::failed(Some(entry), &error, record, grpc);
         (response, Cow::Borrowed(error.code()))
     });
-    response_phases(&run, response, details, limit, pause_limit).await
+    response_phases(&run, response, details, limit, pause_limit, grpc).await
 }
 
 /// The chain's request phases; the body to send on (with the target a filter
@@ -103,7 +143,7 @@ pub(super) async fn run(
 async fn request_phases(
     run: &SharedRun,
     parts: &mut http::request::Parts,
-    incoming: Incoming,
+    incoming: CountedIn<Incoming>,
     client_host: Option<&HeaderValue>,
     limit: u64,
     pause_limit: Duration,
@@ -119,9 +159,9 @@ async fn request_phases(
     } else {
         match lead_body(run, Direction::Request, body, limit).await? {
             Lead::Reply(reply) => return Ok(Err(reply)),
-            Lead::Complete(bytes) => {
+            Lead::Complete(bytes, trailers) => {
                 let len = bytes.len();
-                (body::full(bytes), Some(len))
+                (whole(bytes, trailers), Some(len))
             }
             Lead::Streaming { prefix, rest } => (
                 body::boxed(Filtered::new(
@@ -157,6 +197,7 @@ async fn response_phases(
     details: Cow<'static, str>,
     limit: u64,
     pause_limit: Duration,
+    grpc: Option<crate::grpc::Kind>,
 ) -> Result<Response<Body>, RequestError> {
     let (mut parts, incoming) = response.into_parts();
     let end_of_stream = incoming.is_end_stream();
@@ -168,7 +209,7 @@ async fn response_phases(
     if let Some(reply) =
         chain::headers(run, Direction::Response, end_of_stream, pause_limit).await?
     {
-        return Ok(local_response(reply));
+        return Ok(local_response(reply, grpc));
     }
     let body = if end_of_stream {
         apply_response_head(run, &mut parts);
@@ -176,14 +217,11 @@ async fn response_phases(
         body::boxed(Retaining::new(incoming, run.clone()))
     } else {
         match lead_body(run, Direction::Response, incoming, limit).await? {
-            Lead::Reply(reply) => return Ok(local_response(reply)),
-            Lead::Complete(bytes) => {
+            Lead::Reply(reply) => return Ok(local_response(reply, grpc)),
+            Lead::Complete(bytes, trailers) => {
                 apply_response_head(run, &mut parts);
                 set_content_length(&mut parts.headers, bytes.len());
-                body::boxed(Retaining::new(
-                    http_body_util::Full::new(bytes),
-                    run.clone(),
-                ))
+                body::boxed(Retaining::new(whole(bytes, trailers), run.clone()))
             }
             Lead::Streaming { prefix, rest } => {
                 apply_response_head(run, &mut parts);
@@ -203,25 +241,18 @@ async fn response_phases(
 /// Facts filters may read about the request (properties).
 fn stream_info(
     entry: &RouteEntry,
+    destination: Destination<'_>,
     parts: &http::request::Parts,
     conn: &Connection,
     request_id: &HeaderValue,
 ) -> StreamInfo {
+    let group = destination.group();
     StreamInfo {
         route_name: entry.route.name.clone(),
-        upstream_name: match &entry.target {
-            Target::Forward(group) => Some(group.name().to_owned()),
-            Target::Respond(_) => None,
-        },
+        upstream_name: group.map(|g| g.name().to_owned()),
         route_metadata: entry.route.metadata.clone(),
-        cluster_metadata: match &entry.target {
-            Target::Forward(group) => Some(group.config().metadata.clone()),
-            Target::Respond(_) => None,
-        },
-        upstream_hosts: match &entry.target {
-            Target::Forward(group) => group.addresses(),
-            Target::Respond(_) => Arc::from([]),
-        },
+        cluster_metadata: group.map(|g| g.config().metadata.clone()),
+        upstream_hosts: group.map_or_else(|| Arc::from([]), |g| g.addresses()),
         request_id: crate::request_id::text(request_id).to_owned(),
         source: conn.remote,
         destination: conn.local,
@@ -319,11 +350,15 @@ fn set_content_length(headers: &mut HeaderMap, len: usize) {
 }
 
 /// A filter's local reply as a response, with the headers it is sent with
-/// (`LocalReply::response_headers`), so the response phases see them.
-fn local_response(reply: LocalReply) -> Response<Body> {
+/// (`LocalReply::response_headers`), so the response phases see them; to a
+/// gRPC client, as a gRPC status (`grpc_proxy::local_reply`).
+fn local_response(reply: LocalReply, grpc: Option<crate::grpc::Kind>) -> Response<Body> {
     let headers = reply.response_headers();
-    let mut response = Response::new(body::full(reply.body));
+    let mut response = Response::new(body::full(reply.body.clone()));
     *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::FORBIDDEN);
     *response.headers_mut() = headers;
-    response
+    match grpc {
+        Some(kind) => grpc_proxy::local_reply(response, kind, &reply.body),
+        None => response,
+    }
 }

@@ -11,18 +11,24 @@
 //! keep-alive connections then cost little more than their socket, and the
 //! header read timeout runs only while a request head is arriving, not
 //! between requests.
+//!
+//! A WebSocket switch (`lifecycle::take_tunnel`) takes the connection over:
+//! over HTTP/1 once hyper has written the `101` and handed the socket back
+//! (with whatever the client sent after its handshake), in this task; over
+//! HTTP/2 as a task of its own on the upgraded stream. Either way it ends on
+//! shutdown.
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -35,7 +41,8 @@ use super::slots::Slot;
 
 use crate::body::{Body, Retaining};
 use crate::config::model::ListenerLimits;
-use crate::lifecycle::{Connection, Proxy};
+use crate::lifecycle::{Connection, Proxy, Raised, Tunnel, take_tunnel};
+use crate::observe::TlsSession;
 
 /// How long an HTTP/1 connection stays quiet between requests before it is parked
 /// (at most half the header read timeout, which hyper runs while it waits).
@@ -59,7 +66,9 @@ pub fn http_builder(limits: &ListenerLimits) -> Http {
         .max_buf_size(limits.max_header_bytes);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // RFC 8441: WebSockets over HTTP/2 as extended CONNECT.
+        .enable_connect_protocol();
     Http {
         h1,
         h2,
@@ -115,7 +124,16 @@ pub async fn serve_tls(
     }
     match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
-            conn.sni = stream.get_ref().1.server_name().map(str::to_owned);
+            let session = stream.get_ref().1;
+            conn.sni = session.server_name().map(str::to_owned);
+            conn.tls_session = Some(TlsSession {
+                version: match session.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                    _ => "TLS",
+                },
+                sni: session.server_name().map(Arc::from),
+            });
             serve(stream, http, proxy, conn, slot, shutdown).await;
         }
         Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
@@ -136,6 +154,7 @@ pub async fn serve<I>(
     I: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
 {
     let limits = conn.limits.clone();
+    let _open = Raised::new(conn.gauges.connections.clone());
     let activity = Arc::new(Activity::new());
     let mut io = Prefixed {
         prefix: Bytes::new(),
@@ -148,6 +167,7 @@ pub async fn serve<I>(
         proxy,
         conn: Arc::new(conn),
         activity: activity.clone(),
+        shutdown: shutdown.clone(),
     };
     if !first_byte(&io.inner.inner, &slot, &limits, &mut shutdown).await {
         return;
@@ -178,6 +198,10 @@ pub async fn serve<I>(
             let (io, handler) = take_back(*connection);
             (io, handler, parked)
         };
+        if let Some(tunnel) = activity.take_tunnel() {
+            tunnel.run(io, stopped(shutdown)).await;
+            return;
+        }
         if !parked {
             // Bounded: a client that reads nothing must not hold the task.
             let _ = tokio::time::timeout(limits.idle_timeout, io.shutdown()).await;
@@ -397,6 +421,8 @@ struct Handler {
     proxy: Arc<Proxy>,
     conn: Arc<Connection>,
     activity: Arc<Activity>,
+    /// Ends the WebSocket tunnels of HTTP/2 streams.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Handler {
@@ -406,14 +432,40 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     // inline one would keep several KiB per idle connection.
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let open = Open::new(self.activity.clone());
         let (proxy, conn) = (self.proxy.clone(), self.conn.clone());
+        // An HTTP/2 CONNECT (a WebSocket's extended CONNECT among them)
+        // becomes its stream's tunnel through hyper's upgrade.
+        let h2_upgrade =
+            (request.method() == Method::CONNECT).then(|| hyper::upgrade::on(&mut request));
+        let shutdown = self.shutdown.clone();
         Box::pin(async move {
-            let response = proxy.handle(request, &conn).await;
+            let mut response = proxy.handle(request, &conn).await;
+            if let Some(tunnel) = take_tunnel(&mut response) {
+                match h2_upgrade {
+                    Some(upgrading) => {
+                        tokio::spawn(async move {
+                            match upgrading.await {
+                                Ok(stream) => {
+                                    tunnel.run(TokioIo::new(stream), stopped(shutdown)).await;
+                                }
+                                Err(error) => tracing::debug!(%error, "HTTP/2 upgrade failed"),
+                            }
+                        });
+                    }
+                    None => open.0.hand_over(tunnel),
+                }
+            }
             Ok(response.map(|body| Retaining::new(body, open)))
         })
     }
+}
+
+/// Resolves when the gateway starts shutting down.
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    // A closed channel also means shutdown.
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// One request counted from the moment it reaches the service until its
@@ -442,6 +494,8 @@ struct Activity {
     open: AtomicUsize,
     /// Bytes were read since the last request started (part of a request head).
     read_between: AtomicBool,
+    /// The tunnel an HTTP/1 `101` switched the connection to.
+    tunnel: Mutex<Option<Tunnel>>,
 }
 
 impl Activity {
@@ -451,7 +505,20 @@ impl Activity {
             last_millis: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             read_between: AtomicBool::new(false),
+            tunnel: Mutex::new(None),
         }
+    }
+
+    /// Keeps `tunnel` for the connection to run once hyper hands it back.
+    fn hand_over(&self, tunnel: Tunnel) {
+        *self.tunnel.lock().unwrap_or_else(PoisonError::into_inner) = Some(tunnel);
+    }
+
+    fn take_tunnel(&self) -> Option<Tunnel> {
+        self.tunnel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     fn touch(&self) {

@@ -5,6 +5,7 @@
 //!
 //! Knows sockets, TLS and hyper's server side; the request logic lives in `proxy`.
 
+pub mod certs;
 mod connection;
 pub mod slots;
 pub mod tls;
@@ -18,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::config::model::ListenerLimits;
-use crate::lifecycle::{Connection, Proxy};
+use crate::lifecycle::{Connection, ListenerGauges, Proxy};
 use slots::{Event, Refused, Slots};
 
 /// Pending connections the kernel queues per socket (capped by
@@ -54,6 +55,8 @@ pub struct Listener {
     pub limits: Arc<ListenerLimits>,
     /// Its connection slots, shared by every worker's socket of this listener.
     pub slots: Arc<Slots>,
+    /// Its gauges of open connections and requests in flight.
+    pub gauges: ListenerGauges,
 }
 
 /// Accepts connections until `shutdown` fires; connections are spawned on `tracker`.
@@ -91,7 +94,9 @@ pub async fn accept_loop(
             local,
             tls: listener.tls.is_some(),
             sni: None,
+            tls_session: None,
             limits: listener.limits.clone(),
+            gauges: listener.gauges.clone(),
         };
         let (http, proxy, shutdown) = (http.clone(), proxy.clone(), shutdown.clone());
         // Two spawns, so that a cleartext connection's task is not sized for TLS.

@@ -10,7 +10,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
-use crate::config::model::{AdminTls, ListenerTls};
+use super::certs::ListenerCerts;
+use crate::config::model::AdminTls;
 
 /// Why a listener's TLS settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -36,22 +37,10 @@ pub enum TlsError {
     },
 }
 
-/// Builds the rustls server configuration of a listener.
-pub fn server_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
+/// Builds the rustls server configuration of a listener, whose
+/// certificates `certs` resolves (and reloads).
+pub fn server_config(certs: Arc<ListenerCerts>) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut resolver = SniResolver::default();
-    for cert in &tls.certificates {
-        let key = Arc::new(load_certified_key(&cert.cert, &cert.key, &provider)?);
-        if cert.server_names.is_empty() {
-            resolver.default.get_or_insert_with(|| key.clone());
-        }
-        for name in &cert.server_names {
-            resolver
-                .by_name
-                .entry(name.clone())
-                .or_insert_with(|| key.clone());
-        }
-    }
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|source| TlsError::Rustls {
@@ -59,9 +48,14 @@ pub fn server_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
             source,
         })?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The crypto provider every listener uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Builds the rustls server configuration of the admin listener: one
@@ -115,13 +109,13 @@ fn load_certified_key(
 
 /// Picks a certificate by exact SNI name, then by `*.` wildcard, then the default.
 #[derive(Debug, Default)]
-struct SniResolver {
-    by_name: HashMap<String, Arc<CertifiedKey>>,
-    default: Option<Arc<CertifiedKey>>,
+pub(super) struct SniResolver {
+    pub(super) by_name: HashMap<String, Arc<CertifiedKey>>,
+    pub(super) default: Option<Arc<CertifiedKey>>,
 }
 
 impl SniResolver {
-    fn lookup(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    pub(super) fn lookup(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = server_name.map(str::to_ascii_lowercase) {
             if let Some(key) = self.by_name.get(&name) {
                 return Some(key.clone());

@@ -3,8 +3,13 @@
 //! at most its `metrics` quota of distinct names.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::quota::{Quota, QuotaExceeded};
 
@@ -158,48 +163,78 @@ impl Metrics {
         })
     }
 
-    /// Every metric in the Prometheus text format, labelled with its plugin.
-    pub fn render_prometheus(&self) -> String {
-        let metrics = self.lock();
-        let mut by_name: BTreeMap<String, Vec<&Metric>> = BTreeMap::new();
-        for m in metrics.iter() {
-            by_name.entry(prometheus_name(&m.name)).or_default().push(m);
-        }
-        let mut out = String::new();
-        for (name, group) in by_name {
-            let kind = match group[0].kind {
-                Kind::Counter => "counter",
-                Kind::Gauge => "gauge",
-                Kind::Histogram => "histogram",
-            };
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for m in group {
-                let plugin = m.plugin.replace('\\', "\\\\").replace('"', "\\\"");
-                if m.kind == Kind::Histogram {
-                    for (bucket, bound) in m.buckets.iter().zip(BUCKETS) {
-                        let _ = writeln!(
-                            out,
-                            "{name}_bucket{{plugin=\"{plugin}\",le=\"{bound}\"}} {bucket}"
-                        );
-                    }
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{plugin=\"{plugin}\",le=\"+Inf\"}} {}",
-                        m.count
-                    );
-                    let _ = writeln!(out, "{name}_sum{{plugin=\"{plugin}\"}} {}", m.sum);
-                    let _ = writeln!(out, "{name}_count{{plugin=\"{plugin}\"}} {}", m.count);
-                } else {
-                    let _ = writeln!(out, "{name}{{plugin=\"{plugin}\"}} {}", m.value);
-                }
-            }
-        }
-        out
+    /// The registry's view for the gateway's `/metrics`.
+    pub fn collector(self: &Arc<Self>) -> PluginMetrics {
+        PluginMetrics(self.clone())
     }
 }
 
-/// `weir_plugin_` + the name with characters Prometheus does not allow replaced by `_`.
-fn prometheus_name(name: &str) -> String {
+/// Every plugin's metrics, encoded at each scrape: one family per name
+/// (`weir_plugin_<name>`, the first plugin's kind deciding), a series per
+/// plugin labelled `plugin`.
+pub struct PluginMetrics(Arc<Metrics>);
+
+impl std::fmt::Debug for PluginMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PluginMetrics")
+    }
+}
+
+impl Collector for PluginMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let metrics = self.0.lock();
+        let mut by_name: BTreeMap<String, Vec<&Metric>> = BTreeMap::new();
+        for m in metrics.iter() {
+            by_name
+                .entry(family_name(&m.name, m.kind))
+                .or_default()
+                .push(m);
+        }
+        for (name, group) in by_name {
+            let kind = group[0].kind;
+            let metric_type = match kind {
+                Kind::Counter => MetricType::Counter,
+                Kind::Gauge => MetricType::Gauge,
+                Kind::Histogram => MetricType::Histogram,
+            };
+            let help = "Defined by plugins (proxy_define_metric)";
+            let mut family = encoder.encode_descriptor(&name, help, None, metric_type)?;
+            for m in group.iter().filter(|m| m.kind == kind) {
+                let labels = [("plugin", m.plugin.as_str())];
+                let series = family.encode_family(&labels)?;
+                match kind {
+                    Kind::Counter => {
+                        ConstCounter::new(u64::try_from(m.value).unwrap_or(0)).encode(series)?
+                    }
+                    Kind::Gauge => ConstGauge::new(m.value).encode(series)?,
+                    Kind::Histogram => encode_histogram(m, series)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A histogram, its cumulative buckets given per bucket as
+/// prometheus-client wants them (it sums them again; `f64::MAX` is `+Inf`).
+fn encode_histogram(m: &Metric, mut series: MetricEncoder) -> Result<(), std::fmt::Error> {
+    let mut below = 0;
+    let buckets: Vec<(f64, u64)> = (BUCKETS.iter().zip(m.buckets))
+        .map(|(&bound, cumulative)| (bound as f64, cumulative))
+        .chain(std::iter::once((f64::MAX, m.count)))
+        .map(|(bound, cumulative)| {
+            let own = cumulative.saturating_sub(below);
+            below = cumulative;
+            (bound, own)
+        })
+        .collect();
+    series.encode_histogram::<NoLabelSet>(m.sum as f64, m.count, &buckets, None)
+}
+
+/// `plugin_<name>` with every character a metric name cannot hold as `_`
+/// (the registry adds `weir_`); a counter's `_total` goes, since the
+/// encoder adds it.
+fn family_name(name: &str, kind: Kind) -> String {
     let cleaned: String = name
         .chars()
         .map(|c| {
@@ -210,7 +245,11 @@ fn prometheus_name(name: &str) -> String {
             }
         })
         .collect();
-    format!("weir_plugin_{cleaned}")
+    let cleaned = match kind {
+        Kind::Counter => cleaned.strip_suffix("_total").unwrap_or(&cleaned),
+        _ => &cleaned,
+    };
+    format!("plugin_{cleaned}")
 }
 
 #[cfg(test)]
@@ -245,13 +284,16 @@ mod tests {
         assert_eq!(m.get(c), Ok(2));
         assert_eq!(m.get(h), Ok(2));
         assert_eq!(m.get(99), Err(MetricError::NotFound));
-        let text = m.render_prometheus();
+        let mut registry = prometheus_client::registry::Registry::with_prefix("weir");
+        registry.register_collector(Box::new(Arc::new(m).collector()));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         assert!(
             text.contains("# TYPE weir_plugin_requests_denied counter"),
             "{text}"
         );
         assert!(
-            text.contains("weir_plugin_requests_denied{plugin=\"auth\"} 2"),
+            text.contains("weir_plugin_requests_denied_total{plugin=\"auth\"} 2"),
             "{text}"
         );
         assert!(
@@ -259,7 +301,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("weir_plugin_latency_ms_bucket{plugin=\"auth\",le=\"5\"} 1"),
+            text.contains("weir_plugin_latency_ms_bucket{le=\"5.0\",plugin=\"auth\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_plugin_latency_ms_bucket{le=\"50.0\",plugin=\"auth\"} 2"),
             "{text}"
         );
         assert!(

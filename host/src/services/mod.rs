@@ -10,6 +10,7 @@ pub mod consumers;
 pub mod grpc_call;
 pub mod http_call;
 pub mod metrics;
+pub mod plugin_health;
 pub mod queues;
 pub mod quota;
 pub mod redis;
@@ -39,7 +40,9 @@ pub struct Services {
     /// Shared queues.
     pub queues: Queues,
     /// Plugin metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// How the plugins' VMs fare (failures, restarts).
+    pub plugin_health: Arc<plugin_health::PluginHealth>,
     /// Named Redis services.
     pub redis: RedisServices,
     /// Shared-data stores tiered onto a Redis service, by VM id.
@@ -63,7 +66,8 @@ impl Services {
             grpc,
             shared_data: SharedData::new(shared_data::DEFAULT_MAX_BYTES),
             queues: Queues::default(),
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
+            plugin_health: Arc::default(),
             redis,
             tiers: std::collections::HashMap::new(),
             consumers: Consumers::default(),

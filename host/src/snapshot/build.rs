@@ -90,14 +90,30 @@ struct FilterKey {
 /// The filters one build started, by key, for the next build to take over.
 #[derive(Default)]
 pub struct Started {
-    filters: HashMap<FilterKey, Vec<Arc<dyn HttpFilter>>>,
+    filters: HashMap<FilterKey, Vec<StartedFilter>>,
     taken_over: usize,
+}
+
+/// A started filter, and the instance (with its VMs) it runs on.
+#[derive(Clone)]
+struct StartedFilter {
+    filter: Arc<dyn HttpFilter>,
+    instance: Arc<FilterInstance>,
 }
 
 impl Started {
     /// How many of its filters it took over from the build before.
     pub fn taken_over(&self) -> usize {
         self.taken_over
+    }
+
+    /// The filter instances it runs, each once.
+    pub fn instances(&self) -> Vec<Arc<FilterInstance>> {
+        self.filters
+            .values()
+            .flatten()
+            .map(|started| started.instance.clone())
+            .collect()
     }
 }
 
@@ -160,7 +176,7 @@ pub fn chains(
                 .ok()?,
         };
         started.filters.entry(key).or_default().push(filter.clone());
-        Some(filter)
+        Some(filter.filter)
     };
     let global: Vec<Option<Arc<dyn HttpFilter>>> =
         manifest.global_filters.iter().map(&mut instance).collect();
@@ -195,7 +211,7 @@ fn start(
     filter: &FilterRef,
     vms: usize,
     services: &Arc<Services>,
-) -> Result<Arc<dyn HttpFilter>, BuildError> {
+) -> Result<StartedFilter, BuildError> {
     let settings = FilterSettings {
         root_id: filter.root_id.as_str().into(),
         configuration: filter.config.clone(),
@@ -205,7 +221,10 @@ fn start(
         OnError::FailOpen => FailMode::Open,
     };
     FilterInstance::new(loaded.plugin.clone(), settings, vms, services.clone())
-        .map(|instance| Arc::new(ProxyWasmFilter::new(instance, mode)) as Arc<dyn HttpFilter>)
+        .map(|instance| StartedFilter {
+            filter: Arc::new(ProxyWasmFilter::new(instance.clone(), mode)),
+            instance,
+        })
         .map_err(|source| {
             // A plugin that names the field it refuses is reported there.
             let location = match &source {

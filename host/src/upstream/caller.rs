@@ -9,6 +9,7 @@ use http_body_util::BodyExt;
 
 use super::{Directory, OutgoingBody};
 use crate::body::Body;
+use crate::observe::trace::{self, Kind, Span};
 use crate::services::http_call::{
     CallRejected, CallRequest, CallResponse, HttpCaller, PendingCall,
 };
@@ -34,13 +35,30 @@ impl HttpCaller for UpstreamCaller {
             .directory
             .get(&call.upstream)
             .ok_or_else(|| CallRejected::UnknownUpstream(call.upstream.clone()))?;
-        let request = build_request(&call)?;
+        let mut request = build_request(&call)?;
+        let mut span = callout_span(&mut request, &call.upstream);
         Ok(Box::pin(async move {
-            let response = group
-                .send(request, call.timeout)
-                .await
-                .map_err(|e| e.to_string())?;
+            let sent = group.send(request, call.timeout).await;
+            let response = match sent {
+                Ok(response) => response,
+                Err(error) => {
+                    let error = error.to_string();
+                    if let Some(mut span) = span.take() {
+                        span.fail("callout_failed", || error.clone());
+                        span.end();
+                    }
+                    return Err(error);
+                }
+            };
             let (parts, body) = response.into_parts();
+            if let Some(mut span) = span.take() {
+                let status = parts.status;
+                span.set("http.response.status_code", || i64::from(status.as_u16()));
+                if status.is_server_error() {
+                    span.fail(status.as_str(), || format!("answered {status}"));
+                }
+                span.end();
+            }
             let (body, trailers) = read_response_body(body).await?;
             let trailers = trailers.map(|t| pairs(t.iter())).unwrap_or_default();
             let mut headers = vec![(
@@ -55,6 +73,24 @@ impl HttpCaller for UpstreamCaller {
             })
         }))
     }
+}
+
+/// The client span of a callout sent from the filter callback running on
+/// this thread, when that callback is traced; the callout carries it as
+/// its `traceparent`. The span ends when the answer's head arrives.
+pub(super) fn callout_span<B>(request: &mut Request<B>, upstream: &str) -> Option<Span> {
+    let current = trace::current()?;
+    let method = request.method().clone();
+    let mut span = (current.context).child(|| format!("callout {upstream}"), Kind::Client);
+    span.context().inject(request.headers_mut());
+    span.set("http.request.method", || method.as_str());
+    span.set("url.path", || request.uri().path());
+    if let Some(host) = (request.headers().get(http::header::HOST)).and_then(|h| h.to_str().ok()) {
+        span.set("server.address", || host);
+    }
+    span.set("weir.upstream", || upstream);
+    span.set("weir.plugin", || &*current.plugin);
+    Some(span)
 }
 
 /// Reads a callout's whole response body and trailers, failing past [`MAX_RESPONSE_BYTES`].

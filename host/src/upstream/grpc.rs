@@ -43,7 +43,13 @@ impl GrpcCaller for UpstreamCaller {
         let timeout = call
             .timeout
             .or_else(|| call.unary.then(|| group.request_timeout()));
-        let request = build_request(&call, timeout, messages)?;
+        let mut request = build_request(&call, timeout, messages)?;
+        let mut span = super::caller::callout_span(&mut request, &call.upstream);
+        if let Some(span) = &mut span {
+            span.set("rpc.system", || "grpc");
+            span.set("rpc.service", || call.service.as_str());
+            span.set("rpc.method", || call.method.as_str());
+        }
         let (events, receiver) = mpsc::channel(EVENTS);
         let driver = Box::pin(async move {
             let mut sink = EventSink {
@@ -65,6 +71,13 @@ impl GrpcCaller for UpstreamCaller {
                 },
                 None => exchange.await,
             };
+            if let Some(mut span) = span.take() {
+                span.set("rpc.grpc.status_code", || i64::from(close.status));
+                if close.status != status::OK {
+                    span.fail(&close.status.to_string(), || close.message.clone());
+                }
+                span.end();
+            }
             sink.close(close).await;
         });
         Ok(GrpcExchange {

@@ -26,8 +26,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::tls::UpstreamConnector;
+use super::tls::{Alpn, UpstreamConnector};
 use crate::body::Body;
 
 /// Idle connections kept per target; more are closed when their response ends.
@@ -47,6 +48,13 @@ pub enum SendError {
     /// The exchange failed after the request was handed to a connection.
     #[error(transparent)]
     Exchange(#[from] hyper::Error),
+    /// The group already has as many connections open as its circuit
+    /// breaker allows; the request was not sent.
+    #[error("the upstream's {limit} connections are all open")]
+    TooManyConnections {
+        /// The group's connection limit.
+        limit: usize,
+    },
 }
 
 /// An idle connection and since when it has been idle.
@@ -91,6 +99,8 @@ pub struct ConnectionPool {
     per_worker: OnceLock<Box<[IdleList]>>,
     /// The list used off a worker.
     shared: IdleList,
+    /// The group's connection slots, one held by each open connection.
+    connections: Option<(Arc<Semaphore>, usize)>,
 }
 
 impl ConnectionPool {
@@ -108,7 +118,15 @@ impl ConnectionPool {
             idle_timeout,
             per_worker: OnceLock::new(),
             shared: IdleList::default(),
+            connections: None,
         }
+    }
+
+    /// Holds each connection to a slot of `slots` (`limit` of them, shared
+    /// by the group's pools): with none free, no connection is opened.
+    pub fn with_connection_limit(mut self, slots: Arc<Semaphore>, limit: usize) -> Self {
+        self.connections = Some((slots, limit));
+        self
     }
 
     /// The current worker's idle list (the shared one off a worker).
@@ -152,41 +170,123 @@ impl ConnectionPool {
         Ok(self.pooled_response(response, sender))
     }
 
+    /// Sends `request` on a connection of its own, closed after the answer's
+    /// head: for health probes, which must not borrow or warm the pool.
+    pub async fn probe(&self, request: Request<Body>) -> Result<Response<Incoming>, SendError> {
+        let mut sender = self.open().await?;
+        Ok(sender.send_request(request).await?)
+    }
+
     /// Opens a connection (with its TLS handshake, within the connect
     /// timeout too) and spawns its task on the current worker.
     async fn connect(self: &Arc<Self>) -> Result<SendRequest<Body>, SendError> {
-        let stream = connect_tcp(&self.target, self.connect_timeout).await?;
-        let sender = match &self.tls {
-            None => self.handshake(stream).await?,
-            Some(tls) => {
-                let secured =
-                    tokio::time::timeout(self.connect_timeout, tls.connect(&self.target, stream))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "no TLS handshake within the connect timeout",
-                            ))
-                        })
-                        .map_err(|source| SendError::Connect {
-                            target: self.target.clone(),
-                            source,
-                        })?;
-                self.handshake(secured).await?
-            }
-        };
+        let sender = self.open().await?;
         self.start_reaper(self.list());
         Ok(sender)
     }
 
+    /// The TLS handshake on `stream`, within the connect timeout.
+    async fn secure(
+        &self,
+        tls: &UpstreamConnector,
+        stream: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SendError> {
+        let handshake = tls.connect(&self.target, stream, Alpn::Http1);
+        tokio::time::timeout(self.connect_timeout, handshake)
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no TLS handshake within the connect timeout",
+                ))
+            })
+            .map(|(secured, _)| secured)
+            .map_err(|source| SendError::Connect {
+                target: self.target.clone(),
+                source,
+            })
+    }
+
+    /// Opens a connection and spawns its task on the current runtime.
+    async fn open(&self) -> Result<SendRequest<Body>, SendError> {
+        let slot = self.connection_slot()?;
+        let stream = connect_tcp(&self.target, self.connect_timeout).await?;
+        let sender = match &self.tls {
+            None => self.handshake(stream, slot).await?,
+            Some(tls) => {
+                self.handshake(self.secure(tls, stream).await?, slot)
+                    .await?
+            }
+        };
+        Ok(sender)
+    }
+
+    /// Sends `request` on a new connection over `io` (a TLS stream whose
+    /// handshake picked HTTP/1.1), which joins the pool once its response ends.
+    pub(super) async fn send_on<I>(
+        self: &Arc<Self>,
+        io: I,
+        mut request: Request<Body>,
+    ) -> Result<Response<Body>, SendError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        if !request.headers().contains_key(header::HOST)
+            && let Ok(host) = http::HeaderValue::from_str(self.target.as_str())
+        {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        let mut sender = self.handshake(io, self.connection_slot()?).await?;
+        self.start_reaper(self.list());
+        let response = sender.send_request(request).await?;
+        Ok(self.pooled_response(response, sender))
+    }
+
+    /// A slot for one more connection under the group's limit, if it has one.
+    fn connection_slot(&self) -> Result<Option<OwnedSemaphorePermit>, SendError> {
+        let Some((slots, limit)) = &self.connections else {
+            return Ok(None);
+        };
+        Arc::clone(slots)
+            .try_acquire_owned()
+            .map(Some)
+            .map_err(|_| SendError::TooManyConnections { limit: *limit })
+    }
+
+    /// Sends an upgrade request (origin-form URI) on a connection of its own
+    /// that never joins the pool: after a `101` it carries the tunnel
+    /// (`hyper::upgrade::on` the response); after any other answer it closes
+    /// once the response body has been read.
+    pub async fn send_upgrade(
+        &self,
+        mut request: Request<Body>,
+    ) -> Result<Response<Incoming>, SendError> {
+        if !request.headers().contains_key(header::HOST)
+            && let Ok(host) = http::HeaderValue::from_str(self.target.as_str())
+        {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        let stream = connect_tcp(&self.target, self.connect_timeout).await?;
+        let mut sender = match &self.tls {
+            None => upgradable(stream, &self.target).await?,
+            Some(tls) => upgradable(self.secure(tls, stream).await?, &self.target).await?,
+        };
+        Ok(sender.send_request(request).await?)
+    }
+
     /// HTTP/1.1 on `io`, its connection task spawned.
-    async fn handshake<I>(&self, io: I) -> Result<SendRequest<Body>, SendError>
+    async fn handshake<I>(
+        &self,
+        io: I,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<SendRequest<Body>, SendError>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (sender, connection) = http1::handshake(TokioIo::new(io)).await?;
         let target = self.target.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(error) = connection.await {
                 tracing::debug!(%target, %error, "upstream connection ended with an error");
             }
@@ -259,6 +359,21 @@ impl ConnectionPool {
             }
         });
     }
+}
+
+/// HTTP/1.1 on `io` with upgrades allowed, its connection task spawned.
+async fn upgradable<I>(io: I, target: &Authority) -> Result<SendRequest<Body>, SendError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io)).await?;
+    let target = target.clone();
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%target, %error, "upstream upgrade connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// Opens a TCP connection to `target` within `timeout`, with `TCP_NODELAY` set.

@@ -1,7 +1,7 @@
 //! TLS to upstream targets: one rustls client configuration per group (trust
 //! roots from a CA file or the system's, an optional client certificate for
 //! mutual TLS), and the handshake on a target's TCP stream, with the SNI name
-//! configured or the target's host.
+//! configured or the target's host and the HTTP versions offered by ALPN.
 
 use std::io;
 use std::sync::Arc;
@@ -33,14 +33,27 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
 }
 
+/// The HTTP versions a TLS connection offers by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// `http/1.1` only.
+    Http1,
+    /// `h2` only.
+    H2,
+    /// `h2`, then `http/1.1`: the target picks.
+    Both,
+}
+
 /// Makes TLS connections to the targets of one group.
 pub struct UpstreamConnector {
-    connector: TlsConnector,
+    /// One connector per ALPN offer ([`Alpn`]'s order), sharing the settings.
+    connectors: [TlsConnector; 3],
     server_name: Option<ServerName<'static>>,
 }
 
 impl UpstreamConnector {
-    /// Loads `tls`'s files and builds the client configuration (HTTP/1.1 by ALPN).
+    /// Loads `tls`'s files and builds the client configuration, once for
+    /// each ALPN offer.
     pub fn new(tls: &UpstreamTls) -> Result<Self, TlsSetupError> {
         let roots = match &tls.ca {
             Some(ca) => pem::roots(ca)?,
@@ -50,13 +63,22 @@ impl UpstreamConnector {
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots);
-        let mut config = match &tls.client {
+        let config = match &tls.client {
             Some((cert, key)) => {
                 builder.with_client_auth_cert(pem::chain(cert)?, pem::key(key)?)?
             }
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let offering = |protocols: &[&[u8]]| {
+            let mut config = config.clone();
+            config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+            TlsConnector::from(Arc::new(config))
+        };
+        let connectors = [
+            offering(&[b"http/1.1"]),
+            offering(&[b"h2"]),
+            offering(&[b"h2", b"http/1.1"]),
+        ];
         let server_name = tls
             .server_name
             .as_ref()
@@ -66,17 +88,19 @@ impl UpstreamConnector {
             })
             .transpose()?;
         Ok(Self {
-            connector: TlsConnector::from(Arc::new(config)),
+            connectors,
             server_name,
         })
     }
 
-    /// The TLS handshake on `stream`, a connection to `target`.
+    /// The TLS handshake on `stream`, a connection to `target`, offering
+    /// `alpn`; whether the target picked `h2` comes with the stream.
     pub async fn connect(
         &self,
         target: &Authority,
         stream: TcpStream,
-    ) -> io::Result<TlsStream<TcpStream>> {
+        alpn: Alpn,
+    ) -> io::Result<(TlsStream<TcpStream>, bool)> {
         let name = match &self.server_name {
             Some(name) => name.clone(),
             None => {
@@ -85,7 +109,10 @@ impl UpstreamConnector {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
             }
         };
-        self.connector.connect(name, stream).await
+        let connector = &self.connectors[alpn as usize];
+        let secured = connector.connect(name, stream).await?;
+        let h2 = secured.get_ref().1.alpn_protocol() == Some(b"h2");
+        Ok((secured, h2))
     }
 }
 

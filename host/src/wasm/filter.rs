@@ -16,7 +16,7 @@ use bytes::Bytes;
 use super::plugin::Plugin;
 use super::slot::{Bound, FIRST_BACKOFF, Failed, MAX_BACKOFF, Slot};
 use super::stream::StreamData;
-use super::vm::{Callback, Delivery, Home, StartError, Vm, describe_error};
+use super::vm::{Callback, Delivery, GuestFailure, Home, StartError, Vm};
 use crate::services::Services;
 
 /// Why a filter could not serve a stream.
@@ -49,6 +49,15 @@ pub struct FilterSettings {
     pub root_id: Arc<str>,
     /// The plugin configuration, read in `proxy_on_configure` (buffer 7).
     pub configuration: Bytes,
+}
+
+/// What a filter instance's VMs hold now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmUsage {
+    /// Live VMs (the current one of each slot, and failed ones draining).
+    pub vms: usize,
+    /// The size of their linear memories together, in bytes.
+    pub memory_bytes: u64,
 }
 
 /// A plugin bound to one configuration, with its VMs.
@@ -112,6 +121,21 @@ impl FilterInstance {
         &self.plugin.name
     }
 
+    /// Its live VMs and their linear memory now. Takes each slot's lock
+    /// briefly, as a callback does: for the admin API, not the request path.
+    pub fn usage(&self) -> VmUsage {
+        let mut usage = VmUsage::default();
+        for index in 0..self.slots.len() {
+            if let Some(slot) = self.lock(index) {
+                for bound in slot.live() {
+                    usage.vms += 1;
+                    usage.memory_bytes += bound.vm.memory_bytes() as u64;
+                }
+            }
+        }
+        usage
+    }
+
     /// Runs a root callback for something that arrived for a VM of slot
     /// `index`. A draining VM still gets its answers (a stream paused on it may
     /// be waiting for one); for a dropped VM the answer is dropped.
@@ -124,7 +148,10 @@ impl FilterInstance {
         };
         match bound.vm.deliver(event) {
             Ok(()) => self.sync_ticker(index, bound),
-            Err(error) => self.fail_vm(index, &mut slot, generation, &describe_error(&error)),
+            Err(error) => {
+                let failure = bound.vm.failure(&error);
+                self.fail_vm(index, &mut slot, generation, &failure);
+            }
         }
     }
 
@@ -181,9 +208,9 @@ impl FilterInstance {
                     return (data, Ok(stream));
                 }
                 Err(error) => {
-                    let reason = describe_error(&error);
-                    self.fail_vm(index, &mut slot, generation, &reason);
-                    return (data, Err(self.failed(reason)));
+                    let failure = bound.vm.failure(&error);
+                    self.fail_vm(index, &mut slot, generation, &failure);
+                    return (data, Err(self.failed(failure.reason)));
                 }
             }
         }
@@ -211,6 +238,9 @@ impl FilterInstance {
         match Vm::start(&self.plugin, &self.settings, self.services.clone(), home) {
             Ok(vm) => {
                 tracing::info!(plugin = %self.plugin.name, slot = index, "started a fresh VM");
+                if slot.replaces_a_failed_vm() {
+                    self.services.plugin_health.restarted(&self.plugin.name);
+                }
                 let mut bound = Bound::new(vm, generation);
                 self.sync_ticker(index, &mut bound);
                 slot.current = Some(bound);
@@ -230,8 +260,10 @@ impl FilterInstance {
 
     /// The VM `generation` of slot `index` failed: it stops taking streams, and
     /// drains the ones bound to it, or is dropped if it was draining already.
-    fn fail_vm(&self, index: usize, slot: &mut Slot, generation: u64, reason: &str) {
+    fn fail_vm(&self, index: usize, slot: &mut Slot, generation: u64, failure: &GuestFailure) {
         let plugin = &self.plugin.name;
+        let reason = failure.reason.as_str();
+        self.services.plugin_health.failed(plugin, failure.kind);
         match slot.fail(generation, reason) {
             Failed::Dropped => {
                 tracing::error!(
@@ -318,7 +350,8 @@ impl FilterInstance {
             return false;
         };
         if let Err(error) = bound.vm.tick() {
-            self.fail_vm(index, &mut slot, generation, &describe_error(&error));
+            let failure = bound.vm.failure(&error);
+            self.fail_vm(index, &mut slot, generation, &failure);
             return false;
         }
         if bound.vm.tick_period() != bound.tick_period {
@@ -398,10 +431,10 @@ impl FilterStream {
             }
             Err(error) => {
                 self.failed.store(true, Ordering::Relaxed);
-                let reason = describe_error(&error);
+                let failure = bound.vm.failure(&error);
                 self.instance
-                    .fail_vm(self.slot, &mut slot, self.generation, &reason);
-                (Some(data), Err(self.instance.failed(reason)))
+                    .fail_vm(self.slot, &mut slot, self.generation, &failure);
+                (Some(data), Err(self.instance.failed(failure.reason)))
             }
         }
     }

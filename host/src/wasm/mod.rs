@@ -23,7 +23,7 @@ use crate::exchange as stream;
 
 pub use abi::pairs::{decode as decode_pairs, encode as encode_pairs};
 pub use abi::unix_nanos;
-pub use filter::{FilterError, FilterInstance, FilterSettings, FilterStream};
+pub use filter::{FilterError, FilterInstance, FilterSettings, FilterStream, VmUsage};
 pub use headers::MapType;
 pub use plugin::{LoadError, Plugin, PluginLimits, Runtime};
 pub use trace::{Event, Trace, describe_in_full};

@@ -108,6 +108,8 @@ pub(crate) struct Slot {
     pub(crate) backoff: Duration,
     pub(crate) retry_at: Option<Instant>,
     pub(crate) last_error: String,
+    /// The current VM failed and none has taken its place yet.
+    replacing: bool,
 }
 
 impl Slot {
@@ -118,6 +120,7 @@ impl Slot {
             draining: Vec::new(),
             lost: Vec::new(),
             orphans: Vec::new(),
+            replacing: false,
             next_generation: 1,
             backoff: FIRST_BACKOFF,
             retry_at: None,
@@ -158,6 +161,12 @@ impl Slot {
         Some(self.orphans.swap_remove(position).1)
     }
 
+    /// Whether a VM started now takes the place of a failed one (asked
+    /// once per start: the answer resets).
+    pub(crate) fn replaces_a_failed_vm(&mut self) -> bool {
+        std::mem::take(&mut self.replacing)
+    }
+
     /// The VM of `generation` failed with `reason`. The current VM starts
     /// draining (the next binding starts a fresh one); a draining VM is dropped.
     pub(crate) fn fail(&mut self, generation: u64, reason: &str) -> Failed {
@@ -166,6 +175,7 @@ impl Slot {
             .as_ref()
             .is_some_and(|b| b.generation == generation)
         {
+            self.replacing = true;
             let Some(mut failed) = self.current.take() else {
                 return Failed::Unknown;
             };
@@ -245,6 +255,11 @@ impl Slot {
                 reason,
             });
         }
+    }
+
+    /// Every live VM of the slot: the current one, then those draining.
+    pub(crate) fn live(&self) -> impl Iterator<Item = &Bound> {
+        self.current.iter().chain(&self.draining)
     }
 
     /// Failed VMs still draining.

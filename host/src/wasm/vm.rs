@@ -23,6 +23,7 @@ use super::grpc::{GrpcCallback, GrpcCallout, Received};
 use super::plugin::Plugin;
 use super::stream::StreamData;
 use super::trace::{Tracer, note_failure};
+use crate::services::plugin_health::FailureKind;
 use crate::services::{CallResponse, GrpcEvent, Services};
 
 /// The root context id of every VM (each VM holds one plugin's root context).
@@ -35,7 +36,7 @@ const STARTUP_BUDGETS: u64 = 10;
 
 /// What the host keeps per VM, reachable from host functions.
 pub struct VmState {
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: GuestLimits,
     pub(crate) allocator: Option<TypedFunc<i32, i32>>,
     /// The guest's exported memory (looked up once, not per host call).
     pub(crate) memory: Option<wasmtime::Memory>,
@@ -290,7 +291,10 @@ impl Vm {
             .table_elements(100_000)
             .build();
         let state = VmState {
-            limits,
+            limits: GuestLimits {
+                limits,
+                grow_refused: false,
+            },
             allocator: None,
             memory: None,
             plugin: plugin.clone(),
@@ -625,6 +629,11 @@ impl Vm {
         result
     }
 
+    /// The size of the guest's linear memory, in bytes (0 when it exports none).
+    pub fn memory_bytes(&self) -> usize {
+        (self.store.data().memory).map_or(0, |memory| memory.data_size(&self.store))
+    }
+
     /// The tick period the plugin asked for.
     pub fn tick_period(&self) -> Option<Duration> {
         self.store.data().tick_period
@@ -701,6 +710,77 @@ fn typed<P: WasmParams, R: WasmResults>(
         .get_typed_func::<P, R>(&mut *store, name)
         .map(Some)
         .map_err(|_| StartError::Signature(name))
+}
+
+/// The store's resource limits, noting when they refuse the guest more
+/// memory (so that the trap that usually follows reads as out of memory).
+pub struct GuestLimits {
+    limits: StoreLimits,
+    grow_refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for GuestLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        self.grow_refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+/// A call into a VM that failed: what kind of failure, and a line saying it.
+pub struct GuestFailure {
+    /// Its kind, for metrics.
+    pub kind: FailureKind,
+    /// [`describe_error`]'s line.
+    pub reason: String,
+}
+
+impl Vm {
+    /// The failure `error` (from a call into this VM) stands for.
+    pub fn failure(&self, error: &wasmtime::Error) -> GuestFailure {
+        GuestFailure {
+            kind: self.failure_kind(error),
+            reason: describe_error(error),
+        }
+    }
+
+    fn failure_kind(&self, error: &wasmtime::Error) -> FailureKind {
+        if error.downcast_ref::<DeadlineExceeded>().is_some() {
+            return FailureKind::Deadline;
+        }
+        match error.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => FailureKind::Deadline,
+            Some(_) if self.store.data().limits.grow_refused => FailureKind::OutOfMemory,
+            Some(_) => FailureKind::Trap,
+            None => FailureKind::Abi,
+        }
+    }
 }
 
 /// A one-line description of a guest failure (trap kind, deadline, or message).

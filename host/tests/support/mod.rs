@@ -38,7 +38,19 @@ impl Running {
 
     /// Starts `command` (a `weir` binary) as `run --config <manifest>` with
     /// `args`, and waits for its `listening` line.
-    pub fn start_command(mut command: Command, manifest: &Path, args: &[&str]) -> Self {
+    pub fn start_command(command: Command, manifest: &Path, args: &[&str]) -> Self {
+        let mut running = Self::spawn_command(command, manifest, args);
+        let listening = running.wait_for(|l| l["fields"]["message"] == "listening");
+        running.address = listening["fields"]["address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        running
+    }
+
+    /// Starts `command` (a `weir` binary) as `run --config <manifest>` with
+    /// `args`, without waiting for anything (its `address` stays empty).
+    pub fn spawn_command(mut command: Command, manifest: &Path, args: &[&str]) -> Self {
         let mut child = command
             .env("WEIR_LOG", "info")
             .env("WEIR_CACHE_DIR", "none")
@@ -61,18 +73,12 @@ impl Running {
                 }
             }
         });
-        let mut running = Self {
+        Self {
             child,
             lines,
             seen: Vec::new(),
             address: String::new(),
-        };
-        let listening = running.wait_for(|l| l["fields"]["message"] == "listening");
-        running.address = listening["fields"]["address"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        running
+        }
     }
 
     /// Starts `weir run` on `manifest` (which has an admin API) with the

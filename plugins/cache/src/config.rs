@@ -178,5 +178,6 @@ pub fn settle(config: Config) -> Result<Cache, ConfigError> {
         redis: config.redis.map(|r| r.service),
         refresh_timeout,
         status_header: config.status_header.to_ascii_lowercase(),
+        outcomes: super::Outcomes::define(),
     })
 }

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use weir_sdk::background;
 use weir_sdk::cache::{self, Cached, Entry, Lookup};
+use weir_sdk::metrics::Counter;
 use weir_sdk::{
     Body, CallRequest, ConfigError, Error, Filter, Flow, HostError, Http, Outcome, Plugin,
 };
@@ -41,6 +42,44 @@ struct Cache {
     redis: Option<String>,
     refresh_timeout: Duration,
     status_header: String,
+    outcomes: Outcomes,
+}
+
+/// Answers counted by outcome, as plugin metrics: `cache_hits`,
+/// `cache_misses`, `cache_stale`, `cache_revalidated`, `cache_bypassed`.
+struct Outcomes {
+    hits: Option<Counter>,
+    misses: Option<Counter>,
+    stale: Option<Counter>,
+    revalidated: Option<Counter>,
+    bypassed: Option<Counter>,
+}
+
+impl Outcomes {
+    fn define() -> Self {
+        Self {
+            hits: Counter::define("cache_hits").ok(),
+            misses: Counter::define("cache_misses").ok(),
+            stale: Counter::define("cache_stale").ok(),
+            revalidated: Counter::define("cache_revalidated").ok(),
+            bypassed: Counter::define("cache_bypassed").ok(),
+        }
+    }
+
+    /// Counts one answer with the status header's `outcome`.
+    fn count(&self, outcome: &str) {
+        let counter = match outcome {
+            HIT => self.hits,
+            MISS => self.misses,
+            STALE => self.stale,
+            REVALIDATED => self.revalidated,
+            _ => self.bypassed,
+        };
+        if let Some(counter) = counter {
+            // A metric the host refused only goes uncounted.
+            let _ = counter.increment(1);
+        }
+    }
 }
 
 impl Plugin for Cache {
@@ -158,7 +197,12 @@ impl Exchange {
         match lookup {
             Ok(Lookup::Found(entry)) => self.found(http, key, Some(entry)),
             Ok(Lookup::Missing) => self.miss(),
-            Ok(Lookup::Pending | Lookup::Served) => Ok(Flow::Pause),
+            Ok(Lookup::Served) => {
+                // The host answered a fresh entry itself.
+                self.plugin.outcomes.count(HIT);
+                Ok(Flow::Pause)
+            }
+            Ok(Lookup::Pending) => Ok(Flow::Pause),
             Err(error) => {
                 // The cache is an optimisation: without it the upstream answers.
                 http.warn(&format!("cannot look the response up: {error}"));
@@ -220,6 +264,7 @@ impl Exchange {
         age_ms: u64,
         outcome: &'static str,
     ) -> Outcome {
+        self.plugin.outcomes.count(outcome);
         let age = (age_ms / 1000).to_string();
         let status_header = self.plugin.status_header.as_str();
         if unchanged_for_client(http, entry)? {
@@ -415,6 +460,7 @@ impl Filter for Exchange {
             self.consider(http)?;
         }
         if let Some(outcome) = self.outcome {
+            self.plugin.outcomes.count(outcome);
             http.set_response_header(&self.plugin.status_header, outcome)?;
         }
         if http.end_of_stream()

@@ -44,6 +44,8 @@ fn a_stored_response_is_served_by_the_host_until_it_is_stale() {
     assert_eq!(reply.header("x-cache"), Some("HIT"));
     assert_eq!(reply.header("age"), Some("30"));
     assert_eq!(reply.header("content-type"), Some("text/plain"));
+    assert_eq!(kit.metric("cache_misses"), Some(1));
+    assert_eq!(kit.metric("cache_hits"), Some(1));
     let mut other = kit.request(get("/items?page=3"));
     assert_eq!(
         other.send_headers(),

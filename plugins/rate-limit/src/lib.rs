@@ -72,6 +72,7 @@ impl Clone for Applied {
 
 /// The plugin's counters (`weir_plugin_rate_limit_…`).
 struct Metrics {
+    allowed: Option<Counter>,
     limited: Option<Counter>,
     redis_calls: Option<Counter>,
     redis_failures: Option<Counter>,
@@ -104,6 +105,7 @@ impl Plugin for RateLimit {
         let settings = config.validate()?;
         let configured = Applied::new(settings.limits.clone().into(), &settings);
         let metrics = Metrics {
+            allowed: Counter::define("rate_limit_allowed").ok(),
             limited: Counter::define("rate_limit_limited").ok(),
             redis_calls: Counter::define("rate_limit_redis_calls").ok(),
             redis_failures: Counter::define("rate_limit_redis_failures").ok(),
@@ -232,6 +234,7 @@ impl Check {
     /// Admits the request or answers 429.
     fn verdict(&mut self, http: &mut Http<'_, Self>, decision: Decision) -> Outcome {
         if decision.granted > 0 {
+            bump(self.plugin.metrics.allowed);
             self.status = Some(decision.status);
             return Ok(Flow::Continue);
         }

@@ -69,6 +69,7 @@ fn the_shorthand_admits_the_burst_then_answers_429_with_retry_after() {
     assert!(admitted(&kit, key("k1")), "a token back after 100 s");
     assert!(!admitted(&kit, key("k1")));
     assert_eq!(kit.metric("rate_limit_limited"), Some(2));
+    assert_eq!(kit.metric("rate_limit_allowed"), Some(5));
 }
 
 #[test]

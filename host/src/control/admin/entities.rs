@@ -179,8 +179,8 @@ pub async fn delete<B>(
 }
 
 /// `GET /upstreams/{name}/targets`: each target of the running group with
-/// its weight and requests in flight. No health checks run yet, so each
-/// target's health is `unknown`.
+/// its weight, requests in flight, health (`unchecked` without health
+/// checks, else `healthy`, `unhealthy` or `ejected`) and ejections so far.
 pub fn targets(store: &Store, name: &str) -> Result<AdminResponse, Problem> {
     let group = store
         .gateway()
@@ -194,7 +194,8 @@ pub fn targets(store: &Store, name: &str) -> Result<AdminResponse, Problem> {
                 "address": t.address,
                 "weight": t.weight,
                 "in_flight": t.in_flight,
-                "health": "unknown",
+                "health": t.health.as_str(),
+                "ejections": t.ejections,
             })
         })
         .collect();

@@ -19,6 +19,13 @@
 //! | `GET /upstreams/{name}/targets` | read | each target's weight and requests in flight |
 //! | `DELETE /cache?key=…` (or `prefix=…`, `route=…`) | admin | purges cached responses (the `cache` built-in's) here and in Redis, which tells the other nodes |
 //! | `GET /builtins` | read | the plugins built into the binary, with their config schemas (not under `/plugins`, where a plugin may be called `builtin`) |
+//! | `GET /metrics` | read | every metric, Prometheus text (OpenMetrics on request) |
+//! | `GET /status` | read | what the status page shows, as JSON ([`status`]) |
+//! | `GET /ui` (and `/`, which redirects there) | read | the status page ([`ui`]) |
+//!
+//! A token is sent as `Authorization: Bearer <token>`, or as the password of
+//! `Authorization: Basic` (any user name) for browsers, which `/ui` asks
+//! for with a Basic challenge.
 //!
 //! With `admin.tls` the listener speaks HTTPS; with `admin.tls.client_ca` it
 //! also requires a client certificate that CA issued (mutual TLS), checked
@@ -31,6 +38,8 @@ pub mod client;
 mod entities;
 mod plugins;
 mod problem;
+mod status;
+mod ui;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -52,6 +61,7 @@ use super::cluster::{ClusterStatus, Outcome};
 use super::store::{Applied, ChangeError, EditError, Store};
 use crate::config::MAX_MANIFEST_BYTES;
 use crate::config::model::Admin;
+use crate::observe::Format;
 use crate::server::tls::{self, TlsError};
 use crate::services::response_cache::Purge;
 
@@ -117,8 +127,14 @@ pub async fn bind(admin: &Admin) -> Result<Listener, BindError> {
 /// Serves the admin API on `listener` until the returned task is aborted;
 /// on a TLS listener each connection's handshake (and client certificate
 /// check) comes first.
+/// Also samples the routes' request totals for `/status` every
+/// [`status::SAMPLE_EVERY`].
 pub fn serve(listener: Listener, store: Arc<Store>) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    let rates = Arc::new(status::RateHistory::default());
+    let sampled = store.clone();
+    let sampler = rates.clone();
+    let sampling = async move { sampler.run(sampled.gateway()).await };
+    let accepting = async move {
         loop {
             let (stream, peer) = match listener.socket.accept().await {
                 Ok(accepted) => accepted,
@@ -127,13 +143,16 @@ pub fn serve(listener: Listener, store: Arc<Store>) -> JoinHandle<()> {
                     continue;
                 }
             };
-            let store = store.clone();
+            let admin = Context {
+                store: store.clone(),
+                rates: rates.clone(),
+            };
             let acceptor = listener.tls.clone();
             tokio::spawn(async move {
                 match acceptor {
-                    None => serve_connection(stream, store).await,
+                    None => serve_connection(stream, admin).await,
                     Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(stream) => serve_connection(stream, store).await,
+                        Ok(stream) => serve_connection(stream, admin).await,
                         Err(error) => {
                             tracing::warn!(%peer, %error, "admin API: TLS handshake refused");
                         }
@@ -141,17 +160,30 @@ pub fn serve(listener: Listener, store: Arc<Store>) -> JoinHandle<()> {
                 }
             });
         }
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            () = accepting => {}
+            () = sampling => {}
+        }
     })
 }
 
+/// What every admin request is answered from.
+#[derive(Clone)]
+struct Context {
+    store: Arc<Store>,
+    rates: Arc<status::RateHistory>,
+}
+
 /// Serves the admin requests of one connection.
-async fn serve_connection<S>(stream: S, store: Arc<Store>)
+async fn serve_connection<S>(stream: S, admin: Context)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |request| {
-        let store = store.clone();
-        async move { Ok::<_, Infallible>(handle(&store, request).await) }
+        let admin = admin.clone();
+        async move { Ok::<_, Infallible>(handle(&admin, request).await) }
     });
     let connection =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
@@ -161,11 +193,12 @@ where
 }
 
 /// Answers one admin request.
-async fn handle(store: &Arc<Store>, request: Request<Incoming>) -> AdminResponse {
+async fn handle(admin: &Context, request: Request<Incoming>) -> AdminResponse {
+    let store = &admin.store;
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     let needs = match (&method, path.as_str()) {
-        (&Method::GET, "/healthz" | "/readyz") => None,
+        (&Method::GET, "/healthz" | "/readyz" | "/") => None,
         (&Method::PUT | &Method::DELETE, _) => Some(Access::Admin),
         (&Method::POST, p) if p.ends_with("/rollback") => Some(Access::Admin),
         _ => Some(Access::Read),
@@ -173,6 +206,10 @@ async fn handle(store: &Arc<Store>, request: Request<Incoming>) -> AdminResponse
     if let Some(needs) = needs
         && let Err(problem) = auth::check(&store.tokens(), request.headers(), needs)
     {
+        // Browsers answer only a Basic challenge: the page and what it reads.
+        if ui::is_page(&path) || path == "/status" {
+            return problem.challenge_basic().response();
+        }
         return problem.response();
     }
     let result = match (method, path.as_str()) {
@@ -187,14 +224,34 @@ async fn handle(store: &Arc<Store>, request: Request<Incoming>) -> AdminResponse
             "application/json",
         )),
         (Method::GET, "/builtins") => Ok(builtins()),
+        (Method::GET, "/metrics") => Ok(metrics(store, request.headers())),
+        (Method::GET, "/status") => Ok(json(
+            StatusCode::OK,
+            &status::document(store.gateway(), &admin.rates),
+        )),
+        (Method::GET, "/") => Ok(ui::redirect()),
+        (Method::GET, p) if ui::is_page(p) => ui::asset(p).ok_or_else(|| Problem::not_found(p)),
         (Method::DELETE, "/cache") => purge_cache(store, request.uri().query()).await,
-        (_, "/healthz" | "/readyz" | "/config" | "/openapi.json" | "/builtins" | "/cache") => {
-            Err(Problem::method_not_allowed(&path))
-        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/config" | "/openapi.json" | "/builtins" | "/cache"
+            | "/metrics" | "/status" | "/" | "/ui",
+        ) => Err(Problem::method_not_allowed(&path)),
         (_, "/config/validate") => Err(Problem::method_not_allowed(&path)),
         _ => route_entity(store, request, &path).await,
     };
     result.unwrap_or_else(|problem| problem.response())
+}
+
+/// `GET /metrics`: every metric in the Prometheus text format, or in
+/// OpenMetrics when the scraper's `Accept` names it.
+fn metrics(store: &Store, headers: &http::HeaderMap) -> AdminResponse {
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = Format::from_accept(accept);
+    let text = store.gateway().metrics(format);
+    with_type(StatusCode::OK, Bytes::from(text), format.content_type())
 }
 
 /// `DELETE /cache?key=…` (or `?prefix=…`, `?route=…`): purges cached
@@ -340,7 +397,10 @@ async fn put_config(
     let expected = if_match(&request);
     let text: Arc<str> = read_manifest_body(request).await?.into();
     let sent = text.clone();
-    let applied = blocking(store, move |store| store.apply(&sent, expected.as_deref())).await?;
+    let applied = blocking(store, move |store| {
+        store.apply(&sent, expected.as_deref(), super::ADMIN_API)
+    })
+    .await?;
     match applied {
         Ok(applied) => {
             let mut body = match &applied {
@@ -559,6 +619,10 @@ mod tests {
             "POST /config/validate",
             "GET /openapi.json",
             "GET /builtins",
+            "GET /metrics",
+            "GET /status",
+            "GET /ui",
+            "GET /",
             "DELETE /cache",
             "GET /upstreams/{name}/targets",
             "GET /plugins/{name}/versions",

@@ -48,6 +48,18 @@ impl Problem {
         problem
     }
 
+    /// This problem, challenging for Basic credentials too (a browser then
+    /// asks its user for them) when it is a 401.
+    pub fn challenge_basic(mut self) -> Self {
+        if self.status == StatusCode::UNAUTHORIZED {
+            self.extra_headers.push((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"weir admin\", charset=\"UTF-8\""),
+            ));
+        }
+        self
+    }
+
     /// A token whose role may not do this.
     pub fn forbidden(detail: &str) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", "Not allowed", detail)
@@ -223,7 +235,7 @@ impl Problem {
             HeaderValue::from_static("application/problem+json"),
         );
         for (name, value) in self.extra_headers {
-            headers.insert(name, value);
+            headers.append(name, value);
         }
         response
     }

@@ -284,9 +284,10 @@ impl Cluster {
     async fn take(&mut self, version: u64, text: String, running: String) {
         let digest = config::token_digest(text.as_bytes());
         let store = self.store.clone();
-        let applied = tokio::task::spawn_blocking(move || store.apply(&text, Some(&running)))
-            .await
-            .unwrap_or_else(|e| Err(ChangeError::Task(e.to_string())));
+        let applied =
+            tokio::task::spawn_blocking(move || store.apply(&text, Some(&running), "cluster"))
+                .await
+                .unwrap_or_else(|e| Err(ChangeError::Task(e.to_string())));
         match applied {
             Ok(_) => {
                 tracing::info!(version, "cluster: version applied");

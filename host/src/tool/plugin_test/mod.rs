@@ -651,6 +651,11 @@ fn services(upstreams: &[(String, String)]) -> Result<Arc<Services>, SetupError>
             retries: 0,
             metadata: Metadata::default(),
             tls: None,
+            health: Default::default(),
+            slow_start: None,
+            circuit_breaker: Default::default(),
+            protocol: Default::default(),
+            discovery: None,
         })
         .collect();
     let groups = crate::upstream::build_groups(&configs, &Default::default()).map_err(|e| {

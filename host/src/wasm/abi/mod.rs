@@ -194,12 +194,18 @@ fn add_context_functions(r: &mut Registry<'_>) -> wasmtime::Result<()> {
             }
             let message = String::from_utf8_lossy(bytes);
             let plugin = state.plugin.name.as_str();
+            // The stream the callback serves, when it serves one.
+            let stream = state.streams.get(&state.effective).map(|s| &s.info);
+            let route = stream.map(|info| info.route_name.as_str());
+            let request_id = stream.map(|info| info.request_id.as_str());
+            let trace_id = crate::observe::trace::current_trace_id();
+            let trace_id = trace_id.as_deref();
             match level {
-                0 => tracing::trace!(target: "weir::plugin", plugin, "{message}"),
-                1 => tracing::debug!(target: "weir::plugin", plugin, "{message}"),
-                2 => tracing::info!(target: "weir::plugin", plugin, "{message}"),
-                3 => tracing::warn!(target: "weir::plugin", plugin, "{message}"),
-                4 | 5 => tracing::error!(target: "weir::plugin", plugin, "{message}"),
+                0 => tracing::trace!(target: "weir::plugin", plugin, route, request_id, trace_id, "{message}"),
+                1 => tracing::debug!(target: "weir::plugin", plugin, route, request_id, trace_id, "{message}"),
+                2 => tracing::info!(target: "weir::plugin", plugin, route, request_id, trace_id, "{message}"),
+                3 => tracing::warn!(target: "weir::plugin", plugin, route, request_id, trace_id, "{message}"),
+                4 | 5 => tracing::error!(target: "weir::plugin", plugin, route, request_id, trace_id, "{message}"),
                 _ => return Ok(Status::BadArgument as i32),
             }
             Ok(Status::Ok as i32)
