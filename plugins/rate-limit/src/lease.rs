@@ -5,6 +5,12 @@
 //! empty or the refusal is over. Permits unused when their lease ends are
 //! dropped, never given back: the count across nodes can only fall short
 //! of the limit, never pass it.
+//!
+//! The pool is refilled early: once half a lease is used, or (GCRA) half
+//! the pool's time is gone, one request claims the refill in the pool's
+//! entry and asks Redis to top the pool up to a lease, while the others go
+//! on being served from what is left. A claim lasts at most [`CLAIM_NS`],
+//! so a claimant that never stores its reply blocks no refill for longer.
 
 use std::time::Duration;
 
@@ -20,6 +26,13 @@ use crate::local::ABSENT;
 /// is asked at least this often).
 const REFUSAL_KEPT_NS: u64 = 60_000_000_000;
 
+/// How long a claim on a pool's refill holds unless its claimant stores the
+/// reply or lets the claim go first.
+pub const CLAIM_NS: u64 = 1_000_000_000;
+
+/// Words of a stored pool before its limits.
+const HEADER_WORDS: usize = 6;
+
 /// A pool as shared data keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Pool {
@@ -27,6 +40,10 @@ struct Pool {
     permits: u64,
     /// When they lapse (Unix ns).
     expires_ns: u64,
+    /// From when a request claims the refill even with permits left (Unix ns).
+    refill_at_ns: u64,
+    /// Until when a claim on the refill holds (Unix ns; in the past: none).
+    claimed_until_ns: u64,
     /// Until when requests are refused here (Unix ns).
     refused_until_ns: u64,
     /// When Redis said permits are back (Unix ns), for `Retry-After`.
@@ -41,6 +58,8 @@ impl Pool {
         let mut words = vec![
             self.permits,
             self.expires_ns,
+            self.refill_at_ns,
+            self.claimed_until_ns,
             self.refused_until_ns,
             self.retry_at_ns,
         ];
@@ -51,7 +70,7 @@ impl Pool {
     }
 
     fn decode(bytes: &[u8], limits: usize) -> Option<Self> {
-        if bytes.len() != (4 + 2 * limits) * 8 {
+        if bytes.len() != (HEADER_WORDS + 2 * limits) * 8 {
             return None;
         }
         let words: Vec<u64> = bytes
@@ -61,9 +80,14 @@ impl Pool {
         Some(Self {
             permits: words[0],
             expires_ns: words[1],
-            refused_until_ns: words[2],
-            retry_at_ns: words[3],
-            limits: words[4..].chunks_exact(2).map(|p| (p[0], p[1])).collect(),
+            refill_at_ns: words[2],
+            claimed_until_ns: words[3],
+            refused_until_ns: words[4],
+            retry_at_ns: words[5],
+            limits: words[HEADER_WORDS..]
+                .chunks_exact(2)
+                .map(|p| (p[0], p[1]))
+                .collect(),
         })
     }
 
@@ -77,6 +101,79 @@ impl Pool {
             })
             .collect()
     }
+
+    /// Whether the pool has a permit to serve at `now`.
+    fn live(&self, now: u64) -> bool {
+        self.permits > 0 && now < self.expires_ns
+    }
+
+    /// Whether a request may claim the refill at `now`: no other claim
+    /// holds, and Redis is not refusing (it would refuse the refill too).
+    fn claimable(&self, now: u64) -> bool {
+        now >= self.claimed_until_ns && now >= self.refused_until_ns
+    }
+
+    /// Whether the pool wants refilling at `now`, for leases of `lease`:
+    /// empty or lapsed, half a lease or less left, or half its time gone.
+    fn refill_due(&self, lease: u64, now: u64) -> bool {
+        !self.live(now) || self.permits.saturating_mul(2) <= lease || now >= self.refill_at_ns
+    }
+
+    /// Adds the permits `grant` brought at `now` beyond the `taken` its
+    /// request keeps, and moves the lapse and the next refill accordingly.
+    fn add(&mut self, algorithm: Algorithm, grant: &Grant, taken: u64, now: u64) {
+        let granted = grant.decision.granted;
+        let spare = granted.saturating_sub(taken);
+        if spare == 0 {
+            return;
+        }
+        let lease_end = now.saturating_add(grant.hold_ns);
+        let held = self.permits;
+        self.expires_ns = match algorithm {
+            _ if held == 0 => lease_end,
+            // Each permit must be served in the fixed window it was
+            // counted in: the earlier window's end.
+            Algorithm::SlidingWindow => self.expires_ns.min(lease_end),
+            // As long as a lease of all the permits held would last (each
+            // the time one takes to accrue), and no shorter than before:
+            // serving a permit later than granted never adds to the count,
+            // and a refill only tops the pool up to a lease.
+            Algorithm::Gcra => {
+                let each = u128::from(grant.hold_ns) / u128::from(granted);
+                let life = each * u128::from(held.saturating_add(granted));
+                let end = now.saturating_add(u64::try_from(life).unwrap_or(u64::MAX));
+                self.expires_ns.max(end)
+            }
+        };
+        self.permits = held.saturating_add(spare);
+        self.refill_at_ns = match algorithm {
+            Algorithm::Gcra => now.saturating_add(self.expires_ns.saturating_sub(now) / 2),
+            // A refill would lapse at the same window's end: none by time.
+            Algorithm::SlidingWindow => self.expires_ns,
+        };
+    }
+
+    /// How long shared data keeps the entry: until nothing in it matters.
+    fn ttl(&self, now: u64) -> Duration {
+        let until = self
+            .expires_ns
+            .max(self.refused_until_ns)
+            .max(self.claimed_until_ns);
+        Duration::from_nanos(until.saturating_sub(now)) + Duration::from_secs(1)
+    }
+}
+
+/// A claim on a pool's refill, known by its expiry (a later claim's is later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim(u64);
+
+/// The refill a request claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refill {
+    /// The claim, for [`store`] or [`release`].
+    pub claim: Claim,
+    /// The permits to ask Redis for.
+    pub want: u64,
 }
 
 /// What the pool answers a request with.
@@ -84,100 +181,146 @@ impl Pool {
 pub enum Served {
     /// A permit from the pool, or a refusal Redis gave not long ago.
     Here(Decision),
-    /// Neither: ask Redis.
-    AskRedis,
+    /// A permit from the pool, and this request claimed the refill: it asks
+    /// Redis for the permits that top the pool up to a lease.
+    Refilling(Decision, Refill),
+    /// Nothing here: ask Redis for this request's permit, and with a claim
+    /// for a lease (the request takes one of it, the pool the rest); without
+    /// one (another request is refilling), for that permit alone.
+    AskRedis(Option<Refill>),
 }
 
-/// Serves one request from pool `key` at `now` if it can.
-pub fn take(key: &str, limits: usize, now: u64) -> HostResult<Served> {
+/// What a change to a pool leaves it as.
+enum Change<T> {
+    /// Unchanged: nothing to write.
+    Kept(T),
+    /// Changed: write it back.
+    Made(T),
+}
+
+/// Reads pool `key` (empty when missing), lets `change` edit it and writes
+/// it back when changed, unless another VM wrote in between: then again.
+fn update<T>(
+    key: &str,
+    limits: usize,
+    mut change: impl FnMut(&mut Pool) -> Change<T>,
+) -> HostResult<(Pool, T)> {
     loop {
-        let Some(entry) = shared::get(key)? else {
-            return Ok(Served::AskRedis);
+        let entry = shared::get(key)?;
+        let mut pool = entry
+            .as_ref()
+            .and_then(|e| Pool::decode(&e.value, limits))
+            .unwrap_or_default();
+        let out = match change(&mut pool) {
+            Change::Kept(out) => return Ok((pool, out)),
+            Change::Made(out) => out,
         };
-        let Some(mut pool) = Pool::decode(&entry.value, limits) else {
-            return Ok(Served::AskRedis);
-        };
-        if pool.permits > 0 && now < pool.expires_ns {
-            pool.permits -= 1;
-            match shared::set(key, &pool.encode(), Some(entry.cas)) {
-                Ok(()) => {
-                    return Ok(Served::Here(Decision {
-                        granted: 1,
-                        retry_ns: 0,
-                        status: pool.status(now, pool.permits),
-                    }));
-                }
-                Err(HostError::CasMismatch) => continue,
-                Err(error) => return Err(error),
-            }
+        let cas = entry.as_ref().map_or(ABSENT, |e| e.cas);
+        match shared::set(key, &pool.encode(), Some(cas)) {
+            Ok(()) => return Ok((pool, out)),
+            Err(HostError::CasMismatch) => continue,
+            Err(error) => return Err(error),
         }
-        if now < pool.refused_until_ns {
-            return Ok(Served::Here(Decision {
+    }
+}
+
+/// Serves one request from pool `key` (of leases of `lease` permits) at
+/// `now` if it can, and claims the refill when it is due and unclaimed.
+pub fn take(key: &str, limits: usize, lease: u64, now: u64) -> HostResult<Served> {
+    let (pool, served) = update(key, limits, |pool| {
+        let permit = pool.live(now).then(|| {
+            pool.permits -= 1;
+            Decision {
+                granted: 1,
+                retry_ns: 0,
+                status: pool.status(now, pool.permits),
+            }
+        });
+        if permit.is_none() && now < pool.refused_until_ns {
+            return Change::Kept(Served::Here(Decision {
                 granted: 0,
                 retry_ns: pool.retry_at_ns.saturating_sub(now).max(1),
                 status: pool.status(now, 0),
             }));
         }
-        return Ok(Served::AskRedis);
+        let claim = (pool.claimable(now) && pool.refill_due(lease, now)).then(|| {
+            pool.claimed_until_ns = now.saturating_add(CLAIM_NS);
+            Claim(pool.claimed_until_ns)
+        });
+        match (permit, claim) {
+            (Some(permit), None) => Change::Made(Served::Here(permit)),
+            (Some(permit), Some(claim)) => {
+                let want = lease.saturating_sub(pool.permits).max(1);
+                Change::Made(Served::Refilling(permit, Refill { claim, want }))
+            }
+            (None, Some(claim)) => {
+                Change::Made(Served::AskRedis(Some(Refill { claim, want: lease })))
+            }
+            (None, None) => Change::Kept(Served::AskRedis(None)),
+        }
+    })?;
+    // A live pool's entry outlives any claim; an empty one's must last as
+    // long as its claim.
+    if matches!(served, Served::AskRedis(Some(_))) {
+        shared::set_ttl(key, pool.ttl(now))?;
     }
+    Ok(served)
 }
 
 /// Puts what Redis answered at `now` into pool `key` of `algorithm`'s
-/// limits: the permits granted beyond the one this request takes, or the
-/// refusal. Returns the decision for this request.
-pub fn store(key: &str, algorithm: Algorithm, grant: &Grant, now: u64) -> HostResult<Decision> {
+/// limits: the permits granted beyond the `taken` the request keeps (1, or
+/// 0 when the pool served it), or the refusal; lets the request's `claim`
+/// go. Returns the grant's decision with the limits' status as of now.
+pub fn store(
+    key: &str,
+    algorithm: Algorithm,
+    grant: &Grant,
+    taken: u64,
+    claim: Option<Claim>,
+    now: u64,
+) -> HostResult<Decision> {
     let decision = &grant.decision;
-    let spare = decision.granted.saturating_sub(1);
     let limits: Vec<(u64, u64)> = decision
         .status
         .iter()
         .map(|s| (s.remaining, now.saturating_add(s.reset_ns)))
         .collect();
-    loop {
-        let entry = shared::get(key)?;
-        let current = entry
-            .as_ref()
-            .and_then(|e| Pool::decode(&e.value, limits.len()))
-            .filter(|p| p.permits > 0 && now < p.expires_ns);
-        let lease_end = now.saturating_add(grant.hold_ns);
-        let pool = if decision.granted == 0 {
-            Pool {
-                permits: current.as_ref().map_or(0, |p| p.permits),
-                expires_ns: current.as_ref().map_or(0, |p| p.expires_ns),
-                refused_until_ns: now + decision.retry_ns.min(REFUSAL_KEPT_NS),
-                retry_at_ns: now + decision.retry_ns,
-                limits: limits.clone(),
-            }
-        } else {
-            // Two leases' permits in one pool: a sliding window's lapse
-            // with the earlier lease (each must be served in the fixed
-            // window it was counted in); GCRA permits with the later one
-            // (serving one later than granted never adds to the count).
-            let (held, expires_ns) = match (&current, algorithm) {
-                (Some(p), Algorithm::Gcra) => (p.permits, p.expires_ns.max(lease_end)),
-                (Some(p), Algorithm::SlidingWindow) => (p.permits, p.expires_ns.min(lease_end)),
-                (None, _) => (0, lease_end),
-            };
-            Pool {
-                permits: held + spare,
-                expires_ns,
-                refused_until_ns: 0,
-                retry_at_ns: 0,
-                limits: limits.clone(),
-            }
-        };
-        let cas = entry.as_ref().map_or(ABSENT, |e| e.cas);
-        match shared::set(key, &pool.encode(), Some(cas)) {
-            Ok(()) => {
-                let until = pool.expires_ns.max(pool.refused_until_ns);
-                let ttl = Duration::from_nanos(until.saturating_sub(now)) + Duration::from_secs(1);
-                shared::set_ttl(key, ttl)?;
-                let mut decision = decision.clone();
-                decision.status = pool.status(now, pool.permits);
-                return Ok(decision);
-            }
-            Err(HostError::CasMismatch) => continue,
-            Err(error) => return Err(error),
+    let (pool, ()) = update(key, limits.len(), |pool| {
+        if !pool.live(now) {
+            // Lapsed permits are dropped.
+            pool.permits = 0;
+            pool.expires_ns = 0;
         }
-    }
+        if decision.granted == 0 {
+            pool.refused_until_ns = now + decision.retry_ns.min(REFUSAL_KEPT_NS);
+            pool.retry_at_ns = now + decision.retry_ns;
+        } else {
+            pool.refused_until_ns = 0;
+            pool.retry_at_ns = 0;
+            pool.add(algorithm, grant, taken, now);
+        }
+        if claim == Some(Claim(pool.claimed_until_ns)) {
+            pool.claimed_until_ns = 0;
+        }
+        pool.limits.clone_from(&limits);
+        Change::Made(())
+    })?;
+    shared::set_ttl(key, pool.ttl(now))?;
+    let mut decision = decision.clone();
+    decision.status = pool.status(now, pool.permits);
+    Ok(decision)
+}
+
+/// Lets `claim` on pool `key` go (its request got no grant to store), if
+/// it still holds.
+pub fn release(key: &str, limits: usize, claim: Claim) -> HostResult<()> {
+    update(key, limits, |pool| {
+        if claim == Claim(pool.claimed_until_ns) {
+            pool.claimed_until_ns = 0;
+            Change::Made(())
+        } else {
+            Change::Kept(())
+        }
+    })
+    .map(drop)
 }

@@ -25,7 +25,7 @@ use weir_sdk::{ConfigError, Error, Filter, Flow, Http, Outcome, Plugin, RedisVal
 use crate::algorithm::{Ask, Decision, Status};
 use crate::config::{Config, Mode, OnError, Settings};
 use crate::distributed::{Carry, ReplyError};
-use crate::lease::Served;
+use crate::lease::{Claim, Served};
 use crate::limit::Limit;
 
 /// How often a Redis failure is logged at most (each is counted).
@@ -139,10 +139,47 @@ struct Check {
 /// A Redis decision in flight.
 struct Pending {
     key: Rc<str>,
-    /// Leased mode: the pool the grant goes to.
-    pool: Option<String>,
+    /// Leased mode: where the grant goes.
+    lease: Option<Leased>,
     ask: Ask,
     carry: Carry,
+}
+
+/// What a leased-mode decision in flight is for.
+#[derive(Clone)]
+struct Leased {
+    /// The pool the grant goes to.
+    pool: String,
+    /// This request's claim on the pool's refill.
+    claim: Option<Claim>,
+    /// The permit the pool already served this request (a refill): the
+    /// whole grant goes to the pool, and the request passes whatever Redis
+    /// answers.
+    served: Option<Decision>,
+}
+
+impl Leased {
+    /// What to ask Redis when pool `pool` answered a request with `served`:
+    /// the permits wanted, and what they are for; `Err` with the decision
+    /// when the pool answered the request on its own.
+    fn of(pool: String, served: Served) -> Result<(u64, Self), Decision> {
+        let (want, claim, served) = match served {
+            Served::Here(decision) => return Err(decision),
+            Served::Refilling(decision, refill) => {
+                (refill.want, Some(refill.claim), Some(decision))
+            }
+            Served::AskRedis(Some(refill)) => (refill.want, Some(refill.claim), None),
+            Served::AskRedis(None) => (1, None, None),
+        };
+        Ok((
+            want,
+            Self {
+                pool,
+                claim,
+                served,
+            },
+        ))
+    }
 }
 
 fn now_ns<F: Filter>(http: &Http<'_, F>) -> Result<u64, Error> {
@@ -173,14 +210,15 @@ impl Check {
             plugin.settings.algorithm,
             &applied.limits,
             pending.ask,
-            pending.pool.is_some(),
+            pending.lease.is_some(),
         );
         bump(plugin.metrics.redis_calls);
+        let lease = pending.lease.clone();
         match http.redis(&redis.service, &args, move |check, http, reply| {
             check.on_reply(http, pending, reply)
         }) {
             Ok(()) => Ok(Flow::Pause),
-            Err(error) => self.redis_failed(http, &format!("cannot call Redis: {error}")),
+            Err(error) => self.failed(http, lease, &format!("cannot call Redis: {error}")),
         }
     }
 
@@ -192,26 +230,15 @@ impl Check {
     ) -> Outcome {
         let reply = match reply {
             Ok(reply) => reply,
-            Err(error) => return self.redis_failed(http, &error.to_string()),
+            Err(error) => return self.failed(http, pending.lease, &error.to_string()),
         };
         let count = self.applied().limits.len();
         match distributed::read_reply(&reply, count) {
             Ok(grant) => {
                 self.plugin.script_loaded.set(true);
-                let decision = match &pending.pool {
+                let decision = match &pending.lease {
                     None => grant.decision,
-                    Some(pool) => {
-                        let now = now_ns(http)?;
-                        match lease::store(pool, self.plugin.settings.algorithm, &grant, now) {
-                            Ok(decision) => decision,
-                            Err(error) => {
-                                http.warn(&format!(
-                                    "cannot keep a lease, its spare permits are dropped: {error}"
-                                ));
-                                grant.decision
-                            }
-                        }
-                    }
+                    Some(lease) => self.keep(http, lease, &grant)?,
                 };
                 self.verdict(http, decision)
             }
@@ -226,8 +253,58 @@ impl Check {
                     },
                 )
             }
-            Err(ReplyError::NoScript) => self.redis_failed(http, "Redis does not keep the script"),
-            Err(ReplyError::Failed(why)) => self.redis_failed(http, &why),
+            Err(ReplyError::NoScript) => {
+                self.failed(http, pending.lease, "Redis does not keep the script")
+            }
+            Err(ReplyError::Failed(why)) => self.failed(http, pending.lease, &why),
+        }
+    }
+
+    /// Puts `grant` into `lease`'s pool; the decision for this request.
+    fn keep(
+        &self,
+        http: &mut Http<'_, Self>,
+        lease: &Leased,
+        grant: &distributed::Grant,
+    ) -> Result<Decision, Error> {
+        let now = now_ns(http)?;
+        let taken = if lease.served.is_some() { 0 } else { 1 };
+        let algorithm = self.plugin.settings.algorithm;
+        let stored = lease::store(&lease.pool, algorithm, grant, taken, lease.claim, now);
+        let stored = stored.unwrap_or_else(|error| {
+            http.warn(&format!(
+                "cannot keep a lease, its spare permits are dropped: {error}"
+            ));
+            grant.decision.clone()
+        });
+        Ok(match &lease.served {
+            Some(served) => Decision {
+                status: stored.status,
+                ..served.clone()
+            },
+            None => stored,
+        })
+    }
+
+    /// Redis could not decide: a refill's claim is let go and its request
+    /// passes with the permit the pool gave it; any other request fails
+    /// open or closed.
+    fn failed(&mut self, http: &mut Http<'_, Self>, lease: Option<Leased>, why: &str) -> Outcome {
+        let Some(lease) = lease else {
+            return self.redis_failed(http, why);
+        };
+        if let Some(claim) = lease.claim {
+            let limits = self.applied().limits.len();
+            if let Err(error) = lease::release(&lease.pool, limits, claim) {
+                http.warn(&format!("cannot let a refill claim go: {error}"));
+            }
+        }
+        match lease.served {
+            Some(served) => {
+                self.note_failure(http, "the node serves the permits it holds", why);
+                self.verdict(http, served)
+            }
+            None => self.redis_failed(http, why),
         }
     }
 
@@ -253,27 +330,32 @@ impl Check {
         http.deny_with(429, "rate_limited", "too many requests", &fields)
     }
 
-    /// Redis could not decide: fail open or closed.
-    fn redis_failed(&mut self, http: &mut Http<'_, Self>, why: &str) -> Outcome {
-        let plugin = self.plugin.clone();
+    /// Counts a Redis failure and logs it (at most every [`WARN_EVERY_NS`]
+    /// per VM), saying what `happens` meanwhile.
+    fn note_failure(&self, http: &mut Http<'_, Self>, happens: &str, why: &str) {
+        let plugin = &self.plugin;
         bump(plugin.metrics.redis_failures);
-        let on_error = plugin
-            .settings
-            .redis
-            .as_ref()
-            .map_or(OnError::FailOpen, |r| r.on_error);
         let now = now_ns(http).unwrap_or(0);
         let last = plugin.last_warning.get();
         if last == 0 || now.saturating_sub(last) >= WARN_EVERY_NS {
             plugin.last_warning.set(now.max(1));
-            let outcome = match on_error {
-                OnError::FailOpen => "admitted (fail_open)",
-                OnError::FailClosed => "refused (fail_closed)",
-            };
-            http.warn(&format!(
-                "Redis cannot decide, requests are {outcome}: {why}"
-            ));
+            http.warn(&format!("Redis cannot decide, {happens}: {why}"));
         }
+    }
+
+    /// Redis could not decide: fail open or closed.
+    fn redis_failed(&mut self, http: &mut Http<'_, Self>, why: &str) -> Outcome {
+        let on_error = self
+            .plugin
+            .settings
+            .redis
+            .as_ref()
+            .map_or(OnError::FailOpen, |r| r.on_error);
+        let happens = match on_error {
+            OnError::FailOpen => "requests are admitted (fail_open)",
+            OnError::FailClosed => "requests are refused (fail_closed)",
+        };
+        self.note_failure(http, happens, why);
         match on_error {
             OnError::FailOpen => Ok(Flow::Continue),
             OnError::FailClosed => http.deny_with(
@@ -325,22 +407,26 @@ impl Filter for Check {
         let pending = match redis.mode {
             Mode::Exact => Pending {
                 key: key.into(),
-                pool: None,
+                lease: None,
                 ask: Ask::ONE,
                 carry,
             },
             Mode::Leased => {
                 let pool = format!("lease|{key}|{}", applied.tags);
-                match lease::take(&pool, applied.limits.len(), now) {
-                    Ok(Served::Here(decision)) => return self.verdict(http, decision),
-                    Ok(Served::AskRedis) => {}
-                    Err(error) => http.warn(&format!("cannot read the lease pool: {error}")),
-                }
+                let served = lease::take(&pool, applied.limits.len(), redis.lease, now)
+                    .unwrap_or_else(|error| {
+                        http.warn(&format!("cannot read the lease pool: {error}"));
+                        Served::AskRedis(None)
+                    });
+                let (want, lease) = match Leased::of(pool, served) {
+                    Ok(asked) => asked,
+                    Err(decision) => return self.verdict(http, decision),
+                };
                 Pending {
                     key: key.into(),
-                    pool: Some(pool),
+                    lease: Some(lease),
                     ask: Ask {
-                        want: redis.lease,
+                        want,
                         wait_for: redis.lease * LEASE_WAIT_FACTOR,
                     },
                     carry,

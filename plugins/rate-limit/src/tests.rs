@@ -295,19 +295,23 @@ fn leased_mode_serves_a_batch_from_the_node_and_remembers_a_refusal() {
         "Redis's 90 and the 4 held here"
     );
     drop(first);
-    for _ in 0..4 {
+    assert!(admitted(&kit, Request::get("/").header("x-api-key", "k")));
+    // Half the lease used: this request claims the refill and asks Redis to
+    // top the pool up, which refuses; the pool gave it a permit, it passes.
+    let mut claimant = kit.request(Request::get("/").header("x-api-key", "k"));
+    assert_eq!(claimant.send_headers(), Flow::Pause);
+    assert_eq!(&last_command(&claimant)[4..7], ["3", "10", "1"]);
+    let token = claimant.redis_calls().pop().expect("a call").token;
+    claimant.answer_redis(token, &ints(&[0, 3_000_000, 0, 0, 400_000]));
+    assert!(claimant.resumed() && claimant.local_reply().is_none());
+    drop(claimant);
+    for _ in 0..2 {
         assert!(admitted(&kit, Request::get("/").header("x-api-key", "k")));
     }
     let calls = kit.request(Request::get("/")).redis_calls().len();
-    assert_eq!(calls, 1, "four more from the pool, no round trip");
+    assert_eq!(calls, 2, "the rest from the pool, no round trip");
 
-    // The pool is empty: the next request asks Redis, which refuses.
-    let mut refused = kit.request(Request::get("/").header("x-api-key", "k"));
-    assert_eq!(refused.send_headers(), Flow::Pause);
-    let token = refused.redis_calls().pop().expect("a call").token;
-    refused.answer_redis(token, &ints(&[0, 3_000_000, 0, 0, 400_000]));
-    assert_eq!(refused.local_reply().expect("429").status, 429);
-    drop(refused);
+    // The pool is empty and Redis refused: refused here.
     let mut again = kit.request(Request::get("/").header("x-api-key", "k"));
     assert_eq!(again.send_headers(), Flow::Pause);
     let reply = again.local_reply().expect("refused here");
@@ -326,6 +330,141 @@ fn leased_mode_serves_a_batch_from_the_node_and_remembers_a_refusal() {
     let mut later = kit.request(Request::get("/").header("x-api-key", "k"));
     assert_eq!(later.send_headers(), Flow::Pause);
     assert_eq!(later.redis_calls().len(), 3);
+}
+
+/// Leases of 10 of 100 permits a second (GCRA: 10 ms a permit).
+const LEASES_OF_TEN: &str = r#"{"limits": [{"requests": 100, "per": "1s"}], "key": "header:x-api-key",
+    "redis": {"service": "cache", "mode": "leased", "lease": 10, "on_error": "fail_closed"}}"#;
+
+/// Starts leased mode's pool: the first request takes a lease of 10 good
+/// for 100 ms (9 left in the pool, 90 in Redis).
+fn first_lease(kit: &TestKit<RateLimit>) {
+    let mut first = kit.request(Request::get("/").header("x-api-key", "k"));
+    assert_eq!(first.send_headers(), Flow::Pause);
+    assert_eq!(&last_command(&first)[4..7], ["10", "20", "1"]);
+    let token = first.redis_calls().pop().expect("a call").token;
+    first.answer_redis(token, &ints(&[10, 0, 100_000, 90, 100_000]));
+    assert!(first.resumed() && first.local_reply().is_none());
+}
+
+/// How many Redis commands the kit's requests have sent so far.
+fn redis_calls(kit: &TestKit<RateLimit>) -> usize {
+    kit.request(Request::get("/")).redis_calls().len()
+}
+
+#[test]
+fn half_a_lease_used_sends_one_request_to_refill_while_the_pool_serves_the_rest() {
+    let kit = TestKit::<RateLimit>::configure(LEASES_OF_TEN).expect("configured");
+    let key = || Request::get("/").header("x-api-key", "k");
+    first_lease(&kit);
+    for _ in 0..3 {
+        assert!(admitted(&kit, key()));
+    }
+    assert_eq!(redis_calls(&kit), 1, "6 left: no refill yet");
+    // The fifth permit of ten: this request claims the refill, asking Redis
+    // for the 5 that top the pool up to a lease.
+    let mut claimant = kit.request(key());
+    assert_eq!(claimant.send_headers(), Flow::Pause);
+    assert_eq!(&last_command(&claimant)[4..7], ["5", "20", "1"]);
+    let refill = claimant.redis_calls().pop().expect("a call").token;
+    for _ in 0..5 {
+        assert!(admitted(&kit, key()), "the pool serves the rest meanwhile");
+    }
+    assert_eq!(redis_calls(&kit), 2, "one refill claimed, not one each");
+
+    // Empty, with the refill in flight: a request asks for its own permit.
+    let mut alone = kit.request(key());
+    assert_eq!(alone.send_headers(), Flow::Pause);
+    assert_eq!(&last_command(&alone)[4..7], ["1", "20", "1"]);
+    let own = alone.redis_calls().pop().expect("a call").token;
+
+    claimant.answer_redis(refill, &ints(&[5, 0, 50_000, 85, 50_000]));
+    assert!(claimant.resumed() && claimant.local_reply().is_none());
+    claimant.respond(Response::new(200));
+    assert_eq!(
+        claimant.response_header("ratelimit").as_deref(),
+        Some(r#""100/1s";r=90;t=1"#),
+        "Redis's 85 and the 5 the refill put in the pool"
+    );
+    alone.answer_redis(own, &ints(&[1, 0, 10_000, 84, 50_000]));
+    assert!(alone.resumed() && alone.local_reply().is_none());
+    drop((claimant, alone));
+
+    // The claim went with the reply: at half a lease again, the next
+    // request claims the next refill.
+    let mut next = kit.request(key());
+    assert_eq!(next.send_headers(), Flow::Pause);
+    assert_eq!(&last_command(&next)[4..7], ["6", "20", "1"]);
+    assert_eq!(next.redis_calls().len(), 4);
+}
+
+#[test]
+fn half_the_lease_time_gone_sends_the_next_request_to_refill() {
+    let kit = TestKit::<RateLimit>::configure(LEASES_OF_TEN).expect("configured");
+    let key = || Request::get("/").header("x-api-key", "k");
+    first_lease(&kit);
+    assert!(admitted(&kit, key()));
+    kit.advance(Duration::from_millis(49));
+    assert!(admitted(&kit, key()));
+    assert_eq!(redis_calls(&kit), 1, "7 left, 51 ms to go: no refill yet");
+    kit.advance(Duration::from_millis(1));
+    let mut claimant = kit.request(key());
+    assert_eq!(claimant.send_headers(), Flow::Pause, "half of 100 ms gone");
+    assert_eq!(&last_command(&claimant)[4..7], ["4", "20", "1"]);
+    let token = claimant.redis_calls().pop().expect("a call").token;
+    assert!(admitted(&kit, key()), "the pool serves the rest meanwhile");
+    assert_eq!(redis_calls(&kit), 2);
+    // Four more, 10 ms each: the pool's nine last 90 ms from now.
+    claimant.answer_redis(token, &ints(&[4, 0, 40_000, 86, 40_000]));
+    assert!(claimant.resumed() && claimant.local_reply().is_none());
+    drop(claimant);
+    kit.advance(Duration::from_millis(44));
+    assert!(admitted(&kit, key()));
+    assert_eq!(redis_calls(&kit), 2, "45 ms of 90 not gone yet");
+    // The first lease's end: the pool still serves, and half its time is
+    // gone, so this request claims the next refill.
+    kit.advance(Duration::from_millis(6));
+    let mut next = kit.request(key());
+    assert_eq!(next.send_headers(), Flow::Pause);
+    assert_eq!(&last_command(&next)[4..7], ["3", "20", "1"]);
+    assert!(admitted(&kit, key()));
+    assert_eq!(redis_calls(&kit), 3);
+}
+
+#[test]
+fn a_refill_claim_goes_when_redis_fails_and_lapses_after_a_second() {
+    let kit = TestKit::<RateLimit>::configure(LEASES_OF_TEN).expect("configured");
+    let key = || Request::get("/").header("x-api-key", "k");
+    first_lease(&kit);
+    for _ in 0..3 {
+        assert!(admitted(&kit, key()));
+    }
+    let mut claimant = kit.request(key());
+    assert_eq!(claimant.send_headers(), Flow::Pause);
+    let token = claimant.redis_calls().pop().expect("a call").token;
+    claimant.fail_redis(token);
+    assert!(
+        claimant.resumed() && claimant.local_reply().is_none(),
+        "it holds a permit: no fail_closed 503"
+    );
+    drop(claimant);
+    assert_eq!(kit.metric("rate_limit_redis_failures"), Some(1));
+    // The claim went: the next request claims again, and never answers
+    // (its VM gone).
+    let mut vanished = kit.request(key());
+    assert_eq!(vanished.send_headers(), Flow::Pause);
+    assert_eq!(redis_calls(&kit), 3);
+    let _abandoned = vanished;
+    // The pool lapses; the claim holds for a second: requests ask Redis
+    // for their own permit, then one claims a lease.
+    kit.advance(Duration::from_millis(999));
+    let mut alone = kit.request(key());
+    assert_eq!(alone.send_headers(), Flow::Pause);
+    assert_eq!(&last_command(&alone)[4..7], ["1", "20", "1"]);
+    kit.advance(Duration::from_millis(1));
+    let mut claims = kit.request(key());
+    assert_eq!(claims.send_headers(), Flow::Pause);
+    assert_eq!(&last_command(&claims)[4..7], ["10", "20", "1"]);
 }
 
 #[test]
