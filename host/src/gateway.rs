@@ -621,6 +621,8 @@ impl Gateway {
         if let Some(workers) = workers {
             workers.stop().await;
         }
+        // Every request has settled: its line is written before the process ends.
+        self.proxy.observer().flush();
         drained
     }
 }

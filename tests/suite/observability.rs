@@ -321,6 +321,7 @@ async fn access_log_lines_carry_every_field_once_the_response_is_done() -> anyho
     let client = http1_client();
 
     // 1: a plain request.
+    let sent = std::time::Instant::now();
     let response = client
         .post(gw.url("main", "/api/items?x=1"))
         .body("seven b")
@@ -328,6 +329,7 @@ async fn access_log_lines_carry_every_field_once_the_response_is_done() -> anyho
         .await?;
     let request_id = response.headers()["x-request-id"].to_str()?.to_owned();
     assert_eq!(response.text().await?, "twelve bytes");
+    let client_ms = sent.elapsed().as_secs_f64() * 1000.0;
     let line = lines(&log, 1).await?.remove(0);
     assert_eq!(line["request_id"], request_id.as_str());
     assert_eq!(line["listener"], "main");
@@ -349,6 +351,9 @@ async fn access_log_lines_carry_every_field_once_the_response_is_done() -> anyho
     humantime::parse_rfc3339(time)?;
     let ms = |key: &str| line[key].as_f64().unwrap_or(-1.0);
     assert!(ms("duration_ms") > 0.0);
+    // The gateway's clock runs from arrival to the last byte handed to the
+    // client's connection: inside the client's own, never after it.
+    assert!(ms("duration_ms") <= client_ms, "{line} vs {client_ms} ms");
     assert!(ms("upstream_ms") > 0.0 && ms("upstream_ms") <= ms("duration_ms"));
     assert_eq!(ms("plugins_ms"), 0.0, "no filters on this route");
     let parts = ms("gateway_ms") + ms("plugins_ms") + ms("upstream_ms");

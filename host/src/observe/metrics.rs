@@ -256,26 +256,30 @@ impl Metrics {
 
     /// Counts a finished request; the status it was answered with.
     pub fn count(&self, record: &Record) -> u16 {
-        let details = record.details();
-        let status = details.status;
-        if let Some(stats) = &details.route_stats {
-            stats.count(details.status);
-        }
-        let route = details.route.unwrap_or_else(|| Arc::from(NONE));
-        let upstream = details.upstream.clone().unwrap_or_else(|| Arc::from(NONE));
+        let (status, route, upstream) = record.inspect(|details| {
+            if let Some(stats) = &details.route_stats {
+                stats.count(details.status);
+            }
+            (
+                details.status,
+                details.route.clone(),
+                details.upstream.clone(),
+            )
+        });
+        let route = route.unwrap_or_else(|| Arc::from(NONE));
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.clone(),
-                upstream,
+                upstream: upstream.clone().unwrap_or_else(|| Arc::from(NONE)),
                 method: method_class(&record.method),
-                status: status_class(details.status),
+                status: status_class(status),
             })
             .inc();
         let route = RouteLabel { route };
         self.request_duration
             .get_or_create(&route)
             .observe(record.elapsed().as_secs_f64());
-        if let Some(upstream) = details.upstream {
+        if let Some(upstream) = upstream {
             let retries = record.retries();
             if retries > 0 {
                 self.retries

@@ -72,6 +72,13 @@ impl Observer {
         record.end_span();
     }
 
+    /// Writes the access log's waiting lines now (at shutdown).
+    pub fn flush(&self) {
+        if let Some(log) = &self.access_log {
+            log.flush();
+        }
+    }
+
     /// Asks the access log to reopen its file (after rotation).
     pub fn reopen_access_log(&self) {
         if let Some(log) = &self.access_log {

@@ -232,6 +232,11 @@ impl Record {
         change(&mut self.lock());
     }
 
+    /// Reads what is known of the request now, without copying it.
+    pub fn inspect<T>(&self, read: impl FnOnce(&Details) -> T) -> T {
+        read(&self.lock())
+    }
+
     /// What is known of the request now.
     pub fn details(&self) -> Details {
         self.lock().clone()

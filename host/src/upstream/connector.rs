@@ -98,12 +98,27 @@ impl TargetConnections {
 
     /// Sends `request` (origin-form URI) in the HTTP version the upstream's
     /// `protocol` picks, and returns the response.
+    ///
+    /// The HTTP/2 and negotiating ways are boxed, and only when taken: their
+    /// states (an h2 handshake, a TLS one) run to kilobytes, and inline they
+    /// would be carried, and copied by every timeout and attempt wrapped
+    /// around this future, on each plain HTTP/1.1 exchange too.
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, SendError> {
         match self.via(&request) {
             Via::Http1 => self.http1.send(request).await,
-            Via::Http2 => Ok(boxed(self.http2.send(request).await?)),
-            Via::Negotiate => self.negotiate(request).await,
+            Via::Http2 => self.send_http2(request).await,
+            Via::Negotiate => self.negotiate_boxed(request).await,
         }
+    }
+
+    /// The HTTP/2 way of [`send`](Self::send), on the heap.
+    fn send_http2(&self, request: Request<Body>) -> Sending<'_, Response<Body>> {
+        Box::pin(async move { Ok(boxed(self.http2.send(request).await?)) })
+    }
+
+    /// [`negotiate`](Self::negotiate), on the heap.
+    fn negotiate_boxed(&self, request: Request<Body>) -> Sending<'_, Response<Body>> {
+        Box::pin(self.negotiate(request))
     }
 
     /// Sends a health probe on a connection of its own (HTTP/1.1), or on
@@ -175,6 +190,10 @@ impl TargetConnections {
         }
     }
 }
+
+/// A send on the heap (see [`TargetConnections::send`]).
+pub(super) type Sending<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, SendError>> + Send + 'a>>;
 
 fn boxed(response: Response<Incoming>) -> Response<Body> {
     response.map(body::boxed)

@@ -28,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::connector::Sending;
 use super::tls::{Alpn, UpstreamConnector};
 use crate::body::Body;
 
@@ -165,9 +166,16 @@ impl ConnectionPool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        let mut sender = self.connect_boxed().await?;
         let response = sender.send_request(request).await?;
         Ok(self.pooled_response(response, sender))
+    }
+
+    /// [`connect`](Self::connect) on the heap: most requests find an idle
+    /// connection, and inline the connect's state (a TLS handshake's among
+    /// it) would be carried and copied by every one of them.
+    fn connect_boxed(self: &Arc<Self>) -> Sending<'_, SendRequest<Body>> {
+        Box::pin(self.connect())
     }
 
     /// Sends `request` on a connection of its own, closed after the answer's
