@@ -8,7 +8,8 @@
 //!
 //! The pool is refilled early: once half a lease is used, or (GCRA) half
 //! the pool's time is gone, one request claims the refill in the pool's
-//! entry and asks Redis to top the pool up to a lease, while the others go
+//! entry and asks Redis for another lease (half used) or for what tops the
+//! pool up to a lease (half its time gone), while the others go
 //! on being served from what is left. A claim lasts at most [`CLAIM_NS`],
 //! so a claimant that never stores its reply blocks no refill for longer.
 
@@ -250,7 +251,15 @@ pub fn take(key: &str, limits: usize, lease: u64, now: u64) -> HostResult<Served
         match (permit, claim) {
             (Some(permit), None) => Change::Made(Served::Here(permit)),
             (Some(permit), Some(claim)) => {
-                let want = lease.saturating_sub(pool.permits).max(1);
+                // Half a lease used: a whole lease more, so the pool holds at
+                // most one and a half and a lease costs one round trip. Due
+                // by time only: what tops it up to a lease, so a node that
+                // serves less than a lease per lease time never stockpiles.
+                let want = if pool.permits.saturating_mul(2) <= lease {
+                    lease
+                } else {
+                    lease.saturating_sub(pool.permits).max(1)
+                };
                 Change::Made(Served::Refilling(permit, Refill { claim, want }))
             }
             (None, Some(claim)) => {

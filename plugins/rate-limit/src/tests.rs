@@ -296,11 +296,11 @@ fn leased_mode_serves_a_batch_from_the_node_and_remembers_a_refusal() {
     );
     drop(first);
     assert!(admitted(&kit, Request::get("/").header("x-api-key", "k")));
-    // Half the lease used: this request claims the refill and asks Redis to
-    // top the pool up, which refuses; the pool gave it a permit, it passes.
+    // Half the lease used: this request claims the refill and asks Redis for
+    // a lease more, which it refuses; the pool gave it a permit, it passes.
     let mut claimant = kit.request(Request::get("/").header("x-api-key", "k"));
     assert_eq!(claimant.send_headers(), Flow::Pause);
-    assert_eq!(&last_command(&claimant)[4..7], ["3", "10", "1"]);
+    assert_eq!(&last_command(&claimant)[4..7], ["5", "10", "1"]);
     let token = claimant.redis_calls().pop().expect("a call").token;
     claimant.answer_redis(token, &ints(&[0, 3_000_000, 0, 0, 400_000]));
     assert!(claimant.resumed() && claimant.local_reply().is_none());
@@ -362,10 +362,10 @@ fn half_a_lease_used_sends_one_request_to_refill_while_the_pool_serves_the_rest(
     }
     assert_eq!(redis_calls(&kit), 1, "6 left: no refill yet");
     // The fifth permit of ten: this request claims the refill, asking Redis
-    // for the 5 that top the pool up to a lease.
+    // for a whole lease more (the pool then holds at most one and a half).
     let mut claimant = kit.request(key());
     assert_eq!(claimant.send_headers(), Flow::Pause);
-    assert_eq!(&last_command(&claimant)[4..7], ["5", "20", "1"]);
+    assert_eq!(&last_command(&claimant)[4..7], ["10", "20", "1"]);
     let refill = claimant.redis_calls().pop().expect("a call").token;
     for _ in 0..5 {
         assert!(admitted(&kit, key()), "the pool serves the rest meanwhile");
@@ -378,23 +378,27 @@ fn half_a_lease_used_sends_one_request_to_refill_while_the_pool_serves_the_rest(
     assert_eq!(&last_command(&alone)[4..7], ["1", "20", "1"]);
     let own = alone.redis_calls().pop().expect("a call").token;
 
-    claimant.answer_redis(refill, &ints(&[5, 0, 50_000, 85, 50_000]));
+    claimant.answer_redis(refill, &ints(&[10, 0, 100_000, 80, 100_000]));
     assert!(claimant.resumed() && claimant.local_reply().is_none());
     claimant.respond(Response::new(200));
     assert_eq!(
         claimant.response_header("ratelimit").as_deref(),
         Some(r#""100/1s";r=90;t=1"#),
-        "Redis's 85 and the 5 the refill put in the pool"
+        "Redis's 80 and the 10 the refill put in the pool"
     );
-    alone.answer_redis(own, &ints(&[1, 0, 10_000, 84, 50_000]));
+    alone.answer_redis(own, &ints(&[1, 0, 10_000, 79, 100_000]));
     assert!(alone.resumed() && alone.local_reply().is_none());
     drop((claimant, alone));
 
-    // The claim went with the reply: at half a lease again, the next
-    // request claims the next refill.
+    // The claim went with the reply: at half a lease again (the fifth
+    // permit of the new ten), the next refill is claimed.
+    for _ in 0..4 {
+        assert!(admitted(&kit, key()));
+    }
+    assert_eq!(redis_calls(&kit), 3, "6 left: no refill yet");
     let mut next = kit.request(key());
     assert_eq!(next.send_headers(), Flow::Pause);
-    assert_eq!(&last_command(&next)[4..7], ["6", "20", "1"]);
+    assert_eq!(&last_command(&next)[4..7], ["10", "20", "1"]);
     assert_eq!(next.redis_calls().len(), 4);
 }
 
