@@ -36,6 +36,9 @@ fn list(manifest: &std::path::Path, errors: &[BuildError]) -> String {
         .join("\n")
 }
 
+/// How long shutdown waits for the last spans to reach the collector.
+const SPANS_AT_SHUTDOWN: Duration = Duration::from_secs(5);
+
 /// The observer of a gateway starting with `manifest`: its metrics at
 /// generation 1 (with the plugins' metrics and the upstream groups' state
 /// read at each scrape), the access log and the tracer the manifest asks for.
@@ -621,8 +624,9 @@ impl Gateway {
         if let Some(workers) = workers {
             workers.stop().await;
         }
-        // Every request has settled: its line is written before the process ends.
-        self.proxy.observer().flush();
+        // Every request has settled: its line is written and its spans are
+        // exported before the process ends.
+        self.proxy.observer().flush(SPANS_AT_SHUTDOWN).await;
         drained
     }
 }

@@ -478,6 +478,51 @@ routes: [{{ name: all, upstream: app }}]
 }
 
 #[tokio::test]
+async fn spans_and_log_lines_still_waiting_go_out_at_shutdown() -> anyhow::Result<()> {
+    let collector = Collector::start().await?;
+    let app = EchoUpstream::start("app").await?;
+    // A minute's flush interval: within the test, only shutdown sends the span.
+    let mut gw = TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: app, targets: ["{app}"] }}]
+routes: [{{ name: r, upstream: app }}]
+access_log: {{ path: access.log }}
+tracing:
+  otlp: {{ endpoint: "{endpoint}", flush_interval: 60s }}
+"#,
+        app = app.addr,
+        endpoint = collector.endpoint(),
+    ))
+    .await?;
+    let response = http1_client().get(gw.url("main", "/in")).send().await?;
+    let request_id = response.headers()["x-request-id"].to_str()?.to_owned();
+    let sent = echoed(&json(response).await?, "traceparent").expect("a traceparent");
+    let (trace_id, _, _) = fields(&sent);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        collector.trace(&trace_id).is_empty(),
+        "held for the interval"
+    );
+
+    assert!(gw.shutdown().await, "nothing left in flight");
+    let spans = collector.finished_trace(&trace_id).await;
+    assert_eq!(
+        attr(named(&spans, "GET r"), "weir.request_id").as_deref(),
+        Some(request_id.as_str())
+    );
+    let log = std::fs::read_to_string(gw.dir().join("access.log"))?;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 1, "{log}");
+    assert_eq!(lines[0]["request_id"], request_id.as_str());
+    assert_eq!(lines[0]["trace_id"], trace_id.as_str());
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_failed_upstream_marks_both_spans_failed() -> anyhow::Result<()> {
     let collector = Collector::start().await?;
     let dead = weir_tests::dead_address().await?;

@@ -8,7 +8,7 @@
 //! (target health, plugin VMs, the metrics plugins define) are read at
 //! scrape time by [`Collector`]s, so the request path never pays for them.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::Method;
 use prometheus_client::collector::Collector;
@@ -94,6 +94,18 @@ pub struct SpanCounters {
     pub dropped: Counter,
     /// Spans lost because their export failed.
     pub failed: Counter,
+}
+
+/// One route's series of the per-route metrics, kept on its
+/// [`RouteStats`](super::RouteStats) once a request has found them, so a
+/// request of a named route looks none of them up. Each is taken from its
+/// family on first use, so a series appears when there is something to
+/// show, as a lookup would make it.
+#[derive(Debug, Default)]
+pub struct RouteSeries {
+    duration: OnceLock<Histogram>,
+    received: OnceLock<Counter>,
+    sent: OnceLock<Counter>,
 }
 
 /// Every metric the gateway keeps itself.
@@ -256,7 +268,7 @@ impl Metrics {
 
     /// Counts a finished request; the status it was answered with.
     pub fn count(&self, record: &Record) -> u16 {
-        let (status, route, upstream) = record.inspect(|details| {
+        let (status, route, upstream, route_stats) = record.inspect(|details| {
             if let Some(stats) = &details.route_stats {
                 stats.count(details.status);
             }
@@ -264,6 +276,7 @@ impl Metrics {
                 details.status,
                 details.route.clone(),
                 details.upstream.clone(),
+                details.route_stats.clone(),
             )
         });
         let route = route.unwrap_or_else(|| Arc::from(NONE));
@@ -276,9 +289,16 @@ impl Metrics {
             })
             .inc();
         let route = RouteLabel { route };
-        self.request_duration
-            .get_or_create(&route)
-            .observe(record.elapsed().as_secs_f64());
+        // A route's own series are looked up once, then kept on its stats.
+        let series = route_stats.as_deref().map(|stats| &stats.series);
+        let elapsed = record.elapsed().as_secs_f64();
+        match series {
+            Some(series) => series
+                .duration
+                .get_or_init(|| self.request_duration.get_or_create_owned(&route))
+                .observe(elapsed),
+            None => self.request_duration.get_or_create(&route).observe(elapsed),
+        }
         if let Some(upstream) = upstream {
             let retries = record.retries();
             if retries > 0 {
@@ -296,11 +316,21 @@ impl Metrics {
             }
         }
         let (bytes_in, bytes_out) = (record.bytes_in(), record.bytes_out());
-        if bytes_in > 0 {
-            self.received_bytes.get_or_create(&route).inc_by(bytes_in);
-        }
-        if bytes_out > 0 {
-            self.sent_bytes.get_or_create(&route).inc_by(bytes_out);
+        for (bytes, family, kept) in [
+            (bytes_in, &self.received_bytes, series.map(|s| &s.received)),
+            (bytes_out, &self.sent_bytes, series.map(|s| &s.sent)),
+        ] {
+            if bytes == 0 {
+                continue;
+            }
+            match kept {
+                Some(kept) => {
+                    (kept.get_or_init(|| family.get_or_create_owned(&route))).inc_by(bytes);
+                }
+                None => {
+                    family.get_or_create(&route).inc_by(bytes);
+                }
+            }
         }
         for flag in record.flags() {
             self.flags

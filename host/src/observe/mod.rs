@@ -72,10 +72,14 @@ impl Observer {
         record.end_span();
     }
 
-    /// Writes the access log's waiting lines now (at shutdown).
-    pub fn flush(&self) {
+    /// Writes the access log's waiting lines and exports the waiting
+    /// spans now, the spans `within` at most (at shutdown).
+    pub async fn flush(&self, within: std::time::Duration) {
         if let Some(log) = &self.access_log {
             log.flush();
+        }
+        if let Some(tracer) = &self.tracer {
+            tracer.flush(within).await;
         }
     }
 

@@ -13,7 +13,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use super::metrics::SpanCounters;
-use super::trace::{SpanData, Value};
+use super::trace::{Export, SpanData, Value};
 
 /// Where and how spans are exported.
 #[derive(Debug, Clone)]
@@ -34,8 +34,8 @@ pub struct Settings {
 
 /// Starts the exporter's thread; spans sent into the returned queue are
 /// exported until every sender is gone (then what is queued is sent and
-/// the thread ends).
-pub fn start(settings: Settings, counters: SpanCounters) -> io::Result<mpsc::Sender<SpanData>> {
+/// the thread ends). A flush sends the batch being gathered at once.
+pub fn start(settings: Settings, counters: SpanCounters) -> io::Result<mpsc::Sender<Export>> {
     let (spans, received) = mpsc::channel(settings.queue.max(1));
     let client = reqwest::Client::builder()
         .timeout(settings.timeout)
@@ -53,25 +53,37 @@ pub fn start(settings: Settings, counters: SpanCounters) -> io::Result<mpsc::Sen
 }
 
 /// Collects spans into batches of at most `settings.batch`, each sent when
-/// full or `flush_interval` after its first span, one export at a time.
+/// full, `flush_interval` after its first span, or when a flush asks; one
+/// export at a time. A flush is answered once what came before it is sent.
 async fn export_batches(
     settings: Settings,
     client: reqwest::Client,
-    mut spans: mpsc::Receiver<SpanData>,
+    mut spans: mpsc::Receiver<Export>,
     counters: SpanCounters,
 ) {
     let mut batch = Vec::with_capacity(settings.batch.min(4096));
     let mut failing = false;
     loop {
-        let Some(first) = spans.recv().await else {
-            break;
+        let first = match spans.recv().await {
+            None => break,
+            Some(Export::Span(span)) => span,
+            Some(Export::Flush(done)) => {
+                // Nothing waits: every span before it is sent.
+                let _ = done.send(());
+                continue;
+            }
         };
         batch.push(first);
         let deadline = tokio::time::Instant::now() + settings.flush_interval;
         let mut closed = false;
+        let mut flushed = None;
         while batch.len() < settings.batch {
             match tokio::time::timeout_at(deadline, spans.recv()).await {
-                Ok(Some(span)) => batch.push(span),
+                Ok(Some(Export::Span(span))) => batch.push(span),
+                Ok(Some(Export::Flush(done))) => {
+                    flushed = Some(done);
+                    break;
+                }
                 Ok(None) => {
                     closed = true;
                     break;
@@ -93,6 +105,9 @@ async fn export_batches(
                 }
                 failing = true;
             }
+        }
+        if let Some(done) = flushed {
+            let _ = done.send(());
         }
         if closed {
             break;

@@ -2,7 +2,8 @@
 //! status page's rate chart. A route's [`RouteStats`] is found by name when
 //! a snapshot is built and carried by its route entry, so a request counts
 //! itself with two relaxed atomic adds: no lock and no map lookup on the
-//! request path, and a reload that keeps a route keeps its totals.
+//! request path, and a reload that keeps a route keeps its totals. It also
+//! keeps the route's metric series, for the same reason.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,8 @@ pub struct RouteStats {
     name: Arc<str>,
     requests: AtomicU64,
     errors: AtomicU64,
+    /// The route's metric series, once found.
+    pub series: super::metrics::RouteSeries,
 }
 
 impl RouteStats {
@@ -22,6 +25,7 @@ impl RouteStats {
             name,
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            series: super::metrics::RouteSeries::default(),
         }
     }
 

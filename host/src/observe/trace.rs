@@ -11,11 +11,11 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// The W3C `traceparent` header.
 pub const TRACEPARENT: &str = "traceparent";
@@ -104,7 +104,7 @@ pub struct Settings {
 pub struct Tracer(Arc<Shared>);
 
 struct Shared {
-    spans: mpsc::Sender<SpanData>,
+    spans: mpsc::Sender<Export>,
     /// New traces are sampled when the low 8 bytes of their id fall below this.
     threshold: u64,
     dropped: Counter,
@@ -121,7 +121,7 @@ impl fmt::Debug for Tracer {
 impl Tracer {
     /// A tracer handing spans to `spans`; `dropped` counts those the queue
     /// had no room for.
-    pub fn new(settings: &Settings, spans: mpsc::Sender<SpanData>, dropped: Counter) -> Self {
+    pub fn new(settings: &Settings, spans: mpsc::Sender<Export>, dropped: Counter) -> Self {
         Self(Arc::new(Shared {
             spans,
             threshold: threshold(settings.sample),
@@ -167,10 +167,36 @@ impl Tracer {
 
     /// Hands `span` to the exporter unless its queue is full.
     pub fn export(&self, span: SpanData) {
-        if self.0.spans.try_send(span).is_err() {
+        if self.0.spans.try_send(Export::Span(span)).is_err() {
             self.0.dropped.inc();
         }
     }
+
+    /// Has the exporter send every span handed to it so far, and waits
+    /// for that, `within` at most (at shutdown, once no request is left).
+    pub async fn flush(&self, within: Duration) {
+        let (done, flushed) = oneshot::channel();
+        let flush = async {
+            if self.0.spans.send(Export::Flush(done)).await.is_ok() {
+                let _ = flushed.await;
+            }
+        };
+        if tokio::time::timeout(within, flush).await.is_err() {
+            tracing::warn!(
+                within_ms = within.as_millis(),
+                "spans not exported in time at shutdown; the rest are dropped"
+            );
+        }
+    }
+}
+
+/// What the exporter is handed.
+#[derive(Debug)]
+pub enum Export {
+    /// An ended span.
+    Span(SpanData),
+    /// Send what waits now, then answer.
+    Flush(oneshot::Sender<()>),
 }
 
 /// The sampling threshold on a trace id's low 8 bytes for `sample`.
@@ -596,7 +622,9 @@ mod tests {
         );
         assert_eq!(sent.to_str().ok(), Some(expected.as_str()));
         span.end();
-        let data = receiver.try_recv().expect("exported");
+        let Ok(Export::Span(data)) = receiver.try_recv() else {
+            panic!("no span exported");
+        };
         assert_eq!(data.parent, Some(trace.context.span_id));
         assert_eq!(
             data.attributes,
