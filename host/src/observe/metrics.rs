@@ -14,7 +14,7 @@ use http::Method;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
@@ -31,6 +31,14 @@ const PLUGIN_BUCKETS: [f64; 12] = [
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.01, 0.05,
     0.1,
 ];
+
+/// The method label of a request, by [`method_class`].
+const METHOD_CLASSES: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+
+/// The status label of a request, by [`status_class`].
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
 /// The label a request without a route or an upstream gets.
 const NONE: &str = "-";
@@ -106,6 +114,46 @@ pub struct RouteSeries {
     duration: OnceLock<Histogram>,
     received: OnceLock<Counter>,
     sent: OnceLock<Counter>,
+    /// The series of the first upstream group the route's requests went
+    /// to: its own (a split's other groups are looked up each time).
+    upstream: OnceLock<UpstreamSeries>,
+}
+
+/// A route's series that are labelled with an upstream group too.
+#[derive(Debug)]
+struct UpstreamSeries {
+    upstream: Arc<str>,
+    /// Request counters by method class, then status class.
+    requests: [[OnceLock<Counter>; STATUS_CLASSES.len()]; METHOD_CLASSES.len()],
+    duration: OnceLock<Histogram>,
+}
+
+impl UpstreamSeries {
+    fn new(upstream: Arc<str>) -> Self {
+        Self {
+            upstream,
+            requests: Default::default(),
+            duration: OnceLock::new(),
+        }
+    }
+}
+
+/// The series kept in `slot`, or looked up in `family` each time when there
+/// is no slot to keep it in.
+fn kept<L, M, C>(
+    slot: Option<&OnceLock<M>>,
+    family: &Family<L, M, C>,
+    labels: impl FnOnce() -> L,
+    apply: impl FnOnce(&M),
+) where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: MetricConstructor<M>,
+{
+    match slot {
+        Some(slot) => apply(slot.get_or_init(|| family.get_or_create_owned(&labels()))),
+        None => apply(&family.get_or_create(&labels())),
+    }
 }
 
 /// Every metric the gateway keeps itself.
@@ -280,25 +328,36 @@ impl Metrics {
             )
         });
         let route = route.unwrap_or_else(|| Arc::from(NONE));
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                upstream: upstream.clone().unwrap_or_else(|| Arc::from(NONE)),
-                method: method_class(&record.method),
-                status: status_class(status),
-            })
-            .inc();
-        let route = RouteLabel { route };
         // A route's own series are looked up once, then kept on its stats.
         let series = route_stats.as_deref().map(|stats| &stats.series);
+        let by_upstream = series
+            .zip(upstream.as_ref())
+            .and_then(|(series, upstream)| {
+                let kept = (series.upstream).get_or_init(|| UpstreamSeries::new(upstream.clone()));
+                (kept.upstream == *upstream).then_some(kept)
+            });
+        let (method, status_index) = (method_class(&record.method), status_class(status));
+        kept(
+            by_upstream.map(|kept| &kept.requests[method][status_index]),
+            &self.requests,
+            || RequestLabels {
+                route: route.clone(),
+                upstream: upstream.clone().unwrap_or_else(|| Arc::from(NONE)),
+                method: METHOD_CLASSES[method],
+                status: STATUS_CLASSES[status_index],
+            },
+            |counter| {
+                counter.inc();
+            },
+        );
+        let route = RouteLabel { route };
         let elapsed = record.elapsed().as_secs_f64();
-        match series {
-            Some(series) => series
-                .duration
-                .get_or_init(|| self.request_duration.get_or_create_owned(&route))
-                .observe(elapsed),
-            None => self.request_duration.get_or_create(&route).observe(elapsed),
-        }
+        kept(
+            series.map(|s| &s.duration),
+            &self.request_duration,
+            || route.clone(),
+            |histogram| histogram.observe(elapsed),
+        );
         if let Some(upstream) = upstream {
             let retries = record.retries();
             if retries > 0 {
@@ -310,26 +369,28 @@ impl Metrics {
             }
             let upstream_time = record.upstream_time();
             if !upstream_time.is_zero() {
-                self.upstream_duration
-                    .get_or_create(&UpstreamLabel { upstream })
-                    .observe(upstream_time.as_secs_f64());
+                kept(
+                    by_upstream.map(|kept| &kept.duration),
+                    &self.upstream_duration,
+                    || UpstreamLabel { upstream },
+                    |histogram| histogram.observe(upstream_time.as_secs_f64()),
+                );
             }
         }
         let (bytes_in, bytes_out) = (record.bytes_in(), record.bytes_out());
-        for (bytes, family, kept) in [
+        for (bytes, family, slot) in [
             (bytes_in, &self.received_bytes, series.map(|s| &s.received)),
             (bytes_out, &self.sent_bytes, series.map(|s| &s.sent)),
         ] {
-            if bytes == 0 {
-                continue;
-            }
-            match kept {
-                Some(kept) => {
-                    (kept.get_or_init(|| family.get_or_create_owned(&route))).inc_by(bytes);
-                }
-                None => {
-                    family.get_or_create(&route).inc_by(bytes);
-                }
+            if bytes > 0 {
+                kept(
+                    slot,
+                    family,
+                    || route.clone(),
+                    |counter| {
+                        counter.inc_by(bytes);
+                    },
+                );
             }
         }
         for flag in record.flags() {
@@ -466,36 +527,87 @@ fn to_prometheus(open: &str) -> String {
     out
 }
 
-/// A method's label: the common methods by name, the rest as `other`.
-fn method_class(method: &Method) -> &'static str {
+/// A method's label in [`METHOD_CLASSES`]: the common methods by name, the
+/// rest as `other`.
+fn method_class(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::PATCH => 4,
+        Method::DELETE => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
     }
 }
 
-/// A status's class label (`2xx` …); a request that got no status at all
-/// (the client left first) is `none`.
-fn status_class(status: u16) -> &'static str {
+/// A status's class label in [`STATUS_CLASSES`] (`2xx` …); a request that
+/// got no status at all (the client left first) is `none`.
+fn status_class(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 5,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A finished GET of route `api` (with its stats) sent to `upstream`.
+    fn finished(stats: &Arc<super::super::RouteStats>, upstream: &str, status: u16) -> Record {
+        let record = Record::new(
+            http::HeaderValue::from_static("id"),
+            Method::GET,
+            http::Uri::from_static("/"),
+            "127.0.0.1:1".parse().expect("address"),
+            Arc::from("main"),
+            None,
+        );
+        record.update(|d| {
+            d.route = Some(Arc::from("api"));
+            d.route_stats = Some(stats.clone());
+            d.upstream = Some(Arc::from(upstream));
+            d.status = status;
+        });
+        record.add_upstream_time(std::time::Duration::from_millis(1));
+        record
+    }
+
+    #[test]
+    fn series_kept_for_a_routes_first_upstream_count_as_a_lookup_would() {
+        let metrics = Metrics::new();
+        let stats = Arc::new(super::super::RouteStats::new(Arc::from("api")));
+        // A split: `stable` is found first and kept, `canary` looked up.
+        for (upstream, status) in [
+            ("stable", 200),
+            ("canary", 200),
+            ("stable", 503),
+            ("stable", 200),
+            ("canary", 404),
+        ] {
+            metrics.count(&finished(&stats, upstream, status));
+        }
+        let text = metrics.render(Format::Prometheus);
+        let requests = |upstream: &str, status: &str| {
+            let series = format!(
+                "weir_requests_total{{route=\"api\",upstream=\"{upstream}\",method=\"GET\",status=\"{status}\"}} "
+            );
+            (text.lines()).find_map(|line| line.strip_prefix(series.as_str())?.parse::<u64>().ok())
+        };
+        assert_eq!(requests("stable", "2xx"), Some(2), "{text}");
+        assert_eq!(requests("stable", "5xx"), Some(1), "{text}");
+        assert_eq!(requests("canary", "2xx"), Some(1), "{text}");
+        assert_eq!(requests("canary", "4xx"), Some(1), "{text}");
+        let upstream_count = |upstream: &str| {
+            let series =
+                format!("weir_upstream_duration_seconds_count{{upstream=\"{upstream}\"}} ");
+            (text.lines()).find_map(|line| line.strip_prefix(series.as_str())?.parse::<u64>().ok())
+        };
+        assert_eq!(upstream_count("stable"), Some(3), "{text}");
+        assert_eq!(upstream_count("canary"), Some(2), "{text}");
+    }
 
     #[test]
     fn counters_are_named_with_total_and_units_and_eof_go_in_the_prometheus_format() {

@@ -20,7 +20,7 @@ pub struct RouteStats {
 }
 
 impl RouteStats {
-    fn new(name: Arc<str>) -> Self {
+    pub(super) fn new(name: Arc<str>) -> Self {
         Self {
             name,
             requests: AtomicU64::new(0),
