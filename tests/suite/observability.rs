@@ -255,7 +255,7 @@ fn dashboard_metrics(dashboard: &str) -> anyhow::Result<Vec<String>> {
 }
 
 /// The lines of the access log at `path` once it has `count` of them.
-async fn lines(path: &std::path::Path, count: usize) -> anyhow::Result<Vec<Value>> {
+pub(crate) async fn lines(path: &std::path::Path, count: usize) -> anyhow::Result<Vec<Value>> {
     let complete = eventually(Duration::from_secs(5), async || {
         std::fs::read_to_string(path).is_ok_and(|t| t.lines().count() >= count)
     })

@@ -656,3 +656,57 @@ tracing:
     held.abort();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_websocket_handshake_and_its_upstream_leg_are_spans_of_one_trace() -> anyhow::Result<()> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let collector = Collector::start().await?;
+    let chat = weir_tests::websocket::WsEchoUpstream::start().await?;
+    let gw = TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: chat, targets: ["{}"] }}]
+routes: [{{ name: ws, upstream: chat, websocket: {{ enabled: true }} }}]
+access_log: {{ path: access.log }}
+{}"#,
+        chat.addr,
+        tracing_section(&collector, 0),
+    ))
+    .await?;
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = format!("ws://{}/room", gw.addr("main")).into_client_request()?;
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    request
+        .headers_mut()
+        .insert("traceparent", traceparent.parse()?);
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await?;
+    assert_eq!(response.status(), 101);
+    ws.close(None).await?;
+
+    let spans = collector.finished_trace(trace_id).await;
+    let server = named(&spans, "GET ws");
+    assert_eq!(hex(&server.parent_span_id), "00f067aa0ba902b7");
+    let leg = named(&spans, "GET");
+    assert_eq!(leg.kind, SpanKind::Client as i32);
+    assert_eq!(hex(&leg.parent_span_id), hex(&server.span_id));
+    assert_eq!(attr(leg, "weir.upstream").as_deref(), Some("chat"));
+    assert_eq!(attr(leg, "url.path").as_deref(), Some("/room"));
+    assert_eq!(
+        attr(leg, "http.response.status_code").as_deref(),
+        Some("101")
+    );
+    assert_eq!(attr(leg, "server.port"), Some(chat.addr.port().to_string()));
+    // The upstream's handshake names the leg as its parent.
+    let handshake = chat.handshakes().into_iter().next().unwrap_or_default();
+    let sent = (handshake.iter()).find(|(name, _)| name == "traceparent");
+    let (sent_trace, parent, flags) = fields(sent.map_or("", |(_, v)| v));
+    assert_eq!((sent_trace.as_str(), flags.as_str()), (trace_id, "01"));
+    assert_eq!(parent, hex(&leg.span_id));
+    // The access log names the group and the target the leg went to.
+    let lines = crate::observability::lines(&gw.dir().join("access.log"), 1).await?;
+    assert_eq!(lines[0]["trace_id"], trace_id);
+    assert_eq!(lines[0]["status"], 101);
+    assert_eq!(lines[0]["upstream"], "chat");
+    assert_eq!(lines[0]["upstream_target"], chat.addr.to_string());
+    Ok(())
+}

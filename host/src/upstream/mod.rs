@@ -574,23 +574,9 @@ impl UpstreamGroup {
     ) -> Result<Response<Body>, (UpstreamError, Option<Arc<TargetState>>)> {
         let target = self.choose(affinity, avoid).map_err(|e| (e, None))?;
         let _guard = InFlight::enter(&target.in_flight);
-        let record = record_of(request.extensions()).cloned();
-        let mut span = record
-            .as_ref()
-            .and_then(|r| r.trace())
-            .map(|trace| attempt_span(trace, &mut request, &self.name, &target.address));
-        let started = std::time::Instant::now();
+        let observed = Observed::start(&mut request, &self.name, &target.address);
         let result = tokio::time::timeout(timeout, target.connections.send(request)).await;
-        if let Some(span) = span.take() {
-            end_attempt_span(span, &result);
-        }
-        if let Some(record) = record {
-            record.add_upstream_time(started.elapsed());
-            record.update(|details| {
-                details.upstream = Some(self.name.clone());
-                details.target = Some(target.address.clone());
-            });
-        }
+        observed.finish(&result, &self.name, &target.address);
         match &result {
             Ok(Ok(response)) => self.record(&target, Ok(response.status())),
             // A connection our own limit refused says nothing of the target.
@@ -712,11 +698,56 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// What one attempt at a target tells its request's record and trace: a
+/// client span from the send to the response head, then the time it took,
+/// the group and the target.
+pub(super) struct Observed {
+    record: Option<Arc<crate::observe::Record>>,
+    span: Option<Span>,
+    started: std::time::Instant,
+}
+
+impl Observed {
+    /// Starts observing an attempt of `request` on `target` of `group`: its
+    /// span (when the request is traced) goes into the request's
+    /// `traceparent`.
+    pub(super) fn start<B>(request: &mut Request<B>, group: &str, target: &str) -> Self {
+        let record = record_of(request.extensions()).cloned();
+        let span = (record.as_ref().and_then(|r| r.trace()))
+            .map(|trace| attempt_span(trace, request, group, target));
+        Self {
+            record,
+            span,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Ends the attempt with its `result`: the span failed on a 5xx, a
+    /// timeout or a failed exchange.
+    pub(super) fn finish<R, E: std::fmt::Display>(
+        self,
+        result: &Result<Result<Response<R>, E>, tokio::time::error::Elapsed>,
+        group: &Arc<str>,
+        target: &Arc<str>,
+    ) {
+        if let Some(span) = self.span {
+            end_attempt_span(span, result);
+        }
+        if let Some(record) = self.record {
+            record.add_upstream_time(self.started.elapsed());
+            record.update(|details| {
+                details.upstream = Some(group.clone());
+                details.target = Some(target.clone());
+            });
+        }
+    }
+}
+
 /// The client span of one attempt at `target` (a child of the request's
 /// span), whose id the upstream receives as its parent in `traceparent`.
-fn attempt_span(
+fn attempt_span<B>(
     trace: &RequestTrace,
-    request: &mut Request<Body>,
+    request: &mut Request<B>,
     upstream: &str,
     target: &str,
 ) -> Span {
@@ -738,11 +769,9 @@ fn attempt_span(
     span
 }
 
-/// Ends an attempt's span with its outcome: failed on a 5xx, a timeout or
-/// a failed exchange.
-fn end_attempt_span<E: std::fmt::Display>(
+fn end_attempt_span<R, E: std::fmt::Display>(
     mut span: Span,
-    result: &Result<Result<Response<Body>, E>, tokio::time::error::Elapsed>,
+    result: &Result<Result<Response<R>, E>, tokio::time::error::Elapsed>,
 ) {
     match result {
         Ok(Ok(response)) => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::{Affinity, InFlight, SendError, TargetState, UpstreamError, UpstreamGroup};
+use super::{Affinity, InFlight, Observed, SendError, TargetState, UpstreamError, UpstreamGroup};
 use crate::body;
 
 impl UpstreamGroup {
@@ -34,9 +34,11 @@ impl UpstreamGroup {
         for _ in 0..self.default_retry.attempts {
             let target = self.choose(affinity, avoid.as_ref())?;
             let _guard = InFlight::enter(&target.in_flight);
-            let request = Request::from_parts(head.clone(), body::empty());
+            let mut request = Request::from_parts(head.clone(), body::empty());
+            let observed = Observed::start(&mut request, &self.name, &target.address);
             let sent =
                 tokio::time::timeout(timeout, target.connections.send_upgrade(request)).await;
+            observed.finish(&sent, &self.name, &target.address);
             let error = match sent {
                 Ok(Ok(response)) => {
                     self.record(&target, Ok(response.status()));
