@@ -338,7 +338,7 @@ routes: [{{ name: r, upstream: app, filters: [{{ plugin: trace }}] }}]
 /// would generate them: `weir.test.Echo` with `Say` (unary) and `Chat`
 /// (bidirectional), and `grpcbin.GRPCBin` with `RandomError`, whose status
 /// the test sets.
-mod server {
+pub(crate) mod server {
     use std::convert::Infallible;
     use std::marker::PhantomData;
     use std::net::SocketAddr;
@@ -377,6 +377,7 @@ mod server {
         pub meta: Option<String>,
         pub grpc_timeout: Option<String>,
         pub te: Option<String>,
+        pub traceparent: Option<String>,
     }
 
     /// What the server saw, shared with the test.
@@ -420,6 +421,7 @@ mod server {
                 meta: header("x-test-meta"),
                 grpc_timeout: header("grpc-timeout"),
                 te: header("te"),
+                traceparent: header("traceparent"),
             });
         }
     }

@@ -710,3 +710,56 @@ access_log: {{ path: access.log }}
     assert_eq!(lines[0]["upstream_target"], chat.addr.to_string());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_filters_grpc_callout_is_a_client_span_its_server_sees_as_parent() -> anyhow::Result<()> {
+    let collector = Collector::start().await?;
+    let app = EchoUpstream::start("app").await?;
+    let grpc = crate::grpc::server::GrpcServer::start().await?;
+    let config = json!({ "grpc": {
+        "upstream": "grpc",
+        "service": "weir.test.Echo",
+        "method": "Say",
+        "message": "weir",
+        "timeout_ms": 2000,
+    }});
+    let gw = TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams:
+  - {{ name: app, targets: ["{app}"] }}
+  - {{ name: grpc, targets: ["{grpc}"] }}
+plugins: [{{ name: caller, file: "{wasm}" }}]
+routes: [{{ name: r, upstream: app, filters: [{{ plugin: caller, config: {config} }}] }}]
+{tracing}"#,
+        app = app.addr,
+        grpc = grpc.addr,
+        wasm = test_filter_wasm(),
+        tracing = tracing_section(&collector, 100),
+    ))
+    .await?;
+    let response = http1_client().get(gw.url("main", "/in")).send().await?;
+    assert_eq!(response.status(), 200);
+    let echo = json(response).await?;
+    assert_eq!(echoed(&echo, "x-grpc-reply").as_deref(), Some("hello weir"));
+    let (trace_id, _, _) = fields(&echoed(&echo, "traceparent").unwrap_or_default());
+
+    let spans = collector.finished_trace(&trace_id).await;
+    let callout = named(&spans, "callout grpc");
+    assert_eq!(callout.kind, SpanKind::Client as i32);
+    assert_eq!(attr(callout, "weir.plugin").as_deref(), Some("caller"));
+    assert_eq!(attr(callout, "weir.upstream").as_deref(), Some("grpc"));
+    assert_eq!(
+        attr(callout, "url.path").as_deref(),
+        Some("/weir.test.Echo/Say")
+    );
+    // It belongs to the filter callback that made the call.
+    let callback = named(&spans, "plugin caller request_headers");
+    assert_eq!(hex(&callout.parent_span_id), hex(&callback.span_id));
+    // The gRPC server's request names the callout span as its parent.
+    let sent = grpc.seen.last_request().traceparent.unwrap_or_default();
+    let (sent_trace, parent, flags) = fields(&sent);
+    assert_eq!((sent_trace, flags.as_str()), (trace_id, "01"));
+    assert_eq!(parent, hex(&callout.span_id));
+    Ok(())
+}
