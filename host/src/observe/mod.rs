@@ -21,6 +21,31 @@ pub use reloads::{Reload, Reloads};
 pub use route_stats::{RouteStats, RouteTotals};
 pub use trace::Tracer;
 
+/// A share of requests kept (logged, or traced when new), decided by a
+/// 64-bit hash of each: kept when it falls below the share of the hash space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample(u64);
+
+impl Sample {
+    /// Keeps `share` of the requests (0.0 none, 1.0 and above every one).
+    pub fn new(share: f64) -> Self {
+        Self(if share >= 1.0 {
+            u64::MAX
+        } else if share <= 0.0 {
+            0
+        } else {
+            // A share of the hash space; the precision lost is far below a request.
+            (share * u64::MAX as f64) as u64
+        })
+    }
+
+    /// Whether the request whose hash `hash` gives is kept; the hash is not
+    /// computed when every request is.
+    pub fn keeps(self, hash: impl FnOnce() -> u64) -> bool {
+        self.0 == u64::MAX || hash() < self.0
+    }
+}
+
 /// The record of the request `extensions` belong to, if it has one (the
 /// lifecycle puts it there on arrival; outgoing requests keep it).
 pub fn record_of(extensions: &http::Extensions) -> Option<&std::sync::Arc<Record>> {

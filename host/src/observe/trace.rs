@@ -105,15 +105,15 @@ pub struct Tracer(Arc<Shared>);
 
 struct Shared {
     spans: mpsc::Sender<Export>,
-    /// New traces are sampled when the low 8 bytes of their id fall below this.
-    threshold: u64,
+    /// New traces sampled, by the low 8 bytes of their id.
+    sample: super::Sample,
     dropped: Counter,
 }
 
 impl fmt::Debug for Tracer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tracer")
-            .field("threshold", &self.0.threshold)
+            .field("sample", &self.0.sample)
             .finish_non_exhaustive()
     }
 }
@@ -124,7 +124,7 @@ impl Tracer {
     pub fn new(settings: &Settings, spans: mpsc::Sender<Export>, dropped: Counter) -> Self {
         Self(Arc::new(Shared {
             spans,
-            threshold: threshold(settings.sample),
+            sample: super::Sample::new(settings.sample),
             dropped,
         }))
     }
@@ -160,9 +160,11 @@ impl Tracer {
     }
 
     fn samples(&self, trace_id: &TraceId) -> bool {
-        let mut low = [0; 8];
-        low.copy_from_slice(&trace_id[8..]);
-        self.0.threshold == u64::MAX || u64::from_be_bytes(low) < self.0.threshold
+        self.0.sample.keeps(|| {
+            let mut low = [0; 8];
+            low.copy_from_slice(&trace_id[8..]);
+            u64::from_be_bytes(low)
+        })
     }
 
     /// Hands `span` to the exporter unless its queue is full.
@@ -197,17 +199,6 @@ pub enum Export {
     Span(SpanData),
     /// Send what waits now, then answer.
     Flush(oneshot::Sender<()>),
-}
-
-/// The sampling threshold on a trace id's low 8 bytes for `sample`.
-fn threshold(sample: f64) -> u64 {
-    if sample >= 1.0 {
-        u64::MAX
-    } else if sample <= 0.0 {
-        0
-    } else {
-        (sample * u64::MAX as f64) as u64
-    }
 }
 
 /// A span that children hang under, and what it propagates.

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
+use super::Sample;
 use super::record::Record;
 
 /// Where the lines go.
@@ -62,8 +63,8 @@ pub enum AccessLogError {
 #[derive(Debug)]
 pub struct AccessLog {
     shared: Arc<Shared>,
-    /// Requests logged: a line's sampling threshold on the 64-bit hash of its request id.
-    threshold: u64,
+    /// Answered requests logged, by the 64-bit hash of their request id.
+    sample: Sample,
     /// Lines that may wait for the writer.
     capacity: usize,
     dropped: Counter,
@@ -148,7 +149,7 @@ impl AccessLog {
             .map_err(AccessLogError::Thread)?;
         Ok(Self {
             shared,
-            threshold: threshold(settings.sample),
+            sample: Sample::new(settings.sample),
             capacity: settings.buffer.max(1),
             dropped,
         })
@@ -185,26 +186,13 @@ impl AccessLog {
     }
 
     fn sampled(&self, record: &Record) -> bool {
-        self.threshold == u64::MAX
-            || xxhash_rust::xxh3::xxh3_64(record.request_id.as_bytes()) < self.threshold
+        (self.sample).keeps(|| xxhash_rust::xxh3::xxh3_64(record.request_id.as_bytes()))
     }
 }
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The hash threshold below which a request is logged for `sample`.
-fn threshold(sample: f64) -> u64 {
-    if sample >= 1.0 {
-        u64::MAX
-    } else if sample <= 0.0 {
-        0
-    } else {
-        // A share of the hash space; the precision lost is far below a line.
-        (sample * u64::MAX as f64) as u64
     }
 }
 
@@ -287,7 +275,7 @@ mod tests {
     fn unwritten(capacity: usize, sample: f64) -> AccessLog {
         AccessLog {
             shared: Arc::new(Shared::new(Sink::Stdout(io::stdout()))),
-            threshold: threshold(sample),
+            sample: Sample::new(sample),
             capacity,
             dropped: Counter::default(),
         }
