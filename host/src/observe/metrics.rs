@@ -9,6 +9,7 @@
 //! scrape time by [`Collector`]s, so the request path never pays for them.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use http::Method;
 use prometheus_client::collector::Collector;
@@ -314,8 +315,9 @@ impl Metrics {
         self.registry.register_collector(collector);
     }
 
-    /// Counts a finished request; the status it was answered with.
-    pub fn count(&self, record: &Record) -> u16 {
+    /// Counts a request finished `elapsed` after it arrived; the status it
+    /// was answered with.
+    pub fn count(&self, record: &Record, elapsed: Duration) -> u16 {
         let (status, route, upstream, route_stats) = record.inspect(|details| {
             if let Some(stats) = &details.route_stats {
                 stats.count(details.status);
@@ -334,7 +336,8 @@ impl Metrics {
             .zip(upstream.as_ref())
             .and_then(|(series, upstream)| {
                 let kept = (series.upstream).get_or_init(|| UpstreamSeries::new(upstream.clone()));
-                (kept.upstream == *upstream).then_some(kept)
+                (Arc::ptr_eq(&kept.upstream, upstream) || kept.upstream == *upstream)
+                    .then_some(kept)
             });
         let (method, status_index) = (method_class(&record.method), status_class(status));
         kept(
@@ -351,7 +354,7 @@ impl Metrics {
             },
         );
         let route = RouteLabel { route };
-        let elapsed = record.elapsed().as_secs_f64();
+        let elapsed = elapsed.as_secs_f64();
         kept(
             series.map(|s| &s.duration),
             &self.request_duration,
@@ -571,7 +574,7 @@ mod tests {
             d.upstream = Some(Arc::from(upstream));
             d.status = status;
         });
-        record.add_upstream_time(std::time::Duration::from_millis(1));
+        record.add_upstream_time(Duration::from_millis(1));
         record
     }
 
@@ -587,7 +590,10 @@ mod tests {
             ("stable", 200),
             ("canary", 404),
         ] {
-            metrics.count(&finished(&stats, upstream, status));
+            metrics.count(
+                &finished(&stats, upstream, status),
+                Duration::from_millis(2),
+            );
         }
         let text = metrics.render(Format::Prometheus);
         let requests = |upstream: &str, status: &str| {

@@ -90,9 +90,11 @@ impl Observer {
 
     /// Counts and logs a request whose response is done.
     pub fn settle(&self, record: &std::sync::Arc<Record>) {
-        let status = self.metrics.count(record);
+        // One clock read for both: the request is done now.
+        let elapsed = record.elapsed();
+        let status = self.metrics.count(record, elapsed);
         if let Some(log) = &self.access_log {
-            log.log(record, status);
+            log.log(record, status, elapsed);
         }
         record.end_span();
     }

@@ -41,9 +41,9 @@ impl Clock {
     }
 }
 
-/// Appends `record`'s line (with its newline) to `out`.
-pub(super) fn write(out: &mut Vec<u8>, clock: &mut Clock, record: &Record) {
-    let total = record.elapsed();
+/// Appends the line of `record`, done `total` after it arrived (with its
+/// newline), to `out`.
+pub(super) fn write(out: &mut Vec<u8>, clock: &mut Clock, record: &Record, total: Duration) {
     let plugins = record.plugin_time();
     let upstream = record.upstream_time();
     let gateway = total.saturating_sub(plugins).saturating_sub(upstream);
@@ -115,20 +115,28 @@ fn string(out: &mut Vec<u8>, text: &str) {
 }
 
 /// Whether `text` holds a byte a JSON string escapes: a control character,
-/// `"` or `\`. Looked at eight bytes a step: a byte at a time costs six
-/// instructions, and a request id alone is 36 bytes.
+/// `"` or `\\`. Looked at eight bytes a step (a byte at a time costs six
+/// instructions, and a request id alone is 36 bytes): the last step takes
+/// the last eight bytes, over some already seen, and a text shorter than
+/// eight is padded with a byte that needs nothing.
 fn needs_escaping(text: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     // Set when a byte of `word` is below `n` (exact for `n` <= 0x80).
     let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS;
     let equal = |word: u64, byte: u8| below(word ^ (ONES * u64::from(byte)), 1);
-    let mut words = text.chunks_exact(8);
-    let found = (words.by_ref()).any(|chunk| {
+    let escaped = |chunk: &[u8]| {
         let word = u64::from_ne_bytes(chunk.try_into().unwrap_or_default());
         below(word, 0x20) | equal(word, b'"') | equal(word, b'\\') != 0
-    });
-    found || (words.remainder().iter()).any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    };
+    match text.len().checked_sub(8) {
+        Some(last) => text.chunks_exact(8).any(escaped) || escaped(&text[last..]),
+        None => {
+            let mut padded = [b'a'; 8];
+            padded[..text.len()].copy_from_slice(text);
+            escaped(&padded)
+        }
+    }
 }
 
 /// `text` as a JSON string, or `null`.
@@ -175,26 +183,41 @@ fn padded<const N: usize>(out: &mut Vec<u8>, mut value: u32) {
     out.extend_from_slice(&digits);
 }
 
-/// Milliseconds to the microsecond (`12.345`): the microseconds' digits
-/// with a point put in (a `Duration`'s own `as_micros` divides 128-bit
-/// numbers).
+/// Milliseconds to the microsecond (`12.345`), from the microseconds as one
+/// 64-bit integer (a `Duration`'s own `as_micros` divides 128-bit numbers).
 fn millis(out: &mut Vec<u8>, time: Duration) {
     let micros =
         (time.as_secs().saturating_mul(1_000_000)).saturating_add(time.subsec_micros().into());
+    if micros < 1_000_000 {
+        // Under a second, as most are: `ddd.ddd` written at once, then
+        // the integer part's leading zeros left out.
+        let (whole, fraction) = ((micros / 1000) as u32, (micros % 1000) as u32);
+        let digit = |value: u32| b'0' + (value % 10) as u8;
+        let text = [
+            digit(whole / 100),
+            digit(whole / 10),
+            digit(whole),
+            b'.',
+            digit(fraction / 100),
+            digit(fraction / 10),
+            digit(fraction),
+        ];
+        let zeros = if whole >= 100 {
+            0
+        } else if whole >= 10 {
+            1
+        } else {
+            2
+        };
+        out.extend_from_slice(&text[zeros..]);
+        return;
+    }
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(micros).as_bytes();
-    match digits.len().checked_sub(3) {
-        Some(point) if point > 0 => {
-            out.extend_from_slice(&digits[..point]);
-            out.push(b'.');
-            out.extend_from_slice(&digits[point..]);
-        }
-        _ => {
-            out.extend_from_slice(b"0.000");
-            let end = out.len();
-            out[end - digits.len()..].copy_from_slice(digits);
-        }
-    }
+    let point = digits.len() - 3;
+    out.extend_from_slice(&digits[..point]);
+    out.push(b'.');
+    out.extend_from_slice(&digits[point..]);
 }
 
 #[cfg(test)]
@@ -222,7 +245,7 @@ mod tests {
 
     fn line_of(record: &Record) -> serde_json::Value {
         let mut out = Vec::new();
-        write(&mut out, &mut Clock::default(), record);
+        write(&mut out, &mut Clock::default(), record, record.elapsed());
         assert_eq!(out.last(), Some(&b'\n'), "one line");
         assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1);
         serde_json::from_slice(&out).expect("the line is JSON")
@@ -344,14 +367,16 @@ mod tests {
             Duration::from_micros(999),
             Duration::from_micros(1000),
             Duration::from_micros(12_345),
+            Duration::from_micros(999_999),
             Duration::from_secs(3),
+            Duration::new(3, 7_000),
         ] {
             millis(&mut out, time);
             out.push(b' ');
         }
         assert_eq!(
             String::from_utf8_lossy(&out),
-            "0.000 0.000 0.007 0.999 1.000 12.345 3000.000 "
+            "0.000 0.000 0.007 0.999 1.000 12.345 999.999 3000.000 3000.007 "
         );
     }
 }

@@ -161,9 +161,9 @@ impl AccessLog {
         self.shared.reopen.store(true, Ordering::Relaxed);
     }
 
-    /// Logs `record`, whose response is done, unless sampled out; never
-    /// blocks on the writer.
-    pub fn log(&self, record: &Record, status: u16) {
+    /// Logs `record`, whose response is done `elapsed` after it arrived,
+    /// unless sampled out; never blocks on the writer.
+    pub fn log(&self, record: &Record, status: u16, elapsed: Duration) {
         let answered = status < 400 && record.flags().next().is_none();
         if answered && !self.sampled(record) {
             return;
@@ -175,7 +175,7 @@ impl AccessLog {
             return;
         }
         let Waiting { text, lines, clock } = &mut *waiting;
-        line::write(text, clock, record);
+        line::write(text, clock, record, elapsed);
         *lines += 1;
     }
 
@@ -302,7 +302,7 @@ mod tests {
     fn a_full_buffer_drops_lines_and_counts_them() {
         let log = unwritten(2, 1.0);
         for id in ["a", "b", "c"] {
-            log.log(&request(id), 200);
+            log.log(&request(id), 200, Duration::ZERO);
         }
         assert_eq!(kept(&log), (2, 2));
         assert_eq!(log.dropped.get(), 1);
@@ -311,17 +311,17 @@ mod tests {
     #[test]
     fn sampling_leaves_out_answered_requests_but_keeps_failed_and_flagged_ones() {
         let log = unwritten(10, 0.0);
-        log.log(&request("answered"), 200);
+        log.log(&request("answered"), 200, Duration::ZERO);
         assert_eq!(kept(&log), (0, 0));
-        log.log(&request("failed"), 502);
+        log.log(&request("failed"), 502, Duration::ZERO);
         let flagged = request("flagged");
         flagged.flag(Flag::ClientAbort);
-        log.log(&flagged, 200);
+        log.log(&flagged, 200, Duration::ZERO);
         assert_eq!(kept(&log), (2, 2));
 
         let half = unwritten(10_000, 0.5);
         for i in 0..1000 {
-            half.log(&request(&format!("id-{i}")), 200);
+            half.log(&request(&format!("id-{i}")), 200, Duration::ZERO);
         }
         let (logged, _) = kept(&half);
         assert!((400..600).contains(&logged), "{logged} of 1000 at 50%");
