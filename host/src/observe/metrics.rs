@@ -336,8 +336,7 @@ impl Metrics {
             .zip(upstream.as_ref())
             .and_then(|(series, upstream)| {
                 let kept = (series.upstream).get_or_init(|| UpstreamSeries::new(upstream.clone()));
-                (Arc::ptr_eq(&kept.upstream, upstream) || kept.upstream == *upstream)
-                    .then_some(kept)
+                (kept.upstream == *upstream).then_some(kept)
             });
         let (method, status_index) = (method_class(&record.method), status_class(status));
         kept(
