@@ -401,6 +401,15 @@ impl Drop for TestGateway {
     }
 }
 
+/// The lowercase hex SHA-256 of `secret`, as a manifest holds an admin
+/// token (`sha256: "…"`) or, after `sha256:`, a consumer's API key.
+pub fn sha256_hex(secret: &str) -> String {
+    weir::config::token_digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// An address on which nothing listens (connections are refused). The port
 /// stays bound, never listening, for the rest of the test process, so no
 /// other test's listener can take it meanwhile.

@@ -116,10 +116,7 @@ impl Drop for Origin {
 /// origin through the cache configured `config`, with `extra` top-level
 /// sections, and the admin API.
 fn manifest(origin: &Origin, config: &str, extra: &str) -> String {
-    let digest: String = weir::config::token_digest(ADMIN_TOKEN.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = weir_tests::sha256_hex(ADMIN_TOKEN);
     format!(
         r#"apiVersion: weir/v1
 listeners: [{{ name: main, address: 127.0.0.1:0 }}]

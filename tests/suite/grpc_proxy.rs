@@ -12,7 +12,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::uri::PathAndQuery;
 use prost::Message;
-use sha2::Digest;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request};
@@ -379,10 +378,7 @@ routes:
   - {{ name: grpc, upstream: streams, filters: [{{ plugin: keys }}] }}
 "#,
         server.addr,
-        digest = sha2::Sha256::digest(b"secret-key")
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>(),
+        digest = weir_tests::sha256_hex("secret-key"),
     );
     let gw = TestGateway::from_yaml(&yaml).await?;
     let mut grpc = connect(gw.addr("main")).await?;

@@ -3,7 +3,6 @@
 //! gets in, as whom, and what the upstream sees.
 
 use base64::Engine;
-use sha2::{Digest, Sha256};
 use weir_tests::{EchoUpstream, RedisServer, TestGateway, http1_client, json};
 
 /// bcrypt (cost 4) of `open sesame`.
@@ -11,11 +10,7 @@ const ADA_PASSWORD_HASH: &str = "$2b$04$fxkGKLa9wM76.DYO3ba4L.arqrrKurAcP2mFn86V
 
 /// `key` as a manifest writes it.
 fn key_digest(key: &str) -> String {
-    let hex: String = Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", weir_tests::sha256_hex(key))
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -273,12 +268,7 @@ async fn key_auth_finds_keys_in_redis_remembers_them_and_never_guesses() -> anyh
         ),
     ))
     .await?;
-    let redis_key = |key: &str| {
-        format!(
-            "weir:api-key:{}",
-            key_digest(key).trim_start_matches("sha256:")
-        )
-    };
+    let redis_key = |key: &str| format!("weir:api-key:{}", weir_tests::sha256_hex(key));
     redis
         .command(&["SET", &redis_key("k-redis"), "ada"])
         .await?;

@@ -20,10 +20,7 @@ consumers: [{ name: alice, api_keys: ["sha256:72ee9d4355ccb9d3a4c9dbf37382e38e75
 "#;
 
 fn manifest(upstream: SocketAddr, dead: SocketAddr, extra: &str) -> String {
-    let digest: String = weir::config::token_digest(TOKEN.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = weir_tests::sha256_hex(TOKEN);
     format!(
         r#"apiVersion: weir/v1
 listeners: [{{ name: main, address: 127.0.0.1:0 }}]

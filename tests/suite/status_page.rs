@@ -19,10 +19,7 @@ const TOKEN: &str = "dashboard-reader-token";
 const PATIENCE: Duration = Duration::from_secs(45);
 
 fn manifest(ok: SocketAddr, failing: SocketAddr, more_routes: &str) -> String {
-    let digest: String = weir::config::token_digest(TOKEN.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = weir_tests::sha256_hex(TOKEN);
     format!(
         r#"apiVersion: weir/v1
 listeners: [{{ name: main, address: 127.0.0.1:0 }}]

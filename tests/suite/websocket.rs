@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
@@ -47,11 +46,7 @@ routes:
 }
 
 fn key_digest(key: &str) -> String {
-    let hex: String = Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", weir_tests::sha256_hex(key))
 }
 
 async fn connect(gw: &TestGateway, path: &str) -> anyhow::Result<Client> {
