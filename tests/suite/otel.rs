@@ -183,6 +183,20 @@ async fn callout_target() -> anyhow::Result<(SocketAddr, Arc<Mutex<Vec<String>>>
     Ok((addr, seen))
 }
 
+/// A gateway whose one route, `all`, goes to `app`, with the top-level
+/// sections `extra`.
+async fn in_front_of(app: &EchoUpstream, extra: &str) -> anyhow::Result<TestGateway> {
+    TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: app, targets: ["{}"] }}]
+routes: [{{ name: all, upstream: app }}]
+{extra}"#,
+        app.addr
+    ))
+    .await
+}
+
 fn tracing_section(collector: &Collector, sample_percent: u32) -> String {
     format!(
         "tracing:\n  service_name: edge\n  sample_percent: {sample_percent}\n  otlp: {{ endpoint: \"{}\", flush_interval: 50ms }}\n",
@@ -365,17 +379,8 @@ access_log: {{ path: access.log }}
 async fn an_incoming_trace_is_continued_and_an_invalid_one_replaced() -> anyhow::Result<()> {
     let collector = Collector::start().await?;
     let app = EchoUpstream::start("app").await?;
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: app, targets: ["{}"] }}]
-routes: [{{ name: all, upstream: app }}]
-{}"#,
-        app.addr,
-        // New traces are never sampled: only the callers' flags decide.
-        tracing_section(&collector, 0),
-    ))
-    .await?;
+    // New traces are never sampled: only the callers' flags decide.
+    let gw = in_front_of(&app, &tracing_section(&collector, 0)).await?;
     let client = http1_client();
     let send = async |traceparent: &str| -> anyhow::Result<Value> {
         let response = client
@@ -444,16 +449,7 @@ routes: [{{ name: all, upstream: app }}]
 async fn an_invalid_traceparent_starts_a_new_recorded_trace() -> anyhow::Result<()> {
     let collector = Collector::start().await?;
     let app = EchoUpstream::start("app").await?;
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: app, targets: ["{}"] }}]
-routes: [{{ name: all, upstream: app }}]
-{}"#,
-        app.addr,
-        tracing_section(&collector, 100),
-    ))
-    .await?;
+    let gw = in_front_of(&app, &tracing_section(&collector, 100)).await?;
     let response = http1_client()
         .get(gw.url("main", "/x"))
         .header(
@@ -568,16 +564,7 @@ routes: [{{ name: down, upstream: gone }}]
 #[tokio::test]
 async fn without_tracing_the_upstream_sees_only_what_the_client_sent() -> anyhow::Result<()> {
     let app = EchoUpstream::start("app").await?;
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: app, targets: ["{}"] }}]
-routes: [{{ name: all, upstream: app }}]
-access_log: {{ path: access.log }}
-"#,
-        app.addr
-    ))
-    .await?;
+    let gw = in_front_of(&app, "access_log: { path: access.log }\n").await?;
     let client = http1_client();
     let echo = json(client.get(gw.url("main", "/x")).send().await?).await?;
     assert_eq!(echoed(&echo, "traceparent"), None);
@@ -624,16 +611,12 @@ async fn a_full_span_queue_drops_and_counts_without_slowing_requests() -> anyhow
         }
     });
     let app = EchoUpstream::start("app").await?;
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams: [{{ name: app, targets: ["{}"] }}]
-routes: [{{ name: all, upstream: app }}]
-tracing:
-  otlp: {{ endpoint: "http://{stuck_addr}/v1/traces", batch: 1, queue: 1, timeout: 60s }}
-"#,
-        app.addr
-    ))
+    let gw = in_front_of(
+        &app,
+        &format!(
+            "tracing:\n  otlp: {{ endpoint: \"http://{stuck_addr}/v1/traces\", batch: 1, queue: 1, timeout: 60s }}\n"
+        ),
+    )
     .await?;
     let client = http1_client();
     for _ in 0..5 {
