@@ -43,6 +43,19 @@ async fn follows(gw: &TestGateway, addresses: &[SocketAddr]) -> bool {
     seen
 }
 
+/// A gateway whose one route, `all`, goes to the group `pool`, found by
+/// `discovery` (a YAML flow mapping).
+async fn discovering(discovery: &str) -> anyhow::Result<TestGateway> {
+    TestGateway::from_yaml(&format!(
+        r#"apiVersion: weir/v1
+listeners: [{{ name: main, address: 127.0.0.1:0 }}]
+upstreams: [{{ name: pool, discovery: {discovery} }}]
+routes: [{{ name: all, upstream: pool }}]
+"#
+    ))
+    .await
+}
+
 /// Two echo upstreams on the same port of 127.0.0.1 and 127.0.0.2 (what a
 /// name's A records can tell apart).
 async fn two_loopback_echoes() -> anyhow::Result<(EchoUpstream, EchoUpstream)> {
@@ -64,16 +77,9 @@ async fn follows_a_names_address_records_as_they_change() -> anyhow::Result<()> 
     dns.set_a("api", &[Ipv4Addr::new(127, 0, 0, 1)], 1).await?;
     capture_logs_containing("upstream=dns-pool");
     // A 30s interval: only the records' one-second TTL can explain a quick follow.
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams:
-  - name: pool
-    discovery:
-      dns: {{ name: api.weir.test, port: {port}, nameserver: "{}", interval: 30s, min_interval: 100ms }}
-routes: [{{ name: all, upstream: pool }}]
-"#,
-        dns.addr
+    let gw = discovering(&format!(
+        r#"{{ dns: {{ name: api.weir.test, port: {port}, nameserver: "{}", interval: 30s, min_interval: 100ms }} }}"#,
+        dns.addr,
     ))
     .await?;
     assert!(follows(&gw, &[first.addr]).await);
@@ -100,17 +106,10 @@ async fn a_name_without_records_keeps_the_last_targets() -> anyhow::Result<()> {
     let up = EchoUpstream::start("kept").await?;
     dns.set_a("gone", &[Ipv4Addr::LOCALHOST], 1).await?;
     capture_logs_containing("gone.weir.test");
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams:
-  - name: pool
-    discovery:
-      dns: {{ name: gone.weir.test, port: {}, nameserver: "{}", min_interval: 100ms }}
-routes: [{{ name: all, upstream: pool }}]
-"#,
+    let gw = discovering(&format!(
+        r#"{{ dns: {{ name: gone.weir.test, port: {}, nameserver: "{}", min_interval: 100ms }} }}"#,
         up.addr.port(),
-        dns.addr
+        dns.addr,
     ))
     .await?;
     assert!(follows(&gw, &[up.addr]).await);
@@ -145,16 +144,9 @@ async fn srv_records_give_ports_and_weights_of_the_lowest_priority() -> anyhow::
         1,
     )
     .await?;
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams:
-  - name: pool
-    discovery:
-      dns: {{ name: _http._tcp.api.weir.test, type: srv, nameserver: "{}", min_interval: 100ms }}
-routes: [{{ name: all, upstream: pool }}]
-"#,
-        dns.addr
+    let gw = discovering(&format!(
+        r#"{{ dns: {{ name: _http._tcp.api.weir.test, type: srv, nameserver: "{}", min_interval: 100ms }} }}"#,
+        dns.addr,
     ))
     .await?;
     assert!(follows(&gw, &[light.addr, heavy.addr]).await);
@@ -314,15 +306,9 @@ async fn etcd_keys_added_and_removed_under_load_drop_no_request() -> anyhow::Res
     let c = EchoUpstream::start("c").await?;
     etcd.put("/services/api/a", &a.addr.to_string()).await?;
     etcd.put("/services/api/bad", "nowhere").await?;
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams:
-  - name: pool
-    discovery: {{ etcd: {{ endpoints: ["{}"], prefix: /services/api/ }} }}
-routes: [{{ name: all, upstream: pool }}]
-"#,
-        etcd.endpoint
+    let gw = discovering(&format!(
+        r#"{{ etcd: {{ endpoints: ["{}"], prefix: /services/api/ }} }}"#,
+        etcd.endpoint,
     ))
     .await?;
     assert!(follows(&gw, &[a.addr]).await, "the bad key is skipped");
@@ -394,15 +380,9 @@ async fn etcd_watch_reconnects_after_the_cluster_restarts() -> anyhow::Result<()
     let a = EchoUpstream::start("a").await?;
     let b = EchoUpstream::start("b").await?;
     etcd.put("/restart/a", &a.addr.to_string()).await?;
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams:
-  - name: pool
-    discovery: {{ etcd: {{ endpoints: ["{}"], prefix: /restart/, timeout: 1s }} }}
-routes: [{{ name: all, upstream: pool }}]
-"#,
-        etcd.endpoint
+    let gw = discovering(&format!(
+        r#"{{ etcd: {{ endpoints: ["{}"], prefix: /restart/, timeout: 1s }} }}"#,
+        etcd.endpoint,
     ))
     .await?;
     assert!(follows(&gw, &[a.addr]).await);
@@ -429,15 +409,9 @@ async fn consul_blocking_queries_follow_a_service() -> anyhow::Result<()> {
         "api",
         vec![instance(a.addr, true, 1), instance(b.addr, false, 1)],
     );
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams:
-  - name: pool
-    discovery: {{ consul: {{ address: "http://{}", service: api, wait: 60s }} }}
-routes: [{{ name: all, upstream: pool }}]
-"#,
-        consul.addr
+    let gw = discovering(&format!(
+        r#"{{ consul: {{ address: "http://{}", service: api, wait: 60s }} }}"#,
+        consul.addr,
     ))
     .await?;
     assert!(follows(&gw, &[a.addr]).await, "only passing instances");
@@ -484,15 +458,9 @@ async fn eureka_deltas_are_applied_and_a_disagreeing_hash_refetches() -> anyhow:
     let other = EchoUpstream::start("other").await?;
     eureka.register("API", "a", a.addr, "UP", false);
     eureka.register("OTHER", "x", other.addr, "UP", false);
-    let gw = TestGateway::from_yaml(&format!(
-        r#"apiVersion: weir/v1
-listeners: [{{ name: main, address: 127.0.0.1:0 }}]
-upstreams:
-  - name: pool
-    discovery: {{ eureka: {{ address: "http://{}/eureka", app: api, interval: 200ms }} }}
-routes: [{{ name: all, upstream: pool }}]
-"#,
-        eureka.addr
+    let gw = discovering(&format!(
+        r#"{{ eureka: {{ address: "http://{}/eureka", app: api, interval: 200ms }} }}"#,
+        eureka.addr,
     ))
     .await?;
     assert!(
