@@ -769,6 +769,8 @@ fn attempt_span<B>(
     span
 }
 
+/// Ends an attempt's span with its outcome: failed on a 5xx, a timeout or
+/// a failed exchange.
 fn end_attempt_span<R, E: std::fmt::Display>(
     mut span: Span,
     result: &Result<Result<Response<R>, E>, tokio::time::error::Elapsed>,

@@ -183,41 +183,26 @@ fn padded<const N: usize>(out: &mut Vec<u8>, mut value: u32) {
     out.extend_from_slice(&digits);
 }
 
-/// Milliseconds to the microsecond (`12.345`), from the microseconds as one
-/// 64-bit integer (a `Duration`'s own `as_micros` divides 128-bit numbers).
+/// Milliseconds to the microsecond (`12.345`): the microseconds' digits,
+/// from one 64-bit integer, with a point put in (a `Duration`'s own
+/// `as_micros` divides 128-bit numbers).
 fn millis(out: &mut Vec<u8>, time: Duration) {
     let micros =
         (time.as_secs().saturating_mul(1_000_000)).saturating_add(time.subsec_micros().into());
-    if micros < 1_000_000 {
-        // Under a second, as most are: `ddd.ddd` written at once, then
-        // the integer part's leading zeros left out.
-        let (whole, fraction) = ((micros / 1000) as u32, (micros % 1000) as u32);
-        let digit = |value: u32| b'0' + (value % 10) as u8;
-        let text = [
-            digit(whole / 100),
-            digit(whole / 10),
-            digit(whole),
-            b'.',
-            digit(fraction / 100),
-            digit(fraction / 10),
-            digit(fraction),
-        ];
-        let zeros = if whole >= 100 {
-            0
-        } else if whole >= 10 {
-            1
-        } else {
-            2
-        };
-        out.extend_from_slice(&text[zeros..]);
-        return;
-    }
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(micros).as_bytes();
-    let point = digits.len() - 3;
-    out.extend_from_slice(&digits[..point]);
-    out.push(b'.');
-    out.extend_from_slice(&digits[point..]);
+    match digits.len().checked_sub(3) {
+        Some(point) if point > 0 => {
+            out.extend_from_slice(&digits[..point]);
+            out.push(b'.');
+            out.extend_from_slice(&digits[point..]);
+        }
+        _ => {
+            out.extend_from_slice(b"0.000");
+            let end = out.len();
+            out[end - digits.len()..].copy_from_slice(digits);
+        }
+    }
 }
 
 #[cfg(test)]
